@@ -1,0 +1,309 @@
+//! The wire format between ct-trace's eBPF programs and its userspace.
+//!
+//! Every record in the `EVENTS` ring buffer starts with a [`Header`] whose `kind` says which
+//! struct follows. All types are `#[repr(C)]`, made of fixed-width integers and byte arrays only,
+//! with explicit padding, and their sizes are asserted at compile time on both sides (this crate is
+//! compiled for the bpf target and for the host). Userspace decodes `kind` and the enums inside with
+//! `TryFrom`, never by transmuting, so a record from a mismatched build is an error, not garbage.
+#![no_std]
+
+/// Bumped whenever any record layout changes.
+pub const WIRE_VERSION: u8 = 1;
+
+/// Size of the `EVENTS` ring buffer in bytes (a power of two, a multiple of the page size).
+pub const RING_BYTES: u32 = 1 << 22;
+
+/// Entries of the LRU maps that remember INVALID packets until their fate or their reset is seen.
+pub const PENDING_ENTRIES: u32 = 8192;
+
+/// What a record is. The discriminants are part of the wire format.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `tcp:tcp_send_reset`: this host sent a RST; [`Reset`] follows.
+    RstSent = 1,
+    /// `tcp:tcp_receive_reset`: a connection of this host was reset by its peer; [`Reset`] follows.
+    RstReceived = 2,
+    /// Conntrack left a packet without an entry (INVALID); [`Verdict`] follows.
+    Invalid = 3,
+    /// `kfree_skb` with reason NETFILTER_DROP for a packet seen INVALID; [`Drop`] follows.
+    Drop = 4,
+}
+
+impl TryFrom<u8> for Kind {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        Ok(match v {
+            1 => Self::RstSent,
+            2 => Self::RstReceived,
+            3 => Self::Invalid,
+            4 => Self::Drop,
+            other => return Err(other),
+        })
+    }
+}
+
+/// First bytes of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    pub version: u8,
+    pub kind: u8,
+    pub _pad: [u8; 2],
+    pub cpu: u32,
+    /// `bpf_ktime_get_boot_ns()`: CLOCK_BOOTTIME, so userspace can turn it into wall-clock time.
+    pub ts_ns: u64,
+}
+
+/// A TCP/IP packet as the programs parse it out of an `sk_buff`. Addresses are in network order;
+/// an IPv4 address occupies the first 4 bytes. Ports are in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Packet {
+    /// Inode number of the network namespace (what `ls -l /proc/PID/ns/net` shows).
+    pub netns: u32,
+    /// Interface the packet came in on (0 if none or unknown).
+    pub ifindex: u32,
+    /// 4 or 6; 0 when the headers could not be read.
+    pub family: u8,
+    /// IP protocol number (6 = TCP).
+    pub proto: u8,
+    /// TCP flags byte (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10 URG=0x20 ECE=0x40 CWR=0x80).
+    pub tcp_flags: u8,
+    pub _pad: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub seq: u32,
+    pub ack: u32,
+    /// TCP payload bytes (IP total length minus IP and TCP headers).
+    pub payload_len: u16,
+    /// TCP window field as sent (not scaled).
+    pub window: u16,
+    pub _pad2: u32,
+}
+
+/// Identity of a packet, used to find it again in another namespace: a reset's triggering packet
+/// is the very packet conntrack marked INVALID on its way (same tuple, seq and ack).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PacketKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+impl PacketKey {
+    pub const fn of(p: &Packet) -> Self {
+        Self {
+            saddr: p.saddr,
+            daddr: p.daddr,
+            sport: p.sport,
+            dport: p.dport,
+            seq: p.seq,
+            ack: p.ack,
+            family: p.family,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// What the kernel remembers about an INVALID packet until a reset it causes is seen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InvalidSeen {
+    pub ts_ns: u64,
+    /// Identifies the verdict record in userspace (the `sk_buff` address: never printed).
+    pub skb: u64,
+    pub netns: u32,
+    pub hook: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Why a record is incomplete (bit set in `Reset::flags` / `Verdict::flags`).
+pub mod flags {
+    /// The packet headers could not be read.
+    pub const NO_HEADERS: u16 = 1 << 0;
+    /// `tcp_send_reset` has no reason argument on this kernel.
+    pub const NO_REASON_ARG: u16 = 1 << 1;
+    /// `tcp_send_reset` was called with `sk == NULL` (no socket: the case ct-trace is about).
+    pub const NO_SOCKET: u16 = 1 << 2;
+    /// The triggering packet was seen INVALID before: `Reset::cause` is filled.
+    pub const CAUSED_BY_INVALID: u16 = 1 << 3;
+    /// The packet is not TCP.
+    pub const NOT_TCP: u16 = 1 << 4;
+}
+
+/// A reset sent or received. For `RstSent` the packet is the one that *caused* the reset (the
+/// kernel's `skb` argument) as it arrived; the reset itself goes the opposite way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reset {
+    pub header: Header,
+    pub packet: Packet,
+    /// `enum sk_rst_reason` value (6.10+), or `u32::MAX` when unknown.
+    pub reason: u32,
+    pub flags: u16,
+    /// TCP state of the socket (`sk_state`), 0 when there is no socket.
+    pub sk_state: u8,
+    pub _pad: u8,
+    /// When `CAUSED_BY_INVALID`: what the kernel remembered of that INVALID verdict.
+    pub cause: InvalidSeen,
+}
+
+/// The netfilter hook a verdict was taken at (`enum nf_inet_hooks`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    PreRouting = 0,
+    LocalIn = 1,
+    Forward = 2,
+    LocalOut = 3,
+    PostRouting = 4,
+}
+
+impl TryFrom<u8> for Hook {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        Ok(match v {
+            0 => Self::PreRouting,
+            1 => Self::LocalIn,
+            2 => Self::Forward,
+            3 => Self::LocalOut,
+            4 => Self::PostRouting,
+            other => return Err(other),
+        })
+    }
+}
+
+/// Conntrack left this packet without an entry: INVALID.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub header: Header,
+    pub packet: Packet,
+    /// Identifies the packet for the fate and reason records (never printed).
+    pub skb: u64,
+    pub out_ifindex: u32,
+    pub hook: u8,
+    /// 4 or 6: the hook's protocol family.
+    pub pf: u8,
+    pub flags: u16,
+}
+
+/// A packet seen INVALID was then dropped by netfilter (a rule, or conntrack itself).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drop {
+    pub header: Header,
+    pub skb: u64,
+    /// `enum skb_drop_reason` value, or `u32::MAX` when the kernel does not pass one.
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+/// Slots of the per-CPU `COUNTERS` array. Every event class and every failure path has one.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// A record could not be reserved in the ring buffer (it was full): the event is lost.
+    RingFull = 0,
+    /// Packet headers could not be read from an `sk_buff`.
+    ReadFailed = 1,
+    /// INVALID verdicts seen by the netfilter programs (all protocols).
+    Invalid = 2,
+    /// INVALID verdicts on TCP packets.
+    InvalidTcp = 3,
+    RstSent = 4,
+    RstReceived = 5,
+    /// Resets matched to an INVALID packet in the kernel.
+    RstFromInvalid = 6,
+    /// INVALID packets dropped by netfilter.
+    DropAfterInvalid = 7,
+    /// A pending-map update failed (the map is LRU, so this means an error, not "full").
+    MapUpdateFailed = 8,
+}
+
+/// Number of slots in `COUNTERS`.
+pub const COUNTERS: u32 = 9;
+
+impl Counter {
+    pub const ALL: [Counter; COUNTERS as usize] = [
+        Self::RingFull,
+        Self::ReadFailed,
+        Self::Invalid,
+        Self::InvalidTcp,
+        Self::RstSent,
+        Self::RstReceived,
+        Self::RstFromInvalid,
+        Self::DropAfterInvalid,
+        Self::MapUpdateFailed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::RingFull => "ring_full",
+            Self::ReadFailed => "read_failed",
+            Self::Invalid => "invalid",
+            Self::InvalidTcp => "invalid_tcp",
+            Self::RstSent => "rst_sent",
+            Self::RstReceived => "rst_received",
+            Self::RstFromInvalid => "rst_from_invalid",
+            Self::DropAfterInvalid => "drop_after_invalid",
+            Self::MapUpdateFailed => "map_update_failed",
+        }
+    }
+}
+
+/// Kernel structure offsets (bytes) that userspace reads from the running kernel's BTF and
+/// writes into the programs' read-only globals before loading. Field names say `struct.field`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_dev: u32,
+    pub skb_nfct: u32,
+    pub dev_ifindex: u32,
+    pub dev_nd_net: u32,
+    pub net_ns_inum: u32,
+    pub sk_family: u32,
+    pub sk_state: u32,
+    pub sk_net: u32,
+    pub sk_daddr: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub sk_dport: u32,
+    pub sk_num: u32,
+    pub state_hook: u32,
+    pub state_pf: u32,
+    pub state_in: u32,
+    pub state_out: u32,
+    pub state_net: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are repr(C), made only of integers and byte arrays, and every padding
+    // byte is an explicit field, so any bit pattern is valid and none is uninitialised.
+    unsafe impl aya::Pod for super::PacketKey {}
+    unsafe impl aya::Pod for super::InvalidSeen {}
+    unsafe impl aya::Pod for super::Offsets {}
+}
+
+// Sizes are part of the wire format: a change here must bump WIRE_VERSION.
+const _: () = assert!(core::mem::size_of::<Header>() == 16);
+const _: () = assert!(core::mem::size_of::<Packet>() == 64);
+const _: () = assert!(core::mem::size_of::<PacketKey>() == 48);
+const _: () = assert!(core::mem::size_of::<InvalidSeen>() == 24);
+const _: () = assert!(core::mem::size_of::<Reset>() == 16 + 64 + 8 + 24);
+const _: () = assert!(core::mem::size_of::<Verdict>() == 16 + 64 + 16);
+const _: () = assert!(core::mem::size_of::<Drop>() == 32);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 21 * 4);

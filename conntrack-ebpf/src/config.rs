@@ -1,0 +1,62 @@
+//! Read-only globals (`.rodata`) that userspace fills from the running kernel's BTF before load.
+//! Frozen by the loader, so the verifier treats their values as constants: the netfilter program's
+//! `_nfct` load needs a constant offset (a `.data` value fails with "invalid variable offset").
+
+use conntrack_common::Offsets;
+
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets {
+    skb_head: 0,
+    skb_network_header: 0,
+    skb_dev: 0,
+    skb_nfct: 0,
+    dev_ifindex: 0,
+    dev_nd_net: 0,
+    net_ns_inum: 0,
+    sk_family: 0,
+    sk_state: 0,
+    sk_net: 0,
+    sk_daddr: 0,
+    sk_rcv_saddr: 0,
+    sk_v6_daddr: 0,
+    sk_v6_rcv_saddr: 0,
+    sk_dport: 0,
+    sk_num: 0,
+    state_hook: 0,
+    state_pf: 0,
+    state_in: 0,
+    state_out: 0,
+    state_net: 0,
+};
+
+/// 1 when `tcp:tcp_send_reset` carries `enum sk_rst_reason` as its third argument (6.10+).
+#[unsafe(no_mangle)]
+static RST_HAS_REASON: u8 = 0;
+
+/// 1 when `skb:kfree_skb` carries `enum skb_drop_reason` as its third argument (5.17+).
+#[unsafe(no_mangle)]
+static KFREE_HAS_REASON: u8 = 0;
+
+#[inline(always)]
+pub fn offsets() -> Offsets {
+    // SAFETY: a plain static; volatile so the compiler cannot fold the zeroes above.
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+pub fn skb_nfct_offset() -> u32 {
+    // SAFETY: as above; read alone so the hot path loads only this one field.
+    unsafe { core::ptr::read_volatile(&OFFSETS.skb_nfct) }
+}
+
+#[inline(always)]
+pub fn rst_has_reason() -> bool {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&RST_HAS_REASON) != 0 }
+}
+
+#[inline(always)]
+pub fn kfree_has_reason() -> bool {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&KFREE_HAS_REASON) != 0 }
+}

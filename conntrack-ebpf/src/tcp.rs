@@ -1,0 +1,139 @@
+//! TCP reset tracepoints: `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`.
+//!
+//! Prototypes (include/trace/events/tcp.h):
+//! - 6.10+: `tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason)`;
+//!   the tracepoint also fires with `sk == NULL` for resets of packets no socket owns (the reset
+//!   ct-trace is about). Before that series it had no reason and fired only for full sockets.
+//! - `tcp_receive_reset(struct sock *sk)` on every kernel ct-trace supports.
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use conntrack_common::{flags, Counter, InvalidSeen, Kind, Offsets, Packet, PacketKey, Reset};
+
+use crate::{
+    config,
+    maps::{count, emit, PENDING_RST},
+    skb::{header, netns_inum, read, read_packet, skb_dev},
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// Fills the tuple of a socket, seen as a packet from the peer to this socket.
+#[inline(always)]
+fn read_sock(sk: *const u8, o: &Offsets, p: &mut Packet) -> u8 {
+    // SAFETY: probe reads of a kernel pointer.
+    unsafe {
+        let family = read::<u16>(sk, o.sk_family).unwrap_or(0);
+        if family == AF_INET {
+            p.family = 4;
+            p.saddr[..4].copy_from_slice(&read::<[u8; 4]>(sk, o.sk_daddr).unwrap_or([0; 4]));
+            p.daddr[..4].copy_from_slice(&read::<[u8; 4]>(sk, o.sk_rcv_saddr).unwrap_or([0; 4]));
+        } else if family == AF_INET6 {
+            p.family = 6;
+            p.saddr = read::<[u8; 16]>(sk, o.sk_v6_daddr).unwrap_or([0; 16]);
+            p.daddr = read::<[u8; 16]>(sk, o.sk_v6_rcv_saddr).unwrap_or([0; 16]);
+        }
+        p.proto = crate::skb::IPPROTO_TCP;
+        p.sport = u16::from_be(read::<u16>(sk, o.sk_dport).unwrap_or(0));
+        p.dport = read::<u16>(sk, o.sk_num).unwrap_or(0);
+        let net = read::<u64>(sk, o.sk_net).unwrap_or(0) as *const u8;
+        p.netns = netns_inum(net, o);
+        read::<u8>(sk, o.sk_state).unwrap_or(0)
+    }
+}
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn ctt_rst_sent(ctx: BtfTracePointContext) -> i32 {
+    try_rst_sent(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_rst_sent(ctx: &BtfTracePointContext) {
+    let o = config::offsets();
+    let sk: *const u8 = ctx.arg(0);
+    let skb: *const u8 = ctx.arg(1);
+    let mut ev = Reset {
+        header: header(Kind::RstSent),
+        reason: u32::MAX,
+        ..Default::default()
+    };
+    count(Counter::RstSent);
+    if config::rst_has_reason() {
+        ev.reason = ctx.arg::<u32>(2);
+    } else {
+        ev.flags |= flags::NO_REASON_ARG;
+    }
+    if sk.is_null() {
+        ev.flags |= flags::NO_SOCKET;
+    }
+    if !skb.is_null() {
+        // The packet that caused the reset, as it arrived.
+        if !read_packet(skb, &o, &mut ev.packet) {
+            ev.flags |= flags::NO_HEADERS;
+            count(Counter::ReadFailed);
+        }
+        let (ifindex, netns) = skb_dev(skb, &o);
+        ev.packet.ifindex = ifindex;
+        ev.packet.netns = netns;
+        if !sk.is_null() {
+            let mut from_sk = Packet::default();
+            ev.sk_state = read_sock(sk, &o, &mut from_sk);
+            if from_sk.netns != 0 {
+                ev.packet.netns = from_sk.netns;
+            }
+        }
+        // Exact attribution: was this very packet (tuple, seq, ack) marked INVALID on its way?
+        let key = PacketKey::of(&ev.packet);
+        // SAFETY: map value read under RCU.
+        if let Some(seen) = unsafe { PENDING_RST.get(&key) } {
+            ev.cause = *seen;
+            ev.flags |= flags::CAUSED_BY_INVALID;
+            let _ = PENDING_RST.remove(&key);
+            count(Counter::RstFromInvalid);
+        }
+    } else if !sk.is_null() {
+        // An active reset (abort) carries no packet: report the socket, seen from the peer.
+        ev.sk_state = read_sock(sk, &o, &mut ev.packet);
+        ev.flags |= flags::NO_HEADERS;
+    }
+    emit(&ev);
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn ctt_rst_recv(ctx: BtfTracePointContext) -> i32 {
+    try_rst_recv(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_rst_recv(ctx: &BtfTracePointContext) {
+    let o = config::offsets();
+    let sk: *const u8 = ctx.arg(0);
+    let mut ev = Reset {
+        header: header(Kind::RstReceived),
+        reason: u32::MAX,
+        flags: flags::NO_REASON_ARG,
+        ..Default::default()
+    };
+    count(Counter::RstReceived);
+    if !sk.is_null() {
+        ev.sk_state = read_sock(sk, &o, &mut ev.packet);
+    }
+    emit(&ev);
+}
+
+/// Remembers an INVALID packet so that a reset it causes, in any namespace, is matched exactly.
+#[inline(always)]
+pub fn remember_invalid(p: &Packet, ts_ns: u64, skb: u64, hook: u8) {
+    let seen = InvalidSeen {
+        ts_ns,
+        skb,
+        netns: p.netns,
+        hook,
+        _pad: [0; 3],
+    };
+    if PENDING_RST.insert(&PacketKey::of(p), &seen, 0).is_err() {
+        count(Counter::MapUpdateFailed);
+    }
+}

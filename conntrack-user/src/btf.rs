@@ -1,0 +1,285 @@
+//! Everything ct-trace needs to know about the running kernel's types, read from its BTF:
+//! structure offsets for the programs' read-only globals, enum names for reset and drop
+//! reasons, and which tracepoint arguments this kernel passes.
+//!
+//! Nothing here depends on the layout of the machine ct-trace was built on.
+
+use std::{collections::HashMap, path::Path};
+
+use btf_rs::{Btf, Type};
+use conntrack_common::Offsets;
+
+/// Where the running kernel publishes its BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read kernel BTF from {path} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)")]
+    Missing {
+        path: String,
+        #[source]
+        source: anyhow::Error,
+    },
+    #[error("kernel BTF has no type `{0}`")]
+    NoType(String),
+    #[error("kernel BTF: `{ty}` has no field `{field}`")]
+    NoField { ty: String, field: String },
+    #[error("kernel BTF: `{ty}.{field}` is a bitfield or not byte aligned")]
+    Unaligned { ty: String, field: String },
+    #[error("reading kernel BTF")]
+    Read(#[source] anyhow::Error),
+}
+
+/// The kernel's BTF, with the lookups ct-trace needs.
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn load() -> Result<Self, BtfError> {
+        Self::from_path(Path::new(VMLINUX_BTF))
+    }
+
+    pub fn from_path(path: &Path) -> Result<Self, BtfError> {
+        Btf::from_file(path)
+            .map(|btf| Self { btf })
+            .map_err(|source| BtfError::Missing {
+                path: path.display().to_string(),
+                source,
+            })
+    }
+
+    fn named_struct(&self, name: &str) -> Result<btf_rs::Struct, BtfError> {
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| BtfError::NoType(name.to_string()))?;
+        types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| BtfError::NoType(name.to_string()))
+    }
+
+    /// Strips typedefs and qualifiers.
+    fn strip(&self, mut t: Type) -> Result<Type, BtfError> {
+        loop {
+            t = match &t {
+                Type::Typedef(x) => self.btf.resolve_chained_type(x),
+                Type::Volatile(x) | Type::Const(x) | Type::Restrict(x) => {
+                    self.btf.resolve_chained_type(x)
+                }
+                Type::TypeTag(x) => self.btf.resolve_chained_type(x),
+                _ => return Ok(t),
+            }
+            .map_err(BtfError::Read)?;
+        }
+    }
+
+    /// Bit offset of `field` inside `s`, looking through anonymous structs and unions (the
+    /// kernel nests many fields, e.g. `sk_buff.dev`, in them).
+    fn find_member(
+        &self,
+        s: &btf_rs::Struct,
+        field: &str,
+    ) -> Result<Option<(u32, Type)>, BtfError> {
+        for m in &s.members {
+            let name = self.btf.resolve_name(m).unwrap_or_default();
+            let ty = self.btf.resolve_chained_type(m).map_err(BtfError::Read)?;
+            if name == field {
+                if m.bitfield_size().is_some_and(|b| b != 0) {
+                    return Err(BtfError::Unaligned {
+                        ty: self.btf.resolve_name(s).unwrap_or_default(),
+                        field: field.to_string(),
+                    });
+                }
+                return Ok(Some((m.bit_offset(), ty)));
+            }
+            if name.is_empty() {
+                if let Type::Struct(inner) | Type::Union(inner) = self.strip(ty)? {
+                    if let Some((off, t)) = self.find_member(&inner, field)? {
+                        return Ok(Some((m.bit_offset() + off, t)));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Byte offset of a dotted field path, e.g. `offset("net_device", "nd_net.net")`.
+    pub fn offset(&self, ty: &str, path: &str) -> Result<u32, BtfError> {
+        let mut s = self.named_struct(ty)?;
+        let mut bits = 0;
+        let parts: Vec<&str> = path.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let (off, t) = self
+                .find_member(&s, part)?
+                .ok_or_else(|| BtfError::NoField {
+                    ty: ty.to_string(),
+                    field: path.to_string(),
+                })?;
+            bits += off;
+            if i + 1 < parts.len() {
+                s = match self.strip(t)? {
+                    Type::Struct(x) | Type::Union(x) => x,
+                    _ => {
+                        return Err(BtfError::NoField {
+                            ty: ty.to_string(),
+                            field: path.to_string(),
+                        })
+                    }
+                };
+            }
+        }
+        if bits % 8 != 0 {
+            return Err(BtfError::Unaligned {
+                ty: ty.to_string(),
+                field: path.to_string(),
+            });
+        }
+        Ok(bits / 8)
+    }
+
+    /// Every offset the programs read.
+    pub fn offsets(&self) -> Result<Offsets, BtfError> {
+        Ok(Offsets {
+            skb_head: self.offset("sk_buff", "head")?,
+            skb_network_header: self.offset("sk_buff", "network_header")?,
+            skb_dev: self.offset("sk_buff", "dev")?,
+            skb_nfct: self.offset("sk_buff", "_nfct")?,
+            dev_ifindex: self.offset("net_device", "ifindex")?,
+            dev_nd_net: self.offset("net_device", "nd_net.net")?,
+            net_ns_inum: self.offset("net", "ns.inum")?,
+            sk_family: self.offset("sock_common", "skc_family")?,
+            sk_state: self.offset("sock_common", "skc_state")?,
+            sk_net: self.offset("sock_common", "skc_net.net")?,
+            sk_daddr: self.offset("sock_common", "skc_daddr")?,
+            sk_rcv_saddr: self.offset("sock_common", "skc_rcv_saddr")?,
+            sk_v6_daddr: self.offset("sock_common", "skc_v6_daddr")?,
+            sk_v6_rcv_saddr: self.offset("sock_common", "skc_v6_rcv_saddr")?,
+            sk_dport: self.offset("sock_common", "skc_dport")?,
+            sk_num: self.offset("sock_common", "skc_num")?,
+            state_hook: self.offset("nf_hook_state", "hook")?,
+            state_pf: self.offset("nf_hook_state", "pf")?,
+            state_in: self.offset("nf_hook_state", "in")?,
+            state_out: self.offset("nf_hook_state", "out")?,
+            state_net: self.offset("nf_hook_state", "net")?,
+        })
+    }
+
+    /// Names of an enum's values (`sk_rst_reason`, `skb_drop_reason`), empty if the kernel has
+    /// no such enum. Numbering differs between kernels, so it is always read, never assumed.
+    pub fn enum_names(&self, name: &str) -> HashMap<u32, String> {
+        let mut out = HashMap::new();
+        let Ok(types) = self.btf.resolve_types_by_name(name) else {
+            return out;
+        };
+        for t in types {
+            match t {
+                Type::Enum(e) => {
+                    for m in &e.members {
+                        if let Ok(n) = self.btf.resolve_name(m) {
+                            out.insert(m.val(), n);
+                        }
+                    }
+                }
+                Type::Enum64(e) => {
+                    for m in &e.members {
+                        if let Ok(n) = self.btf.resolve_name(m) {
+                            out.insert(m.val() as u32, n);
+                        }
+                    }
+                }
+                _ => continue,
+            }
+        }
+        out
+    }
+
+    /// Number of arguments a tracepoint passes to BTF programs, from its `btf_trace_<name>`
+    /// typedef (a pointer to a function whose first parameter is the tracepoint's `void *`).
+    pub fn tracepoint_args(&self, tracepoint: &str) -> Option<usize> {
+        let name = format!("btf_trace_{tracepoint}");
+        let t = self
+            .btf
+            .resolve_types_by_name(&name)
+            .ok()?
+            .into_iter()
+            .next()?;
+        let t = self.strip(t).ok()?;
+        let Type::Ptr(p) = t else { return None };
+        let Type::FuncProto(f) = self.btf.resolve_chained_type(&p).ok()? else {
+            return None;
+        };
+        Some(f.parameters.len().saturating_sub(1))
+    }
+
+    pub fn has_type(&self, name: &str) -> bool {
+        self.btf
+            .resolve_ids_by_name(name)
+            .is_ok_and(|v| !v.is_empty())
+    }
+
+    pub fn inner(&self) -> &Btf {
+        &self.btf
+    }
+}
+
+/// Turns an enum value name into the words users see: `SK_RST_REASON_NO_SOCKET` -> `NO_SOCKET`.
+pub fn short_reason(name: &str) -> &str {
+    name.strip_prefix("SK_RST_REASON_")
+        .or_else(|| name.strip_prefix("SKB_DROP_REASON_"))
+        .unwrap_or(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel() -> Option<KernelBtf> {
+        KernelBtf::load().ok()
+    }
+
+    #[test]
+    fn offsets_of_the_running_kernel_are_plausible() {
+        let Some(k) = kernel() else {
+            eprintln!("skipped: no {VMLINUX_BTF} on this machine");
+            return;
+        };
+        let o = k.offsets().expect("every field ct-trace reads exists");
+        // `_nfct` follows the cb[] array and the dst pointer in every kernel since 4.11.
+        assert!(o.skb_nfct > 48 && o.skb_nfct < 256, "{o:?}");
+        assert!(o.skb_head > o.skb_nfct, "{o:?}");
+        assert_ne!(o.sk_dport, o.sk_num);
+        assert_eq!(o.sk_num, o.sk_dport + 2, "skc_num follows skc_dport: {o:?}");
+    }
+
+    #[test]
+    fn missing_fields_are_errors_naming_them() {
+        let Some(k) = kernel() else {
+            eprintln!("skipped: no {VMLINUX_BTF} on this machine");
+            return;
+        };
+        let e = k.offset("sk_buff", "no_such_field").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "kernel BTF: `sk_buff` has no field `no_such_field`"
+        );
+        assert!(matches!(
+            k.offset("no_such_struct_xyz", "a"),
+            Err(BtfError::NoType(_))
+        ));
+    }
+
+    #[test]
+    fn reason_names_are_shortened() {
+        assert_eq!(short_reason("SK_RST_REASON_NO_SOCKET"), "NO_SOCKET");
+        assert_eq!(
+            short_reason("SKB_DROP_REASON_NETFILTER_DROP"),
+            "NETFILTER_DROP"
+        );
+        assert_eq!(short_reason("OTHER"), "OTHER");
+    }
+}

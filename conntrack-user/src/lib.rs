@@ -1,0 +1,23 @@
+//! ct-trace: observe conntrack INVALID verdicts and the TCP resets they cause.
+//!
+//! Modules by concept: `preflight` (what the kernel and process offer), `btf` (offsets and enum
+//! names from the running kernel), `load` (the attach plan), `netfilter` (the loader aya lacks),
+//! `events` (decoding), `attribution` (joining verdicts, fates, resets), `report` (output),
+//! `netlink` (ctnetlink and hook dumps), `kstat` (the kernel's counters), `doctor`, `app`.
+
+pub mod app;
+pub mod attribution;
+pub mod btf;
+pub mod cli;
+pub mod doctor;
+pub mod events;
+pub mod kstat;
+pub mod load;
+pub mod netfilter;
+pub mod netlink;
+pub mod preflight;
+pub mod report;
+
+/// The compiled eBPF object.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/conntrack-ebpf"));

@@ -1,0 +1,106 @@
+//! What the running kernel and process offer, checked before anything is loaded.
+
+use std::fs;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error("missing {missing}: run it as root (sudo ct-trace) or grant them (setcap cap_bpf,cap_perfmon,cap_net_admin+ep)")]
+    Capabilities { missing: String },
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The effective capability set of this process, from /proc/self/status.
+pub fn effective_caps() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CAP_BPF + CAP_PERFMON (tracing programs, reading kernel memory) and CAP_NET_ADMIN
+/// (netfilter links). CAP_SYS_ADMIN stands in for the first two on every kernel.
+pub fn check_caps(eff: u64) -> Result<(), PreflightError> {
+    let has = |c: u32| eff & (1u64 << c) != 0;
+    let mut missing = vec![];
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PreflightError::Capabilities {
+            missing: missing.join(", "),
+        })
+    }
+}
+
+/// `(major, minor)` of the running kernel, from uname.
+pub fn kernel_version() -> (u32, u32) {
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uname fills the struct we own.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return (0, 0);
+    }
+    // SAFETY: release is NUL-terminated by the kernel.
+    let rel = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    parse_version(&rel)
+}
+
+pub fn parse_version(rel: &str) -> (u32, u32) {
+    let mut it = rel.split(|c: char| !c.is_ascii_digit());
+    let major = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let minor = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    (major, minor)
+}
+
+/// Whether the kernel was built with kprobes (their PMU type file exists).
+pub fn has_kprobes() -> bool {
+    std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_capabilities_are_named() {
+        let e = check_caps(0).unwrap_err().to_string();
+        assert!(
+            e.starts_with("missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN: run it as root"),
+            "{e}"
+        );
+        assert!(check_caps((1 << CAP_SYS_ADMIN) | (1 << CAP_NET_ADMIN)).is_ok());
+        assert!(check_caps((1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN)).is_ok());
+        assert_eq!(
+            check_caps((1 << CAP_BPF) | (1 << CAP_PERFMON))
+                .unwrap_err()
+                .to_string()
+                .split(':')
+                .next(),
+            Some("missing CAP_NET_ADMIN")
+        );
+    }
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(parse_version("6.18.44-fc-v657"), (6, 18));
+        assert_eq!(parse_version("6.1.0-28-amd64"), (6, 1));
+        assert_eq!(parse_version("garbage"), (0, 0));
+    }
+}

@@ -1,0 +1,316 @@
+//! What ct-trace prints: one [`Report`] per event, as a JSON object or an aligned text line.
+//! Field names are the public interface (documented in README.md); add, never rename.
+
+use std::{fmt::Write as _, io, net::IpAddr};
+
+use serde::Serialize;
+
+/// The packet that made the kernel send a reset, as it arrived.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Trigger {
+    pub flags: String,
+    pub seq: u32,
+    pub ack: u32,
+    pub len: u16,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ResetReport {
+    pub time: String,
+    /// `rst_sent` or `rst_received`.
+    pub kind: &'static str,
+    pub netns: u32,
+    /// The reset's direction: from the host that sent it to its peer.
+    pub src: Option<IpAddr>,
+    pub sport: Option<u16>,
+    pub dst: Option<IpAddr>,
+    pub dport: Option<u16>,
+    pub flags: Option<String>,
+    pub seq: Option<u32>,
+    pub ack: Option<u32>,
+    /// `enum sk_rst_reason` name (6.10+), or why it is not known.
+    pub reason: Option<String>,
+    pub iface: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
+    /// Whether a socket owned the triggering packet (false: "no socket", the ct-trace case).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<bool>,
+    /// True when the triggering packet had been marked INVALID by conntrack on its way.
+    pub caused_by_invalid: bool,
+}
+
+/// A conntrack entry, as ctnetlink reported it when the verdict was seen.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ConntrackReport {
+    /// `original` or `reply`: the direction the packet travelled in.
+    pub direction: &'static str,
+    pub orig_src: IpAddr,
+    pub orig_sport: u16,
+    pub orig_dst: IpAddr,
+    pub orig_dport: u16,
+    pub reply_src: IpAddr,
+    pub reply_sport: u16,
+    pub reply_dst: IpAddr,
+    pub reply_dport: u16,
+    pub tcp_state: Option<&'static str>,
+    pub assured: bool,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct InvalidReport {
+    pub time: String,
+    /// `invalid`.
+    pub kind: &'static str,
+    pub netns: u32,
+    pub hook: &'static str,
+    pub in_iface: Option<String>,
+    pub out_iface: Option<String>,
+    pub proto: u8,
+    pub src: IpAddr,
+    pub sport: Option<u16>,
+    pub dst: IpAddr,
+    pub dport: Option<u16>,
+    pub flags: Option<String>,
+    pub seq: Option<u32>,
+    pub ack: Option<u32>,
+    pub len: Option<u16>,
+    pub reason: String,
+    /// `dropped` (a rule dropped it: the node is protected), `passed` (not dropped by netfilter:
+    /// it went on without its NAT reversed, the dangerous case), or `unknown`.
+    pub fate: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drop_reason: Option<String>,
+    pub conntrack: Option<ConntrackReport>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AttributionReport {
+    pub time: String,
+    /// `attribution`.
+    pub kind: &'static str,
+    /// The host whose connection was reset: the original source of the conntrack entry.
+    pub client: Option<String>,
+    /// The address the client connected to (conntrack original destination, before DNAT).
+    pub service: Option<String>,
+    /// The address that answered (the backend, after DNAT), source of the INVALID packet.
+    pub backend: String,
+    /// Who sent the reset, and to whom.
+    pub reset_src: String,
+    pub reset_dst: String,
+    pub reset_netns: u32,
+    pub reset_reason: Option<String>,
+    pub invalid_netns: u32,
+    pub invalid_hook: &'static str,
+    pub invalid_reason: String,
+    pub invalid_time: String,
+    pub seq: u32,
+    pub ack: u32,
+    pub delay_us: u64,
+    pub fate: &'static str,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct LostReport {
+    pub time: String,
+    /// `lost`.
+    pub kind: &'static str,
+    /// Which counter moved: `ring_full` (events dropped because the ring buffer was full),
+    /// `decode_error`, `read_failed`, `map_update_failed`.
+    pub counter: &'static str,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Report {
+    Reset(ResetReport),
+    Invalid(InvalidReport),
+    Attribution(AttributionReport),
+    Lost(LostReport),
+}
+
+impl Report {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Reset(r) => r.kind,
+            Self::Invalid(r) => r.kind,
+            Self::Attribution(r) => r.kind,
+            Self::Lost(r) => r.kind,
+        }
+    }
+
+    pub fn json(&self) -> String {
+        let r = match self {
+            Self::Reset(r) => serde_json::to_string(r),
+            Self::Invalid(r) => serde_json::to_string(r),
+            Self::Attribution(r) => serde_json::to_string(r),
+            Self::Lost(r) => serde_json::to_string(r),
+        };
+        // Serialising plain structs of strings and integers cannot fail.
+        r.unwrap_or_default()
+    }
+
+    pub fn text(&self) -> String {
+        fn ep(a: Option<IpAddr>, p: Option<u16>) -> String {
+            match (a, p) {
+                (Some(IpAddr::V6(a)), Some(p)) => format!("[{a}]:{p}"),
+                (Some(a), Some(p)) => format!("{a}:{p}"),
+                (Some(a), None) => a.to_string(),
+                _ => "?".into(),
+            }
+        }
+        fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+            v.as_ref().map_or("-".into(), |v| v.to_string())
+        }
+        let mut s = String::new();
+        match self {
+            Self::Reset(r) => {
+                let _ = write!(
+                    s,
+                    "{} {:<12} netns={:<10} {:>22} > {:<22} {:<8} seq={:<10} ack={:<10} reason={}",
+                    r.time,
+                    r.kind,
+                    r.netns,
+                    ep(r.src, r.sport),
+                    ep(r.dst, r.dport),
+                    opt(&r.flags),
+                    opt(&r.seq),
+                    opt(&r.ack),
+                    opt(&r.reason),
+                );
+                if r.caused_by_invalid {
+                    s.push_str(" caused_by=invalid");
+                }
+            }
+            Self::Invalid(r) => {
+                let _ = write!(
+                    s,
+                    "{} {:<12} netns={:<10} {:>22} > {:<22} {:<8} seq={:<10} ack={:<10} len={} hook={} fate={} reason={}",
+                    r.time,
+                    r.kind,
+                    r.netns,
+                    ep(Some(r.src), r.sport),
+                    ep(Some(r.dst), r.dport),
+                    opt(&r.flags),
+                    opt(&r.seq),
+                    opt(&r.ack),
+                    opt(&r.len),
+                    r.hook,
+                    r.fate,
+                    r.reason,
+                );
+                if let Some(c) = &r.conntrack {
+                    let _ = write!(
+                        s,
+                        " ct={}:{}>{}:{} state={}{}",
+                        c.orig_src,
+                        c.orig_sport,
+                        c.orig_dst,
+                        c.orig_dport,
+                        c.tcp_state.unwrap_or("-"),
+                        if c.assured { ",ASSURED" } else { "" }
+                    );
+                }
+            }
+            Self::Attribution(r) => {
+                let _ = write!(
+                    s,
+                    "{} {:<12} client={} service={} backend={} reset={}>{} netns={} invalid_reason={} fate={} delay={}us",
+                    r.time,
+                    r.kind,
+                    opt(&r.client),
+                    opt(&r.service),
+                    r.backend,
+                    r.reset_src,
+                    r.reset_dst,
+                    r.reset_netns,
+                    r.invalid_reason,
+                    r.fate,
+                    r.delay_us,
+                );
+            }
+            Self::Lost(r) => {
+                let _ = write!(
+                    s,
+                    "{} {:<12} counter={} count={}",
+                    r.time, r.kind, r.counter, r.count
+                );
+            }
+        }
+        s
+    }
+}
+
+/// Output format (`-o`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Writes reports to stdout. A closed pipe (`ct-trace | head`) ends ct-trace quietly.
+pub struct Writer<W: io::Write> {
+    out: W,
+    format: Format,
+}
+
+impl<W: io::Write> Writer<W> {
+    pub fn new(out: W, format: Format) -> Self {
+        Self { out, format }
+    }
+
+    pub fn write(&mut self, r: &Report) -> io::Result<()> {
+        let line = match self.format {
+            Format::Text => r.text(),
+            Format::Json => r.json(),
+        };
+        writeln!(self.out, "{line}")?;
+        self.out.flush()
+    }
+}
+
+/// Nanoseconds since the epoch as RFC 3339 with nanoseconds (`2026-11-22T03:21:07.123456789Z`).
+pub fn rfc3339(epoch_ns: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(epoch_ns);
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_with_nanoseconds() {
+        assert_eq!(rfc3339(1_000_000_001), "1970-01-01T00:00:01.000000001Z");
+    }
+
+    #[test]
+    fn json_has_the_documented_fields() {
+        let r = Report::Reset(ResetReport {
+            time: rfc3339(0),
+            kind: "rst_sent",
+            netns: 4026531840,
+            src: Some("10.0.0.1".parse().unwrap()),
+            sport: Some(80),
+            dst: Some("fd00::2".parse().unwrap()),
+            dport: Some(4000),
+            flags: Some("RST|ACK".into()),
+            seq: Some(0),
+            ack: Some(1),
+            reason: Some("NO_SOCKET".into()),
+            iface: None,
+            trigger: None,
+            socket: Some(false),
+            caused_by_invalid: false,
+        });
+        let v: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
+        for f in [
+            "time", "kind", "netns", "src", "sport", "dst", "dport", "flags", "seq", "ack",
+            "reason",
+        ] {
+            assert!(v.get(f).is_some(), "missing {f} in {v}");
+        }
+        assert_eq!(v["dst"], "fd00::2");
+        assert!(r.text().contains("[fd00::2]:4000"), "{}", r.text());
+    }
+}
