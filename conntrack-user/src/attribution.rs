@@ -247,7 +247,15 @@ impl Correlator {
         let Some(mut p) = self.pending.remove(&d.skb) else {
             return;
         };
-        p.report.fate = "dropped";
+        // On a veth the same sk_buff crosses into the next namespace, so a packet that passed
+        // netfilter here can be freed later elsewhere (e.g. NO_SOCKET on the host that then
+        // resets it). Only a netfilter drop protects the node; an old kernel without reasons
+        // cannot tell the two apart.
+        p.report.fate = match (d.reason, self.ctx.netfilter_drop) {
+            (u32::MAX, _) | (_, None) => "unknown",
+            (r, Some(nf)) if r == nf => "dropped",
+            _ => "passed",
+        };
         p.report.drop_reason = Some(match self.ctx.drop_reasons.get(&d.reason) {
             Some(n) => crate::btf::short_reason(n).to_string(),
             None if d.reason == u32::MAX => {
@@ -492,7 +500,7 @@ mod tests {
     }
 
     #[test]
-    fn a_drop_of_the_same_packet_makes_it_dropped() {
+    fn a_netfilter_drop_of_the_same_packet_makes_it_dropped() {
         let mut c = Correlator::new(ctx());
         let t0 = Instant::now();
         let mut out = vec![];
@@ -513,6 +521,22 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Freed later for another reason (in the next namespace): it passed netfilter.
+        c.event(Event::Invalid(verdict(8)), t0, &mut out);
+        c.event(
+            Event::Drop(Drop {
+                skb: 8,
+                reason: 3,
+                ..Default::default()
+            }),
+            t0,
+            &mut out,
+        );
+        let Report::Invalid(r) = &out[1] else {
+            unreachable!()
+        };
+        assert_eq!(r.fate, "passed");
+        out.truncate(1);
         // A stray drop (address reuse) changes nothing.
         c.event(
             Event::Drop(Drop {

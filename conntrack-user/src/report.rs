@@ -79,6 +79,8 @@ pub struct InvalidReport {
     /// `dropped` (a rule dropped it: the node is protected), `passed` (not dropped by netfilter:
     /// it went on without its NAT reversed, the dangerous case), or `unknown`.
     pub fate: &'static str,
+    /// Why the kernel freed the packet when it did not survive (`NETFILTER_DROP` with
+    /// `dropped`; e.g. `NO_SOCKET` with `passed`: it reached a host that had no socket for it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drop_reason: Option<String>,
     pub conntrack: Option<ConntrackReport>,

@@ -1,1 +1,337 @@
+//! Harness for ct-trace's root integration tests: network namespaces the test creates (torn down
+//! on drop, also when the test fails), the real `ct-trace` binary started with `--ready-file`,
+//! and bounded traffic. No test sends a packet outside the namespaces it made.
 
+use std::{
+    io::Read,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// True when the tests can create namespaces and load eBPF; otherwise prints why and the
+/// caller returns early. CI runs as root, so there these tests always run.
+pub fn need_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped {test}: needs root (namespaces and eBPF); run `sudo cargo xtask test`");
+        return false;
+    }
+    true
+}
+
+/// The ct-trace binary under test (`cargo xtask test` builds it and sets CT_TRACE_BIN).
+pub fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CT_TRACE_BIN") {
+        return p.into();
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/ct-trace");
+    assert!(p.exists(), "no ct-trace binary: run the tests with `cargo xtask test` (it builds and sets CT_TRACE_BIN)");
+    p
+}
+
+pub fn scripts() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts")
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(role: &str) -> Self {
+        let name = format!(
+            "ctt-{}-{}-{role}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&format!("ip netns add {name}"));
+        let ns = Self { name };
+        // No duplicate address detection: a tentative link-local address delays neighbour
+        // discovery by seconds, and queued SYNs then arrive (and are reset) in bursts.
+        ns.exec("sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 && ip link set lo up");
+        ns
+    }
+
+    /// Runs a shell command inside the namespace.
+    pub fn exec(&self, cmd: &str) -> String {
+        sh(&format!(
+            "ip netns exec {} sh -c '{}'",
+            self.name,
+            cmd.replace('\'', "'\\''")
+        ))
+    }
+
+    /// Inode of the namespace: what ct-trace prints as `netns`.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", self.name))
+            .expect("netns file")
+            .ino()
+    }
+
+    /// The kernel's `invalid` conntrack counter of this namespace (summed over CPUs).
+    pub fn kernel_invalid(&self) -> u64 {
+        let text = self.exec("cat /proc/net/stat/nf_conntrack");
+        let mut lines = text.lines();
+        let names: Vec<&str> = lines
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        let col = names
+            .iter()
+            .position(|n| *n == "invalid")
+            .expect("invalid column");
+        lines
+            .filter_map(|l| l.split_whitespace().nth(col))
+            .map(|v| u64::from_str_radix(v, 16).expect("hex"))
+            .sum()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// The Kubernetes shape in miniature:
+/// client (10.77.1.2, fd77:1::2) -- node (routes, DNATs the service 10.96.0.10:80 and
+/// [fd96::10]:80 to the server) -- server (10.77.2.2:8080, [fd77:2::2]:8080).
+pub struct Topology {
+    pub client: Netns,
+    pub node: Netns,
+    pub server: Netns,
+}
+
+pub const CLIENT: &str = "10.77.1.2";
+pub const SERVER: &str = "10.77.2.2";
+pub const SERVICE: &str = "10.96.0.10";
+pub const CLIENT6: &str = "fd77:1::2";
+pub const SERVER6: &str = "fd77:2::2";
+
+impl Topology {
+    pub fn new() -> Self {
+        let t = Self {
+            client: Netns::new("cli"),
+            node: Netns::new("node"),
+            server: Netns::new("srv"),
+        };
+        let (c, n, s) = (&t.client.name, &t.node.name, &t.server.name);
+        sh(&format!(
+            "ip -n {n} link add eth1 type veth peer name eth0 netns {c}"
+        ));
+        sh(&format!(
+            "ip -n {n} link add eth2 type veth peer name eth0 netns {s}"
+        ));
+        for (ns, dev, v4, v6) in [
+            (n, "eth1", "10.77.1.1/24", "fd77:1::1/64"),
+            (n, "eth2", "10.77.2.1/24", "fd77:2::1/64"),
+            (c, "eth0", "10.77.1.2/24", "fd77:1::2/64"),
+            (s, "eth0", "10.77.2.2/24", "fd77:2::2/64"),
+        ] {
+            sh(&format!("ip -n {ns} addr add {v4} dev {dev}"));
+            sh(&format!("ip -n {ns} addr add {v6} dev {dev} nodad"));
+            sh(&format!("ip -n {ns} link set {dev} up"));
+        }
+        t.client
+            .exec("ip route add default via 10.77.1.1 && ip -6 route add default via fd77:1::1");
+        t.server
+            .exec("ip route add default via 10.77.2.1 && ip -6 route add default via fd77:2::1");
+        t.node
+            .exec("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1");
+        // kube-proxy's iptables mode in one rule per family: the service address is DNATed to
+        // the backend; nothing drops INVALID (the vulnerable default before kube-proxy 1.15).
+        t.node.exec("iptables -t nat -A PREROUTING -d 10.96.0.10 -p tcp --dport 80 -j DNAT --to-destination 10.77.2.2:8080");
+        t.node.exec("ip6tables -t nat -A PREROUTING -d fd96::10 -p tcp --dport 80 -j DNAT --to-destination [fd77:2::2]:8080");
+        t
+    }
+
+    /// The fix kube-proxy applies from 1.15: drop what conntrack marks INVALID.
+    pub fn drop_invalid(&self) {
+        self.node
+            .exec("iptables -A FORWARD -m conntrack --ctstate INVALID -j DROP");
+        self.node
+            .exec("ip6tables -A FORWARD -m conntrack --ctstate INVALID -j DROP");
+    }
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running `ct-trace -o json`, stopped (SIGINT) and killed on drop.
+pub struct CtTrace {
+    child: Option<Child>,
+    ready: PathBuf,
+}
+
+/// What a finished ct-trace printed.
+pub struct Output {
+    pub events: Vec<Value>,
+    pub stderr: String,
+    pub status: std::process::ExitStatus,
+}
+
+impl Output {
+    pub fn of_kind(&self, kind: &str) -> Vec<&Value> {
+        self.events.iter().filter(|e| e["kind"] == kind).collect()
+    }
+
+    /// From the exit summary: (ct-trace's INVALID count, the kernel's, "equal"?).
+    pub fn accuracy(&self) -> Option<(u64, u64, bool)> {
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.contains("INVALID verdicts in netns"))?;
+        let after = line.split(": ct-trace ").nth(1)?;
+        let ours: u64 = after.split_whitespace().next()?.parse().ok()?;
+        let kernel: u64 = line
+            .split("kernel ")
+            .nth(1)?
+            .split(':')
+            .next()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some((ours, kernel, line.ends_with("equal")))
+    }
+}
+
+impl CtTrace {
+    /// Starts ct-trace inside `ns` (or the test's own namespace) and waits until it is attached.
+    pub fn start(ns: Option<&Netns>, extra: &[&str]) -> Self {
+        let ready = std::env::temp_dir().join(format!(
+            "ct-trace-ready-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&ready);
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name]).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        cmd.args(["-o", "json", "--duration", "60", "--ready-file"])
+            .arg(&ready)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = cmd.spawn().expect("spawn ct-trace");
+        let mut me = Self {
+            child: Some(child),
+            ready,
+        };
+        let t0 = Instant::now();
+        while !me.ready.exists() {
+            if let Some(st) = me.child.as_mut().unwrap().try_wait().unwrap() {
+                let out = me.finish_with(st);
+                panic!(
+                    "ct-trace exited before it was ready ({:?}): {}",
+                    out.status, out.stderr
+                );
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "ct-trace not ready after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        me
+    }
+
+    fn finish_with(&mut self, _st: std::process::ExitStatus) -> Output {
+        let mut child = self.child.take().unwrap();
+        let mut out = String::new();
+        let mut err = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = child.wait().unwrap();
+        let events = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        Output {
+            events,
+            stderr: err,
+            status,
+        }
+    }
+
+    /// Stops ct-trace like a user would (Ctrl-C) and returns what it printed.
+    pub fn stop(mut self) -> Output {
+        // Let the last events reach the ring buffer reader and the fate wait run out.
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = self.child.as_ref().unwrap().id();
+        // `ip netns exec` execs ct-trace, so the pid is ct-trace's.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                let _ = std::fs::remove_file(&self.ready);
+                return self.finish_with(st);
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "ct-trace did not stop on SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for CtTrace {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.ready);
+    }
+}
+
+/// Debian's python3 (scapy is a Debian package; the `python3` on PATH may be another one).
+pub fn python() -> &'static str {
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}

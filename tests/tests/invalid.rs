@@ -1,0 +1,290 @@
+//! Conntrack INVALID verdicts, their fate, and the resets they cause, in the Kubernetes shape in
+//! miniature: client -> node (DNAT of a service address) -> server. The server side sends one
+//! crafted segment on an established connection; ct-trace runs in the node namespace.
+//!
+//! Every test also holds ct-trace to its contract: its INVALID count equals the kernel's
+//! `invalid` counter delta for the node namespace over the same interval.
+
+use integration_tests::{
+    need_root, python, scripts, CtTrace, Output, Topology, CLIENT, CLIENT6, SERVER, SERVER6,
+    SERVICE,
+};
+use serde_json::Value;
+
+struct Run {
+    t: Topology,
+    out: Output,
+    seg: Value,
+    kernel_delta: u64,
+    v6: bool,
+}
+
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut it = rel
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|v| v.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap(), it.next().unwrap()) >= (major, minor)
+}
+
+fn scenario(mode: &str, v6: bool, drop_rule: bool) -> Run {
+    let t = Topology::new();
+    if drop_rule {
+        t.drop_invalid();
+    }
+    let before = t.node.kernel_invalid();
+    let ct = CtTrace::start(Some(&t.node), &[]);
+    let seg = t.server.exec(&format!(
+        "{} {} {mode} {} {}",
+        python(),
+        scripts().join("segment.py").display(),
+        t.client.name,
+        if v6 { "v6" } else { "" }
+    ));
+    let out = ct.stop();
+    let kernel_delta = t.node.kernel_invalid() - before;
+    assert!(out.status.success(), "{}", out.stderr);
+    let seg: Value = serde_json::from_str(seg.trim()).expect("segment.py prints JSON");
+    let run = Run {
+        t,
+        out,
+        seg,
+        kernel_delta,
+        v6,
+    };
+    run.assert_accurate();
+    run
+}
+
+impl Run {
+    /// The contract: every INVALID verdict of the node namespace, no more, no less.
+    fn assert_accurate(&self) {
+        let events = self.out.of_kind("invalid").len() as u64;
+        assert_eq!(
+            events, self.kernel_delta,
+            "invalid events vs the kernel's counter: {:#?}\n{}",
+            self.out.events, self.out.stderr
+        );
+        let (ours, kernel, equal) = self
+            .out
+            .accuracy()
+            .unwrap_or_else(|| panic!("no accuracy line: {}", self.out.stderr));
+        assert!(
+            equal && ours == kernel && ours == events,
+            "{}",
+            self.out.stderr
+        );
+        assert!(self.out.stderr.contains("lost 0 "), "{}", self.out.stderr);
+    }
+
+    /// The verdict on the crafted segment itself.
+    fn crafted(&self) -> Vec<&Value> {
+        let (src, dst) = if self.v6 {
+            (SERVER6, CLIENT6)
+        } else {
+            (SERVER, CLIENT)
+        };
+        self.out
+            .of_kind("invalid")
+            .into_iter()
+            .filter(|e| {
+                e["src"] == src
+                    && e["dst"] == dst
+                    && e["sport"] == 8080
+                    && e["dport"] == self.seg["cport"]
+                    && e["seq"] == self.seg["seq"]
+            })
+            .collect()
+    }
+}
+
+fn out_of_window_is_attributed(mode: &str, v6: bool) {
+    let r = scenario(mode, v6, false);
+    let (client, server, service) = if v6 {
+        (CLIENT6, SERVER6, "[fd96::10]:80")
+    } else {
+        (CLIENT, SERVER, "10.96.0.10:80")
+    };
+    let cport = r.seg["cport"].as_u64().unwrap();
+
+    let crafted = r.crafted();
+    assert_eq!(
+        crafted.len(),
+        1,
+        "one verdict on the crafted segment: {:#?}",
+        r.out.events
+    );
+    let v = crafted[0];
+    assert_eq!(v["netns"], r.t.node.inode());
+    assert_eq!(v["hook"], "prerouting");
+    assert_eq!(v["in_iface"], "eth2");
+    assert_eq!(v["ack"], r.seg["ack"]);
+    assert_eq!(v["flags"], "ACK");
+    assert_eq!(
+        v["fate"], "passed",
+        "no rule dropped it: it went on without its DNAT reversed"
+    );
+    assert!(v["reason"].as_str().unwrap().len() > 3);
+    let ct = &v["conntrack"];
+    assert_eq!(ct["direction"], "reply", "{v:#}");
+    assert_eq!(ct["orig_src"], client);
+    assert_eq!(ct["orig_sport"], cport);
+    assert_eq!(ct["orig_dst"], if v6 { "fd96::10" } else { SERVICE });
+    assert_eq!(ct["orig_dport"], 80);
+    assert_eq!(ct["tcp_state"], "ESTABLISHED");
+
+    // The client has no connection with the backend's address and resets it.
+    let caused: Vec<_> = r
+        .out
+        .of_kind("rst_sent")
+        .into_iter()
+        .filter(|e| e["caused_by_invalid"] == true)
+        .collect();
+    assert_eq!(caused.len(), 1, "{:#?}", r.out.events);
+    assert_eq!(caused[0]["netns"], r.t.client.inode());
+    assert_eq!(caused[0]["src"], client);
+    assert_eq!(caused[0]["dst"], server);
+    assert_eq!(caused[0]["dport"], 8080);
+
+    let attributions = r.out.of_kind("attribution");
+    assert_eq!(
+        attributions.len(),
+        1,
+        "exactly one attribution: {:#?}",
+        r.out.events
+    );
+    let a = attributions[0];
+    let ep = |addr: &str, port: u64| {
+        if v6 {
+            format!("[{addr}]:{port}")
+        } else {
+            format!("{addr}:{port}")
+        }
+    };
+    assert_eq!(a["client"], ep(client, cport));
+    assert_eq!(a["service"], service);
+    assert_eq!(a["backend"], ep(server, 8080));
+    assert_eq!(a["reset_netns"], r.t.client.inode());
+    assert_eq!(a["invalid_netns"], r.t.node.inode());
+    assert_eq!(a["seq"], r.seg["seq"]);
+    assert_eq!(a["ack"], r.seg["ack"]);
+    assert_eq!(a["fate"], "passed");
+    assert!(a["delay_us"].as_u64().unwrap() < 1_000_000);
+    // The exit summary ranks the flow.
+    assert!(
+        r.out
+            .stderr
+            .contains("resets caused by INVALID packets, by flow"),
+        "{}",
+        r.out.stderr
+    );
+    assert!(
+        r.out.stderr.contains(&ep(client, cport)),
+        "{}",
+        r.out.stderr
+    );
+}
+
+#[test]
+fn seq_over_the_window_through_dnat_is_invalid_and_its_reset_attributed() {
+    if need_root("seq_over_the_window_through_dnat_is_invalid_and_its_reset_attributed") {
+        out_of_window_is_attributed("seq_over", false);
+    }
+}
+
+#[test]
+fn ack_over_the_window_through_dnat_is_invalid_and_its_reset_attributed() {
+    if need_root("ack_over_the_window_through_dnat_is_invalid_and_its_reset_attributed") {
+        out_of_window_is_attributed("ack_over", false);
+    }
+}
+
+#[test]
+fn ipv6_out_of_window_is_invalid_and_its_reset_attributed() {
+    if need_root("ipv6_out_of_window_is_invalid_and_its_reset_attributed") {
+        out_of_window_is_attributed("seq_over", true);
+    }
+}
+
+#[test]
+fn the_incident_a_healthy_server_connection_is_killed() {
+    if !need_root("the_incident_a_healthy_server_connection_is_killed") {
+        return;
+    }
+    // SEQ over the window with a valid ACK: the client's RST carries that ACK as its sequence
+    // number, which is inside the server's window, so the server drops its healthy connection.
+    let r = scenario("seq_over", false, false);
+    assert_eq!(r.seg["server_reset"], true, "{}", r.seg);
+    let received: Vec<_> = r
+        .out
+        .of_kind("rst_received")
+        .into_iter()
+        .filter(|e| e["netns"] == r.t.server.inode())
+        .collect();
+    assert_eq!(received.len(), 1, "{:#?}", r.out.events);
+    assert_eq!(received[0]["src"], CLIENT);
+    assert_eq!(received[0]["dst"], SERVER);
+    assert_eq!(received[0]["dport"], 8080);
+}
+
+#[test]
+fn a_drop_rule_protects_and_nothing_is_attributed() {
+    if !need_root("a_drop_rule_protects_and_nothing_is_attributed") {
+        return;
+    }
+    let r = scenario("seq_over", false, true);
+    let crafted = r.crafted();
+    assert_eq!(crafted.len(), 1, "{:#?}", r.out.events);
+    assert_eq!(crafted[0]["fate"], "dropped");
+    assert_eq!(crafted[0]["drop_reason"], "NETFILTER_DROP");
+    assert!(
+        r.out.of_kind("attribution").is_empty(),
+        "{:#?}",
+        r.out.events
+    );
+    assert_eq!(r.seg["server_reset"], false);
+}
+
+#[test]
+fn bad_flags_and_out_of_window_rst_are_invalid_without_a_reset() {
+    if !need_root("bad_flags_and_out_of_window_rst_are_invalid_without_a_reset") {
+        return;
+    }
+    for mode in ["bad_flags", "rst_out"] {
+        let r = scenario(mode, false, false);
+        let crafted = r.crafted();
+        assert_eq!(crafted.len(), 1, "{mode}: {:#?}", r.out.events);
+        assert_eq!(
+            crafted[0]["flags"],
+            if mode == "bad_flags" {
+                "FIN|SYN|RST"
+            } else {
+                "RST"
+            }
+        );
+        // Nobody answers a segment carrying RST.
+        assert!(
+            r.out.of_kind("attribution").is_empty(),
+            "{mode}: {:#?}",
+            r.out.events
+        );
+    }
+}
+
+#[test]
+fn seq_under_the_window_is_only_ignored_on_6_1_and_later() {
+    if !need_root("seq_under_the_window_is_only_ignored_on_6_1_and_later") {
+        return;
+    }
+    // The classic boom-server segment: conntrack keeps the entry (IGNORE, commit 6e250dcbff1d),
+    // NAT is still reversed, the client's socket absorbs it. Before 6.1 it was INVALID.
+    let r = scenario("ignore", false, false);
+    let expected = usize::from(!kernel_at_least(6, 1));
+    assert_eq!(r.crafted().len(), expected, "{:#?}", r.out.events);
+    assert!(
+        r.out.of_kind("attribution").len() == expected,
+        "{:#?}",
+        r.out.events
+    );
+}
