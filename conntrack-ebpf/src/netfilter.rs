@@ -91,7 +91,7 @@ fn on_invalid(state: *const u8, skb: *const u8) {
     } else {
         ev.flags |= flags::NOT_TCP;
     }
-    if PENDING_DROP.insert(&ev.skb, &ev.header.ts_ns, 0).is_err() {
+    if PENDING_DROP.insert(ev.skb, ev.header.ts_ns, 0).is_err() {
         count(Counter::MapUpdateFailed);
     }
     emit(&ev);

@@ -86,10 +86,10 @@ fn try_rst_sent(ctx: &BtfTracePointContext) {
         // Exact attribution: was this very packet (tuple, seq, ack) marked INVALID on its way?
         let key = PacketKey::of(&ev.packet);
         // SAFETY: map value read under RCU.
-        if let Some(seen) = unsafe { PENDING_RST.get(&key) } {
+        if let Some(seen) = unsafe { PENDING_RST.get(key) } {
             ev.cause = *seen;
             ev.flags |= flags::CAUSED_BY_INVALID;
-            let _ = PENDING_RST.remove(&key);
+            let _ = PENDING_RST.remove(key);
             count(Counter::RstFromInvalid);
         }
     } else if !sk.is_null() {
@@ -133,7 +133,7 @@ pub fn remember_invalid(p: &Packet, ts_ns: u64, skb: u64, hook: u8) {
         hook,
         _pad: [0; 3],
     };
-    if PENDING_RST.insert(&PacketKey::of(p), &seen, 0).is_err() {
+    if PENDING_RST.insert(PacketKey::of(p), seen, 0).is_err() {
         count(Counter::MapUpdateFailed);
     }
 }

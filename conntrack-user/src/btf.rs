@@ -133,7 +133,7 @@ impl KernelBtf {
                 };
             }
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(BtfError::Unaligned {
                 ty: ty.to_string(),
                 field: path.to_string(),

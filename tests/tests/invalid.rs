@@ -171,6 +171,8 @@ fn out_of_window_is_attributed(mode: &str, v6: bool) {
     assert_eq!(a["ack"], r.seg["ack"]);
     assert_eq!(a["fate"], "passed");
     assert!(a["delay_us"].as_u64().unwrap() < 1_000_000);
+    // Shown with --nocapture: the events a user would see.
+    eprintln!("{v}\n{}\n{a}", caused[0]);
     // The exit summary ranks the flow.
     assert!(
         r.out

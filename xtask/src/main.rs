@@ -233,6 +233,8 @@ fn lint() -> Result<()> {
     run(cargo().args([
         "clippy",
         "--workspace",
+        "--exclude",
+        "conntrack-ebpf",
         "--all-targets",
         "--",
         "-D",
@@ -266,7 +268,13 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "conntrack-user"]))?;
     let bin = root().join("target/release/ct-trace");
     run(cargo()
-        .args(["test", "--workspace", "--release"])
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "conntrack-ebpf",
+            "--release",
+        ])
         .arg("--")
         .args(args)
         .env("CT_TRACE_BIN", bin))?;
