@@ -90,7 +90,6 @@ fn boot_now() -> u64 {
 #[derive(Default)]
 struct Tally {
     by_kind: std::collections::BTreeMap<&'static str, u64>,
-    verdicts: u64,
     decode_errors: u64,
     printed: u64,
 }
@@ -163,6 +162,8 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         conntrack: Conntrack::open()
             .map_err(|e| warn!("ctnetlink unavailable, no conntrack entries in events: {e}"))
             .ok(),
+        kernel_invalid: verdicts
+            .then(|| Box::new(|| kstat::invalid().ok()) as Box<dyn FnMut() -> Option<u64>>),
     };
     drop(kbtf);
     let mut corr = Correlator::new(ctx);
@@ -281,12 +282,7 @@ fn drain(
     let now = Instant::now();
     while let Some(item) = ring.next() {
         match events::decode(&item) {
-            Ok(ev) => {
-                if matches!(ev, events::Event::Invalid(_)) {
-                    tally.verdicts += 1;
-                }
-                corr.event(ev, now, out);
-            }
+            Ok(ev) => corr.event(ev, now, out),
             Err(e) => {
                 tally.decode_errors += 1;
                 log::debug!("undecodable record: {e}");
@@ -356,18 +352,23 @@ fn summary(
         match (k_start, k_end) {
             (Some(a), Some(b)) => {
                 let kernel = b.saturating_sub(a);
-                let seen = tally.verdicts + ring_full;
-                let verdict = if kernel == tally.verdicts {
+                let reported = tally.by_kind.get("invalid").copied().unwrap_or(0);
+                let seen = reported + ring_full;
+                let verdict = if kernel == reported {
                     "equal".to_string()
                 } else {
-                    format!("DIFFERENT by {}", kernel as i64 - tally.verdicts as i64)
+                    format!("DIFFERENT by {}", kernel as i64 - reported as i64)
                 };
                 eprintln!(
-                    "ct-trace: INVALID verdicts in netns {netns}: ct-trace {} (tcp {}), kernel {kernel}: {verdict}",
-                    tally.verdicts,
-                    counters.read(Counter::InvalidTcp),
+                    "ct-trace: INVALID verdicts in netns {netns}: ct-trace {reported}, kernel {kernel}: {verdict}",
                 );
-                if kernel != tally.verdicts && seen == kernel {
+                if corr.unconfirmed > 0 {
+                    eprintln!(
+                        "ct-trace: {} packets had no conntrack entry but were not counted INVALID by the kernel (conntrack not active for them); not reported",
+                        corr.unconfirmed
+                    );
+                }
+                if kernel != reported && seen == kernel {
                     eprintln!("ct-trace: the difference is the events lost to a full ring buffer");
                 }
             }

@@ -39,6 +39,36 @@ pub struct Context {
     /// ct-trace's own netns: interface names resolve only there.
     pub own_netns: u32,
     pub conntrack: Option<Conntrack>,
+    /// Reads the kernel's `invalid` counter of ct-trace's namespace; `None` trusts every verdict.
+    pub kernel_invalid: Option<Box<dyn FnMut() -> Option<u64>>>,
+}
+
+/// Reports a verdict only once the kernel's own `invalid` counter has counted it. Conntrack
+/// counts before the netfilter program runs, so in steady state every verdict is confirmed at
+/// once; packets conntrack never saw (its hooks are not registered for that family in this
+/// namespace, which kernels without nfnetlink_hook cannot tell us up front) also have
+/// `_nfct == 0` but are never counted, and are not reported as INVALID.
+struct Confirm {
+    read: Box<dyn FnMut() -> Option<u64>>,
+    base: u64,
+    confirmed: u64,
+    credit: u64,
+}
+
+impl Confirm {
+    fn take(&mut self) -> bool {
+        if self.credit == 0 {
+            if let Some(k) = (self.read)() {
+                self.credit = k.saturating_sub(self.base).saturating_sub(self.confirmed);
+            }
+        }
+        if self.credit == 0 {
+            return false;
+        }
+        self.credit -= 1;
+        self.confirmed += 1;
+        true
+    }
 }
 
 struct Pending {
@@ -57,6 +87,10 @@ pub struct FlowStats {
 
 pub struct Correlator {
     ctx: Context,
+    confirm: Option<Confirm>,
+    suppressed: VecDeque<u64>,
+    /// Verdicts not reported because the kernel never counted them INVALID.
+    pub unconfirmed: u64,
     pending: HashMap<u64, Pending>,
     order: VecDeque<u64>,
     recent: VecDeque<(u64, u64, InvalidReport)>,
@@ -118,9 +152,21 @@ pub fn reset_for(flags_in: u8, seq: u32, ack: u32, len: u16) -> (u8, u32, u32) {
 }
 
 impl Correlator {
-    pub fn new(ctx: Context) -> Self {
+    pub fn new(mut ctx: Context) -> Self {
+        let confirm = ctx.kernel_invalid.take().and_then(|mut read| {
+            let base = read()?;
+            Some(Confirm {
+                read,
+                base,
+                confirmed: 0,
+                credit: 0,
+            })
+        });
         Self {
             ctx,
+            confirm,
+            suppressed: VecDeque::new(),
+            unconfirmed: 0,
             pending: HashMap::new(),
             order: VecDeque::new(),
             recent: VecDeque::new(),
@@ -159,6 +205,21 @@ impl Correlator {
     }
 
     fn finish(&mut self, skb: u64, report: InvalidReport, out: &mut Vec<Report>) {
+        if let Some(c) = &mut self.confirm {
+            if !c.take() {
+                if self.unconfirmed == 0 {
+                    log::warn!(
+                        "packets without a conntrack entry that the kernel did not count INVALID: conntrack is not active for them in this namespace; they are not reported"
+                    );
+                }
+                self.unconfirmed += 1;
+                if self.suppressed.len() == RECENT {
+                    self.suppressed.pop_front();
+                }
+                self.suppressed.push_back(skb);
+                return;
+            }
+        }
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
@@ -336,12 +397,18 @@ impl Correlator {
                 caused_by_invalid: false,
             }
         };
-        let caused = report.caused_by_invalid;
+        let mut report = report;
+        let mut caused = report.caused_by_invalid;
         let invalid = if caused {
             // The packet reached a host that reset it, so it was not dropped: report its
             // verdict now, before the reset, with that fate.
             if let Some(pend) = self.pending.remove(&r.cause.skb) {
                 self.finish(r.cause.skb, pend.report, out);
+            }
+            if self.suppressed.contains(&r.cause.skb) {
+                // Not an INVALID verdict after all (conntrack never saw that packet).
+                caused = false;
+                report.caused_by_invalid = false;
             }
             self.recent
                 .iter()
@@ -449,6 +516,7 @@ mod tests {
             reason_unknown: "unknown (test)".into(),
             own_netns: 1,
             conntrack: None,
+            kernel_invalid: None,
         }
     }
 
@@ -593,6 +661,43 @@ mod tests {
         assert_eq!(rs.seq, Some(5000), "RST seq is the offending packet's ack");
         assert_eq!(rs.reason.as_deref(), Some("NO_SOCKET"));
         assert_eq!(c.summary()[0].1.resets, 1);
+    }
+
+    #[test]
+    fn verdicts_the_kernel_did_not_count_are_not_reported() {
+        let counter = std::rc::Rc::new(std::cell::Cell::new(100u64));
+        let c2 = counter.clone();
+        let mut cx = ctx();
+        cx.kernel_invalid = Some(Box::new(move || Some(c2.get())));
+        let mut c = Correlator::new(cx);
+        let t0 = Instant::now();
+        let mut out = vec![];
+        counter.set(101); // conntrack counted one
+        c.event(Event::Invalid(verdict(1)), t0, &mut out);
+        c.event(Event::Invalid(verdict(2)), t0, &mut out); // never counted: conntrack not active
+        c.tick(t0 + FATE_WAIT * 2, false, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(c.unconfirmed, 1);
+        // A reset of the unconfirmed packet is not attributed.
+        let r = Reset {
+            header: Header {
+                version: WIRE_VERSION,
+                kind: Kind::RstSent as u8,
+                ..Default::default()
+            },
+            packet: packet(),
+            flags: flags::CAUSED_BY_INVALID,
+            cause: InvalidSeen {
+                skb: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        c.event(Event::Reset(Kind::RstSent, r), t0, &mut out);
+        assert_eq!(
+            out.iter().map(Report::kind).collect::<Vec<_>>(),
+            ["invalid", "rst_sent"]
+        );
     }
 
     #[test]

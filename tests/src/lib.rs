@@ -208,7 +208,7 @@ impl Output {
             .lines()
             .find(|l| l.contains("INVALID verdicts in netns"))?;
         let after = line.split(": ct-trace ").nth(1)?;
-        let ours: u64 = after.split_whitespace().next()?.parse().ok()?;
+        let ours: u64 = after.split(',').next()?.trim().parse().ok()?;
         let kernel: u64 = line
             .split("kernel ")
             .nth(1)?

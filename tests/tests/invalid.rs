@@ -290,3 +290,31 @@ fn seq_under_the_window_is_only_ignored_on_6_1_and_later() {
         r.out.events
     );
 }
+
+#[test]
+fn without_active_conntrack_nothing_is_reported_invalid() {
+    if !need_root("without_active_conntrack_nothing_is_reported_invalid") {
+        return;
+    }
+    // No rule and no NAT use conntrack here, so its hooks are not registered and every packet
+    // has no entry - none of them is INVALID, and a reset of one is not "caused" by one.
+    let ns = integration_tests::Netns::new("bare");
+    let ct = CtTrace::start(Some(&ns), &[]);
+    ns.exec(&format!(
+        "{} -c \"import socket\ns=socket.socket()\ntry:\n  s.connect(('127.0.0.1',9))\nexcept ConnectionRefusedError:\n  pass\"",
+        python()
+    ));
+    let out = ct.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.of_kind("invalid").is_empty(), "{:#?}", out.events);
+    assert!(out.of_kind("attribution").is_empty(), "{:#?}", out.events);
+    let rst: Vec<_> = out
+        .of_kind("rst_sent")
+        .into_iter()
+        .filter(|e| e["netns"] == ns.inode())
+        .collect();
+    assert_eq!(rst.len(), 1, "{:#?}", out.events);
+    assert_eq!(rst[0]["caused_by_invalid"], false);
+    let (ours, kernel, equal) = out.accuracy().expect("accuracy line");
+    assert!(equal && ours == 0 && kernel == 0, "{}", out.stderr);
+}
