@@ -8,8 +8,9 @@
 
 use std::{
     env,
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Command, ExitCode},
+    process::{Command, ExitCode, Stdio},
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -261,22 +262,59 @@ fn lint() -> Result<()> {
 }
 
 fn test(no_lint: bool, args: &[String]) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        // The integration tests would return early and count as passed: refuse instead.
+        bail!("the integration tests create network namespaces and load eBPF: run `sudo cargo xtask test` (CI runs as root)");
+    }
     if !no_lint {
         lint()?;
     }
     // The integration tests drive the real binary.
     run(cargo().args(["build", "--release", "-p", "conntrack-user"]))?;
     let bin = root().join("target/release/ct-trace");
-    run(cargo()
+    let mut child = cargo()
+        // No doc-tests: there are none, and their empty result lines would close the run.
         .args([
             "test",
             "--workspace",
             "--exclude",
             "conntrack-ebpf",
             "--release",
+            "--lib",
+            "--bins",
+            "--tests",
         ])
         .arg("--")
         .args(args)
-        .env("CT_TRACE_BIN", bin))?;
+        .env("CT_TRACE_BIN", bin)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(['.', ';']) {
+                let mut it = part.split_whitespace();
+                if let (Some(n), Some(what)) =
+                    (it.next().and_then(|n| n.parse::<u64>().ok()), it.next())
+                {
+                    match what {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
     Ok(())
 }
