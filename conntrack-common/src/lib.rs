@@ -13,6 +13,9 @@ pub const WIRE_VERSION: u8 = 1;
 /// Size of the `EVENTS` ring buffer in bytes (a power of two, a multiple of the page size).
 pub const RING_BYTES: u32 = 1 << 22;
 
+/// How long an INVALID packet can be matched to a reset it causes (10 s).
+pub const PENDING_RST_MAX_AGE_NS: u64 = 10_000_000_000;
+
 /// Entries of the LRU maps that remember INVALID packets until their fate or their reset is seen.
 pub const PENDING_ENTRIES: u32 = 8192;
 
@@ -228,10 +231,12 @@ pub enum Counter {
     DropAfterInvalid = 7,
     /// A pending-map update failed (the map is LRU, so this means an error, not "full").
     MapUpdateFailed = 8,
+    /// A reset matched an INVALID packet older than `PENDING_RST_MAX_AGE_NS`: not attributed.
+    PendingExpired = 9,
 }
 
 /// Number of slots in `COUNTERS`.
-pub const COUNTERS: u32 = 9;
+pub const COUNTERS: u32 = 10;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -244,6 +249,7 @@ impl Counter {
         Self::RstFromInvalid,
         Self::DropAfterInvalid,
         Self::MapUpdateFailed,
+        Self::PendingExpired,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -257,6 +263,7 @@ impl Counter {
             Self::RstFromInvalid => "rst_from_invalid",
             Self::DropAfterInvalid => "drop_after_invalid",
             Self::MapUpdateFailed => "map_update_failed",
+            Self::PendingExpired => "pending_expired",
         }
     }
 }

@@ -7,7 +7,9 @@
 //! - `tcp_receive_reset(struct sock *sk)` on every kernel ct-trace supports.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use conntrack_common::{flags, Counter, InvalidSeen, Kind, Offsets, Packet, PacketKey, Reset};
+use conntrack_common::{
+    flags, Counter, InvalidSeen, Kind, Offsets, Packet, PacketKey, Reset, PENDING_RST_MAX_AGE_NS,
+};
 
 use crate::{
     config,
@@ -87,10 +89,17 @@ fn try_rst_sent(ctx: &BtfTracePointContext) {
         let key = PacketKey::of(&ev.packet);
         // SAFETY: map value read under RCU.
         if let Some(seen) = unsafe { PENDING_RST.get(key) } {
-            ev.cause = *seen;
-            ev.flags |= flags::CAUSED_BY_INVALID;
+            let seen = *seen;
             let _ = PENDING_RST.remove(key);
-            count(Counter::RstFromInvalid);
+            // A reset answers its packet within a round trip; an entry this old is another
+            // connection that reused the same tuple and sequence numbers.
+            if ev.header.ts_ns.wrapping_sub(seen.ts_ns) <= PENDING_RST_MAX_AGE_NS {
+                ev.cause = seen;
+                ev.flags |= flags::CAUSED_BY_INVALID;
+                count(Counter::RstFromInvalid);
+            } else {
+                count(Counter::PendingExpired);
+            }
         }
     } else if !sk.is_null() {
         // An active reset (abort) carries no packet: report the socket, seen from the peer.

@@ -29,12 +29,16 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 }
 
 fn scenario(mode: &str, v6: bool, drop_rule: bool) -> Run {
+    scenario_with(mode, v6, drop_rule, &[])
+}
+
+fn scenario_with(mode: &str, v6: bool, drop_rule: bool, flags: &[&str]) -> Run {
     let t = Topology::new();
     if drop_rule {
         t.drop_invalid();
     }
     let before = t.node.kernel_invalid();
-    let ct = CtTrace::start(Some(&t.node), &[]);
+    let ct = CtTrace::start(Some(&t.node), flags);
     let seg = t.server.exec(&format!(
         "{} {} {mode} {} {}",
         python(),
@@ -53,7 +57,10 @@ fn scenario(mode: &str, v6: bool, drop_rule: bool) -> Run {
         kernel_delta,
         v6,
     };
-    run.assert_accurate();
+    // With --summary the events are not printed: the summary test checks the flows instead.
+    if flags.is_empty() {
+        run.assert_accurate();
+    }
     run
 }
 
@@ -317,4 +324,23 @@ fn without_active_conntrack_nothing_is_reported_invalid() {
     assert_eq!(rst[0]["caused_by_invalid"], false);
     let (ours, kernel, equal) = out.accuracy().expect("accuracy line");
     assert!(equal && ours == 0 && kernel == 0, "{}", out.stderr);
+}
+
+#[test]
+fn summary_ranks_flows_by_attributed_resets() {
+    if !need_root("summary_ranks_flows_by_attributed_resets") {
+        return;
+    }
+    let r = scenario_with("seq_over", false, false, &["--summary"]);
+    // --summary prints no events, only the flows, one JSON object each.
+    let flows = r.out.of_kind("flow");
+    assert_eq!(flows.len(), r.out.events.len(), "{:#?}", r.out.events);
+    assert_eq!(flows.len(), 1, "{:#?}", r.out.events);
+    let f = flows[0];
+    assert_eq!(f["client"], format!("{CLIENT}:{}", r.seg["cport"]));
+    assert_eq!(f["service"], "10.96.0.10:80");
+    assert_eq!(f["backend"], "10.77.2.2:8080");
+    assert_eq!(f["resets"], 1);
+    assert_eq!(f["reasons"].as_array().unwrap().len(), 1);
+    assert!(f["first"].as_str().unwrap() <= f["last"].as_str().unwrap());
 }
