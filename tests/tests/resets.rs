@@ -83,6 +83,8 @@ fn connect_to_a_closed_port_is_an_rst_sent_with_tuple_netns_and_reason() {
         assert_eq!(recv[0]["src"], src);
         assert_eq!(recv[0]["netns"], t.client.inode());
     }
+    // A reset that has nothing to do with conntrack is attributed to nothing.
+    assert!(out.of_kind("attribution").is_empty(), "{:#?}", out.events);
     assert!(
         out.stderr.contains("rst_sent"),
         "summary on stderr: {}",
