@@ -221,10 +221,6 @@ impl KernelBtf {
             .resolve_ids_by_name(name)
             .is_ok_and(|v| !v.is_empty())
     }
-
-    pub fn inner(&self) -> &Btf {
-        &self.btf
-    }
 }
 
 /// Turns an enum value name into the words users see: `SK_RST_REASON_NO_SOCKET` -> `NO_SOCKET`.

@@ -118,7 +118,6 @@ pub struct Attached {
     /// Whether the INVALID verdict programs are attached (for at least one family).
     pub verdicts: bool,
     pub fate: bool,
-    pub rst_has_reason: bool,
 }
 
 fn write_log(program: &str, log: &str) -> String {
@@ -166,7 +165,6 @@ pub fn attach(object: &[u8], kbtf: &KernelBtf, version: (u32, u32)) -> Result<At
         lines: vec![],
         verdicts: false,
         fate: false,
-        rst_has_reason,
     };
     for probe in PLAN {
         if version < probe.min_kernel {
