@@ -53,11 +53,15 @@ fn sysctl(name: &str) -> Option<u64> {
         .ok()
 }
 
-fn command(cmd: &str, args: &[&str]) -> Option<String> {
+/// stdout and stderr of a command that succeeded.
+fn command(cmd: &str, args: &[&str]) -> Option<(String, String)> {
     let out = Command::new(cmd).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status.success().then(|| {
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
 }
 
 /// Rules in `iptables-save -c` output that drop packets in ctstate INVALID.
@@ -84,25 +88,39 @@ pub fn iptables_drop_rules(save: &str, family: &'static str, source: &'static st
         .collect()
 }
 
-/// Rules in `nft list ruleset` output that drop `ct state invalid`.
-pub fn nft_drop_rules(ruleset: &str) -> Vec<Rule> {
-    let mut table = "";
+/// Rules in `nft list ruleset` output that drop `ct state invalid`. `warnings` is what nft
+/// printed on stderr: it names the tables iptables-nft (Debian's default iptables) manages,
+/// whose rules are already read through iptables-save and are skipped here.
+pub fn nft_drop_rules(ruleset: &str, warnings: &str) -> Vec<Rule> {
+    let managed: Vec<String> = warnings
+        .lines()
+        .filter(|l| l.contains("managed by iptables-nft"))
+        .filter_map(|l| {
+            let rest = l.split("table ").nth(1)?;
+            let mut it = rest.split_whitespace();
+            Some(format!("{} {}", it.next()?, it.next()?))
+        })
+        .collect();
+    let mut table = String::new();
     let mut out = vec![];
     for l in ruleset.lines() {
         let t = l.trim();
         if let Some(rest) = t.strip_prefix("table ") {
-            table = rest.split_whitespace().next().unwrap_or("");
+            table = rest.trim_end_matches('{').trim().to_string();
         }
-        if t.contains("ct state invalid") && t.contains("drop") && !t.contains("xt ") {
+        if managed.contains(&table) {
+            continue;
+        }
+        if t.contains("ct state invalid") && t.contains("drop") {
             let packets = t
                 .split("packets ")
                 .nth(1)
                 .and_then(|r| r.split_whitespace().next())
                 .and_then(|p| p.parse().ok());
             out.push(Rule {
-                family: match table {
-                    "ip" => "ipv4",
-                    "ip6" => "ipv6",
+                family: match table.split_whitespace().next() {
+                    Some("ip") => "ipv4",
+                    Some("ip6") => "ipv6",
                     _ => "inet",
                 },
                 source: "nftables",
@@ -119,7 +137,7 @@ pub fn inspect() -> Posture {
     let mut kube_proxy = None;
     let mut rules_read = false;
     for (cmd, family) in [("iptables-save", "ipv4"), ("ip6tables-save", "ipv6")] {
-        if let Some(save) = command(cmd, &["-c"]) {
+        if let Some((save, _)) = command(cmd, &["-c"]) {
             rules_read = true;
             if save.contains(":KUBE-SERVICES") {
                 kube_proxy = Some("iptables");
@@ -127,12 +145,12 @@ pub fn inspect() -> Posture {
             drop_rules.extend(iptables_drop_rules(&save, family, "iptables"));
         }
     }
-    if let Some(rs) = command("nft", &["list", "ruleset"]) {
+    if let Some((rs, warnings)) = command("nft", &["list", "ruleset"]) {
         rules_read = true;
         if rs.contains("table ip kube-proxy") || rs.contains("table ip6 kube-proxy") {
             kube_proxy = Some("nftables");
         }
-        drop_rules.extend(nft_drop_rules(&rs));
+        drop_rules.extend(nft_drop_rules(&rs, &warnings));
     }
     let mut p = Posture {
         netns: kstat::netns_inode("self").unwrap_or(0),
@@ -280,8 +298,15 @@ mod tests {
             "-A FORWARD -m conntrack --ctstate INVALID -j DROP"
         );
         let nft = "table inet filter {\n\tchain forward {\n\t\tct state invalid counter packets 3 bytes 180 drop\n\t}\n}\n";
-        let r = nft_drop_rules(nft);
+        let r = nft_drop_rules(nft, "");
         assert_eq!((r.len(), r[0].packets, r[0].family), (1, Some(3), "inet"));
+        let managed = "table ip filter {\n\tchain FORWARD {\n\t\tct state invalid counter packets 0 bytes 0 drop\n\t}\n}\n";
+        let warning = "# Warning: table ip filter is managed by iptables-nft, do not touch!\n";
+        assert!(
+            nft_drop_rules(managed, warning).is_empty(),
+            "counted once, through iptables-save"
+        );
+        assert_eq!(nft_drop_rules(managed, "")[0].family, "ipv4");
     }
 
     fn posture() -> Posture {
