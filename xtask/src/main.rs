@@ -5,6 +5,10 @@
 //!   ct-trace tool cache (`$CT_TRACE_CACHE`, default `~/.cache/ct-trace`). Idempotent.
 //! - `lint`: rustfmt check, clippy with `-D warnings` on the host crates and on the eBPF crate.
 //! - `test`: lint, then unit tests and the root integration tests (namespaces, real packets).
+//! - `vm`: boot Debian's 6.1, 6.12 and 7.2 kernels under qemu and run a command in each, with the
+//!   host's userland shared read-only (see `vm.rs`).
+
+mod vm;
 
 use std::{
     env,
@@ -21,7 +25,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TOOLCHAIN: &str = "nightly";
 
 /// Debian packages: what the integration tests call (iproute2, iptables, nft, conntrack,
-/// scapy for crafted segments, util-linux's setpriv) and what building needs.
+/// scapy for crafted segments, util-linux's setpriv), what building needs, and what `vm` needs
+/// (qemu, busybox-static for the initramfs, cpio, kmod's depmod/modprobe, xz and zstd for
+/// kernels and modules).
 const PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
@@ -31,8 +37,16 @@ const PACKAGES: &[&str] = &[
     "python3-scapy",
     "util-linux",
     "procps",
+    // The README runs `sudo ct-trace`; minimal images (and CI machines) may lack sudo.
+    "sudo",
     "gcc",
     "libc6-dev",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "xz-utils",
+    "zstd",
 ];
 
 #[derive(Parser)]
@@ -56,6 +70,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Boot Debian kernels under qemu and run a command in each (host `/` shared read-only).
+    Vm(vm::Args),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +80,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup(),
         Cmd::Lint => lint(),
         Cmd::Test { no_lint, args } => test(no_lint, &args),
+        Cmd::Vm(args) => vm::vm(args),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
