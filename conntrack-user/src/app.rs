@@ -348,6 +348,13 @@ fn summary(
         tally.decode_errors,
         counters.read(Counter::MapUpdateFailed),
     );
+    let expired = counters.read(Counter::PendingExpired);
+    if expired > 0 {
+        eprintln!(
+            "ct-trace: {expired} resets matched an INVALID packet older than {} s and were not attributed",
+            conntrack_common::PENDING_RST_MAX_AGE_NS / 1_000_000_000
+        );
+    }
     if verdicts {
         match (k_start, k_end) {
             (Some(a), Some(b)) => {

@@ -4,7 +4,6 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -14,7 +13,8 @@ use crate::{
     events::{addrs, tcp_flags, Event},
     netlink::{self, tcp_state_name, Conntrack, Tuple},
     report::{
-        rfc3339, AttributionReport, ConntrackReport, InvalidReport, Report, ResetReport, Trigger,
+        endpoint, endpoint_of, rfc3339, AttributionReport, ConntrackReport, InvalidReport, Report,
+        ResetReport, Trigger,
     },
 };
 
@@ -93,7 +93,7 @@ pub struct Correlator {
     pub unconfirmed: u64,
     pending: HashMap<u64, Pending>,
     order: VecDeque<u64>,
-    recent: VecDeque<(u64, u64, InvalidReport)>,
+    recent: VecDeque<(u64, InvalidReport)>,
     pub flows: HashMap<(String, String, String), FlowStats>,
 }
 
@@ -124,13 +124,6 @@ fn ifname(ifindex: u32) -> Option<String> {
             .to_string_lossy()
             .into_owned(),
     )
-}
-
-fn endpoint(a: IpAddr, p: u16) -> String {
-    match a {
-        IpAddr::V6(a) => format!("[{a}]:{p}"),
-        a => format!("{a}:{p}"),
-    }
 }
 
 /// The reset the kernel sends for a packet no socket owns (tcp_v4_send_reset(),
@@ -223,7 +216,7 @@ impl Correlator {
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
-        self.recent.push_back((skb, 0, report.clone()));
+        self.recent.push_back((skb, report.clone()));
         out.push(Report::Invalid(report));
     }
 
@@ -413,8 +406,8 @@ impl Correlator {
             self.recent
                 .iter()
                 .rev()
-                .find(|(skb, _, _)| *skb == r.cause.skb)
-                .map(|(_, _, rep)| rep.clone())
+                .find(|(skb, _)| *skb == r.cause.skb)
+                .map(|(_, rep)| rep.clone())
         } else {
             None
         };
@@ -453,14 +446,8 @@ impl Correlator {
             client: client.clone(),
             service: service.clone(),
             backend: backend.clone(),
-            reset_src: match (reset.src, reset.sport) {
-                (Some(a), Some(p)) => endpoint(a, p),
-                _ => "?".into(),
-            },
-            reset_dst: match (reset.dst, reset.dport) {
-                (Some(a), Some(p)) => endpoint(a, p),
-                _ => "?".into(),
-            },
+            reset_src: endpoint_of(reset.src, reset.sport),
+            reset_dst: endpoint_of(reset.dst, reset.dport),
             reset_netns: reset.netns,
             reset_reason: reset.reason.clone(),
             invalid_netns: r.cause.netns,

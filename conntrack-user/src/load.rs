@@ -120,7 +120,8 @@ pub struct Attached {
     pub fate: bool,
 }
 
-fn write_log(program: &str, log: &str) -> String {
+/// Writes a verifier log where the one-line error can point to; returns its path.
+pub(crate) fn write_log(program: &str, log: &str) -> String {
     let path: PathBuf = std::env::temp_dir().join(format!("ct-trace-verifier-{program}.log"));
     let _ = std::fs::write(&path, log);
     path.display().to_string()
@@ -211,12 +212,7 @@ pub fn attach(object: &[u8], kbtf: &KernelBtf, version: (u32, u32)) -> Result<At
                     ));
                     continue;
                 }
-                let nf = NetfilterProgram::load(
-                    object,
-                    probe.program,
-                    &out.ebpf,
-                    &std::env::temp_dir(),
-                )?;
+                let nf = NetfilterProgram::load(object, probe.program, &out.ebpf)?;
                 for family in [Family::Ipv4, Family::Ipv6] {
                     for hook in [HookNum::PreRouting, HookNum::LocalOut] {
                         let at = format!(

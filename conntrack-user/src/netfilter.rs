@@ -11,7 +11,7 @@ use std::{
     collections::HashSet,
     ffi::CString,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
 };
 
 use aya::maps::{Map, MapData};
@@ -139,12 +139,7 @@ pub struct NetfilterProgram {
 
 impl NetfilterProgram {
     /// Loads `name` from `object`, sharing every map of `ebpf` (call before any `take_map`).
-    pub fn load(
-        object: &[u8],
-        name: &str,
-        ebpf: &aya::Ebpf,
-        log_dir: &std::path::Path,
-    ) -> Result<Self, NetfilterError> {
+    pub fn load(object: &[u8], name: &str, ebpf: &aya::Ebpf) -> Result<Self, NetfilterError> {
         let mut obj = aya_obj::Object::parse(object).map_err(NetfilterError::Parse)?;
         obj.programs.retain(|n, _| n == name);
         let program = obj
@@ -156,28 +151,19 @@ impl NetfilterProgram {
 
         // Every map of the object must be in this list: all `#[map]`s share the ELF `maps`
         // section, and a map missing here would be resolved to a neighbour in that section.
-        let aya_maps: Vec<(String, RawFd)> = ebpf
-            .maps()
-            .map(|(n, m)| (n.to_string(), map_data(m).fd().as_fd_raw()))
-            .collect();
-        let entries: Vec<(&str, RawFd, &aya_obj::Map)> = obj
+        // relocate_maps borrows the maps while it mutates the functions: hence the clones.
+        let maps: Vec<(String, RawFd, aya_obj::Map)> = obj
             .maps
             .iter()
             .map(|(n, m)| {
-                let fd = aya_maps
-                    .iter()
-                    .find(|(an, _)| an == n)
-                    .map_or(-1, |(_, fd)| *fd);
-                (n.as_str(), fd, m)
+                let fd = ebpf
+                    .map(n)
+                    .map_or(-1, |am| map_data(am).fd().as_fd().as_raw_fd());
+                (n.clone(), fd, m.clone())
             })
             .collect();
         let text: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
-        // relocate_maps needs the maps borrowed while it mutates the functions: clone them.
-        let owned: Vec<(String, RawFd, aya_obj::Map)> = entries
-            .into_iter()
-            .map(|(n, fd, m)| (n.to_string(), fd, m.clone()))
-            .collect();
-        obj.relocate_maps(owned.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)), &text)
+        obj.relocate_maps(maps.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)), &text)
             .map_err(|e| NetfilterError::Relocate(name.to_string(), e))?;
         obj.relocate_calls(&text)
             .map_err(|e| NetfilterError::Relocate(name.to_string(), e))?;
@@ -192,11 +178,9 @@ impl NetfilterProgram {
                 let text = String::from_utf8_lossy(&log)
                     .trim_end_matches('\0')
                     .to_string();
-                let log_path = log_dir.join(format!("ct-trace-verifier-{name}.log"));
-                let _ = std::fs::write(&log_path, &text);
                 return Err(NetfilterError::Verifier {
                     program: name.to_string(),
-                    log_path: log_path.display().to_string(),
+                    log_path: crate::load::write_log(name, &text),
                     log: text,
                     source: err,
                 });
@@ -230,17 +214,6 @@ impl NetfilterProgram {
             })?;
         // SAFETY: the kernel just returned this fd to us.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-}
-
-trait RawMapFd {
-    fn as_fd_raw(&self) -> RawFd;
-}
-
-impl RawMapFd for aya::maps::MapFd {
-    fn as_fd_raw(&self) -> RawFd {
-        use std::os::fd::AsFd;
-        self.as_fd().as_raw_fd()
     }
 }
 

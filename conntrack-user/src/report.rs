@@ -153,14 +153,6 @@ impl Report {
     }
 
     pub fn text(&self) -> String {
-        fn ep(a: Option<IpAddr>, p: Option<u16>) -> String {
-            match (a, p) {
-                (Some(IpAddr::V6(a)), Some(p)) => format!("[{a}]:{p}"),
-                (Some(a), Some(p)) => format!("{a}:{p}"),
-                (Some(a), None) => a.to_string(),
-                _ => "?".into(),
-            }
-        }
         fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
             v.as_ref().map_or("-".into(), |v| v.to_string())
         }
@@ -173,8 +165,8 @@ impl Report {
                     r.time,
                     r.kind,
                     r.netns,
-                    ep(r.src, r.sport),
-                    ep(r.dst, r.dport),
+                    endpoint_of(r.src, r.sport),
+                    endpoint_of(r.dst, r.dport),
                     opt(&r.flags),
                     opt(&r.seq),
                     opt(&r.ack),
@@ -191,8 +183,8 @@ impl Report {
                     r.time,
                     r.kind,
                     r.netns,
-                    ep(Some(r.src), r.sport),
-                    ep(Some(r.dst), r.dport),
+                    endpoint_of(Some(r.src), r.sport),
+                    endpoint_of(Some(r.dst), r.dport),
                     opt(&r.flags),
                     opt(&r.seq),
                     opt(&r.ack),
@@ -268,6 +260,23 @@ impl<W: io::Write> Writer<W> {
         };
         writeln!(self.out, "{line}")?;
         self.out.flush()
+    }
+}
+
+/// `addr:port`, with IPv6 addresses in brackets (`[fd00::1]:80`).
+pub fn endpoint(a: IpAddr, p: u16) -> String {
+    match a {
+        IpAddr::V6(a) => format!("[{a}]:{p}"),
+        a => format!("{a}:{p}"),
+    }
+}
+
+/// [`endpoint`] for fields that may be unknown: the address alone without a port, `?` without one.
+pub fn endpoint_of(a: Option<IpAddr>, p: Option<u16>) -> String {
+    match (a, p) {
+        (Some(a), Some(p)) => endpoint(a, p),
+        (Some(a), None) => a.to_string(),
+        _ => "?".into(),
     }
 }
 
