@@ -8,7 +8,7 @@
 #![no_std]
 
 /// Bumped whenever any record layout changes.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// Size of the `EVENTS` ring buffer in bytes (a power of two, a multiple of the page size).
 pub const RING_BYTES: u32 = 1 << 22;
@@ -31,6 +31,8 @@ pub enum Kind {
     Invalid = 3,
     /// `kfree_skb` with reason NETFILTER_DROP for a packet seen INVALID; [`Drop`] follows.
     Drop = 4,
+    /// Conntrack logged why it refused a packet (its log helpers); [`Reason`] follows.
+    Reason = 5,
 }
 
 impl TryFrom<u8> for Kind {
@@ -41,6 +43,7 @@ impl TryFrom<u8> for Kind {
             2 => Self::RstReceived,
             3 => Self::Invalid,
             4 => Self::Drop,
+            5 => Self::Reason,
             other => return Err(other),
         })
     }
@@ -211,6 +214,73 @@ pub struct Drop {
     pub _pad: u32,
 }
 
+/// Which conntrack log helper a [`Reason`] came from.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReasonSource {
+    /// `nf_ct_l4proto_log_invalid(skb, ct, state, fmt, ...)`: the packet had a conntrack entry.
+    CtLog = 1,
+    /// `nf_l4proto_log_invalid(skb, state, protonum, fmt, ...)`: refused before any entry.
+    L4Log = 2,
+}
+
+/// Bytes of `struct ip_ct_tcp` copied into a [`Reason`] (the struct is 56-60 bytes on 6.1-7.2).
+pub const CT_TCP_BYTES: usize = 64;
+/// Bytes of one `struct nf_conntrack_tuple` copied into a [`Reason`] (40 on every kernel since
+/// 2.6; userspace checks the size in BTF and decodes with BTF offsets).
+pub const CT_TUPLE_BYTES: usize = 40;
+/// Bytes of the log format string copied into a [`Reason`].
+pub const FMT_BYTES: usize = 96;
+
+/// Why conntrack refused a packet, as its log helper was called, with the conntrack entry as it
+/// was at that moment. The raw kernel structures are decoded in userspace with offsets from the
+/// running kernel's BTF. Joined to a [`Verdict`] by `skb`; a TCP reason with no verdict means the
+/// packet was only ignored (6.1+ `NFCT_TCP_IGNORE`: it kept its entry and its NAT).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reason {
+    pub header: Header,
+    pub packet: Packet,
+    pub skb: u64,
+    /// `ct->status` (`IPS_*` bits); 0 without an entry.
+    pub ct_status: u64,
+    /// The first two integer arguments after the format string (x86-64: r8, r9), which the
+    /// format's `%u`/`%d` print.
+    pub args: [u64; 2],
+    /// [`ReasonSource`].
+    pub source: u8,
+    /// `enum nf_inet_hooks` of the hook state.
+    pub hook: u8,
+    /// 1 when `ct_tcp` and `ct_tuples` were read from an entry.
+    pub has_ct: u8,
+    pub _pad: [u8; 5],
+    /// `ct->proto.tcp` (`struct ip_ct_tcp`), raw.
+    pub ct_tcp: [u8; CT_TCP_BYTES],
+    /// `ct->tuplehash[IP_CT_DIR_ORIGINAL]` and `[IP_CT_DIR_REPLY]` `.tuple`, raw.
+    pub ct_tuples: [[u8; CT_TUPLE_BYTES]; 2],
+    /// The format string, NUL-terminated (truncated to fit).
+    pub fmt: [u8; FMT_BYTES],
+}
+
+impl Default for Reason {
+    fn default() -> Self {
+        Self {
+            header: Header::default(),
+            packet: Packet::default(),
+            skb: 0,
+            ct_status: 0,
+            args: [0; 2],
+            source: 0,
+            hook: 0,
+            has_ct: 0,
+            _pad: [0; 5],
+            ct_tcp: [0; CT_TCP_BYTES],
+            ct_tuples: [[0; CT_TUPLE_BYTES]; 2],
+            fmt: [0; FMT_BYTES],
+        }
+    }
+}
+
 /// Slots of the per-CPU `COUNTERS` array. Every event class and every failure path has one.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,10 +303,18 @@ pub enum Counter {
     MapUpdateFailed = 8,
     /// A reset matched an INVALID packet older than `PENDING_RST_MAX_AGE_NS`: not attributed.
     PendingExpired = 9,
+    /// Reasons recorded by the conntrack log-helper kprobes.
+    Reasons = 10,
+    /// `nf_conntrack_in()` dropped a packet it could not track (table full, or no memory):
+    /// counted by the kernel as `drop`, not `invalid`.
+    CtDropped = 11,
+    /// The kretprobe fallback found its per-CPU argument stack stale or too deep (a return was
+    /// missed): those verdicts are lost.
+    StackLost = 12,
 }
 
 /// Number of slots in `COUNTERS`.
-pub const COUNTERS: u32 = 10;
+pub const COUNTERS: u32 = 13;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -250,6 +328,9 @@ impl Counter {
         Self::DropAfterInvalid,
         Self::MapUpdateFailed,
         Self::PendingExpired,
+        Self::Reasons,
+        Self::CtDropped,
+        Self::StackLost,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -264,6 +345,9 @@ impl Counter {
             Self::DropAfterInvalid => "drop_after_invalid",
             Self::MapUpdateFailed => "map_update_failed",
             Self::PendingExpired => "pending_expired",
+            Self::Reasons => "reasons",
+            Self::CtDropped => "ct_dropped",
+            Self::StackLost => "stack_lost",
         }
     }
 }
@@ -296,6 +380,17 @@ pub struct Offsets {
     pub state_net: u32,
 }
 
+/// Offsets into `struct nf_conn`, from the BTF of the module that defines it (`nf_conntrack`
+/// on distribution kernels, vmlinux when built in). All zero when unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtOffsets {
+    pub status: u32,
+    pub tuple_original: u32,
+    pub tuple_reply: u32,
+    pub proto_tcp: u32,
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all of these are repr(C), made only of integers and byte arrays, and every padding
@@ -303,6 +398,7 @@ mod user {
     unsafe impl aya::Pod for super::PacketKey {}
     unsafe impl aya::Pod for super::InvalidSeen {}
     unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::CtOffsets {}
 }
 
 // Sizes are part of the wire format: a change here must bump WIRE_VERSION.
@@ -314,3 +410,8 @@ const _: () = assert!(core::mem::size_of::<Reset>() == 16 + 64 + 8 + 24);
 const _: () = assert!(core::mem::size_of::<Verdict>() == 16 + 64 + 16);
 const _: () = assert!(core::mem::size_of::<Drop>() == 32);
 const _: () = assert!(core::mem::size_of::<Offsets>() == 21 * 4);
+const _: () = assert!(core::mem::size_of::<CtOffsets>() == 16);
+const _: () = assert!(
+    core::mem::size_of::<Reason>()
+        == 16 + 64 + 8 + 8 + 16 + 8 + CT_TCP_BYTES + 2 * CT_TUPLE_BYTES + FMT_BYTES
+);

@@ -2,7 +2,7 @@
 //! Frozen by the loader, so the verifier treats their values as constants: the netfilter program's
 //! `_nfct` load needs a constant offset (a `.data` value fails with "invalid variable offset").
 
-use conntrack_common::Offsets;
+use conntrack_common::{CtOffsets, Offsets};
 
 #[unsafe(no_mangle)]
 static OFFSETS: Offsets = Offsets {
@@ -29,18 +29,43 @@ static OFFSETS: Offsets = Offsets {
     state_net: 0,
 };
 
+#[unsafe(no_mangle)]
+static CT_OFFSETS: CtOffsets = CtOffsets {
+    status: 0,
+    tuple_original: 0,
+    tuple_reply: 0,
+    proto_tcp: 0,
+};
+
 /// 1 when `tcp:tcp_send_reset` carries `enum sk_rst_reason` as its third argument (6.10+).
 #[unsafe(no_mangle)]
 static RST_HAS_REASON: u8 = 0;
+
+/// 1 when kprobes on `tcp_v4_send_reset`/`tcp_v6_send_reset` report the resets caused by a
+/// packet (kernels before 6.10, whose tracepoint skips resets of packets no socket owns); the
+/// tracepoint then reports only the resets without a packet (aborts).
+#[unsafe(no_mangle)]
+static RST_KPROBED: u8 = 0;
 
 /// 1 when `skb:kfree_skb` carries `enum skb_drop_reason` as its third argument (5.17+).
 #[unsafe(no_mangle)]
 static KFREE_HAS_REASON: u8 = 0;
 
+/// Inode of the network namespace whose conntrack the kprobes report (ct-trace's own, like the
+/// netfilter links): kprobes fire for every namespace.
+#[unsafe(no_mangle)]
+static TARGET_NETNS: u32 = 0;
+
 #[inline(always)]
 pub fn offsets() -> Offsets {
     // SAFETY: a plain static; volatile so the compiler cannot fold the zeroes above.
     unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+pub fn ct_offsets() -> CtOffsets {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&CT_OFFSETS) }
 }
 
 #[inline(always)]
@@ -56,7 +81,19 @@ pub fn rst_has_reason() -> bool {
 }
 
 #[inline(always)]
+pub fn rst_kprobed() -> bool {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&RST_KPROBED) != 0 }
+}
+
+#[inline(always)]
 pub fn kfree_has_reason() -> bool {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&KFREE_HAS_REASON) != 0 }
+}
+
+#[inline(always)]
+pub fn target_netns() -> u32 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&TARGET_NETNS) }
 }

@@ -7,6 +7,7 @@
 #![no_main]
 
 mod config;
+mod conntrack;
 mod maps;
 mod netfilter;
 mod skb;

@@ -48,8 +48,10 @@ pub extern "C" fn ctt_nf_verdict(ctx: *const NfCtx) -> i32 {
     NF_ACCEPT
 }
 
+/// Reports a packet conntrack left without an entry; shared with the kretprobe fallback
+/// (`conntrack::ctt_ct_in_ret`), which sees the same `state` and `skb`.
 #[inline(never)]
-fn on_invalid(state: *const u8, skb: *const u8) {
+pub fn on_invalid(state: *const u8, skb: *const u8) {
     let o = config::offsets();
     let mut ev = Verdict {
         header: header(Kind::Invalid),

@@ -6,7 +6,10 @@
 //!   ct-trace is about). Before that series it had no reason and fired only for full sockets.
 //! - `tcp_receive_reset(struct sock *sk)` on every kernel ct-trace supports.
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, kprobe},
+    programs::{BtfTracePointContext, ProbeContext},
+};
 use conntrack_common::{
     flags, Counter, InvalidSeen, Kind, Offsets, Packet, PacketKey, Reset, PENDING_RST_MAX_AGE_NS,
 };
@@ -46,25 +49,56 @@ fn read_sock(sk: *const u8, o: &Offsets, p: &mut Packet) -> u8 {
 
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn ctt_rst_sent(ctx: BtfTracePointContext) -> i32 {
-    try_rst_sent(&ctx);
+    let sk: *const u8 = ctx.arg(0);
+    let skb: *const u8 = ctx.arg(1);
+    if config::rst_kprobed() && !skb.is_null() {
+        // Reported by the tcp_v{4,6}_send_reset kprobes (ctt_rst_v4/ctt_rst_v6).
+        return 0;
+    }
+    let reason = config::rst_has_reason().then(|| ctx.arg::<u32>(2));
+    rst_sent(sk, skb, reason);
+    0
+}
+
+/// `tcp_v4_send_reset(const struct sock *sk, struct sk_buff *skb)` (net/ipv4/tcp_ipv4.c; a third
+/// `enum sk_rst_reason` argument from 6.10). Before 6.10 `tcp:tcp_send_reset` fired only
+/// `if (sk && sk_fullsock(sk))`, so the reset of a packet no socket owns - the one ct-trace is
+/// about - is seen only here. Static, but in kallsyms.
+#[kprobe]
+pub fn ctt_rst_v4(ctx: ProbeContext) -> u32 {
+    rst_kprobe(&ctx);
+    0
+}
+
+/// `tcp_v6_send_reset`, as `tcp_v4_send_reset` (net/ipv6/tcp_ipv6.c).
+#[kprobe]
+pub fn ctt_rst_v6(ctx: ProbeContext) -> u32 {
+    rst_kprobe(&ctx);
     0
 }
 
 #[inline(always)]
-fn try_rst_sent(ctx: &BtfTracePointContext) {
+fn rst_kprobe(ctx: &ProbeContext) {
+    let sk: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
+    let skb: *const u8 = ctx.arg(1).unwrap_or(core::ptr::null());
+    if skb.is_null() {
+        return;
+    }
+    rst_sent(sk, skb, None);
+}
+
+#[inline(never)]
+fn rst_sent(sk: *const u8, skb: *const u8, reason: Option<u32>) {
     let o = config::offsets();
-    let sk: *const u8 = ctx.arg(0);
-    let skb: *const u8 = ctx.arg(1);
     let mut ev = Reset {
         header: header(Kind::RstSent),
         reason: u32::MAX,
         ..Default::default()
     };
     count(Counter::RstSent);
-    if config::rst_has_reason() {
-        ev.reason = ctx.arg::<u32>(2);
-    } else {
-        ev.flags |= flags::NO_REASON_ARG;
+    match reason {
+        Some(r) => ev.reason = r,
+        None => ev.flags |= flags::NO_REASON_ARG,
     }
     if sk.is_null() {
         ev.flags |= flags::NO_SOCKET;

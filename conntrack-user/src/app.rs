@@ -24,7 +24,12 @@ use crate::{
 
 /// Exit codes: 0 success, 1 runtime failure, 2 the user must change something (privileges).
 pub fn exit_code(e: &anyhow::Error) -> ExitCode {
-    if e.downcast_ref::<PreflightError>().is_some() {
+    if e.downcast_ref::<PreflightError>().is_some()
+        || matches!(
+            e.downcast_ref::<load::LoadError>(),
+            Some(load::LoadError::Mode { .. })
+        )
+    {
         ExitCode::from(2)
     } else {
         ExitCode::FAILURE
@@ -67,6 +72,7 @@ impl Counters {
             Counter::RingFull,
             Counter::ReadFailed,
             Counter::MapUpdateFailed,
+            Counter::StackLost,
         ] {
             let now = self.read(c);
             let delta = now.saturating_sub(self.last[c as usize]);
@@ -98,7 +104,11 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     preflight::check_caps(preflight::effective_caps())?;
     let kbtf = KernelBtf::load()?;
     let version = preflight::kernel_version();
-    let attached = match load::attach(crate::EBPF_OBJECT, &kbtf, version) {
+    let own_netns =
+        kstat::netns_inode("self").context("reading this process's network namespace")?;
+    let features = load::KernelFeatures::probe(&kbtf, version);
+    let globals = load::Globals { netns: own_netns };
+    let attached = match load::attach(crate::EBPF_OBJECT, &kbtf, &features, cli.attach, &globals) {
         Ok(a) => a,
         Err(e) => {
             if let Some(log) = e.verifier_log() {
@@ -111,15 +121,22 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         mut ebpf,
         links,
         lines,
-        verdicts,
+        mode,
         fate,
-        ..
+        reasons,
     } = attached;
+    let verdicts = mode.is_some();
     for l in &lines {
         info!("{l}");
     }
-    let own_netns =
-        kstat::netns_inode("self").context("reading this process's network namespace")?;
+    info!(
+        "INVALID verdicts: {}; reasons: {}",
+        mode.map_or("not watched on this kernel", |m| m.source()),
+        match &reasons {
+            Ok(()) => "conntrack's log helpers (kprobes)".to_string(),
+            Err(why) => format!("unknown ({why})"),
+        }
+    );
     let kernel_invalid_start = if verdicts {
         kstat::invalid().ok()
     } else {
@@ -146,18 +163,19 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         .iter()
         .find(|(_, n)| n.as_str() == "SKB_DROP_REASON_NETFILTER_DROP")
         .map(|(v, _)| *v);
-    let reason_unknown = if preflight::has_kprobes() {
-        "unknown (reading the reason needs kprobes on conntrack's log helpers, which this version does not attach yet)"
-    } else {
-        "unknown (the reason is read by kprobes on conntrack's log helpers; this kernel has no kprobes)"
-    };
+    let ct_layout = kbtf
+        .ct_layout()
+        .map_err(|e| warn!("conntrack entries in reasons cannot be decoded: {e}"))
+        .ok();
     let ctx = Context {
         boot_to_epoch_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
         rst_reasons: kbtf.enum_names("sk_rst_reason"),
         drop_reasons,
         netfilter_drop,
         fate_known: fate,
-        reason_unknown: reason_unknown.to_string(),
+        reason_unknown: reasons.err().map(|why| format!("unknown ({why})")),
+        ct_layout,
+        verdicts,
         own_netns,
         conntrack: Conntrack::open()
             .map_err(|e| warn!("ctnetlink unavailable, no conntrack entries in events: {e}"))
@@ -335,19 +353,32 @@ fn summary(
     k_start: Option<u64>,
     k_end: Option<u64>,
 ) {
-    let kinds: Vec<String> = ["invalid", "rst_sent", "rst_received", "attribution"]
-        .iter()
-        .map(|k| format!("{k} {}", tally.by_kind.get(k).copied().unwrap_or(0)))
-        .collect();
+    let kinds: Vec<String> = [
+        "invalid",
+        "ignored",
+        "rst_sent",
+        "rst_received",
+        "attribution",
+    ]
+    .iter()
+    .map(|k| format!("{k} {}", tally.by_kind.get(k).copied().unwrap_or(0)))
+    .collect();
     let ring_full = counters.read(Counter::RingFull);
-    let lost = ring_full + counters.read(Counter::ReadFailed) + tally.decode_errors;
+    let stack_lost = counters.read(Counter::StackLost);
+    let lost = ring_full + counters.read(Counter::ReadFailed) + tally.decode_errors + stack_lost;
     eprintln!(
-        "ct-trace: events: {}; lost {lost} (ring buffer full {ring_full}, unreadable packets {}, undecodable records {}, map update failures {})",
+        "ct-trace: events: {}; lost {lost} (ring buffer full {ring_full}, unreadable packets {}, undecodable records {}, kretprobe stack {stack_lost}, map update failures {})",
         kinds.join(", "),
         counters.read(Counter::ReadFailed),
         tally.decode_errors,
         counters.read(Counter::MapUpdateFailed),
     );
+    let ct_dropped = counters.read(Counter::CtDropped);
+    if ct_dropped > 0 {
+        eprintln!(
+            "ct-trace: conntrack dropped {ct_dropped} packets it could not track (table full or no memory; the kernel counts them as `drop`)"
+        );
+    }
     let expired = counters.read(Counter::PendingExpired);
     if expired > 0 {
         eprintln!(

@@ -7,9 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use conntrack_common::{flags, Drop, Hook, Kind, Reset, Verdict};
+use conntrack_common::{flags, Drop, Hook, Kind, Reason, Reset, Verdict};
 
 use crate::{
+    btf::CtLayout,
     events::{addrs, tcp_flags, Event},
     netlink::{self, tcp_state_name, Conntrack, Tuple},
     report::{
@@ -34,8 +35,13 @@ pub struct Context {
     pub netfilter_drop: Option<u32>,
     /// Whether `kfree_skb` is watched: without it the fate is `unknown`.
     pub fate_known: bool,
-    /// Why the INVALID reason is not known on this kernel (no kprobes).
-    pub reason_unknown: String,
+    /// Why the INVALID reason is not known on this kernel (no kprobes), or `None` when the
+    /// reason kprobes are attached.
+    pub reason_unknown: Option<String>,
+    /// How to decode conntrack entries in reason records.
+    pub ct_layout: Option<CtLayout>,
+    /// Whether INVALID verdicts are watched: a reason without a verdict is then an IGNORE.
+    pub verdicts: bool,
     /// ct-trace's own netns: interface names resolve only there.
     pub own_netns: u32,
     pub conntrack: Option<Conntrack>,
@@ -76,6 +82,23 @@ struct Pending {
     deadline: Instant,
 }
 
+/// A reason record waiting for the verdict on the same packet.
+struct PendingReason {
+    reason: Box<Reason>,
+    deadline: Instant,
+}
+
+/// What a reason record says, ready to go into a report.
+struct ReasonInfo {
+    text: String,
+    missed_by: Option<u32>,
+    conntrack: Option<ConntrackReport>,
+}
+
+/// A verdict within this long after a reason for the same `sk_buff` is about the same packet
+/// (both happen inside one `nf_conntrack_in()` call).
+const REASON_MAX_AGE_NS: u64 = 100_000_000;
+
 /// One flow of the reset summary: client -> service -> backend.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
@@ -94,6 +117,10 @@ pub struct Correlator {
     pending: HashMap<u64, Pending>,
     order: VecDeque<u64>,
     recent: VecDeque<(u64, InvalidReport)>,
+    reasons: HashMap<u64, PendingReason>,
+    reason_order: VecDeque<u64>,
+    /// Reasons on packets that were neither INVALID nor TCP (not reported).
+    pub reasons_unmatched: u64,
     pub flows: HashMap<(String, String, String), FlowStats>,
 }
 
@@ -163,6 +190,9 @@ impl Correlator {
             pending: HashMap::new(),
             order: VecDeque::new(),
             recent: VecDeque::new(),
+            reasons: HashMap::new(),
+            reason_order: VecDeque::new(),
+            reasons_unmatched: 0,
             flows: HashMap::new(),
         }
     }
@@ -175,13 +205,39 @@ impl Correlator {
     pub fn event(&mut self, ev: Event, now: Instant, out: &mut Vec<Report>) {
         match ev {
             Event::Invalid(v) => self.invalid(v, now),
+            Event::Reason(r) => {
+                let skb = r.skb;
+                let pending = PendingReason {
+                    reason: r,
+                    deadline: now + FATE_WAIT,
+                };
+                // The first reason logged for a packet is the one that decided.
+                if let std::collections::hash_map::Entry::Vacant(e) = self.reasons.entry(skb) {
+                    e.insert(pending);
+                    self.reason_order.push_back(skb);
+                }
+            }
             Event::Drop(d) => self.drop(d, out),
             Event::Reset(kind, r) => self.reset(kind, r, out),
         }
     }
 
-    /// Reports the verdicts whose wait for a drop is over (`passed`), or all with `flush`.
+    /// Reports the verdicts whose wait for a drop is over (`passed`), or all with `flush`; and
+    /// the reasons no verdict claimed, as `ignored`.
     pub fn tick(&mut self, now: Instant, flush: bool, out: &mut Vec<Report>) {
+        while let Some(skb) = self.reason_order.front().copied() {
+            match self.reasons.get(&skb) {
+                Some(p) if !flush && p.deadline > now => break,
+                Some(_) => {
+                    let p = self.reasons.remove(&skb).unwrap();
+                    self.reason_order.pop_front();
+                    self.ignored(&p.reason, out);
+                }
+                None => {
+                    self.reason_order.pop_front();
+                }
+            }
+        }
         while let Some(skb) = self.order.front().copied() {
             match self.pending.get(&skb) {
                 Some(p) if !flush && p.deadline > now => break,
@@ -220,11 +276,80 @@ impl Correlator {
         out.push(Report::Invalid(report));
     }
 
+    fn reason_info(&self, r: &Reason) -> ReasonInfo {
+        let fmt = crate::reason::format_string(r);
+        let state = self
+            .ctx
+            .ct_layout
+            .as_ref()
+            .and_then(|l| crate::reason::tcp_state(r, l));
+        ReasonInfo {
+            text: crate::reason::render(&fmt, r.args, state),
+            missed_by: crate::reason::missed_by(&fmt, r.args[0], r.packet.seq, r.packet.ack),
+            conntrack: self
+                .ctx
+                .ct_layout
+                .as_ref()
+                .and_then(|l| crate::reason::conntrack(r, l)),
+        }
+    }
+
+    /// A TCP packet conntrack logged but did not mark INVALID: 6.1+ IGNORE (out of window in a
+    /// way conntrack tolerates: it keeps the entry and the NAT).
+    fn ignored(&mut self, r: &Reason, out: &mut Vec<Report>) {
+        let p = &r.packet;
+        if !self.ctx.verdicts || p.proto != crate::events::IPPROTO_TCP || p.family == 0 {
+            self.reasons_unmatched += 1;
+            return;
+        }
+        let info = self.reason_info(r);
+        let (src, dst) = addrs(p);
+        out.push(Report::Invalid(InvalidReport {
+            time: self.time(r.header.ts_ns),
+            kind: "ignored",
+            netns: p.netns,
+            hook: hook_name(r.hook),
+            in_iface: None,
+            out_iface: None,
+            proto: p.proto,
+            src,
+            sport: Some(p.sport),
+            dst,
+            dport: Some(p.dport),
+            flags: Some(tcp_flags(p.tcp_flags)),
+            seq: Some(p.seq),
+            ack: Some(p.ack),
+            len: Some(p.payload_len),
+            reason: info.text,
+            missed_by: info.missed_by,
+            fate: "accepted",
+            drop_reason: None,
+            conntrack: info.conntrack,
+        }));
+    }
+
     fn invalid(&mut self, v: Verdict, now: Instant) {
         let p = &v.packet;
         let (src, dst) = addrs(p);
         let tcp = v.flags & flags::NOT_TCP == 0 && v.flags & flags::NO_HEADERS == 0;
-        let conntrack = if tcp {
+        let info = match self.reasons.remove(&v.skb) {
+            Some(r) if v.header.ts_ns.wrapping_sub(r.reason.header.ts_ns) <= REASON_MAX_AGE_NS => {
+                Some(self.reason_info(&r.reason))
+            }
+            _ => None,
+        };
+        let (reason, missed_by, kernel_ct) = match (info, &self.ctx.reason_unknown) {
+            (Some(i), _) => (i.text, i.missed_by, i.conntrack),
+            (None, Some(why)) => (why.clone(), None, None),
+            (None, None) => (
+                "unknown (conntrack logged no reason for this packet: no entry was found or created for it)".to_string(),
+                None,
+                None,
+            ),
+        };
+        let conntrack = if kernel_ct.is_some() {
+            kernel_ct
+        } else if tcp {
             self.ctx.conntrack.as_ref().and_then(|c| {
                 let t = Tuple {
                     src,
@@ -235,6 +360,7 @@ impl Correlator {
                 };
                 match c.lookup(&t) {
                     Ok(found) => found.map(|(e, dir)| ConntrackReport {
+                        source: "ctnetlink",
                         direction: dir.name(),
                         orig_src: e.orig.src,
                         orig_sport: e.orig.sport,
@@ -246,6 +372,8 @@ impl Correlator {
                         reply_dport: e.reply.dport,
                         tcp_state: e.tcp_state.map(tcp_state_name),
                         assured: e.status & netlink::IPS_ASSURED != 0,
+                        original_window: None,
+                        reply_window: None,
                     }),
                     Err(e) => {
                         log::debug!("conntrack lookup failed: {e}");
@@ -272,7 +400,8 @@ impl Correlator {
             seq: tcp.then_some(p.seq),
             ack: tcp.then_some(p.ack),
             len: tcp.then_some(p.payload_len),
-            reason: self.ctx.reason_unknown.clone(),
+            reason,
+            missed_by,
             fate: if self.ctx.fate_known {
                 "passed"
             } else {
@@ -437,8 +566,10 @@ impl Correlator {
             _ => (Some(endpoint(dst, p.dport)), None),
         };
         let backend = endpoint(src, p.sport);
-        let invalid_reason =
-            invalid.map_or_else(|| self.ctx.reason_unknown.clone(), |i| i.reason.clone());
+        let invalid_reason = invalid.map_or_else(
+            || "unknown (the verdict was not seen)".to_string(),
+            |i| i.reason.clone(),
+        );
         let fate = invalid.map_or("passed", |i| i.fate);
         let a = AttributionReport {
             time: reset.time.clone(),
@@ -500,7 +631,9 @@ mod tests {
             drop_reasons: HashMap::from([(9, "SKB_DROP_REASON_NETFILTER_DROP".to_string())]),
             netfilter_drop: Some(9),
             fate_known: true,
-            reason_unknown: "unknown (test)".into(),
+            reason_unknown: None,
+            ct_layout: None,
+            verdicts: true,
             own_netns: 1,
             conntrack: None,
             kernel_invalid: None,
@@ -537,6 +670,74 @@ mod tests {
             skb,
             ..Default::default()
         }
+    }
+
+    fn reason(skb: u64, fmt: &str, bound: u64) -> Box<Reason> {
+        let mut r = Reason {
+            header: Header {
+                version: WIRE_VERSION,
+                kind: Kind::Reason as u8,
+                ts_ns: 900,
+                ..Default::default()
+            },
+            packet: packet(),
+            skb,
+            args: [bound, 0],
+            ..Default::default()
+        };
+        r.fmt[..fmt.len()].copy_from_slice(fmt.as_bytes());
+        Box::new(r)
+    }
+
+    #[test]
+    fn a_reason_joins_the_verdict_on_the_same_packet() {
+        let mut c = Correlator::new(ctx());
+        let t0 = Instant::now();
+        let mut out = vec![];
+        let fmt = "SEQ is over upper bound %u (over the window of the receiver)";
+        c.event(Event::Reason(reason(7, fmt, 60)), t0, &mut out);
+        c.event(Event::Invalid(verdict(7)), t0, &mut out);
+        c.tick(t0 + FATE_WAIT * 2, false, &mut out);
+        match &out[..] {
+            [Report::Invalid(r)] => {
+                assert_eq!(r.kind, "invalid");
+                assert_eq!(
+                    r.reason,
+                    "SEQ is over upper bound 60 (over the window of the receiver)"
+                );
+                assert_eq!(r.missed_by, Some(40), "seq 100 - bound 60");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_reason_without_a_verdict_is_an_ignored_packet() {
+        let mut c = Correlator::new(ctx());
+        let t0 = Instant::now();
+        let mut out = vec![];
+        let fmt = "ignored ACK under lower bound %u (possible overly delayed)";
+        c.event(Event::Reason(reason(7, fmt, 1)), t0, &mut out);
+        c.tick(t0, false, &mut out);
+        assert!(out.is_empty(), "waits for the verdict");
+        c.tick(t0 + FATE_WAIT * 2, false, &mut out);
+        match &out[..] {
+            [Report::Invalid(r)] => {
+                assert_eq!(r.kind, "ignored");
+                assert_eq!(r.fate, "accepted");
+                assert!(r.reason.starts_with("ignored ACK under lower bound 1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without verdict programs nothing says it was not INVALID: not reported.
+        let mut cx = ctx();
+        cx.verdicts = false;
+        let mut c = Correlator::new(cx);
+        out.clear();
+        c.event(Event::Reason(reason(7, fmt, 1)), t0, &mut out);
+        c.tick(t0, true, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(c.reasons_unmatched, 1);
     }
 
     #[test]

@@ -7,10 +7,14 @@
 use std::{collections::HashMap, path::Path};
 
 use btf_rs::{Btf, Type};
-use conntrack_common::Offsets;
+use conntrack_common::{CtOffsets, Offsets, CT_TCP_BYTES, CT_TUPLE_BYTES};
 
 /// Where the running kernel publishes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Where a loaded module publishes its BTF (split BTF on top of vmlinux's). Distribution kernels
+/// build nf_conntrack as a module: the prototypes of its functions are only there.
+pub const MODULE_BTF_DIR: &str = "/sys/kernel/btf";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
@@ -33,20 +37,148 @@ pub enum BtfError {
 /// The kernel's BTF, with the lookups ct-trace needs.
 pub struct KernelBtf {
     btf: Btf,
+    /// Modules whose BTF was added on top of vmlinux's.
+    pub modules: Vec<String>,
+}
+
+/// Where the fields of conntrack's structures are, for decoding the raw copies in a `Reason`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtLayout {
+    /// `struct nf_conntrack_tuple`: `src.u3`, `src.u.all`, `src.l3num`, `dst.u3`, `dst.u.all`.
+    pub src_u3: u32,
+    pub src_port: u32,
+    pub l3num: u32,
+    pub dst_u3: u32,
+    pub dst_port: u32,
+    /// `struct ip_ct_tcp`: `seen[2]` (each `ip_ct_tcp_state_size` bytes) and `state`.
+    pub seen: u32,
+    pub tcp_state_size: u32,
+    pub state: u32,
+    /// `struct ip_ct_tcp_state`.
+    pub td_end: u32,
+    pub td_maxend: u32,
+    pub td_maxwin: u32,
+    pub td_maxack: u32,
+    pub td_scale: u32,
+    pub flags: u32,
 }
 
 impl KernelBtf {
+    /// vmlinux's BTF, plus nf_conntrack's when it is a loaded module.
     pub fn load() -> Result<Self, BtfError> {
-        Self::from_path(Path::new(VMLINUX_BTF))
+        let mut k = Self::from_path(Path::new(VMLINUX_BTF))?;
+        k.add_module("nf_conntrack");
+        Ok(k)
     }
 
     pub fn from_path(path: &Path) -> Result<Self, BtfError> {
         Btf::from_file(path)
-            .map(|btf| Self { btf })
+            .map(|btf| Self {
+                btf,
+                modules: vec![],
+            })
             .map_err(|source| BtfError::Missing {
                 path: path.display().to_string(),
                 source,
             })
+    }
+
+    /// Adds a loaded module's BTF; false when the module is built in or not loaded.
+    pub fn add_module(&mut self, name: &str) -> bool {
+        let path = Path::new(MODULE_BTF_DIR).join(name);
+        if !path.is_file() {
+            return false;
+        }
+        match Btf::from_split_file(&path, &self.btf) {
+            Ok(split) => {
+                self.btf = split;
+                self.modules.push(name.to_string());
+                true
+            }
+            Err(e) => {
+                log::warn!("cannot read {}: {e}", path.display());
+                false
+            }
+        }
+    }
+
+    /// Parameter names of a kernel function (`...` for a variadic tail), from its BTF `FUNC`.
+    /// `None` when the kernel's BTF does not describe the function.
+    pub fn func_params(&self, name: &str) -> Option<Vec<String>> {
+        let types = self.btf.resolve_types_by_name(name).ok()?;
+        types.into_iter().find_map(|t| {
+            let Type::Func(f) = t else { return None };
+            let Type::FuncProto(p) = self.btf.resolve_chained_type(&f).ok()? else {
+                return None;
+            };
+            Some(
+                p.parameters
+                    .iter()
+                    .map(|x| {
+                        if x.is_variadic() {
+                            "...".to_string()
+                        } else {
+                            self.btf.resolve_name(x).unwrap_or_default()
+                        }
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    /// Size in bytes of a named struct.
+    pub fn struct_size(&self, name: &str) -> Result<u32, BtfError> {
+        Ok(self.named_struct(name)?.size() as u32)
+    }
+
+    /// Where `struct nf_conn` keeps what a `Reason` copies. The copies have fixed sizes: a kernel
+    /// whose structures outgrew them is refused here rather than decoded wrong.
+    pub fn ct_offsets(&self) -> Result<CtOffsets, BtfError> {
+        let too_big = |ty: &str, size: u32, max: usize| -> Result<(), BtfError> {
+            if size as usize > max {
+                return Err(BtfError::NoField {
+                    ty: ty.to_string(),
+                    field: format!("(size {size} > the {max} bytes ct-trace copies)"),
+                });
+            }
+            Ok(())
+        };
+        too_big(
+            "nf_conntrack_tuple",
+            self.struct_size("nf_conntrack_tuple")?,
+            CT_TUPLE_BYTES,
+        )?;
+        too_big("ip_ct_tcp", self.struct_size("ip_ct_tcp")?, CT_TCP_BYTES)?;
+        let tuplehash = self.offset("nf_conn", "tuplehash")?;
+        let in_hash = self.offset("nf_conntrack_tuple_hash", "tuple")?;
+        let hash_size = self.struct_size("nf_conntrack_tuple_hash")?;
+        Ok(CtOffsets {
+            status: self.offset("nf_conn", "status")?,
+            tuple_original: tuplehash + in_hash,
+            tuple_reply: tuplehash + hash_size + in_hash,
+            proto_tcp: self.offset("nf_conn", "proto.tcp")?,
+        })
+    }
+
+    pub fn ct_layout(&self) -> Result<CtLayout, BtfError> {
+        let t = |f: &str| self.offset("nf_conntrack_tuple", f);
+        let s = |f: &str| self.offset("ip_ct_tcp_state", f);
+        Ok(CtLayout {
+            src_u3: t("src.u3")?,
+            src_port: t("src.u.all")?,
+            l3num: t("src.l3num")?,
+            dst_u3: t("dst.u3")?,
+            dst_port: t("dst.u.all")?,
+            seen: self.offset("ip_ct_tcp", "seen")?,
+            tcp_state_size: self.struct_size("ip_ct_tcp_state")?,
+            state: self.offset("ip_ct_tcp", "state")?,
+            td_end: s("td_end")?,
+            td_maxend: s("td_maxend")?,
+            td_maxwin: s("td_maxwin")?,
+            td_maxack: s("td_maxack")?,
+            td_scale: s("td_scale")?,
+            flags: s("flags")?,
+        })
     }
 
     fn named_struct(&self, name: &str) -> Result<btf_rs::Struct, BtfError> {
@@ -267,6 +399,27 @@ mod tests {
             k.offset("no_such_struct_xyz", "a"),
             Err(BtfError::NoType(_))
         ));
+    }
+
+    #[test]
+    fn conntrack_structures_fit_the_copies() {
+        let Some(k) = kernel() else {
+            eprintln!("skipped: no {VMLINUX_BTF} on this machine");
+            return;
+        };
+        let c = k.ct_offsets().expect("nf_conn is described in BTF");
+        assert!(
+            c.tuple_reply > c.tuple_original && c.proto_tcp > c.status,
+            "{c:?}"
+        );
+        let l = k
+            .ct_layout()
+            .expect("conntrack's TCP state is described in BTF");
+        assert_eq!((l.src_u3, l.tcp_state_size), (0, 20), "{l:?}");
+        let params = k
+            .func_params("nf_conntrack_in")
+            .expect("nf_conntrack_in has a BTF prototype");
+        assert_eq!(params, ["skb", "state"]);
     }
 
     #[test]

@@ -32,6 +32,12 @@ pub struct Cli {
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
 
+    /// Where INVALID verdicts come from: `netfilter` (a netfilter BPF program right behind
+    /// conntrack, Linux 6.4+), `kprobe` (a kretprobe on nf_conntrack_in: every kernel with
+    /// kprobes, at a small cost per packet), or `auto` (netfilter where the kernel has it).
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto, value_name = "MODE")]
+    pub attach: AttachMode,
+
     /// Print no events; at exit, print the reset summary by flow (client -> service -> backend)
     /// on stdout instead.
     #[arg(long)]
@@ -47,6 +53,33 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// Where INVALID verdicts come from (`--attach`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    Auto,
+    Netfilter,
+    Kprobe,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Netfilter => "netfilter",
+            Self::Kprobe => "kprobe",
+        }
+    }
+
+    /// The attach point that gives the verdict in this mode.
+    pub fn source(self) -> &'static str {
+        match self {
+            Self::Auto => "the best attach point of this kernel",
+            Self::Netfilter => "the netfilter link (--attach netfilter)",
+            Self::Kprobe => "the kretprobe on nf_conntrack_in (--attach kprobe)",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,7 +3,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use conntrack_common::{Drop, Header, Kind, Packet, Reset, Verdict, WIRE_VERSION};
+use conntrack_common::{Drop, Header, Kind, Packet, Reason, Reset, Verdict, WIRE_VERSION};
+
+/// IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -17,11 +20,12 @@ pub enum DecodeError {
     Truncated { kind: Kind, len: usize, want: usize },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Reset(Kind, Reset),
     Invalid(Verdict),
     Drop(Drop),
+    Reason(Box<Reason>),
 }
 
 fn read<T: Copy>(b: &[u8], kind: Kind) -> Result<T, DecodeError> {
@@ -51,6 +55,7 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
         Kind::RstSent | Kind::RstReceived => Event::Reset(kind, read(b, kind)?),
         Kind::Invalid => Event::Invalid(read(b, kind)?),
         Kind::Drop => Event::Drop(read(b, kind)?),
+        Kind::Reason => Event::Reason(Box::new(read(b, kind)?)),
     })
 }
 

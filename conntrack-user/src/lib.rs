@@ -2,7 +2,7 @@
 //!
 //! Modules by concept: `preflight` (what the kernel and process offer), `btf` (offsets and enum
 //! names from the running kernel), `load` (the attach plan), `netfilter` (the loader aya lacks),
-//! `events` (decoding), `attribution` (joining verdicts, fates, resets), `report` (output),
+//! `events` (decoding), `reason` (conntrack's log line and entry), `attribution` (joining verdicts, fates, resets), `report` (output),
 //! `netlink` (ctnetlink and hook dumps), `kstat` (the kernel's counters), `doctor`, `app`.
 
 pub mod app;
@@ -16,6 +16,7 @@ pub mod load;
 pub mod netfilter;
 pub mod netlink;
 pub mod preflight;
+pub mod reason;
 pub mod report;
 
 /// The compiled eBPF object.

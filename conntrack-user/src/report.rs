@@ -40,9 +40,32 @@ pub struct ResetReport {
     pub caused_by_invalid: bool,
 }
 
-/// A conntrack entry, as ctnetlink reported it when the verdict was seen.
+/// One direction's TCP window as conntrack tracks it (`struct ip_ct_tcp_state`,
+/// include/net/netfilter/nf_conntrack_tcp.h): the sequence numbers it will accept.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct WindowReport {
+    /// Highest sequence number sent in this direction (`td_end`).
+    pub td_end: u32,
+    /// Highest sequence number this direction may send: the peer's ack plus its window
+    /// (`td_maxend`; a SEQ over it is "over the window of the receiver").
+    pub td_maxend: u32,
+    /// Largest window this direction's peer announced (`td_maxwin`).
+    pub td_maxwin: u32,
+    /// Highest ack this direction sent (`td_maxack`).
+    pub td_maxack: u32,
+    /// Window scale (`td_scale`).
+    pub td_scale: u8,
+    /// `IP_CT_TCP_FLAG_BE_LIBERAL` set for this direction (e.g. a connection picked up
+    /// mid-stream): window checks are off.
+    pub liberal: bool,
+}
+
+/// A conntrack entry: from the kernel at the moment it refused the packet (`source: kernel`,
+/// with both windows), or from a ctnetlink lookup just after (`source: ctnetlink`).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ConntrackReport {
+    /// `kernel` or `ctnetlink`.
+    pub source: &'static str,
     /// `original` or `reply`: the direction the packet travelled in.
     pub direction: &'static str,
     pub orig_src: IpAddr,
@@ -55,12 +78,18 @@ pub struct ConntrackReport {
     pub reply_dport: u16,
     pub tcp_state: Option<&'static str>,
     pub assured: bool,
+    /// The window of the original direction (client -> service) and of the reply direction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original_window: Option<WindowReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_window: Option<WindowReport>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct InvalidReport {
     pub time: String,
-    /// `invalid`.
+    /// `invalid`, or `ignored`: conntrack logged the packet as out of window but only ignored
+    /// it (6.1+ `NFCT_TCP_IGNORE`): it kept its entry and its NAT, so it is not INVALID.
     pub kind: &'static str,
     pub netns: u32,
     pub hook: &'static str,
@@ -75,9 +104,16 @@ pub struct InvalidReport {
     pub seq: Option<u32>,
     pub ack: Option<u32>,
     pub len: Option<u16>,
+    /// Conntrack's own words for the refusal, as its log line would print them (e.g. "SEQ is
+    /// over upper bound 1234 (over the window of the receiver)"), or `unknown (why)`.
     pub reason: String,
+    /// By how many sequence numbers the packet missed the bound the reason names (SEQ or ACK
+    /// over the upper bound).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missed_by: Option<u32>,
     /// `dropped` (a rule dropped it: the node is protected), `passed` (not dropped by netfilter:
-    /// it went on without its NAT reversed, the dangerous case), or `unknown`.
+    /// it went on without its NAT reversed, the dangerous case), `unknown`, or for `ignored`
+    /// packets `accepted` (conntrack let it through with its entry).
     pub fate: &'static str,
     /// Why the kernel freed the packet when it did not survive (`NETFILTER_DROP` with
     /// `dropped`; e.g. `NO_SOCKET` with `passed`: it reached a host that had no socket for it).
@@ -193,6 +229,9 @@ impl Report {
                     r.fate,
                     r.reason,
                 );
+                if let Some(m) = r.missed_by {
+                    let _ = write!(s, " missed_by={m}");
+                }
                 if let Some(c) = &r.conntrack {
                     let _ = write!(
                         s,
@@ -204,6 +243,19 @@ impl Report {
                         c.tcp_state.unwrap_or("-"),
                         if c.assured { ",ASSURED" } else { "" }
                     );
+                    for (dir, w) in [("orig", &c.original_window), ("reply", &c.reply_window)] {
+                        if let Some(w) = w {
+                            let _ = write!(
+                                s,
+                                " {dir}_win=end:{},maxend:{},maxwin:{},scale:{}{}",
+                                w.td_end,
+                                w.td_maxend,
+                                w.td_maxwin,
+                                w.td_scale,
+                                if w.liberal { ",liberal" } else { "" }
+                            );
+                        }
+                    }
                 }
             }
             Self::Attribution(r) => {

@@ -183,6 +183,18 @@ impl Default for Topology {
     }
 }
 
+/// The attach mode under test: `CT_TRACE_MODE` (`netfilter` or `kprobe`, set per run by the VM
+/// matrix of `cargo xtask test`), else `auto`. Printed once, so every log says which mode ran.
+pub fn mode() -> String {
+    static SHOWN: std::sync::Once = std::sync::Once::new();
+    let m = std::env::var("CT_TRACE_MODE").unwrap_or_else(|_| "auto".into());
+    SHOWN.call_once(|| {
+        let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        eprintln!("ct-trace attach mode: {m} (kernel {})", rel.trim());
+    });
+    m
+}
+
 /// A running `ct-trace -o json`, stopped (SIGINT) and killed on drop.
 pub struct CtTrace {
     child: Option<Child>,
@@ -197,6 +209,26 @@ pub struct Output {
 }
 
 impl Output {
+    /// Whether ct-trace read INVALID reasons with its kprobes in this run (it says so on stderr).
+    pub fn reasons_known(&self) -> bool {
+        self.stderr.contains("reasons: conntrack's log helpers")
+    }
+
+    /// Which attach point gave the INVALID verdicts in this run.
+    pub fn verdict_source(&self) -> Option<&str> {
+        let l = self
+            .stderr
+            .lines()
+            .find(|l| l.contains("INVALID verdicts: "))?;
+        Some(if l.contains("--attach kprobe") {
+            "kprobe"
+        } else if l.contains("--attach netfilter") {
+            "netfilter"
+        } else {
+            "none"
+        })
+    }
+
     pub fn of_kind(&self, kind: &str) -> Vec<&Value> {
         self.events.iter().filter(|e| e["kind"] == kind).collect()
     }
@@ -240,6 +272,7 @@ impl CtTrace {
         };
         cmd.args(["-o", "json", "--duration", "60", "--ready-file"])
             .arg(&ready)
+            .args(["--attach", &mode()])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -1,0 +1,234 @@
+//! Kprobes on conntrack itself: why it refused a packet (its log helpers), and the INVALID
+//! verdict on kernels without netfilter BPF programs (a kretprobe on `nf_conntrack_in`).
+//!
+//! Log helpers (net/netfilter/nf_conntrack_proto.c, prototypes since 5.16 with the hook state,
+//! checked against the running kernel's BTF before attaching):
+//! - `nf_ct_l4proto_log_invalid(skb, ct, state, fmt, ...)`: a tracker refused a packet of a known
+//!   entry. The TCP window checks reach it through `nf_tcp_log_invalid()` with the literal format
+//!   ("SEQ is over upper bound %u (over the window of the receiver)", ...) and its value as the
+//!   first variadic argument, also for the outcomes that only IGNORE the packet.
+//! - `nf_l4proto_log_invalid(skb, state, protonum, fmt, ...)`: refused before any entry
+//!   (`tcp_error()`: bad flags, truncated, checksum).
+//!
+//! Both return at once when `net.netfilter.nf_conntrack_log_invalid` is 0, but their entry runs:
+//! a kprobe there reads the reason with no sysctl change, and fires only for refused packets, so
+//! ordinary traffic pays nothing. When the sysctl is set, the first calls the second with "%pV";
+//! that inner call is skipped. They are variadic, so fentry cannot attach (the BPF trampoline
+//! refuses variadic functions): kprobes are the only way.
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes},
+    macros::{kprobe, kretprobe, map},
+    maps::PerCpuArray,
+    programs::{ProbeContext, RetProbeContext},
+};
+use conntrack_common::{
+    Counter, Kind, Reason, ReasonSource, CT_TCP_BYTES, CT_TUPLE_BYTES, FMT_BYTES,
+};
+
+use crate::{
+    config,
+    maps::{count, EVENTS},
+    netfilter::on_invalid,
+    skb::{header, netns_inum, read, read_packet},
+};
+
+/// Whether a hook state belongs to the namespace ct-trace watches.
+#[inline(always)]
+fn watched(state: *const u8) -> bool {
+    let o = config::offsets();
+    // SAFETY: probe read of a kernel pointer.
+    let net = unsafe { read::<u64>(state, o.state_net) }.unwrap_or(0) as *const u8;
+    netns_inum(net, &o) == config::target_netns()
+}
+
+#[kprobe]
+pub fn ctt_ct_log(ctx: ProbeContext) -> u32 {
+    let skb: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
+    let ct: *const u8 = ctx.arg(1).unwrap_or(core::ptr::null());
+    let state: *const u8 = ctx.arg(2).unwrap_or(core::ptr::null());
+    let fmt: *const u8 = ctx.arg(3).unwrap_or(core::ptr::null());
+    let args = [ctx.arg(4).unwrap_or(0), ctx.arg(5).unwrap_or(0)];
+    log_reason(ReasonSource::CtLog, skb, ct, state, fmt, args);
+    0
+}
+
+#[kprobe]
+pub fn ctt_l4_log(ctx: ProbeContext) -> u32 {
+    let skb: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
+    let state: *const u8 = ctx.arg(1).unwrap_or(core::ptr::null());
+    let fmt: *const u8 = ctx.arg(3).unwrap_or(core::ptr::null());
+    let args = [ctx.arg(4).unwrap_or(0), ctx.arg(5).unwrap_or(0)];
+    log_reason(
+        ReasonSource::L4Log,
+        skb,
+        core::ptr::null(),
+        state,
+        fmt,
+        args,
+    );
+    0
+}
+
+#[inline(always)]
+fn log_reason(
+    source: ReasonSource,
+    skb: *const u8,
+    ct: *const u8,
+    state: *const u8,
+    fmt: *const u8,
+    args: [u64; 2],
+) {
+    if skb.is_null() || state.is_null() || fmt.is_null() || !watched(state) {
+        return;
+    }
+    // SAFETY: probe read of the format string's first bytes.
+    let head = unsafe { read::<[u8; 4]>(fmt, 0) }.unwrap_or([0; 4]);
+    if head[..3] == *b"%pV" {
+        // The inner call of a helper that already reported this packet.
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<Reason>(0) else {
+        count(Counter::RingFull);
+        return;
+    };
+    let o = config::offsets();
+    let c = config::ct_offsets();
+    let r = entry.as_mut_ptr();
+    // SAFETY: `r` points at a reserved ring buffer record of the right size; every field is
+    // written before the record is submitted. Kernel memory is only read through probe reads.
+    unsafe {
+        (*r).header = header(Kind::Reason);
+        (*r).packet = Default::default();
+        if !read_packet(skb, &o, &mut (*r).packet) {
+            count(Counter::ReadFailed);
+        }
+        (*r).packet.netns = config::target_netns();
+        (*r).skb = skb as u64;
+        (*r).args = args;
+        (*r).source = source as u8;
+        (*r).hook = read::<u8>(state, o.state_hook).unwrap_or(u8::MAX);
+        (*r)._pad = [0; 5];
+        (*r).fmt = [0; FMT_BYTES];
+        let _ = bpf_probe_read_kernel_str_bytes(fmt, &mut (*r).fmt);
+        (*r).ct_tcp = [0; CT_TCP_BYTES];
+        (*r).ct_tuples = [[0; CT_TUPLE_BYTES]; 2];
+        (*r).ct_status = 0;
+        (*r).has_ct = 0;
+        if !ct.is_null() && c.proto_tcp != 0 {
+            (*r).ct_status = read::<u64>(ct, c.status).unwrap_or(0);
+            // Straight into the record: these copies would not fit the 512-byte BPF stack.
+            let ok = bpf_probe_read_kernel_buf(ct.add(c.proto_tcp as usize), &mut (*r).ct_tcp)
+                .is_ok()
+                && bpf_probe_read_kernel_buf(
+                    ct.add(c.tuple_original as usize),
+                    &mut (*r).ct_tuples[0],
+                )
+                .is_ok()
+                && bpf_probe_read_kernel_buf(
+                    ct.add(c.tuple_reply as usize),
+                    &mut (*r).ct_tuples[1],
+                )
+                .is_ok();
+            (*r).has_ct = u8::from(ok);
+        }
+    }
+    count(Counter::Reasons);
+    entry.submit(0);
+}
+
+/// One `nf_conntrack_in()` call in progress on a CPU. Softirq processing can interrupt a
+/// LOCAL_OUT call made in process context and enter `nf_conntrack_in()` again, so the frames form
+/// a per-CPU stack (`CT_IN_DEPTH` + `CT_IN_FRAMES`), not a slot. Map lookups by index keep every
+/// access bounds-checked by the kernel (the verifier refuses a computed index into one value).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CtInFrame {
+    skb: u64,
+    state: u64,
+    ts: u64,
+}
+
+const STACK_DEPTH: u32 = 4;
+/// No `nf_conntrack_in()` call lasts this long: a frame this old lost its return (the kretprobe
+/// instances ran out, `maxactive`), and the stack restarts.
+const STALE_NS: u64 = 1_000_000_000;
+
+#[map]
+static CT_IN_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static CT_IN_FRAMES: PerCpuArray<CtInFrame> = PerCpuArray::with_max_entries(STACK_DEPTH, 0);
+
+/// `nf_conntrack_in(struct sk_buff *skb, const struct nf_hook_state *state)`
+/// (net/netfilter/nf_conntrack_core.c, 5.x-7.x): remembers its arguments for the return probe.
+/// This runs for every packet conntrack sees: it is the fallback for kernels before 6.4, where no
+/// netfilter BPF program can sit behind conntrack. Per-CPU stores only, no shared map update.
+#[kprobe]
+pub fn ctt_ct_in(ctx: ProbeContext) -> u32 {
+    let Some(depth) = CT_IN_DEPTH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU value; a kprobe program cannot be preempted by another on this CPU.
+    let depth = unsafe { &mut *depth };
+    // SAFETY: helper call without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if *depth > 0 {
+        if let Some(top) = CT_IN_FRAMES.get_ptr(*depth - 1) {
+            // SAFETY: per-CPU value.
+            if now.wrapping_sub(unsafe { (*top).ts }) > STALE_NS {
+                count(Counter::StackLost);
+                *depth = 0;
+            }
+        }
+    }
+    match CT_IN_FRAMES.get_ptr_mut(*depth) {
+        // SAFETY: per-CPU value.
+        Some(f) => unsafe {
+            *f = CtInFrame {
+                skb: ctx.arg::<u64>(0).unwrap_or(0),
+                state: ctx.arg::<u64>(1).unwrap_or(0),
+                ts: now,
+            };
+        },
+        None => count(Counter::StackLost),
+    }
+    *depth = depth.saturating_add(1);
+    0
+}
+
+#[kretprobe]
+pub fn ctt_ct_in_ret(ctx: RetProbeContext) -> u32 {
+    let Some(depth) = CT_IN_DEPTH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: as in ctt_ct_in.
+    let depth = unsafe { &mut *depth };
+    if *depth == 0 {
+        return 0;
+    }
+    *depth -= 1;
+    let Some(frame) = CT_IN_FRAMES.get_ptr(*depth) else {
+        return 0;
+    };
+    // SAFETY: per-CPU value.
+    let frame = unsafe { *frame };
+    let skb = frame.skb as *const u8;
+    let state = frame.state as *const u8;
+    if skb.is_null() || state.is_null() {
+        return 0;
+    }
+    // SAFETY: probe read; the skb is alive until its caller returns.
+    let nfct = unsafe { read::<u64>(skb, config::skb_nfct_offset()) }.unwrap_or(1);
+    if nfct != 0 || !watched(state) {
+        return 0;
+    }
+    // NF_DROP (0) with no entry: conntrack could not allocate one (table full: "nf_conntrack:
+    // table full, dropping packet"), counted as `drop`, not `invalid`.
+    if ctx.ret::<u32>() == 0 {
+        count(Counter::CtDropped);
+        return 0;
+    }
+    on_invalid(state, skb);
+    0
+}
