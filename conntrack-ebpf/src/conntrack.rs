@@ -110,7 +110,14 @@ fn log_reason(
         (*r).hook = read::<u8>(state, o.state_hook).unwrap_or(u8::MAX);
         (*r)._pad = [0; 5];
         (*r).fmt = [0; FMT_BYTES];
-        let _ = bpf_probe_read_kernel_str_bytes(fmt, &mut (*r).fmt);
+        // `tcp_error()` logs its message through a bare "%s" (nf_conntrack_proto_tcp.c:
+        // `nf_l4proto_log_invalid(skb, state, IPPROTO_TCP, "%s", msg)`): take the message.
+        let text = if head[..3] == *b"%s\0" && args[0] != 0 {
+            args[0] as *const u8
+        } else {
+            fmt
+        };
+        let _ = bpf_probe_read_kernel_str_bytes(text, &mut (*r).fmt);
         (*r).ct_tcp = [0; CT_TCP_BYTES];
         (*r).ct_tuples = [[0; CT_TUPLE_BYTES]; 2];
         (*r).ct_status = 0;

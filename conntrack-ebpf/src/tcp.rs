@@ -55,7 +55,11 @@ pub fn ctt_rst_sent(ctx: BtfTracePointContext) -> i32 {
         // Reported by the tcp_v{4,6}_send_reset kprobes (ctt_rst_v4/ctt_rst_v6).
         return 0;
     }
-    let reason = config::rst_has_reason().then(|| ctx.arg::<u32>(2));
+    let reason = if config::rst_has_reason() {
+        ctx.arg::<u32>(2)
+    } else {
+        NO_REASON
+    };
     rst_sent(sk, skb, reason);
     0
 }
@@ -84,11 +88,16 @@ fn rst_kprobe(ctx: &ProbeContext) {
     if skb.is_null() {
         return;
     }
-    rst_sent(sk, skb, None);
+    rst_sent(sk, skb, NO_REASON);
 }
 
+/// `reason` value for "the kernel passed none". A plain integer, not an `Option`: an `Option`
+/// argument of a BPF-to-BPF call takes two registers, and the caller leaves the second unset
+/// for `None`, which the verifier rejects ("R4 !read_ok").
+const NO_REASON: u32 = u32::MAX;
+
 #[inline(never)]
-fn rst_sent(sk: *const u8, skb: *const u8, reason: Option<u32>) {
+fn rst_sent(sk: *const u8, skb: *const u8, reason: u32) {
     let o = config::offsets();
     let mut ev = Reset {
         header: header(Kind::RstSent),
@@ -96,9 +105,9 @@ fn rst_sent(sk: *const u8, skb: *const u8, reason: Option<u32>) {
         ..Default::default()
     };
     count(Counter::RstSent);
-    match reason {
-        Some(r) => ev.reason = r,
-        None => ev.flags |= flags::NO_REASON_ARG,
+    ev.reason = reason;
+    if reason == NO_REASON {
+        ev.flags |= flags::NO_REASON_ARG;
     }
     if sk.is_null() {
         ev.flags |= flags::NO_SOCKET;

@@ -285,8 +285,20 @@ impl CtTrace {
         while !me.ready.exists() {
             if let Some(st) = me.child.as_mut().unwrap().try_wait().unwrap() {
                 let out = me.finish_with(st);
+                // A rejected program's verifier log, where ct-trace said it wrote it.
+                let log = out
+                    .stderr
+                    .split("verifier log in ")
+                    .nth(1)
+                    .and_then(|r| r.split(':').next())
+                    .and_then(|p| std::fs::read_to_string(p.trim()).ok())
+                    .map(|l| {
+                        let lines: Vec<&str> = l.lines().collect();
+                        lines[lines.len().saturating_sub(30)..].join("\n")
+                    })
+                    .unwrap_or_default();
                 panic!(
-                    "ct-trace exited before it was ready ({:?}): {}",
+                    "ct-trace exited before it was ready ({:?}): {}{log}",
                     out.status, out.stderr
                 );
             }

@@ -4,10 +4,13 @@
 //!   missing), nightly's rust-src, and bpf-linker built against rustc's own libLLVM into the
 //!   ct-trace tool cache (`$CT_TRACE_CACHE`, default `~/.cache/ct-trace`). Idempotent.
 //! - `lint`: rustfmt check, clippy with `-D warnings` on the host crates and on the eBPF crate.
-//! - `test`: lint, then unit tests and the root integration tests (namespaces, real packets).
+//! - `test`: lint, then unit tests and the root integration tests (namespaces, real packets) on
+//!   the host, then the root integration tests again inside Debian's 6.1, 6.12 and 7.2 kernels,
+//!   once per attach mode each supports (see `matrix.rs`).
 //! - `vm`: boot Debian's 6.1, 6.12 and 7.2 kernels under qemu and run a command in each, with the
 //!   host's userland shared read-only (see `vm.rs`).
 
+mod matrix;
 mod vm;
 
 use std::{
@@ -15,19 +18,26 @@ use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
+    time::Instant,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use clap::{Parser, Subcommand};
+
+use crate::{
+    matrix::{Counts, Mode},
+    vm::Series,
+};
 
 /// bpf-linker version and the toolchain whose LLVM it links (the one that compiles the eBPF crate).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TOOLCHAIN: &str = "nightly";
 
 /// Debian packages: what the integration tests call (iproute2, iptables, nft, conntrack,
-/// scapy for crafted segments, util-linux's setpriv), what building needs, and what `vm` needs
-/// (qemu, busybox-static for the initramfs, cpio, kmod's depmod/modprobe, xz and zstd for
-/// kernels and modules).
+/// scapy for crafted segments, util-linux's setpriv), what building needs, and what `vm` and
+/// the VM matrix of `test` need (qemu, busybox-static for the initramfs, cpio, kmod's
+/// depmod/modprobe, xz and zstd for kernels and modules, the archive keyring the private apt
+/// list is signed with, CA certificates for https mirrors).
 const PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
@@ -47,6 +57,8 @@ const PACKAGES: &[&str] = &[
     "kmod",
     "xz-utils",
     "zstd",
+    "debian-archive-keyring",
+    "ca-certificates",
 ];
 
 #[derive(Parser)]
@@ -55,21 +67,62 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(clap::Args)]
+struct TestArgs {
+    /// Skip the lint step.
+    #[arg(long)]
+    no_lint: bool,
+    /// Host tests only: skip the VM matrix (quick iteration).
+    #[arg(long, conflicts_with = "vm_only")]
+    no_vm: bool,
+    /// The VM matrix only: no lint, no host tests (ct-trace and the test binaries are still
+    /// built).
+    #[arg(long)]
+    vm_only: bool,
+    /// Restrict the VM matrix to this kernel series (repeatable) [default: 6.1, 6.12 and 7.2].
+    #[arg(long = "vm-kernel", value_name = "SERIES")]
+    vm_kernels: Vec<Series>,
+    /// Restrict the VM matrix to this attach mode (repeatable) [default: kprobe on every kernel,
+    /// netfilter on 6.4+].
+    #[arg(long = "vm-mode", value_enum, value_name = "MODE")]
+    vm_modes: Vec<Mode>,
+    /// Integration test target to run in the VMs (repeatable) [default: resets, invalid].
+    #[arg(long = "vm-test", value_name = "NAME")]
+    vm_tests: Vec<String>,
+    /// Prebuilt integration test binary for the VMs, NAME=PATH (repeatable; for work on xtask
+    /// itself): replaces `--vm-test` and the build of the test binaries; with `--vm-only`
+    /// nothing is built, ct-trace is taken as it is in target/release.
+    #[arg(long = "vm-binary", value_name = "NAME=PATH", hide = true, value_parser = parse_binary)]
+    vm_binaries: Vec<(String, PathBuf)>,
+    /// Seconds one VM job (boot, tests, power-off) may take.
+    #[arg(long, default_value_t = 900, value_name = "SECS")]
+    vm_timeout: u64,
+    /// Seconds the whole VM matrix may take (keeps CI within its limit when jobs hang): later
+    /// jobs get the time left as their timeout, or fail without booting.
+    #[arg(long, default_value_t = 3300, value_name = "SECS")]
+    vm_budget: u64,
+    /// Extra arguments for the host's `cargo test` test binaries (after `--`; not for the VMs).
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+fn parse_binary(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s.split_once('=').ok_or("expected NAME=PATH")?;
+    let path = Path::new(path)
+        .canonicalize()
+        .map_err(|e| format!("{path}: {e}"))?;
+    Ok((name.to_string(), path))
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Install everything the build and the tests need (idempotent).
     Setup,
     /// Check formatting and run clippy on host and eBPF crates.
     Lint,
-    /// Lint, then run every test (root integration tests included).
-    Test {
-        /// Skip the lint step.
-        #[arg(long)]
-        no_lint: bool,
-        /// Extra arguments for `cargo test` (after `--`).
-        #[arg(last = true)]
-        args: Vec<String>,
-    },
+    /// Lint, then run every test: unit and root integration tests on the host, then the root
+    /// integration tests in VMs (Debian 6.1, 6.12, 7.2; each attach mode a kernel supports).
+    Test(TestArgs),
     /// Boot Debian kernels under qemu and run a command in each (host `/` shared read-only).
     Vm(vm::Args),
 }
@@ -79,7 +132,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Setup => setup(),
         Cmd::Lint => lint(),
-        Cmd::Test { no_lint, args } => test(no_lint, &args),
+        Cmd::Test(args) => test(&args),
         Cmd::Vm(args) => vm::vm(args),
     };
     match r {
@@ -278,60 +331,153 @@ fn lint() -> Result<()> {
     Ok(())
 }
 
-fn test(no_lint: bool, args: &[String]) -> Result<()> {
+/// The host's `cargo test` selection. The VM matrix builds its binaries with the same arguments
+/// (and `--no-run`): the same features and profile, so nothing is rebuilt.
+const CARGO_TEST: &[&str] = &[
+    "test",
+    "--workspace",
+    "--exclude",
+    "conntrack-ebpf",
+    "--release",
+    // No doc-tests: there are none, and their empty result lines would close the run.
+    "--lib",
+    "--bins",
+    "--tests",
+];
+
+/// Runs `f`, recording how long it took under `name`.
+fn phase<T>(phases: &mut Vec<(String, f64)>, name: &str, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let r = f();
+    phases.push((name.to_string(), t.elapsed().as_secs_f64()));
+    r
+}
+
+fn test(a: &TestArgs) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         // The integration tests would return early and count as passed: refuse instead.
         bail!("the integration tests create network namespaces and load eBPF: run `sudo cargo xtask test` (CI runs as root)");
     }
-    if !no_lint {
-        lint()?;
+    let start = Instant::now();
+    let mut phases = Vec::new();
+    if !a.no_lint && !a.vm_only {
+        phase(&mut phases, "host lint", lint)?;
     }
     // The integration tests drive the real binary.
-    run(cargo().args(["build", "--release", "-p", "conntrack-user"]))?;
-    let bin = root().join("target/release/ct-trace");
+    if !a.vm_only || a.vm_binaries.is_empty() {
+        phase(&mut phases, "host build", || {
+            run(cargo().args(["build", "--release", "-p", "conntrack-user"]))
+        })?;
+    }
+    let bin = root()
+        .canonicalize()
+        .context("resolving the workspace root")?
+        .join("target/release/ct-trace");
+
+    let mut failures = Vec::new();
+    let mut host = None;
+    if !a.vm_only {
+        let (counts, status) = phase(&mut phases, "host tests", || host_tests(&bin, &a.args))?;
+        if !status.success() {
+            failures.push(format!("host: cargo test failed ({status})"));
+        }
+        host = Some(counts);
+    }
+    let mut vm = None;
+    if !a.no_vm {
+        match vm_matrix(a, &bin, &mut phases) {
+            Ok(report) => {
+                failures.extend(report.failures.iter().map(|f| format!("vm {f}")));
+                vm = Some((report.jobs, report.counts));
+            }
+            Err(e) => failures.push(format!("vm: {e:#}")),
+        }
+    }
+    phases.push(("total".into(), start.elapsed().as_secs_f64()));
+
+    println!();
+    let rows: Vec<Vec<String>> = phases
+        .iter()
+        .map(|(name, s)| vec![name.clone(), format!("{s:.1}")])
+        .collect();
+    vm::print_table(&["phase", "seconds"], &rows);
+    println!();
+    let mut total = Counts::default();
+    if let Some(c) = &host {
+        println!("host: {}", c.summary());
+        total.add(c);
+    }
+    if let Some((jobs, c)) = &vm {
+        println!("vm ({jobs} jobs): {}", c.summary());
+        total.add(c);
+    }
+    // "skipped": ignored tests and `SKIPPED:` lines (tests that skipped part of their work).
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        total.passed,
+        total.failed,
+        total.ignored + total.skipped
+    );
+    if !failures.is_empty() {
+        bail!("test failed:\n  {}", failures.join("\n  "));
+    }
+    Ok(())
+}
+
+/// Unit and integration tests on the host; their libtest output passes through.
+fn host_tests(bin: &Path, args: &[String]) -> Result<(Counts, std::process::ExitStatus)> {
     let mut child = cargo()
-        // No doc-tests: there are none, and their empty result lines would close the run.
-        .args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "conntrack-ebpf",
-            "--release",
-            "--lib",
-            "--bins",
-            "--tests",
-        ])
+        .args(CARGO_TEST)
         .arg("--")
         .args(args)
         .env("CT_TRACE_BIN", bin)
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo test")?;
-    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let mut counts = Counts::default();
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            for part in rest.split(['.', ';']) {
-                let mut it = part.split_whitespace();
-                if let (Some(n), Some(what)) =
-                    (it.next().and_then(|n| n.parse::<u64>().ok()), it.next())
-                {
-                    match what {
-                        "passed" => passed += n,
-                        "failed" => failed += n,
-                        "ignored" => ignored += n,
-                        _ => {}
-                    }
-                }
-            }
-        }
+        counts.line(&line);
     }
-    let status = child.wait()?;
-    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
-    if !status.success() {
-        bail!("cargo test failed ({status})");
+    Ok((counts, child.wait()?))
+}
+
+/// The root integration tests inside VMs: finds the test binaries (built by the host run, or now
+/// with `--vm-only`), then runs the (kernel, mode) jobs.
+fn vm_matrix(a: &TestArgs, bin: &Path, phases: &mut Vec<(String, f64)>) -> Result<matrix::Report> {
+    let jobs = matrix::jobs(&a.vm_kernels, &a.vm_modes);
+    ensure!(
+        !jobs.is_empty(),
+        "no VM job: none of the kernels asked for supports the modes asked for"
+    );
+    let wanted: Vec<String> = if a.vm_tests.is_empty() {
+        matrix::VM_TESTS.iter().map(|t| t.to_string()).collect()
+    } else {
+        a.vm_tests.clone()
+    };
+    if !a.vm_binaries.is_empty() {
+        let mut report = matrix::run(&jobs, bin, &a.vm_binaries, a.vm_timeout, a.vm_budget)?;
+        phases.append(&mut report.phases);
+        return Ok(report);
     }
-    Ok(())
+    let binaries = phase(phases, "vm test build", || -> Result<_> {
+        let out = cargo()
+            .args(CARGO_TEST)
+            .args(["--no-run", "--message-format=json-render-diagnostics"])
+            .env("CT_TRACE_BIN", bin)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running cargo test --no-run")?;
+        ensure!(
+            out.status.success(),
+            "cargo test --no-run failed ({})",
+            out.status
+        );
+        matrix::test_executables(&String::from_utf8_lossy(&out.stdout), &wanted)
+    })?;
+    let mut report = matrix::run(&jobs, bin, &binaries, a.vm_timeout, a.vm_budget)?;
+    phases.append(&mut report.phases);
+    Ok(report)
 }

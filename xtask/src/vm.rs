@@ -15,6 +15,9 @@
 //!    host's `/`, chroots into it, runs the command, prints `CT_TRACE_VM_EXIT=<code>` and powers
 //!    off. A panic, a hang (`--timeout`) or a missing report fails that kernel.
 //!
+//! `run_jobs` does all of this for a list of jobs (kernel + guest script), preparing each kernel
+//! once; `cargo xtask vm` runs one job per kernel, `cargo xtask test` its matrix (`matrix.rs`).
+//!
 //! Cache layout (`$CT_TRACE_CACHE/vm`): `apt/` (sources.list, lists, `updated` stamp),
 //! `<series>/` (`pkgs`, `kver`, `version`, `config`, `vmlinux`, `root/` = the extracted packages,
 //! `initrd.cpio` + `initrd.stamp`), `run/` (per-boot initramfs, removed after the boot).
@@ -115,7 +118,7 @@ sleep 10
 "##;
 
 /// A Debian kernel series of the matrix.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Series {
     #[value(name = "6.1")]
     V6_1,
@@ -126,13 +129,22 @@ pub enum Series {
 }
 
 impl Series {
-    const ALL: [Series; 3] = [Series::V6_1, Series::V6_12, Series::V7_2];
+    pub const ALL: [Series; 3] = [Series::V6_1, Series::V6_12, Series::V7_2];
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Series::V6_1 => "6.1",
             Series::V6_12 => "6.12",
             Series::V7_2 => "7.2",
+        }
+    }
+
+    /// (major, minor), to compare with the version a kernel feature appeared in.
+    pub fn version(self) -> (u32, u32) {
+        match self {
+            Series::V6_1 => (6, 1),
+            Series::V6_12 => (6, 12),
+            Series::V7_2 => (7, 2),
         }
     }
 
@@ -184,41 +196,126 @@ pub struct Args {
     command: Vec<String>,
 }
 
-/// One line of the result table.
-struct Row {
-    series: Series,
-    version: String,
-    fetch: Option<Timing>,
-    initrd: Option<Timing>,
-    boot: Option<f64>,
-    exit: Option<i32>,
-    result: Outcome,
+/// How guests boot (`cargo xtask vm` flags; `cargo xtask test` uses the defaults but the timeout).
+pub struct Opts {
+    /// Seconds one boot may take, from qemu's start to its exit.
+    pub timeout: u64,
+    pub accel: Accel,
+    pub mem: String,
+    pub smp: u32,
+    /// Modules loaded besides `MODULES`.
+    pub modules: Vec<String>,
+    /// Prepare kernels and initramfs images, boot nothing.
+    pub fetch_only: bool,
+    /// No boot runs past this: a job's timeout is cut to the time left, and a job with less
+    /// than `MIN_BOOT_SECS` left is not booted (fails).
+    pub deadline: Option<Instant>,
+}
+
+/// Below this, a boot is not worth starting.
+const MIN_BOOT_SECS: u64 = 60;
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            timeout: 300,
+            accel: Accel::Auto,
+            mem: "1G".into(),
+            smp: 2,
+            modules: Vec::new(),
+            fetch_only: false,
+            deadline: None,
+        }
+    }
+}
+
+/// One boot: a kernel and the guest's script (see `script`).
+pub struct Job {
+    pub series: Series,
+    /// What distinguishes jobs on the same kernel (e.g. the attach mode); may be empty.
+    pub label: String,
+    pub script: String,
+}
+
+impl Job {
+    /// `6.12` or `6.12/netfilter`: the prefix of the guest's console lines and of failure reasons.
+    pub fn name(&self) -> String {
+        job_name(self.series, &self.label)
+    }
+}
+
+fn job_name(s: Series, label: &str) -> String {
+    if label.is_empty() {
+        s.name().to_string()
+    } else {
+        format!("{}/{label}", s.name())
+    }
 }
 
 #[derive(Clone, Copy)]
-enum Timing {
+pub enum Timing {
     Cached,
     Secs(f64),
 }
 
-enum Outcome {
+impl Timing {
+    fn cell(t: Option<Timing>) -> String {
+        match t {
+            None => "-".to_string(),
+            Some(Timing::Cached) => "cached".to_string(),
+            Some(Timing::Secs(s)) => format!("{s:.1}"),
+        }
+    }
+}
+
+pub enum Outcome {
+    /// The guest reported exit code 0.
     Passed,
+    /// Prepared, not booted (`--fetch-only`).
     Prepared,
+    /// Fetching, booting or the command failed: one line saying why.
     Failed(String),
 }
 
+/// What one job did.
+pub struct JobResult {
+    pub series: Series,
+    pub label: String,
+    /// `uname -r (package version)`, empty when the kernel could not be fetched.
+    pub version: String,
+    pub fetch: Option<Timing>,
+    pub initrd: Option<Timing>,
+    /// Wall time of the boot, from qemu's start to its exit.
+    pub boot: Option<f64>,
+    /// The code the guest reported (`CT_TRACE_VM_EXIT=`).
+    pub exit: Option<i32>,
+    pub outcome: Outcome,
+    /// The guest's console (qemu's stdout), one entry per line.
+    pub console: Vec<String>,
+}
+
+impl JobResult {
+    pub fn name(&self) -> String {
+        job_name(self.series, &self.label)
+    }
+}
+
+/// The results of `run_jobs`, in the order of the jobs.
+pub struct Runs {
+    /// Package lists, kernel downloads and initramfs images, for all jobs.
+    pub prepare_secs: f64,
+    pub results: Vec<JobResult>,
+}
+
+/// A kernel ready to boot, or why not.
+struct Prepared {
+    version: String,
+    fetch: Option<Timing>,
+    initrd: Option<Timing>,
+    ready: std::result::Result<(Kernel, PathBuf), String>,
+}
+
 pub fn vm(args: Args) -> Result<()> {
-    need(&[
-        "apt-get",
-        "apt-cache",
-        "dpkg",
-        "depmod",
-        "modprobe",
-        "cpio",
-        "xz",
-        "zstd",
-        "qemu-system-x86_64",
-    ])?;
     let mut series: Vec<Series> = Vec::new();
     for s in if args.kernels.is_empty() {
         Series::ALL.to_vec()
@@ -232,58 +329,189 @@ pub fn vm(args: Args) -> Result<()> {
     let command = if args.command.is_empty() {
         vec!["sh".into(), "-c".into(), DEFAULT_COMMAND.into()]
     } else {
-        args.command.clone()
+        args.command
     };
+    let script = script(&[], &[command])?;
+    let jobs: Vec<Job> = series
+        .into_iter()
+        .map(|series| Job {
+            series,
+            label: String::new(),
+            script: script.clone(),
+        })
+        .collect();
+    let opts = Opts {
+        timeout: args.timeout,
+        accel: args.accel,
+        mem: args.mem,
+        smp: args.smp,
+        modules: args.modules,
+        fetch_only: args.fetch_only,
+        deadline: None,
+    };
+    let runs = run_jobs(&jobs, &opts)?;
+
+    let mut table = Vec::new();
+    for r in &runs.results {
+        table.push(vec![
+            r.series.name().to_string(),
+            version_cell(&r.version),
+            match r.outcome {
+                Outcome::Passed => "passed",
+                Outcome::Prepared => "prepared",
+                Outcome::Failed(_) => "failed",
+            }
+            .into(),
+            r.exit.map_or("-".into(), |c| c.to_string()),
+            r.boot.map_or("-".into(), |s| format!("{s:.1}")),
+            Timing::cell(r.fetch),
+            Timing::cell(r.initrd),
+        ]);
+    }
+    println!();
+    print_table(
+        &[
+            "kernel",
+            "version",
+            "result",
+            "exit",
+            "boot s",
+            "fetch s",
+            "initramfs s",
+        ],
+        &table,
+    );
+    let mut failed = Vec::new();
+    for r in &runs.results {
+        if let Outcome::Failed(why) = &r.outcome {
+            println!("{}: {why}", r.name());
+            failed.push(r.name());
+        }
+    }
+    if !failed.is_empty() {
+        bail!("vm: failed on {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+pub fn version_cell(v: &str) -> String {
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.to_string()
+    }
+}
+
+/// Prepares every kernel the jobs name (package lists, downloads and initramfs images, cached),
+/// then boots each job in turn. A job whose kernel cannot be prepared, or whose boot fails,
+/// gets `Outcome::Failed`; the error return is for what stops every job (a missing tool, no
+/// package lists).
+pub fn run_jobs(jobs: &[Job], opts: &Opts) -> Result<Runs> {
+    let t = Instant::now();
+    need(&[
+        "apt-get",
+        "apt-cache",
+        "dpkg",
+        "depmod",
+        "modprobe",
+        "cpio",
+        "xz",
+        "zstd",
+        "qemu-system-x86_64",
+    ])?;
     let mut modules: Vec<String> = MODULES.iter().map(|m| m.to_string()).collect();
-    modules.extend(args.modules.iter().cloned());
+    modules.extend(opts.modules.iter().cloned());
 
     let dir = cache().join("vm");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let apt = Apt::new(&dir)?;
     apt.refresh()?;
 
-    let accel = match args.accel {
+    let accel = match opts.accel {
         Accel::Auto if kvm_usable() => Accel::Kvm,
         Accel::Auto => Accel::Tcg,
         a => a,
     };
-    let script = script(&command)?;
 
-    let mut rows = Vec::new();
-    for s in series {
-        let mut row = Row {
-            series: s,
-            version: String::new(),
-            fetch: None,
-            initrd: None,
+    let mut prepared: Vec<(Series, Prepared)> = Vec::new();
+    for job in jobs {
+        if !prepared.iter().any(|(s, _)| *s == job.series) {
+            prepared.push((job.series, prepare(&apt, &dir, job.series, &modules)));
+        }
+    }
+    let prepare_secs = secs(t);
+
+    let mut results = Vec::new();
+    for job in jobs {
+        let p = &prepared
+            .iter()
+            .find(|(s, _)| *s == job.series)
+            .expect("prepared above")
+            .1;
+        let mut r = JobResult {
+            series: job.series,
+            label: job.label.clone(),
+            version: p.version.clone(),
+            fetch: p.fetch,
+            initrd: p.initrd,
             boot: None,
             exit: None,
-            result: Outcome::Prepared,
+            outcome: Outcome::Prepared,
+            console: Vec::new(),
         };
-        match prepare(&apt, &dir, s, &modules, &mut row) {
-            Err(e) => row.result = Outcome::Failed(format!("{e:#}")),
-            Ok(_) if args.fetch_only => {}
-            Ok((kernel, initrd)) => match boot(&dir, &kernel, &initrd, &script, accel, &args) {
-                Ok(b) => {
-                    row.boot = Some(b.secs);
-                    row.exit = b.exit;
-                    row.result = b.outcome;
+        match &p.ready {
+            Err(e) => r.outcome = Outcome::Failed(e.clone()),
+            Ok(_) if opts.fetch_only => {}
+            Ok((kernel, initrd)) => {
+                let left = opts
+                    .deadline
+                    .map(|d| d.saturating_duration_since(Instant::now()).as_secs());
+                match left {
+                    Some(left) if left < MIN_BOOT_SECS => {
+                        r.outcome = Outcome::Failed(format!(
+                            "not booted: the time budget is spent ({left} s left)"
+                        ))
+                    }
+                    _ => {
+                        let timeout = left.map_or(opts.timeout, |l| l.min(opts.timeout));
+                        match boot(&dir, kernel, initrd, job, accel, timeout, opts) {
+                            Ok(b) => {
+                                r.boot = Some(b.secs);
+                                r.exit = b.exit;
+                                r.outcome = b.outcome;
+                                r.console = b.console;
+                            }
+                            Err(e) => r.outcome = Outcome::Failed(format!("{e:#}")),
+                        }
+                    }
                 }
-                Err(e) => row.result = Outcome::Failed(format!("{e:#}")),
-            },
+            }
         }
-        rows.push(row);
+        results.push(r);
     }
-    print_table(&rows);
-    let failed: Vec<&str> = rows
-        .iter()
-        .filter(|r| matches!(r.result, Outcome::Failed(_)))
-        .map(|r| r.series.name())
-        .collect();
-    if !failed.is_empty() {
-        bail!("vm: failed on {}", failed.join(", "));
+    Ok(Runs {
+        prepare_secs,
+        results,
+    })
+}
+
+/// Prints an aligned table (two spaces between columns).
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
     }
-    Ok(())
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for line in std::iter::once(&header).chain(rows) {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(&widths)
+            .map(|(c, &w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
 }
 
 /// Fails early, and clearly, when a tool is missing.
@@ -581,32 +809,45 @@ struct Kernel {
     moddir: PathBuf,
 }
 
-/// Fetches the kernel and builds its initramfs; fills the row's version and timings.
-fn prepare(
-    apt: &Apt,
-    vm: &Path,
-    s: Series,
-    modules: &[String],
-    row: &mut Row,
-) -> Result<(Kernel, PathBuf)> {
+/// Fetches the kernel and builds its initramfs (each cached), timing both.
+fn prepare(apt: &Apt, vm: &Path, s: Series, modules: &[String]) -> Prepared {
+    let mut p = Prepared {
+        version: String::new(),
+        fetch: None,
+        initrd: None,
+        ready: Err(String::new()),
+    };
+    let timed = |fresh: bool, t: Instant| {
+        Some(if fresh {
+            Timing::Secs(secs(t))
+        } else {
+            Timing::Cached
+        })
+    };
     let t = Instant::now();
-    let (kernel, fresh) = fetch(apt, vm, s).with_context(|| format!("fetching {}", s.name()))?;
-    row.fetch = Some(if fresh {
-        Timing::Secs(secs(t))
-    } else {
-        Timing::Cached
-    });
+    let kernel = match fetch(apt, vm, s).with_context(|| format!("fetching {}", s.name())) {
+        Ok((kernel, fresh)) => {
+            p.fetch = timed(fresh, t);
+            kernel
+        }
+        Err(e) => {
+            p.ready = Err(format!("{e:#}"));
+            return p;
+        }
+    };
     let version = fs::read_to_string(kernel.dir.join("version")).unwrap_or_default();
-    row.version = format!("{} ({})", kernel.kver, version.trim());
+    p.version = format!("{} ({})", kernel.kver, version.trim());
     let t = Instant::now();
-    let (initrd, fresh) = initrd(&kernel, modules)
-        .with_context(|| format!("building the initramfs for {}", s.name()))?;
-    row.initrd = Some(if fresh {
-        Timing::Secs(secs(t))
-    } else {
-        Timing::Cached
-    });
-    Ok((kernel, initrd))
+    p.ready = match initrd(&kernel, modules)
+        .with_context(|| format!("building the initramfs for {}", s.name()))
+    {
+        Ok((initrd, fresh)) => {
+            p.initrd = timed(fresh, t);
+            Ok((kernel, initrd))
+        }
+        Err(e) => Err(format!("{e:#}")),
+    };
+    p
 }
 
 /// The newest packages of the series: `linux-image-*-amd64-unsigned`, or (Debian's 7.x) the
@@ -979,17 +1220,29 @@ struct Boot {
     secs: f64,
     exit: Option<i32>,
     outcome: Outcome,
+    console: Vec<String>,
 }
 
-/// The guest's `/ct-trace-vm.sh`: the command, in the current directory.
-fn script(command: &[String]) -> Result<String> {
+/// The guest's `/ct-trace-vm.sh`: in the current directory, with `env` exported, the commands
+/// (argv each) in turn; its exit code is the last non-zero one, or 0.
+pub fn script(env: &[(&str, String)], commands: &[Vec<String>]) -> Result<String> {
     let cwd = env::current_dir()?;
-    let argv: Vec<String> = command.iter().map(|a| quote(a)).collect();
-    Ok(format!(
-        "cd {} 2>/dev/null || cd /\nexec {}\n",
-        quote(&cwd.to_string_lossy()),
-        argv.join(" ")
-    ))
+    let mut s = format!("cd {} 2>/dev/null || cd /\n", quote(&cwd.to_string_lossy()));
+    for (k, v) in env {
+        writeln!(s, "export {k}={}", quote(v))?;
+    }
+    let argv = |c: &Vec<String>| c.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ");
+    if let [command] = commands {
+        writeln!(s, "exec {}", argv(command))?;
+        return Ok(s);
+    }
+    s.push_str("rc=0\n");
+    for c in commands {
+        writeln!(s, "echo {}", quote(&format!("ct-trace-vm: $ {}", argv(c))))?;
+        writeln!(s, "{} || rc=$?", argv(c))?;
+    }
+    s.push_str("exit $rc\n");
+    Ok(s)
 }
 
 fn quote(s: &str) -> String {
@@ -1003,45 +1256,53 @@ fn quote(s: &str) -> String {
     }
 }
 
+/// Boots `k` with the cached initramfs `base` plus the job's script; `timeout` in seconds.
 fn boot(
     vm: &Path,
     k: &Kernel,
     base: &Path,
-    script: &str,
+    job: &Job,
     accel: Accel,
-    args: &Args,
+    timeout: u64,
+    opts: &Opts,
 ) -> Result<Boot> {
-    let name = k.series.name();
+    let name = job.name();
     // The cached base + a small archive holding the command: the kernel unpacks concatenated
     // newc archives in order.
     let rundir = vm
         .join("run")
-        .join(format!("{}-{name}", std::process::id()));
+        .join(format!("{}-{}", std::process::id(), name.replace('/', "-")));
     remove_dir(&rundir)?;
     fs::create_dir_all(rundir.join("extra"))?;
     let result = (|| {
-        fs::write(rundir.join("extra/ct-trace-vm.sh"), script)?;
+        fs::write(rundir.join("extra/ct-trace-vm.sh"), &job.script)?;
         cpio(&rundir.join("extra"), &rundir.join("extra.cpio"))?;
         let initrd = rundir.join("initrd");
         fs::copy(base, &initrd)?;
         let mut f = fs::OpenOptions::new().append(true).open(&initrd)?;
         f.write_all(&fs::read(rundir.join("extra.cpio"))?)?;
         drop(f);
-        qemu(k, &initrd, accel, args)
+        qemu(k, &name, &initrd, accel, timeout, opts)
     })();
     let _ = fs::remove_dir_all(&rundir);
     result
 }
 
-fn qemu(k: &Kernel, initrd: &Path, accel: Accel, args: &Args) -> Result<Boot> {
-    let name = k.series.name();
+fn qemu(
+    k: &Kernel,
+    name: &str,
+    initrd: &Path,
+    accel: Accel,
+    timeout: u64,
+    opts: &Opts,
+) -> Result<Boot> {
     let mut cmd = Command::new("qemu-system-x86_64");
     match accel {
         // -arch-capabilities: nested KVM rejects the MSR that `-cpu host` would set.
         Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host,-arch-capabilities"]),
         _ => cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max"]),
     };
-    cmd.args(["-m", &args.mem, "-smp", &args.smp.to_string()])
+    cmd.args(["-m", &opts.mem, "-smp", &opts.smp.to_string()])
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-no-reboot", "-serial", "stdio"])
         .arg("-kernel")
@@ -1061,7 +1322,7 @@ fn qemu(k: &Kernel, initrd: &Path, accel: Accel, args: &Args) -> Result<Boot> {
         "xtask: vm {name}: booting {} ({}, timeout {} s)",
         k.kver,
         if accel == Accel::Kvm { "KVM" } else { "TCG" },
-        args.timeout
+        timeout
     );
     let start = Instant::now();
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
@@ -1089,7 +1350,7 @@ fn qemu(k: &Kernel, initrd: &Path, accel: Accel, args: &Args) -> Result<Boot> {
         })
     });
     drop(tx);
-    let deadline = start + Duration::from_secs(args.timeout);
+    let deadline = start + Duration::from_secs(timeout);
     let mut console = Vec::new();
     let mut timed_out = false;
     loop {
@@ -1116,8 +1377,10 @@ fn qemu(k: &Kernel, initrd: &Path, accel: Accel, args: &Args) -> Result<Boot> {
     for r in readers {
         let _ = r.join();
     }
-    // Whatever arrived between the timeout and the kill.
+    // Whatever arrived between the timeout and the kill, and a last line without a newline
+    // (e.g. the test that hung: `test NAME ... `).
     for (_, line) in rx.try_iter() {
+        println!("[{name}] {line}");
         console.push(line);
     }
     let exit = console.iter().rev().find_map(|l| {
@@ -1128,13 +1391,11 @@ fn qemu(k: &Kernel, initrd: &Path, accel: Accel, args: &Args) -> Result<Boot> {
     let find = |pat: &str| console.iter().find(|l| l.contains(pat)).map(|l| l.trim());
     let outcome = if timed_out {
         Outcome::Failed(match exit {
-            Some(code) => format!(
-                "hung after the command exited ({code}): killed after {} s",
-                args.timeout
-            ),
+            Some(code) => {
+                format!("hung after the command exited ({code}): killed after {timeout} s")
+            }
             None => format!(
-                "timed out after {} s{}",
-                args.timeout,
+                "timed out after {timeout} s{}",
                 find("Kernel panic")
                     .map(|l| format!(" ({l})"))
                     .unwrap_or_default()
@@ -1157,64 +1418,8 @@ fn qemu(k: &Kernel, initrd: &Path, accel: Accel, args: &Args) -> Result<Boot> {
         secs,
         exit,
         outcome,
+        console,
     })
-}
-
-fn print_table(rows: &[Row]) {
-    let timing = |t: Option<Timing>| match t {
-        None => "-".to_string(),
-        Some(Timing::Cached) => "cached".to_string(),
-        Some(Timing::Secs(s)) => format!("{s:.1}"),
-    };
-    let mut table = vec![[
-        "kernel".to_string(),
-        "version".into(),
-        "result".into(),
-        "exit".into(),
-        "boot s".into(),
-        "fetch s".into(),
-        "initramfs s".into(),
-    ]];
-    for r in rows {
-        table.push([
-            r.series.name().to_string(),
-            if r.version.is_empty() {
-                "-".into()
-            } else {
-                r.version.clone()
-            },
-            match r.result {
-                Outcome::Passed => "passed",
-                Outcome::Prepared => "prepared",
-                Outcome::Failed(_) => "failed",
-            }
-            .into(),
-            r.exit.map_or("-".into(), |c| c.to_string()),
-            r.boot.map_or("-".into(), |s| format!("{s:.1}")),
-            timing(r.fetch),
-            timing(r.initrd),
-        ]);
-    }
-    let mut widths = [0; 7];
-    for line in &table {
-        for (w, cell) in widths.iter_mut().zip(line) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    println!();
-    for line in &table {
-        let cells: Vec<String> = line
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", cells.join("  ").trim_end());
-    }
-    for r in rows {
-        if let Outcome::Failed(why) = &r.result {
-            println!("{}: {why}", r.series.name());
-        }
-    }
 }
 
 #[cfg(test)]
