@@ -106,6 +106,13 @@ R=/mnt/host
 mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose host $R ||
   fail "cannot mount the host's / (virtio-9p tag 'host')"
 mount -t tmpfs tmpfs $R/tmp && mount -t tmpfs tmpfs $R/run || fail "cannot mount tmpfs on $R/tmp and $R/run"
+# The workspace, shared on its own: a checkout under /tmp or /run would be hidden by the tmpfs.
+if [ -s /ct-trace-vm.workdir ]; then
+  W=$(cat /ct-trace-vm.workdir)
+  mkdir -p "$R$W" 2>/dev/null
+  mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose work "$R$W" ||
+    fail "cannot mount the workspace $W (virtio-9p tag 'work')"
+fi
 [ -L $R/var/run ] || mount -t tmpfs tmpfs $R/var/run || fail "cannot mount tmpfs on $R/var/run"
 for d in proc sys dev; do mount -o rbind /$d $R/$d || fail "cannot bind /$d into $R"; done
 cp /ct-trace-vm.sh $R/tmp/.ct-trace-vm.sh || fail "no command in the initramfs"
@@ -1276,6 +1283,10 @@ fn boot(
     fs::create_dir_all(rundir.join("extra"))?;
     let result = (|| {
         fs::write(rundir.join("extra/ct-trace-vm.sh"), &job.script)?;
+        fs::write(
+            rundir.join("extra/ct-trace-vm.workdir"),
+            workdir()?.to_string_lossy().as_bytes(),
+        )?;
         cpio(&rundir.join("extra"), &rundir.join("extra.cpio"))?;
         let initrd = rundir.join("initrd");
         fs::copy(base, &initrd)?;
@@ -1286,6 +1297,13 @@ fn boot(
     })();
     let _ = fs::remove_dir_all(&rundir);
     result
+}
+
+/// The workspace the guest must see at its own path (its `target/` and `tests/`).
+fn workdir() -> Result<PathBuf> {
+    crate::root()
+        .canonicalize()
+        .context("resolving the workspace root")
 }
 
 fn qemu(
@@ -1314,7 +1332,12 @@ fn qemu(
             "console=ttyS0 panic=-1 oops=panic loglevel=4",
             "-virtfs",
             "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
+            "-virtfs",
         ])
+        .arg(format!(
+            "local,path={},mount_tag=work,security_model=none,readonly=on,multidevs=remap",
+            workdir()?.display()
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
