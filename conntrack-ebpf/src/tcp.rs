@@ -21,6 +21,7 @@ use crate::{
 };
 
 const AF_INET: u16 = 2;
+const TCP_RST: u8 = 0x04;
 const AF_INET6: u16 = 10;
 
 /// Fills the tuple of a socket, seen as a packet from the peer to this socket.
@@ -86,6 +87,12 @@ fn rst_kprobe(ctx: &ProbeContext) {
     let sk: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
     let skb: *const u8 = ctx.arg(1).unwrap_or(core::ptr::null());
     if skb.is_null() {
+        return;
+    }
+    // The entry is not yet a reset: tcp_v4_send_reset()/tcp_v6_send_reset() return at once for a
+    // packet that carries RST ("Never send a reset in response to a reset", net/ipv4/tcp_ipv4.c).
+    let mut p = Packet::default();
+    if read_packet(skb, &config::offsets(), &mut p) && p.tcp_flags & TCP_RST != 0 {
         return;
     }
     rst_sent(sk, skb, NO_REASON);
