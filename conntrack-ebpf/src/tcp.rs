@@ -89,12 +89,6 @@ fn rst_kprobe(ctx: &ProbeContext) {
     if skb.is_null() {
         return;
     }
-    // The entry is not yet a reset: tcp_v4_send_reset()/tcp_v6_send_reset() return at once for a
-    // packet that carries RST ("Never send a reset in response to a reset", net/ipv4/tcp_ipv4.c).
-    let mut p = Packet::default();
-    if read_packet(skb, &config::offsets(), &mut p) && p.tcp_flags & TCP_RST != 0 {
-        return;
-    }
     rst_sent(sk, skb, NO_REASON);
 }
 
@@ -108,11 +102,22 @@ fn rst_sent(sk: *const u8, skb: *const u8, reason: u32) {
     let o = config::offsets();
     let mut ev = Reset {
         header: header(Kind::RstSent),
-        reason: u32::MAX,
+        reason,
         ..Default::default()
     };
+    if !skb.is_null() {
+        // The packet that caused the reset, as it arrived.
+        if !read_packet(skb, &o, &mut ev.packet) {
+            ev.flags |= flags::NO_HEADERS;
+            count(Counter::ReadFailed);
+        } else if ev.packet.tcp_flags & TCP_RST != 0 {
+            // Not a reset after all: tcp_v4_send_reset()/tcp_v6_send_reset() return at once for
+            // a packet carrying RST ("Never send a reset in response to a reset",
+            // net/ipv4/tcp_ipv4.c), and their kprobes fire on entry.
+            return;
+        }
+    }
     count(Counter::RstSent);
-    ev.reason = reason;
     if reason == NO_REASON {
         ev.flags |= flags::NO_REASON_ARG;
     }
@@ -120,11 +125,6 @@ fn rst_sent(sk: *const u8, skb: *const u8, reason: u32) {
         ev.flags |= flags::NO_SOCKET;
     }
     if !skb.is_null() {
-        // The packet that caused the reset, as it arrived.
-        if !read_packet(skb, &o, &mut ev.packet) {
-            ev.flags |= flags::NO_HEADERS;
-            count(Counter::ReadFailed);
-        }
         let (ifindex, netns) = skb_dev(skb, &o);
         ev.packet.ifindex = ifindex;
         ev.packet.netns = netns;

@@ -416,6 +416,12 @@ fn summary(
             ),
         }
     }
+    if corr.reasons_unmatched > 0 {
+        eprintln!(
+            "ct-trace: conntrack logged {} refused packets that are not reported (not TCP, or no verdict program to tell INVALID from ignored)",
+            corr.reasons_unmatched
+        );
+    }
     let flows = corr.summary();
     if !flows.is_empty() {
         eprintln!("ct-trace: resets caused by INVALID packets, by flow:");

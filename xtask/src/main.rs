@@ -417,7 +417,7 @@ fn test(a: &TestArgs) -> Result<()> {
         "tests: {} passed, {} failed, {} skipped",
         total.passed,
         total.failed,
-        total.ignored + total.skipped
+        total.ignored + total.skipped()
     );
     if !failures.is_empty() {
         bail!("test failed:\n  {}", failures.join("\n  "));
