@@ -7,8 +7,13 @@
 //! `TryFrom`, never by transmuting, so a record from a mismatched build is an error, not garbage.
 #![no_std]
 
+/// IP protocol numbers.
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
 /// Bumped whenever any record layout changes.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 
 /// Size of the `EVENTS` ring buffer in bytes (a power of two, a multiple of the page size).
 pub const RING_BYTES: u32 = 1 << 22;
@@ -17,7 +22,15 @@ pub const RING_BYTES: u32 = 1 << 22;
 pub const PENDING_RST_MAX_AGE_NS: u64 = 10_000_000_000;
 
 /// Entries of the LRU maps that remember INVALID packets until their fate or their reset is seen.
-pub const PENDING_ENTRIES: u32 = 8192;
+/// A reset answers its packet within a round trip, so at 100k INVALID packets per second this
+/// still covers 160 ms.
+pub const PENDING_ENTRIES: u32 = 16384;
+
+/// Default event budget (`--event-budget`): events per second, shared equally by the CPUs.
+pub const DEFAULT_EVENT_BUDGET: u32 = 20_000;
+
+/// How often the per-CPU event budget refills (1 s).
+pub const BUDGET_WINDOW_NS: u64 = 1_000_000_000;
 
 /// What a record is. The discriminants are part of the wire format.
 #[repr(u8)]
@@ -85,8 +98,9 @@ pub struct Packet {
     pub ack: u32,
     /// TCP payload bytes (IP total length minus IP and TCP headers).
     pub payload_len: u16,
-    /// TCP window field as sent (not scaled).
-    pub window: u16,
+    /// ICMP/ICMPv6 message type (`proto` 1 or 58).
+    pub icmp_type: u8,
+    pub _pad3: u8,
     pub _pad2: u32,
 }
 
@@ -125,11 +139,25 @@ impl PacketKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InvalidSeen {
     pub ts_ns: u64,
-    /// Identifies the verdict record in userspace (the `sk_buff` address: never printed).
+    /// Identifies the verdict record in userspace with `ts_ns` (the `sk_buff` address: never
+    /// printed; addresses are reused, the pair is not).
     pub skb: u64,
     pub netns: u32,
     pub hook: u8,
-    pub _pad: [u8; 3],
+    /// 1 when the verdict's record was sent to userspace (not suppressed by the event budget).
+    pub shown: u8,
+    pub _pad: [u8; 2],
+}
+
+/// What the kernel remembers about an INVALID packet until it is freed (its fate).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingDrop {
+    /// The verdict's `Header::ts_ns`: with the `sk_buff` address it names the verdict.
+    pub ts_ns: u64,
+    /// 1 when the verdict's record was sent: only then is a [`Drop`] record sent too.
+    pub shown: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Why a record is incomplete (bit set in `Reset::flags` / `Verdict::flags`).
@@ -209,6 +237,8 @@ pub struct Verdict {
 pub struct Drop {
     pub header: Header,
     pub skb: u64,
+    /// The verdict's `Header::ts_ns` (with `skb`, names the verdict).
+    pub verdict_ts_ns: u64,
     /// `enum skb_drop_reason` value, or `u32::MAX` when the kernel does not pass one.
     pub reason: u32,
     pub _pad: u32,
@@ -281,75 +311,185 @@ impl Default for Reason {
     }
 }
 
-/// Slots of the per-CPU `COUNTERS` array. Every event class and every failure path has one.
+/// Slots of the per-CPU `COUNTERS` array: every event class and every failure path has one,
+/// incremented in the kernel at the moment it happens, independent of the ring buffer. Userspace
+/// sums the CPUs; these are the counts ct-trace reports, whatever the event rate.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// A record could not be reserved in the ring buffer (it was full): the event is lost.
-    RingFull = 0,
-    /// Packet headers could not be read from an `sk_buff`.
-    ReadFailed = 1,
-    /// INVALID verdicts seen by the netfilter programs (all protocols).
-    Invalid = 2,
-    /// INVALID verdicts on TCP packets.
-    InvalidTcp = 3,
-    RstSent = 4,
-    RstReceived = 5,
-    /// Resets matched to an INVALID packet in the kernel.
-    RstFromInvalid = 6,
-    /// INVALID packets dropped by netfilter.
-    DropAfterInvalid = 7,
-    /// A pending-map update failed (the map is LRU, so this means an error, not "full").
-    MapUpdateFailed = 8,
+    /// INVALID verdicts at PRE_ROUTING (conntrack counted the packet `invalid`).
+    InvalidPrerouting = 0,
+    /// INVALID verdicts at LOCAL_OUT.
+    InvalidOutput = 1,
+    /// INVALID verdicts on TCP packets (a subset of the two above).
+    InvalidTcp = 2,
+    /// INVALID packets a netfilter rule then dropped (fate `dropped`).
+    InvalidDropped = 3,
+    /// Packets without a conntrack entry in a family whose conntrack hooks are not registered
+    /// in the watched namespace: conntrack never saw them, they are not INVALID (no event).
+    Untracked = 4,
+    /// ICMP errors conntrack could not relate to an entry: left without one but counted by the
+    /// kernel as `error`, not `invalid` (no event).
+    IcmpError = 5,
+    RstSent = 6,
+    RstReceived = 7,
+    /// Resets matched in the kernel to the INVALID packet that caused them.
+    RstFromInvalid = 8,
     /// A reset matched an INVALID packet older than `PENDING_RST_MAX_AGE_NS`: not attributed.
     PendingExpired = 9,
-    /// Reasons recorded by the conntrack log-helper kprobes.
-    Reasons = 10,
+    /// INVALID packets freed with a drop reason (any: a rule, or later, e.g. no socket).
+    Drops = 10,
+    /// Refusals logged by conntrack's log helpers (reason kprobes), by class of the message.
+    ReasonSeqOver = 11,
+    ReasonSeqUnder = 12,
+    ReasonAckOver = 13,
+    ReasonAckUnder = 14,
+    ReasonBadFlags = 15,
+    ReasonIgnored = 16,
+    ReasonOther = 17,
     /// `nf_conntrack_in()` dropped a packet it could not track (table full, or no memory):
-    /// counted by the kernel as `drop`, not `invalid`.
-    CtDropped = 11,
+    /// counted by the kernel as `drop`, not `invalid` (kretprobe mode).
+    CtDropped = 18,
+    /// Records not sent because the event budget of the second was spent, per record kind.
+    SuppressedInvalid = 19,
+    SuppressedReset = 20,
+    SuppressedReason = 21,
+    SuppressedDrop = 22,
+    /// Records lost because the ring buffer was full, per record kind.
+    LostInvalid = 23,
+    LostReset = 24,
+    LostReason = 25,
+    LostDrop = 26,
+    /// Resets not sent because they did not pass `--filter` (counted, never shown).
+    FilteredReset = 27,
+    /// Packet headers could not be read from an `sk_buff`.
+    ReadFailed = 28,
+    /// A pending-map update failed (the maps are LRU, so this means an error, not "full").
+    MapUpdateFailed = 29,
     /// The kretprobe fallback found its per-CPU argument stack stale or too deep (a return was
     /// missed): those verdicts are lost.
-    StackLost = 12,
+    StackLost = 30,
+    /// INVALID verdicts not sent because they did not pass `--host`/`--port` (counted, never
+    /// shown; still matched to the resets they cause).
+    FilteredInvalid = 31,
 }
 
 /// Number of slots in `COUNTERS`.
-pub const COUNTERS: u32 = 13;
+pub const COUNTERS: u32 = 32;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
-        Self::RingFull,
-        Self::ReadFailed,
-        Self::Invalid,
+        Self::InvalidPrerouting,
+        Self::InvalidOutput,
         Self::InvalidTcp,
+        Self::InvalidDropped,
+        Self::Untracked,
+        Self::IcmpError,
         Self::RstSent,
         Self::RstReceived,
         Self::RstFromInvalid,
-        Self::DropAfterInvalid,
-        Self::MapUpdateFailed,
         Self::PendingExpired,
-        Self::Reasons,
+        Self::Drops,
+        Self::ReasonSeqOver,
+        Self::ReasonSeqUnder,
+        Self::ReasonAckOver,
+        Self::ReasonAckUnder,
+        Self::ReasonBadFlags,
+        Self::ReasonIgnored,
+        Self::ReasonOther,
         Self::CtDropped,
+        Self::SuppressedInvalid,
+        Self::SuppressedReset,
+        Self::SuppressedReason,
+        Self::SuppressedDrop,
+        Self::LostInvalid,
+        Self::LostReset,
+        Self::LostReason,
+        Self::LostDrop,
+        Self::FilteredReset,
+        Self::ReadFailed,
+        Self::MapUpdateFailed,
         Self::StackLost,
+        Self::FilteredInvalid,
     ];
 
     pub const fn name(self) -> &'static str {
         match self {
-            Self::RingFull => "ring_full",
-            Self::ReadFailed => "read_failed",
-            Self::Invalid => "invalid",
+            Self::InvalidPrerouting => "invalid_prerouting",
+            Self::InvalidOutput => "invalid_output",
             Self::InvalidTcp => "invalid_tcp",
+            Self::InvalidDropped => "invalid_dropped",
+            Self::Untracked => "untracked",
+            Self::IcmpError => "icmp_error",
             Self::RstSent => "rst_sent",
             Self::RstReceived => "rst_received",
             Self::RstFromInvalid => "rst_from_invalid",
-            Self::DropAfterInvalid => "drop_after_invalid",
-            Self::MapUpdateFailed => "map_update_failed",
             Self::PendingExpired => "pending_expired",
-            Self::Reasons => "reasons",
+            Self::Drops => "drops",
+            Self::ReasonSeqOver => "reason_seq_over",
+            Self::ReasonSeqUnder => "reason_seq_under",
+            Self::ReasonAckOver => "reason_ack_over",
+            Self::ReasonAckUnder => "reason_ack_under",
+            Self::ReasonBadFlags => "reason_bad_flags",
+            Self::ReasonIgnored => "reason_ignored",
+            Self::ReasonOther => "reason_other",
             Self::CtDropped => "ct_dropped",
+            Self::SuppressedInvalid => "suppressed_invalid",
+            Self::SuppressedReset => "suppressed_reset",
+            Self::SuppressedReason => "suppressed_reason",
+            Self::SuppressedDrop => "suppressed_drop",
+            Self::LostInvalid => "lost_invalid",
+            Self::LostReset => "lost_reset",
+            Self::LostReason => "lost_reason",
+            Self::LostDrop => "lost_drop",
+            Self::FilteredReset => "filtered_reset",
+            Self::ReadFailed => "read_failed",
+            Self::MapUpdateFailed => "map_update_failed",
             Self::StackLost => "stack_lost",
+            Self::FilteredInvalid => "filtered_invalid",
         }
     }
+
+    /// The budget and ring-buffer counters of a record kind: (suppressed, lost).
+    pub const fn of_kind(kind: Kind) -> (Counter, Counter) {
+        match kind {
+            Kind::Invalid => (Self::SuppressedInvalid, Self::LostInvalid),
+            Kind::RstSent | Kind::RstReceived => (Self::SuppressedReset, Self::LostReset),
+            Kind::Reason => (Self::SuppressedReason, Self::LostReason),
+            Kind::Drop => (Self::SuppressedDrop, Self::LostDrop),
+        }
+    }
+}
+
+/// Per-CPU state of the event budget: records sent in the current window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub window_start_ns: u64,
+    pub used: u32,
+    pub _pad: u32,
+}
+
+/// Kernel-side event filter (`--resets`, `--host`, `--port`, `--netns`): a record that does not
+/// match is counted as filtered and not sent. Counting happens before filtering, so the counts
+/// still equal the kernel's. `caused_only` and `netns` apply to resets (any namespace produces
+/// them by the thousand), `addr` and `port` to resets and INVALID verdicts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// 1: send only resets whose triggering packet was INVALID (the attributable ones).
+    pub caused_only: u8,
+    /// 4 or 6 when `addr`/`prefix_len` are set (either end of the reset's packet must be in
+    /// the prefix); 0: any address.
+    pub family: u8,
+    pub prefix_len: u8,
+    pub _pad: u8,
+    /// Either port of the reset's packet must equal this; 0: any port.
+    pub port: u16,
+    pub _pad2: u16,
+    /// Only resets in this network namespace (inode); 0: any.
+    pub netns: u32,
+    pub addr: [u8; 16],
 }
 
 /// Kernel structure offsets (bytes) that userspace reads from the running kernel's BTF and
@@ -378,6 +518,12 @@ pub struct Offsets {
     pub state_in: u32,
     pub state_out: u32,
     pub state_net: u32,
+    /// `net.nf.hooks_ipv4` / `net.nf.hooks_ipv6`: the hook entries conntrack registers in.
+    pub net_hooks_ipv4: u32,
+    pub net_hooks_ipv6: u32,
+    /// `nf_hook_entries.hooks`: first `struct nf_hook_entry { hookfn, priv }`.
+    pub entries_hooks: u32,
+    pub _pad: u32,
 }
 
 /// Offsets into `struct nf_conn`, from the BTF of the module that defines it (`nf_conntrack`
@@ -399,6 +545,9 @@ mod user {
     unsafe impl aya::Pod for super::InvalidSeen {}
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::CtOffsets {}
+    unsafe impl aya::Pod for super::PendingDrop {}
+    unsafe impl aya::Pod for super::Budget {}
+    unsafe impl aya::Pod for super::Filter {}
 }
 
 // Sizes are part of the wire format: a change here must bump WIRE_VERSION.
@@ -408,8 +557,11 @@ const _: () = assert!(core::mem::size_of::<PacketKey>() == 48);
 const _: () = assert!(core::mem::size_of::<InvalidSeen>() == 24);
 const _: () = assert!(core::mem::size_of::<Reset>() == 16 + 64 + 8 + 24);
 const _: () = assert!(core::mem::size_of::<Verdict>() == 16 + 64 + 16);
-const _: () = assert!(core::mem::size_of::<Drop>() == 32);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 21 * 4);
+const _: () = assert!(core::mem::size_of::<Drop>() == 40);
+const _: () = assert!(core::mem::size_of::<PendingDrop>() == 16);
+const _: () = assert!(core::mem::size_of::<Budget>() == 16);
+const _: () = assert!(core::mem::size_of::<Filter>() == 28);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 25 * 4);
 const _: () = assert!(core::mem::size_of::<CtOffsets>() == 16);
 const _: () = assert!(
     core::mem::size_of::<Reason>()

@@ -2,7 +2,7 @@
 //! Frozen by the loader, so the verifier treats their values as constants: the netfilter program's
 //! `_nfct` load needs a constant offset (a `.data` value fails with "invalid variable offset").
 
-use conntrack_common::{CtOffsets, Offsets};
+use conntrack_common::{CtOffsets, Filter, Offsets};
 
 #[unsafe(no_mangle)]
 static OFFSETS: Offsets = Offsets {
@@ -27,6 +27,10 @@ static OFFSETS: Offsets = Offsets {
     state_in: 0,
     state_out: 0,
     state_net: 0,
+    net_hooks_ipv4: 0,
+    net_hooks_ipv6: 0,
+    entries_hooks: 0,
+    _pad: 0,
 };
 
 #[unsafe(no_mangle)]
@@ -55,6 +59,34 @@ static KFREE_HAS_REASON: u8 = 0;
 /// netfilter links): kprobes fire for every namespace.
 #[unsafe(no_mangle)]
 static TARGET_NETNS: u32 = 0;
+
+/// Records each CPU may send per second (`--event-budget` divided by the CPUs); 0: no limit.
+#[unsafe(no_mangle)]
+static EVENT_BUDGET: u32 = 0;
+
+/// `SKB_DROP_REASON_NETFILTER_DROP` on this kernel (the numbering differs between kernels), or
+/// `u32::MAX` when unknown: a drop with it is the fate `dropped`.
+#[unsafe(no_mangle)]
+static NETFILTER_DROP: u32 = u32::MAX;
+
+/// Addresses of conntrack's hook functions (`ipv4_conntrack_in`, `ipv4_conntrack_local`,
+/// `ipv6_conntrack_in`, `ipv6_conntrack_local`, from kallsyms): finding one of them in a hook's
+/// entries tells that conntrack runs there. All zero when unknown.
+#[unsafe(no_mangle)]
+static CT_HOOK_FNS: [u64; 4] = [0; 4];
+
+/// Which resets are sent to userspace (`--resets`, `--filter`); the others are only counted.
+#[unsafe(no_mangle)]
+static FILTER: Filter = Filter {
+    caused_only: 0,
+    family: 0,
+    prefix_len: 0,
+    _pad: 0,
+    port: 0,
+    _pad2: 0,
+    netns: 0,
+    addr: [0; 16],
+};
 
 #[inline(always)]
 pub fn offsets() -> Offsets {
@@ -96,4 +128,28 @@ pub fn kfree_has_reason() -> bool {
 pub fn target_netns() -> u32 {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&TARGET_NETNS) }
+}
+
+#[inline(always)]
+pub fn event_budget() -> u32 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&EVENT_BUDGET) }
+}
+
+#[inline(always)]
+pub fn netfilter_drop() -> u32 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&NETFILTER_DROP) }
+}
+
+#[inline(always)]
+pub fn ct_hook_fns() -> [u64; 4] {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&CT_HOOK_FNS) }
+}
+
+#[inline(always)]
+pub fn filter() -> Filter {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&FILTER) }
 }

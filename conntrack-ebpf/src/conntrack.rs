@@ -28,7 +28,7 @@ use conntrack_common::{
 
 use crate::{
     config,
-    maps::{count, EVENTS},
+    maps::{allow, count, EVENTS},
     netfilter::on_invalid,
     skb::{header, netns_inum, read, read_packet},
 };
@@ -88,8 +88,19 @@ fn log_reason(
         // The inner call of a helper that already reported this packet.
         return;
     }
+    // `tcp_error()` logs its message through a bare "%s" (nf_conntrack_proto_tcp.c:
+    // `nf_l4proto_log_invalid(skb, state, IPPROTO_TCP, "%s", msg)`): take the message.
+    let text = if head[..3] == *b"%s\0" && args[0] != 0 {
+        args[0] as *const u8
+    } else {
+        fmt
+    };
+    count(class(text));
+    if !allow(Kind::Reason, false) {
+        return;
+    }
     let Some(mut entry) = EVENTS.reserve::<Reason>(0) else {
-        count(Counter::RingFull);
+        count(Counter::LostReason);
         return;
     };
     let o = config::offsets();
@@ -110,13 +121,6 @@ fn log_reason(
         (*r).hook = read::<u8>(state, o.state_hook).unwrap_or(u8::MAX);
         (*r)._pad = [0; 5];
         (*r).fmt = [0; FMT_BYTES];
-        // `tcp_error()` logs its message through a bare "%s" (nf_conntrack_proto_tcp.c:
-        // `nf_l4proto_log_invalid(skb, state, IPPROTO_TCP, "%s", msg)`): take the message.
-        let text = if head[..3] == *b"%s\0" && args[0] != 0 {
-            args[0] as *const u8
-        } else {
-            fmt
-        };
         let _ = bpf_probe_read_kernel_str_bytes(text, &mut (*r).fmt);
         (*r).ct_tcp = [0; CT_TCP_BYTES];
         (*r).ct_tuples = [[0; CT_TUPLE_BYTES]; 2];
@@ -140,8 +144,26 @@ fn log_reason(
             (*r).has_ct = u8::from(ok);
         }
     }
-    count(Counter::Reasons);
     entry.submit(0);
+}
+
+/// The class of a conntrack log message, by its first words (nf_conntrack_proto_tcp.c:
+/// "SEQ is over upper bound %u ...", "ACK is under the lower bound ...", tcp_error()'s
+/// "invalid tcp flag combination", the 6.1+ IGNORE outcomes' "ignored ...").
+#[inline(always)]
+fn class(text: *const u8) -> Counter {
+    // SAFETY: probe read of a kernel string's first bytes (a shorter string reads its NUL and
+    // whatever follows it, which no prefix below can match across).
+    let w = unsafe { read::<[u8; 12]>(text, 0) }.unwrap_or([0; 12]);
+    match &w {
+        b"SEQ is over " => Counter::ReasonSeqOver,
+        b"SEQ is under" => Counter::ReasonSeqUnder,
+        b"ACK is over " => Counter::ReasonAckOver,
+        b"ACK is under" => Counter::ReasonAckUnder,
+        b"invalid tcp " => Counter::ReasonBadFlags,
+        _ if w[..8] == *b"ignored " => Counter::ReasonIgnored,
+        _ => Counter::ReasonOther,
+    }
 }
 
 /// One `nf_conntrack_in()` call in progress on a CPU. Softirq processing can interrupt a

@@ -1,10 +1,17 @@
-//! Every map of ct-trace, and the small helpers that touch them.
+//! Every map of ct-trace, and the small helpers that touch them: counting, the event budget, and
+//! sending records.
 
 use aya_ebpf::{
+    helpers::bpf_ktime_get_boot_ns,
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use conntrack_common::{Counter, InvalidSeen, PacketKey, COUNTERS, PENDING_ENTRIES, RING_BYTES};
+use conntrack_common::{
+    Budget, Counter, InvalidSeen, Kind, PacketKey, PendingDrop, BUDGET_WINDOW_NS, COUNTERS,
+    PENDING_ENTRIES, RING_BYTES,
+};
+
+use crate::config;
 
 /// All events, in the order they were reserved.
 #[map]
@@ -14,15 +21,20 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 #[map]
 pub static COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
 
+/// The event budget's state on each CPU (written only when a record is about to be sent).
+#[map]
+pub static BUDGET: PerCpuArray<Budget> = PerCpuArray::with_max_entries(1, 0);
+
 /// INVALID packets by identity, until a reset they cause is seen (written only for INVALID
 /// packets, never for ordinary traffic). LRU: bounded, oldest evicted first.
 #[map]
 pub static PENDING_RST: LruHashMap<PacketKey, InvalidSeen> =
     LruHashMap::with_max_entries(PENDING_ENTRIES, 0);
 
-/// `sk_buff` address of INVALID packets -> verdict time, until the packet is freed.
+/// `sk_buff` address of INVALID packets -> their verdict, until the packet is freed.
 #[map]
-pub static PENDING_DROP: LruHashMap<u64, u64> = LruHashMap::with_max_entries(PENDING_ENTRIES, 0);
+pub static PENDING_DROP: LruHashMap<u64, PendingDrop> =
+    LruHashMap::with_max_entries(PENDING_ENTRIES, 0);
 
 #[inline(always)]
 pub fn count(c: Counter) {
@@ -32,10 +44,39 @@ pub fn count(c: Counter) {
     }
 }
 
-/// Sends one record; a full ring buffer is counted, never silent.
+/// Whether a record of `kind` may be sent now: at most `EVENT_BUDGET` records per CPU per
+/// second. A refused record is counted as suppressed for its kind, never silent. `exempt`
+/// records (resets caused by an INVALID packet: rare, and what ct-trace exists for) always
+/// pass, and use up budget like any other.
 #[inline(always)]
-pub fn emit<T: 'static>(record: &T) {
+pub fn allow(kind: Kind, exempt: bool) -> bool {
+    let budget = config::event_budget();
+    if budget == 0 {
+        return true;
+    }
+    let Some(b) = BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: per-CPU value, and a program is not interrupted by another on its CPU.
+    let b = unsafe { &mut *b };
+    // SAFETY: helper call without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if now.wrapping_sub(b.window_start_ns) >= BUDGET_WINDOW_NS {
+        b.window_start_ns = now;
+        b.used = 0;
+    }
+    if b.used >= budget && !exempt {
+        count(Counter::of_kind(kind).0);
+        return false;
+    }
+    b.used = b.used.saturating_add(1);
+    true
+}
+
+/// Sends one record; a full ring buffer is counted for its kind, never silent.
+#[inline(always)]
+pub fn emit<T: 'static>(kind: Kind, record: &T) {
     if EVENTS.output::<T>(record, 0).is_err() {
-        count(Counter::RingFull);
+        count(Counter::of_kind(kind).1);
     }
 }

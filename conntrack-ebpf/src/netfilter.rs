@@ -6,17 +6,26 @@
 //! priority just after `NF_IP_PRI_CONNTRACK`. Conntrack leaves `skb->_nfct == 0` on exactly the
 //! packets it marks INVALID (net/netfilter/nf_conntrack_core.c, `nf_conntrack_in()`: "Invalid:
 //! inverse of the return code tells the netfilter core what to do" ... `skb->_nfct = 0`);
-//! untracked packets carry `IP_CT_UNTRACKED` (7) instead.
+//! untracked packets carry `IP_CT_UNTRACKED` (7) instead. Two other kinds of packet also arrive
+//! here with `_nfct == 0`, and neither is INVALID: those of a family whose conntrack hooks are
+//! not registered in the namespace (no rule or NAT needs them, e.g. IPv6 on an IPv4-only node:
+//! conntrack never saw them), and ICMP errors conntrack could not relate to an entry (counted
+//! `error`, `nf_conntrack_handle_icmp()`). Both are told apart here, exactly, per packet.
 //!
 //! aya has no netfilter program type, so this is compiled under a `classifier/` section that
 //! aya-obj accepts; aya is never asked to load it (see conntrack-user's `netfilter` module).
 
-use conntrack_common::{flags, Counter, Kind, Verdict};
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use conntrack_common::{
+    flags, Counter, Hook, Kind, Offsets, Packet, PendingDrop, Verdict, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP,
+};
 
 use crate::{
     config,
-    maps::{count, emit, PENDING_DROP},
-    skb::{header, netns_inum, read, read_packet, IPPROTO_TCP},
+    filter::packet_matches,
+    maps::{allow, count, emit, PENDING_DROP},
+    skb::{header, netns_inum, read, read_packet},
     tcp::remember_invalid,
 };
 
@@ -28,6 +37,12 @@ pub struct NfCtx {
 }
 
 const NF_ACCEPT: i32 = 1;
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
+/// `NF_INET_NUMHOOKS`.
+const HOOKS: u8 = 5;
+/// Hook entries looked at for conntrack's function (a namespace has a handful per hook).
+const MAX_ENTRIES: u32 = 32;
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "classifier/ctt_nf_verdict")]
@@ -42,10 +57,110 @@ pub extern "C" fn ctt_nf_verdict(ctx: *const NfCtx) -> i32 {
     // The hot path: a tracked packet costs this load and compare, nothing else.
     if nfct == 0 {
         // SAFETY: as above.
-        on_invalid(unsafe { (*ctx).state }, skb);
+        let state = unsafe { (*ctx).state };
+        if conntrack_ran(state) {
+            on_invalid(state, skb);
+        } else {
+            count(Counter::Untracked);
+        }
     }
     // An observer: never change the packet's fate.
     NF_ACCEPT
+}
+
+/// The `nf_hook_entries` pointer last seen for one (family, hook) on this CPU, and whether
+/// conntrack's hook function is among those entries. The kernel replaces the whole array (RCU)
+/// whenever a hook is registered or removed, so an unchanged pointer means an unchanged answer:
+/// in steady state this is two loads and a compare, and no map write.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HookCache {
+    entries: u64,
+    active: u32,
+    _pad: u32,
+}
+
+#[map]
+static HOOK_CACHE: PerCpuArray<HookCache> = PerCpuArray::with_max_entries(2 * HOOKS as u32, 0);
+
+/// Whether conntrack's hook ran on this packet before ours: is one of conntrack's hook functions
+/// registered at this hook of this family in this namespace (`net->nf.hooks_ipv4[hook]`)?
+#[inline(never)]
+fn conntrack_ran(state: *const u8) -> bool {
+    let fns = config::ct_hook_fns();
+    let o = config::offsets();
+    // SAFETY: probe reads of kernel pointers.
+    unsafe {
+        let pf = read::<u8>(state, o.state_pf).unwrap_or(0);
+        let hook = read::<u8>(state, o.state_hook).unwrap_or(u8::MAX);
+        let (field, family) = match pf {
+            NFPROTO_IPV4 => (o.net_hooks_ipv4, 0u32),
+            NFPROTO_IPV6 => (o.net_hooks_ipv6, 1),
+            _ => return true,
+        };
+        // Unknown layout or addresses: trust the verdict (userspace says so at start-up).
+        // Not `fns == [0; 4]`: LLVM may fold that zero constant onto CT_HOOK_FNS's own
+        // (all-zero, as compiled) storage, and the comparison would then always hold.
+        if fns[0] | fns[1] | fns[2] | fns[3] == 0
+            || field == 0
+            || o.entries_hooks == 0
+            || hook >= HOOKS
+        {
+            return true;
+        }
+        let net = read::<u64>(state, o.state_net).unwrap_or(0) as *const u8;
+        if net.is_null() {
+            return true;
+        }
+        let entries = read::<u64>(net, field + u32::from(hook) * 8).unwrap_or(0);
+        let Some(cache) = HOOK_CACHE.get_ptr_mut(family * HOOKS as u32 + u32::from(hook)) else {
+            return true;
+        };
+        if (*cache).entries == entries && entries != 0 {
+            return (*cache).active != 0;
+        }
+        let active = scan_entries(entries as *const u8, fns, &o);
+        *cache = HookCache {
+            entries,
+            active: u32::from(active),
+            _pad: 0,
+        };
+        active
+    }
+}
+
+/// `struct nf_hook_entries { u16 num_hook_entries; struct nf_hook_entry hooks[]; }`
+/// (include/linux/netfilter.h), each entry `{ nf_hookfn *hook; void *priv; }`.
+#[inline(always)]
+fn scan_entries(entries: *const u8, fns: [u64; 4], o: &Offsets) -> bool {
+    if entries.is_null() {
+        return false;
+    }
+    // SAFETY: probe reads of a kernel pointer.
+    let n = u32::from(unsafe { read::<u16>(entries, 0) }.unwrap_or(0));
+    for i in 0..MAX_ENTRIES {
+        if i >= n {
+            break;
+        }
+        // SAFETY: as above.
+        let f = unsafe { read::<u64>(entries, o.entries_hooks + i * 16) }.unwrap_or(0);
+        if f != 0 && (f == fns[0] || f == fns[1] || f == fns[2] || f == fns[3]) {
+            return true;
+        }
+    }
+    false
+}
+
+/// ICMP errors (destination unreachable, time exceeded, ...) that conntrack could not relate to
+/// an entry are left without one and counted as `error`, not `invalid`.
+#[inline(always)]
+fn icmp_error(p: &Packet) -> bool {
+    match p.proto {
+        IPPROTO_ICMP => matches!(p.icmp_type, 3 | 4 | 5 | 11 | 12),
+        // ICMPv6 error messages are types 0-127 (RFC 4443).
+        IPPROTO_ICMPV6 => p.icmp_type < 128,
+        _ => false,
+    }
 }
 
 /// Reports a packet conntrack left without an entry; shared with the kretprobe fallback
@@ -58,13 +173,19 @@ pub fn on_invalid(state: *const u8, skb: *const u8) {
         skb: skb as u64,
         ..Default::default()
     };
-    count(Counter::Invalid);
+    if !read_packet(skb, &o, &mut ev.packet) {
+        ev.flags |= flags::NO_HEADERS;
+        count(Counter::ReadFailed);
+    } else if icmp_error(&ev.packet) {
+        count(Counter::IcmpError);
+        return;
+    }
     // SAFETY: probe reads of kernel pointers.
     unsafe {
         ev.hook = read::<u8>(state, o.state_hook).unwrap_or(u8::MAX);
         ev.pf = match read::<u8>(state, o.state_pf).unwrap_or(0) {
-            2 => 4,  // NFPROTO_IPV4
-            10 => 6, // NFPROTO_IPV6
+            NFPROTO_IPV4 => 4,
+            NFPROTO_IPV6 => 6,
             other => other,
         };
         let net = read::<u64>(state, o.state_net).unwrap_or(0) as *const u8;
@@ -81,20 +202,32 @@ pub fn on_invalid(state: *const u8, skb: *const u8) {
             }
         }
     }
-    let netns = ev.packet.netns;
-    if !read_packet(skb, &o, &mut ev.packet) {
-        ev.flags |= flags::NO_HEADERS;
-        count(Counter::ReadFailed);
-    }
-    ev.packet.netns = netns;
-    if ev.packet.proto == IPPROTO_TCP {
+    count(if ev.hook == Hook::LocalOut as u8 {
+        Counter::InvalidOutput
+    } else {
+        Counter::InvalidPrerouting
+    });
+    let shown = if packet_matches(&config::filter(), &ev.packet) {
+        allow(Kind::Invalid, false)
+    } else {
+        count(Counter::FilteredInvalid);
+        false
+    };
+    if ev.packet.proto == IPPROTO_TCP && ev.flags & flags::NO_HEADERS == 0 {
         count(Counter::InvalidTcp);
-        remember_invalid(&ev.packet, ev.header.ts_ns, ev.skb, ev.hook);
+        remember_invalid(&ev.packet, ev.header.ts_ns, ev.skb, ev.hook, shown);
     } else {
         ev.flags |= flags::NOT_TCP;
     }
-    if PENDING_DROP.insert(ev.skb, ev.header.ts_ns, 0).is_err() {
+    let pending = PendingDrop {
+        ts_ns: ev.header.ts_ns,
+        shown: u8::from(shown),
+        _pad: [0; 7],
+    };
+    if PENDING_DROP.insert(ev.skb, pending, 0).is_err() {
         count(Counter::MapUpdateFailed);
     }
-    emit(&ev);
+    if shown {
+        emit(Kind::Invalid, &ev);
+    }
 }

@@ -6,16 +6,18 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use conntrack_common::{Counter, Drop, Header, Kind, Offsets, Packet, WIRE_VERSION};
+use conntrack_common::{
+    Counter, Drop, Header, Kind, Offsets, Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    WIRE_VERSION,
+};
 
 use crate::{
     config,
-    maps::{count, emit, PENDING_DROP},
+    maps::{allow, count, emit, PENDING_DROP},
 };
 
 const ETH_P_IP_V: u8 = 4;
 const ETH_P_IPV6_V: u8 = 6;
-pub const IPPROTO_TCP: u8 = 6;
 
 #[inline(always)]
 pub unsafe fn read<T>(base: *const u8, off: u32) -> Result<T, i64> {
@@ -146,6 +148,11 @@ pub fn read_packet(skb: *const u8, o: &Offsets, p: &mut Packet) -> bool {
             }
             _ => return false,
         };
+        if p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6 {
+            // The message type, which tells an ICMP error from the rest.
+            p.icmp_type = read::<u8>(l4, 0).unwrap_or(0);
+            return true;
+        }
         if p.proto != IPPROTO_TCP {
             return true;
         }
@@ -158,7 +165,6 @@ pub fn read_packet(skb: *const u8, o: &Offsets, p: &mut Packet) -> bool {
         p.seq = u32::from_be(t.seq);
         p.ack = u32::from_be(t.ack_seq);
         p.tcp_flags = t.flags;
-        p.window = u16::from_be(t.window);
         let doff = ((t.doff_res >> 4) as u32) * 4;
         p.payload_len = l4_len.saturating_sub(doff) as u16;
         true
@@ -178,14 +184,14 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) {
     let skb: u64 = ctx.arg(0);
     // SAFETY: map value read; LRU entries are never freed while we hold the RCU read lock.
     let seen = match unsafe { PENDING_DROP.get(skb) } {
-        Some(ts) => *ts,
+        Some(p) => *p,
         None => return,
     };
     let _ = PENDING_DROP.remove(skb);
     let hdr = header(Kind::Drop);
     // An sk_buff address is reused once the packet is freed; a verdict older than a second is
     // about another packet.
-    if hdr.ts_ns.wrapping_sub(seen) > 1_000_000_000 {
+    if hdr.ts_ns.wrapping_sub(seen.ts_ns) > 1_000_000_000 {
         return;
     }
     let reason = if config::kfree_has_reason() {
@@ -193,11 +199,22 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) {
     } else {
         u32::MAX
     };
-    count(Counter::DropAfterInvalid);
-    emit(&Drop {
-        header: hdr,
-        skb,
-        reason,
-        _pad: 0,
-    });
+    count(Counter::Drops);
+    if reason != u32::MAX && reason == config::netfilter_drop() {
+        count(Counter::InvalidDropped);
+    }
+    // The fate completes a verdict userspace has; a suppressed verdict's fate is only counted.
+    if seen.shown == 0 || !allow(Kind::Drop, true) {
+        return;
+    }
+    emit(
+        Kind::Drop,
+        &Drop {
+            header: hdr,
+            skb,
+            verdict_ts_ns: seen.ts_ns,
+            reason,
+            _pad: 0,
+        },
+    );
 }

@@ -11,12 +11,14 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, ProbeContext},
 };
 use conntrack_common::{
-    flags, Counter, InvalidSeen, Kind, Offsets, Packet, PacketKey, Reset, PENDING_RST_MAX_AGE_NS,
+    flags, Counter, InvalidSeen, Kind, Offsets, Packet, PacketKey, Reset, IPPROTO_TCP,
+    PENDING_RST_MAX_AGE_NS,
 };
 
 use crate::{
     config,
-    maps::{count, emit, PENDING_RST},
+    filter::packet_matches,
+    maps::{allow, count, emit, PENDING_RST},
     skb::{header, netns_inum, read, read_packet, skb_dev},
 };
 
@@ -39,7 +41,7 @@ fn read_sock(sk: *const u8, o: &Offsets, p: &mut Packet) -> u8 {
             p.saddr = read::<[u8; 16]>(sk, o.sk_v6_daddr).unwrap_or([0; 16]);
             p.daddr = read::<[u8; 16]>(sk, o.sk_v6_rcv_saddr).unwrap_or([0; 16]);
         }
-        p.proto = crate::skb::IPPROTO_TCP;
+        p.proto = IPPROTO_TCP;
         p.sport = u16::from_be(read::<u16>(sk, o.sk_dport).unwrap_or(0));
         p.dport = read::<u16>(sk, o.sk_num).unwrap_or(0);
         let net = read::<u64>(sk, o.sk_net).unwrap_or(0) as *const u8;
@@ -156,7 +158,32 @@ fn rst_sent(sk: *const u8, skb: *const u8, reason: u32) {
         ev.sk_state = read_sock(sk, &o, &mut ev.packet);
         ev.flags |= flags::NO_HEADERS;
     }
-    emit(&ev);
+    send_reset(Kind::RstSent, &ev);
+}
+
+/// Applies `--resets`/`--filter` and the event budget to a reset, then sends it. A reset caused
+/// by an INVALID packet is never refused by the budget.
+#[inline(always)]
+fn send_reset(kind: Kind, ev: &Reset) {
+    if !wanted(ev) {
+        count(Counter::FilteredReset);
+        return;
+    }
+    if allow(kind, ev.flags & flags::CAUSED_BY_INVALID != 0) {
+        emit(kind, ev);
+    }
+}
+
+#[inline(always)]
+fn wanted(ev: &Reset) -> bool {
+    let f = config::filter();
+    if f.caused_only != 0 && ev.flags & flags::CAUSED_BY_INVALID == 0 {
+        return false;
+    }
+    if f.netns != 0 && ev.packet.netns != f.netns {
+        return false;
+    }
+    packet_matches(&f, &ev.packet)
 }
 
 #[btf_tracepoint(function = "tcp_receive_reset")]
@@ -179,18 +206,19 @@ fn try_rst_recv(ctx: &BtfTracePointContext) {
     if !sk.is_null() {
         ev.sk_state = read_sock(sk, &o, &mut ev.packet);
     }
-    emit(&ev);
+    send_reset(Kind::RstReceived, &ev);
 }
 
 /// Remembers an INVALID packet so that a reset it causes, in any namespace, is matched exactly.
 #[inline(always)]
-pub fn remember_invalid(p: &Packet, ts_ns: u64, skb: u64, hook: u8) {
+pub fn remember_invalid(p: &Packet, ts_ns: u64, skb: u64, hook: u8, shown: bool) {
     let seen = InvalidSeen {
         ts_ns,
         skb,
         netns: p.netns,
         hook,
-        _pad: [0; 3],
+        shown: u8::from(shown),
+        _pad: [0; 2],
     };
     if PENDING_RST.insert(PacketKey::of(p), seen, 0).is_err() {
         count(Counter::MapUpdateFailed);

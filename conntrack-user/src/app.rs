@@ -1,6 +1,11 @@
 //! `ct-trace` itself: preflight, attach, stream events, and the exit summary.
+//!
+//! The event loop only moves data: it drains the ring buffer in bounded batches into the
+//! correlator (pure), hands lookups to the enrichment thread without waiting, and writes the
+//! reports buffered, one flush per batch. Counts come from the kernel's per-CPU counters.
 
 use std::{
+    collections::BTreeMap,
     io::{self, Write as _},
     process::ExitCode,
     time::{Duration, Instant},
@@ -8,19 +13,27 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use conntrack_common::Counter;
+use conntrack_common::{Counter, Filter, COUNTERS};
 use log::{info, warn};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
-    attribution::{Context, Correlator},
+    attribution::{Context, Correlator, Output},
     btf::KernelBtf,
-    cli::{Cli, Command},
-    doctor, events, kstat, load,
-    netlink::Conntrack,
+    cli::{Cli, Command, Resets},
+    doctor,
+    enrich::{Enricher, IfNames},
+    events, kstat, load,
     preflight::{self, PreflightError},
-    report::{Format, LostReport, Report, Writer},
+    report::{CounterReport, Format, InvalidTally, Report, SummaryReport, Writer},
 };
+
+/// Records handled per batch before the reports are written: bounds the memory a burst takes.
+const BATCH: usize = 2048;
+/// Batches per wake-up before the loop looks at signals and timers again.
+const BATCHES_PER_WAKE: usize = 32;
+/// How often the counters are read for `lost`/`suppressed` notices in the stream.
+const NOTICE_EVERY: Duration = Duration::from_secs(1);
 
 /// Exit codes: 0 success, 1 runtime failure, 2 the user must change something (privileges).
 pub fn exit_code(e: &anyhow::Error) -> ExitCode {
@@ -53,9 +66,15 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
+fn boot_now() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME) as u64
+}
+
+/// The kernel's per-CPU counters of ct-trace, summed.
 struct Counters {
     map: PerCpuArray<MapData, u64>,
-    last: [u64; conntrack_common::COUNTERS as usize],
+    /// Values at the last notice, for the `lost`/`suppressed` events.
+    noticed: [u64; COUNTERS as usize],
 }
 
 impl Counters {
@@ -66,48 +85,157 @@ impl Counters {
             .unwrap_or(0)
     }
 
-    /// Lost-event reports for the failure counters that moved since the last call.
-    fn lost(&mut self, corr: &Correlator, out: &mut Vec<Report>) {
+    fn all(&self) -> BTreeMap<&'static str, u64> {
+        Counter::ALL
+            .iter()
+            .map(|c| (c.name(), self.read(*c)))
+            .collect()
+    }
+
+    /// Notices for the loss and suppression counters that moved since the last call.
+    fn notices(&mut self, corr: &Correlator, out: &mut Vec<Report>) {
+        use Counter::*;
         for c in [
-            Counter::RingFull,
-            Counter::ReadFailed,
-            Counter::MapUpdateFailed,
-            Counter::StackLost,
+            LostInvalid,
+            LostReset,
+            LostReason,
+            LostDrop,
+            ReadFailed,
+            MapUpdateFailed,
+            StackLost,
+            SuppressedInvalid,
+            SuppressedReset,
+            SuppressedReason,
+            SuppressedDrop,
         ] {
             let now = self.read(c);
-            let delta = now.saturating_sub(self.last[c as usize]);
-            if delta > 0 {
-                self.last[c as usize] = now;
-                out.push(Report::Lost(LostReport {
-                    time: corr.time(boot_now()),
-                    kind: "lost",
-                    counter: c.name(),
-                    count: delta,
-                }));
+            let delta = now.saturating_sub(self.noticed[c as usize]);
+            if delta == 0 {
+                continue;
             }
+            self.noticed[c as usize] = now;
+            let r = CounterReport {
+                time: corr.time(boot_now()),
+                counter: c.name(),
+                count: delta,
+            };
+            out.push(if c.name().starts_with("suppressed") {
+                Report::Suppressed(r)
+            } else {
+                Report::Lost(r)
+            });
         }
     }
 }
 
-fn boot_now() -> u64 {
-    clock_ns(libc::CLOCK_BOOTTIME) as u64
-}
-
+/// What the output stage did with the reports.
 #[derive(Default)]
 struct Tally {
-    by_kind: std::collections::BTreeMap<&'static str, u64>,
+    /// Reports produced, by kind (printed unless `--summary`, `--kind`, `-c` or a closed pipe
+    /// stopped them).
+    shown: BTreeMap<&'static str, u64>,
+    /// Produced but not printed because `-c` was reached or stdout was closed.
+    unprinted: BTreeMap<&'static str, u64>,
+    /// Not printed because of `--kind`.
+    filtered: BTreeMap<&'static str, u64>,
     decode_errors: u64,
     printed: u64,
 }
 
+/// The output stage: counts every report, prints what is asked for.
+struct Sink<'a, W: io::Write> {
+    cli: &'a Cli,
+    writer: Writer<W>,
+    tally: Tally,
+    /// Printing ended (`-c` reached, or stdout closed); reports are still counted.
+    closed: bool,
+    broken_pipe: bool,
+}
+
+impl<W: io::Write> Sink<'_, W> {
+    fn put(&mut self, reports: &mut Vec<Report>) -> io::Result<()> {
+        for r in reports.drain(..) {
+            let kind = r.kind();
+            *self.tally.shown.entry(kind).or_default() += 1;
+            if self.cli.summary {
+                continue;
+            }
+            if !self.cli.kind.is_empty() && !self.cli.kind.contains(&kind) {
+                *self.tally.filtered.entry(kind).or_default() += 1;
+                continue;
+            }
+            if self.closed {
+                *self.tally.unprinted.entry(kind).or_default() += 1;
+                continue;
+            }
+            match self.writer.write(&r) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    self.closed = true;
+                    self.broken_pipe = true;
+                    *self.tally.unprinted.entry(kind).or_default() += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            self.tally.printed += 1;
+            if self.cli.count.is_some_and(|n| self.tally.printed >= n) {
+                self.closed = true;
+            }
+        }
+        match self.writer.flush() {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                self.broken_pipe = true;
+                Ok(())
+            }
+            r => r,
+        }
+    }
+}
+
+fn filter(cli: &Cli) -> Filter {
+    let mut f = Filter {
+        caused_only: u8::from(cli.resets == Resets::Caused),
+        netns: cli.netns.unwrap_or(0),
+        port: cli.port.unwrap_or(0),
+        ..Default::default()
+    };
+    if let Some((addr, len)) = cli.host {
+        f.prefix_len = len;
+        match addr {
+            std::net::IpAddr::V4(a) => {
+                f.family = 4;
+                f.addr[..4].copy_from_slice(&a.octets());
+            }
+            std::net::IpAddr::V6(a) => {
+                f.family = 6;
+                f.addr = a.octets();
+            }
+        }
+    }
+    f
+}
+
 fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     preflight::check_caps(preflight::effective_caps())?;
+    let started = Instant::now();
     let kbtf = KernelBtf::load()?;
     let version = preflight::kernel_version();
     let own_netns =
         kstat::netns_inode("self").context("reading this process's network namespace")?;
     let features = load::KernelFeatures::probe(&kbtf, version);
-    let globals = load::Globals { netns: own_netns };
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(_, e)| e)
+        .context("counting the CPUs")?
+        .max(1) as u32;
+    let ct_hook_fns = preflight::conntrack_hook_fns();
+    let globals = load::Globals {
+        netns: own_netns,
+        budget_per_cpu: cli.event_budget.div_ceil(cpus),
+        filter: filter(cli),
+        ct_hook_fns,
+    };
     let attached = match load::attach(crate::EBPF_OBJECT, &kbtf, &features, cli.attach, &globals) {
         Ok(a) => a,
         Err(e) => {
@@ -137,6 +265,24 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
             Err(why) => format!("unknown ({why})"),
         }
     );
+    if verdicts && ct_hook_fns == [0; 4] {
+        warn!("conntrack's hook functions are not in /proc/kallsyms: packets of a family conntrack does not track here cannot be told from INVALID ones");
+    }
+    info!(
+        "event budget: {}; resets shown: {}",
+        if cli.event_budget == 0 {
+            "none".to_string()
+        } else {
+            format!(
+                "{} events/s ({} per CPU)",
+                cli.event_budget, globals.budget_per_cpu
+            )
+        },
+        match cli.resets {
+            Resets::Caused => "those caused by an INVALID packet (--resets all for every one)",
+            Resets::All => "all",
+        }
+    );
     let kernel_invalid_start = if verdicts {
         kstat::invalid().ok()
     } else {
@@ -155,7 +301,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     .context("opening COUNTERS_MAP")?;
     let mut counters = Counters {
         map: counters_map,
-        last: [0; conntrack_common::COUNTERS as usize],
+        noticed: [0; COUNTERS as usize],
     };
 
     let drop_reasons = kbtf.enum_names("skb_drop_reason");
@@ -167,6 +313,10 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         .ct_layout()
         .map_err(|e| warn!("conntrack entries in reasons cannot be decoded: {e}"))
         .ok();
+    let enricher = Enricher::start()
+        .map_err(|e| warn!("ctnetlink unavailable, no conntrack entries in events: {e}"))
+        .ok();
+    let mut ifnames = IfNames::new();
     let ctx = Context {
         boot_to_epoch_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
         rst_reasons: kbtf.enum_names("sk_rst_reason"),
@@ -177,12 +327,10 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         ct_layout,
         verdicts,
         own_netns,
-        conntrack: Conntrack::open()
-            .map_err(|e| warn!("ctnetlink unavailable, no conntrack entries in events: {e}"))
-            .ok(),
-        kernel_invalid: verdicts
-            .then(|| Box::new(|| kstat::invalid().ok()) as Box<dyn FnMut() -> Option<u64>>),
+        lookups: enricher.is_some(),
+        ifname: Box::new(move |i| ifnames.name(i)),
     };
+    // The kernel's BTF is the largest thing ct-trace reads: free it before any event.
     drop(kbtf);
     let mut corr = Correlator::new(ctx);
 
@@ -192,58 +340,145 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     }
     info!("tracing; press Ctrl-C to stop");
 
-    let mut tally = Tally::default();
-    let stdout = io::stdout().lock();
-    let mut writer = Writer::new(stdout, cli.output);
+    let mut sink = Sink {
+        cli,
+        writer: Writer::new(io::stdout().lock(), cli.output),
+        tally: Tally::default(),
+        closed: false,
+        broken_pipe: false,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    let result = rt.block_on(run(
-        cli,
-        ring,
-        &mut corr,
-        &mut counters,
-        &mut writer,
-        &mut tally,
-    ));
+    let mut pipe = Pipe {
+        corr: &mut corr,
+        enricher: enricher.as_ref(),
+        out: Output::default(),
+        decode_errors: 0,
+    };
+    let ring = rt
+        .block_on(run(cli, ring, &mut pipe, &mut counters, &mut sink))
+        .context("writing events")?;
 
-    // Detach first: the counts below then describe a closed interval.
+    // Detach everything first: the counts below then describe a closed interval, and every
+    // record of it is in the ring buffer.
     drop(links);
+    drop(ebpf);
     let kernel_invalid_end = if verdicts {
         kstat::invalid().ok()
     } else {
         None
     };
-    let broken_pipe = match result {
-        Ok(()) => false,
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => true,
-        Err(e) => return Err(e).context("writing events"),
-    };
-
-    if cli.summary && !broken_pipe {
-        print_flows(&corr, cli.output, &mut io::stdout().lock()).ok();
+    if let Some(mut ring) = ring {
+        pipe.drain(&mut ring, usize::MAX, Instant::now());
     }
-    summary(
-        &tally,
+    pipe.settle(Instant::now(), true);
+    counters.notices(pipe.corr, &mut pipe.out.reports);
+    let decode_errors = pipe.decode_errors;
+    sink.put(&mut pipe.out.reports).context("writing events")?;
+    sink.tally.decode_errors = decode_errors;
+
+    let flows = corr.summary();
+    if cli.summary && !sink.broken_pipe {
+        let mut out = io::stdout().lock();
+        if cli.output == Format::Text && !flows.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:>6}  {:<24} {:<24} {:<24} {:<32} FIRST / LAST",
+                "RESETS", "CLIENT", "SERVICE", "BACKEND", "REASONS"
+            );
+        }
+        for f in &flows {
+            let r = Report::Flow(f.clone());
+            let _ = writeln!(
+                out,
+                "{}",
+                if cli.output == Format::Json {
+                    r.json()
+                } else {
+                    r.text()
+                }
+            );
+        }
+    }
+    let summary = summarize(
+        &sink.tally,
         &counters,
         &corr,
-        verdicts,
         own_netns,
-        kernel_invalid_start,
-        kernel_invalid_end,
+        kernel_invalid_start.zip(kernel_invalid_end),
+        started.elapsed(),
     );
+    if cli.output == Format::Json && !sink.broken_pipe {
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{}", Report::Summary(summary.clone()).json());
+        let _ = out.flush();
+    }
+    print_summary(&summary, &sink.tally, &corr, verdicts, &flows);
     Ok(ExitCode::SUCCESS)
 }
 
+/// The stages between the ring buffer and the output.
+struct Pipe<'a> {
+    corr: &'a mut Correlator,
+    enricher: Option<&'a Enricher>,
+    out: Output,
+    decode_errors: u64,
+}
+
+impl Pipe<'_> {
+    /// Decodes and correlates up to `max` records; returns how many there were.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, max: usize, now: Instant) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(item) = ring.next() else {
+                break;
+            };
+            n += 1;
+            match events::decode(&item) {
+                Ok(ev) => self.corr.event(ev, now, &mut self.out),
+                Err(e) => {
+                    self.decode_errors += 1;
+                    log::debug!("undecodable record: {e}");
+                }
+            }
+        }
+        self.settle(now, false);
+        n
+    }
+
+    /// Sends the lookups (a full queue is answered "skipped" at once), applies the answers
+    /// that are in, and ages what waits.
+    fn settle(&mut self, now: Instant, flush: bool) {
+        let lookups = std::mem::take(&mut self.out.lookups);
+        for r in lookups {
+            let queued = self.enricher.is_some_and(|e| e.request(r));
+            if !queued {
+                self.corr.answer(r.token, None, &mut self.out);
+            }
+        }
+        if let Some(e) = self.enricher {
+            let mut answers = Vec::new();
+            if flush {
+                // Give the lookups in flight a moment to come back.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            e.answers(&mut answers);
+            self.corr.answers(answers, &mut self.out);
+        }
+        self.corr.tick(now, flush, &mut self.out);
+    }
+}
+
+/// The event loop; returns the ring buffer when it is time to stop.
 async fn run<W: io::Write>(
     cli: &Cli,
     ring: RingBuf<MapData>,
-    corr: &mut Correlator,
+    pipe: &mut Pipe<'_>,
     counters: &mut Counters,
-    writer: &mut Writer<W>,
-    tally: &mut Tally,
-) -> io::Result<()> {
+    sink: &mut Sink<'_, W>,
+) -> io::Result<Option<RingBuf<MapData>>> {
     // SAFETY: the ring buffer owns its fd and the AsyncFd owns the ring buffer, so the fd stays
     // open for as long as it is registered.
     let mut afd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -252,169 +487,203 @@ async fn run<W: io::Write>(
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let deadline = cli.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
-    let mut out = Vec::new();
-    let mut stop = false;
-    while !stop {
+    let mut last_notice = Instant::now();
+    loop {
         tokio::select! {
-            _ = sigint.recv() => stop = true,
-            _ = sigterm.recv() => stop = true,
-            _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => stop = true,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break,
             _ = tick.tick() => {
-                corr.tick(Instant::now(), false, &mut out);
-                counters.lost(corr, &mut out);
+                let now = Instant::now();
+                pipe.settle(now, false);
+                if now.duration_since(last_notice) >= NOTICE_EVERY {
+                    last_notice = now;
+                    counters.notices(pipe.corr, &mut pipe.out.reports);
+                }
             }
             guard = afd.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), corr, tally, &mut out);
-                guard.clear_ready();
+                let mut empty = false;
+                for _ in 0..BATCHES_PER_WAKE {
+                    let n = pipe.drain(guard.get_inner_mut(), BATCH, Instant::now());
+                    sink.put(&mut pipe.out.reports)?;
+                    if n < BATCH {
+                        empty = true;
+                        break;
+                    }
+                }
+                // Readiness is edge-triggered: clear it only once the ring buffer is empty,
+                // so records left behind by a bounded wake-up are read at the next turn.
+                if empty {
+                    guard.clear_ready();
+                }
             }
         }
-        if stop {
-            // Everything already in the ring buffer belongs to the interval.
-            drain(afd.get_mut(), corr, tally, &mut out);
-            corr.tick(Instant::now(), true, &mut out);
-            counters.lost(corr, &mut out);
-        }
-        for r in out.drain(..) {
-            *tally.by_kind.entry(r.kind()).or_default() += 1;
-            if cli.summary {
-                continue;
-            }
-            writer.write(&r)?;
-            tally.printed += 1;
-            if cli.count.is_some_and(|n| tally.printed >= n) {
-                stop = true;
-                break;
-            }
+        sink.put(&mut pipe.out.reports)?;
+        if sink.closed && (sink.broken_pipe || cli.count.is_some()) {
+            break;
         }
     }
-    Ok(())
+    Ok(Some(afd.into_inner()))
 }
 
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    corr: &mut Correlator,
-    tally: &mut Tally,
-    out: &mut Vec<Report>,
-) {
-    let now = Instant::now();
-    while let Some(item) = ring.next() {
-        match events::decode(&item) {
-            Ok(ev) => corr.event(ev, now, out),
-            Err(e) => {
-                tally.decode_errors += 1;
-                log::debug!("undecodable record: {e}");
-            }
-        }
-    }
-}
-
-fn print_flows(corr: &Correlator, format: Format, w: &mut impl io::Write) -> io::Result<()> {
-    let flows = corr.summary();
-    if format == Format::Text {
-        writeln!(
-            w,
-            "{:>6}  {:<24} {:<24} {:<24} {:<32} FIRST / LAST",
-            "RESETS", "CLIENT", "SERVICE", "BACKEND", "REASONS"
-        )?;
-    }
-    for ((client, service, backend), s) in flows {
-        match format {
-            Format::Text => writeln!(
-                w,
-                "{:>6}  {:<24} {:<24} {:<24} {:<32} {} / {}",
-                s.resets,
-                client,
-                service,
-                backend,
-                s.reasons.join("; "),
-                s.first,
-                s.last
-            )?,
-            Format::Json => writeln!(
-                w,
-                "{}",
-                serde_json::json!({
-                    "kind": "flow", "client": client, "service": service, "backend": backend,
-                    "resets": s.resets, "reasons": s.reasons, "first": s.first, "last": s.last,
-                })
-            )?,
-        }
-    }
-    w.flush()
-}
-
-fn summary(
+fn summarize(
     tally: &Tally,
     counters: &Counters,
     corr: &Correlator,
-    verdicts: bool,
     netns: u32,
-    k_start: Option<u64>,
-    k_end: Option<u64>,
+    kernel: Option<(u64, u64)>,
+    elapsed: Duration,
+) -> SummaryReport {
+    let c = counters.all();
+    let get = |n: &str| c.get(n).copied().unwrap_or(0);
+    let shown = |k: &str| tally.shown.get(k).copied().unwrap_or(0);
+    let unprinted = |k: &str| tally.unprinted.get(k).copied().unwrap_or(0);
+    let kind_filtered = |k: &str| tally.filtered.get(k).copied().unwrap_or(0);
+    let invalid = InvalidTally {
+        kernel: kernel.map(|(a, b)| b.saturating_sub(a)),
+        counted: get("invalid_prerouting") + get("invalid_output"),
+        shown: shown("invalid") - unprinted("invalid") - kind_filtered("invalid"),
+        suppressed: get("suppressed_invalid"),
+        filtered: get("filtered_invalid") + kind_filtered("invalid"),
+        lost: get("lost_invalid"),
+        unprinted: unprinted("invalid"),
+    };
+    let mut events = tally.shown.clone();
+    for (k, v) in events.iter_mut() {
+        *v -= unprinted(k) + kind_filtered(k);
+    }
+    let mut lost = BTreeMap::from([
+        ("invalid", get("lost_invalid")),
+        ("reset", get("lost_reset")),
+        ("reason", get("lost_reason")),
+        ("drop", get("lost_drop")),
+        ("undecodable", tally.decode_errors),
+        ("unreadable_packet", get("read_failed")),
+        ("kretprobe_stack", get("stack_lost")),
+    ]);
+    lost.retain(|_, v| *v > 0);
+    let mut filtered = BTreeMap::from([
+        ("reset", get("filtered_reset")),
+        ("invalid", get("filtered_invalid")),
+    ]);
+    for (k, n) in &tally.filtered {
+        *filtered.entry(k).or_default() += n;
+    }
+    SummaryReport {
+        time: corr.time(boot_now()),
+        duration_s: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        netns,
+        invalid,
+        events,
+        suppressed: BTreeMap::from([
+            ("invalid", get("suppressed_invalid")),
+            ("reset", get("suppressed_reset")),
+            ("reason", get("suppressed_reason")),
+            ("drop", get("suppressed_drop")),
+        ]),
+        lost,
+        filtered,
+        enrichment_skipped: corr.enrichment_skipped,
+        counters: c,
+    }
+}
+
+/// The human summary, on stderr.
+fn print_summary(
+    s: &SummaryReport,
+    tally: &Tally,
+    corr: &Correlator,
+    verdicts: bool,
+    flows: &[crate::report::FlowReport],
 ) {
-    let kinds: Vec<String> = [
-        "invalid",
-        "ignored",
-        "rst_sent",
-        "rst_received",
-        "attribution",
-    ]
-    .iter()
-    .map(|k| format!("{k} {}", tally.by_kind.get(k).copied().unwrap_or(0)))
-    .collect();
-    let ring_full = counters.read(Counter::RingFull);
-    let stack_lost = counters.read(Counter::StackLost);
-    let lost = ring_full + counters.read(Counter::ReadFailed) + tally.decode_errors + stack_lost;
+    let kinds: Vec<String> = s.events.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let lost: u64 = s.lost.values().sum();
+    let suppressed: u64 = s.suppressed.values().sum();
     eprintln!(
-        "ct-trace: events: {}; lost {lost} (ring buffer full {ring_full}, unreadable packets {}, undecodable records {}, kretprobe stack {stack_lost}, map update failures {})",
-        kinds.join(", "),
-        counters.read(Counter::ReadFailed),
-        tally.decode_errors,
-        counters.read(Counter::MapUpdateFailed),
+        "ct-trace: events: {}; suppressed {suppressed}; lost {lost}{}",
+        if kinds.is_empty() {
+            "none".to_string()
+        } else {
+            kinds.join(", ")
+        },
+        if lost > 0 {
+            format!(
+                " ({})",
+                s.lost
+                    .iter()
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            String::new()
+        }
     );
-    let ct_dropped = counters.read(Counter::CtDropped);
-    if ct_dropped > 0 {
+    let c = |n: &str| s.counters.get(n).copied().unwrap_or(0);
+    let filtered: u64 = s.filtered.values().sum();
+    if filtered > 0 {
         eprintln!(
-            "ct-trace: conntrack dropped {ct_dropped} packets it could not track (table full or no memory; the kernel counts them as `drop`)"
+            "ct-trace: filtered (counted, not shown): {}",
+            s.filtered
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
-    let expired = counters.read(Counter::PendingExpired);
-    if expired > 0 {
+    if c("ct_dropped") > 0 {
         eprintln!(
-            "ct-trace: {expired} resets matched an INVALID packet older than {} s and were not attributed",
+            "ct-trace: conntrack dropped {} packets it could not track (table full or no memory; the kernel counts them as `drop`)",
+            c("ct_dropped")
+        );
+    }
+    if c("pending_expired") > 0 {
+        eprintln!(
+            "ct-trace: {} resets matched an INVALID packet older than {} s and were not attributed",
+            c("pending_expired"),
             conntrack_common::PENDING_RST_MAX_AGE_NS / 1_000_000_000
         );
     }
     if verdicts {
-        match (k_start, k_end) {
-            (Some(a), Some(b)) => {
-                let kernel = b.saturating_sub(a);
-                let reported = tally.by_kind.get("invalid").copied().unwrap_or(0);
-                let seen = reported + ring_full;
-                let verdict = if kernel == reported {
+        let i = &s.invalid;
+        match i.kernel {
+            Some(kernel) => {
+                let verdict = if kernel == i.counted {
                     "equal".to_string()
                 } else {
-                    format!("DIFFERENT by {}", kernel as i64 - reported as i64)
+                    format!("DIFFERENT by {}", kernel as i64 - i.counted as i64)
                 };
                 eprintln!(
-                    "ct-trace: INVALID verdicts in netns {netns}: ct-trace {reported}, kernel {kernel}: {verdict}",
+                    "ct-trace: INVALID verdicts in netns {}: ct-trace {}, kernel {kernel}: {verdict}; shown {}, suppressed {}, filtered {}, lost {}{}",
+                    s.netns,
+                    i.counted,
+                    i.shown,
+                    i.suppressed,
+                    i.filtered,
+                    i.lost,
+                    if i.unprinted > 0 { format!(", not printed {}", i.unprinted) } else { String::new() }
                 );
-                if corr.unconfirmed > 0 {
-                    eprintln!(
-                        "ct-trace: {} packets had no conntrack entry but were not counted INVALID by the kernel (conntrack not active for them); not reported",
-                        corr.unconfirmed
-                    );
-                }
-                if kernel != reported && seen == kernel {
-                    eprintln!("ct-trace: the difference is the events lost to a full ring buffer");
-                }
             }
-            _ => eprintln!(
+            None => eprintln!(
                 "ct-trace: cannot read {}: no comparison with the kernel's INVALID counter",
                 kstat::PATH
             ),
         }
+        if c("untracked") + c("icmp_error") > 0 {
+            eprintln!(
+                "ct-trace: not INVALID, not reported: {} packets of a family conntrack does not track in this namespace, {} ICMP errors conntrack could not relate (the kernel counts them as `error`)",
+                c("untracked"),
+                c("icmp_error")
+            );
+        }
+    }
+    if s.enrichment_skipped > 0 {
+        eprintln!(
+            "ct-trace: {} events went out without their conntrack lookup (enrichment: skipped)",
+            s.enrichment_skipped
+        );
     }
     if corr.reasons_unmatched > 0 {
         eprintln!(
@@ -422,11 +691,15 @@ fn summary(
             corr.reasons_unmatched
         );
     }
-    let flows = corr.summary();
+    let _ = tally;
     if !flows.is_empty() {
         eprintln!("ct-trace: resets caused by INVALID packets, by flow:");
-        let mut buf = Vec::new();
-        let _ = print_flows(corr, Format::Text, &mut buf);
-        let _ = io::stderr().write_all(&buf);
+        eprintln!(
+            "{:>6}  {:<24} {:<24} {:<24} {:<32} FIRST / LAST",
+            "RESETS", "CLIENT", "SERVICE", "BACKEND", "REASONS"
+        );
+        for f in flows {
+            eprintln!("{}", Report::Flow(f.clone()).text());
+        }
     }
 }

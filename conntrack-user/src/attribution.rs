@@ -1,30 +1,47 @@
-//! Turns kernel events into reports: joins each INVALID verdict with its fate (a later drop),
-//! with its conntrack entry (looked up over ctnetlink by tuple), and with the reset it caused
-//! (matched exactly in the kernel by tuple, seq and ack), and keeps the per-flow reset summary.
+//! The correlation core: turns kernel records into reports. It joins each INVALID verdict with
+//! the reason conntrack logged for it, its fate (a later drop), its conntrack entry (from the
+//! kernel's copy, or a ctnetlink lookup answered by the enrichment thread) and the resets it
+//! caused (matched exactly in the kernel by tuple, seq and ack), and keeps the per-flow reset
+//! summary. Pure code: no I/O (lookups go out as [`Request`]s, answers come back in), so every
+//! rule here is unit-tested on its own.
+//!
+//! Every record that arrives becomes a report, once: a verdict waits at most [`FATE_WAIT`] for
+//! its fate and its lookup, then goes out with what is known. Every map is bounded.
 
 use std::{
     collections::{HashMap, VecDeque},
     time::{Duration, Instant},
 };
 
-use conntrack_common::{flags, Drop, Hook, Kind, Reason, Reset, Verdict};
+use conntrack_common::{flags, Drop, Hook, Kind, Reason, Reset, Verdict, IPPROTO_TCP};
 
 use crate::{
     btf::CtLayout,
+    enrich::{Answer, Request},
     events::{addrs, tcp_flags, Event},
-    netlink::{self, tcp_state_name, Conntrack, Tuple},
+    netlink::Tuple,
     report::{
-        endpoint, endpoint_of, rfc3339, AttributionReport, ConntrackReport, InvalidReport, Report,
-        ResetReport, Trigger,
+        endpoint, endpoint_of, rfc3339, AttributionReport, ConntrackReport, Direction, Fate,
+        FlowReport, InvalidReport, Report, ResetReport, Trigger,
     },
 };
 
-/// How long a verdict waits for a drop of the same packet before it is reported as `passed`.
-/// The drop follows within microseconds in the same softirq; this only covers the reader's lag.
+/// How long a verdict waits for a drop of the same packet (and for its ctnetlink lookup) before
+/// it is reported as `passed`. The drop follows within microseconds in the same softirq; this
+/// only covers the reader's lag.
 pub const FATE_WAIT: Duration = Duration::from_millis(50);
 
 /// Verdicts remembered after they were reported, to describe a reset that arrives later.
-const RECENT: usize = 4096;
+pub const RECENT: usize = 4096;
+/// Verdicts waiting for their fate at once (at 300k verdicts/s for 50 ms: 15k). Beyond this the
+/// oldest goes out at once, with what is known.
+pub const MAX_PENDING: usize = 32768;
+/// Reasons waiting for their verdict, and resets waiting for a lookup.
+pub const MAX_WAITING: usize = 32768;
+
+/// A verdict is named by its `sk_buff` address and its time: addresses are reused, the pair
+/// is not.
+type VerdictId = (u64, u64);
 
 /// What the correlator knows about the running kernel and the attach plan.
 pub struct Context {
@@ -44,41 +61,36 @@ pub struct Context {
     pub verdicts: bool,
     /// ct-trace's own netns: interface names resolve only there.
     pub own_netns: u32,
-    pub conntrack: Option<Conntrack>,
-    /// Reads the kernel's `invalid` counter of ct-trace's namespace; `None` trusts every verdict.
-    pub kernel_invalid: Option<Box<dyn FnMut() -> Option<u64>>>,
+    /// Whether entries can be looked up over ctnetlink (the enrichment thread runs).
+    pub lookups: bool,
+    /// Interface names of ct-trace's namespace (the caller caches them).
+    pub ifname: Box<dyn FnMut(u32) -> Option<String>>,
 }
 
-/// Reports a verdict only once the kernel's own `invalid` counter has counted it. Conntrack
-/// counts before the netfilter program runs, so in steady state every verdict is confirmed at
-/// once; packets conntrack never saw (its hooks are not registered for that family in this
-/// namespace, which kernels without nfnetlink_hook cannot tell us up front) also have
-/// `_nfct == 0` but are never counted, and are not reported as INVALID.
-struct Confirm {
-    read: Box<dyn FnMut() -> Option<u64>>,
-    base: u64,
-    confirmed: u64,
-    credit: u64,
-}
-
-impl Confirm {
-    fn take(&mut self) -> bool {
-        if self.credit == 0 {
-            if let Some(k) = (self.read)() {
-                self.credit = k.saturating_sub(self.base).saturating_sub(self.confirmed);
-            }
-        }
-        if self.credit == 0 {
-            return false;
-        }
-        self.credit -= 1;
-        self.confirmed += 1;
-        true
-    }
+/// The reports and lookups one call produced.
+#[derive(Default)]
+pub struct Output {
+    pub reports: Vec<Report>,
+    pub lookups: Vec<Request>,
 }
 
 struct Pending {
     report: InvalidReport,
+    deadline: Instant,
+    /// A drop came, or a reset proved that the packet went on: nothing more to wait for.
+    fate_done: bool,
+    /// The token of an unanswered lookup.
+    lookup: Option<u64>,
+    /// Resets this packet caused, reported after it.
+    resets: Vec<(Reset, ResetReport)>,
+}
+
+/// A reset caused by an INVALID packet whose verdict was not shown (suppressed by the budget,
+/// or lost), waiting for the lookup of the entry behind it.
+struct Held {
+    reset: Reset,
+    report: ResetReport,
+    reason: String,
     deadline: Instant,
 }
 
@@ -110,17 +122,21 @@ pub struct FlowStats {
 
 pub struct Correlator {
     ctx: Context,
-    confirm: Option<Confirm>,
-    suppressed: VecDeque<u64>,
-    /// Verdicts not reported because the kernel never counted them INVALID.
-    pub unconfirmed: u64,
-    pending: HashMap<u64, Pending>,
-    order: VecDeque<u64>,
-    recent: VecDeque<(u64, InvalidReport)>,
+    pending: HashMap<VerdictId, Pending>,
+    order: VecDeque<VerdictId>,
+    recent: HashMap<VerdictId, InvalidReport>,
+    recent_order: VecDeque<VerdictId>,
     reasons: HashMap<u64, PendingReason>,
     reason_order: VecDeque<u64>,
+    /// Lookups in flight: to a pending verdict, or to a held reset (in `held`).
+    tokens: HashMap<u64, VerdictId>,
+    held: HashMap<u64, Held>,
+    held_order: VecDeque<u64>,
+    next_token: u64,
     /// Reasons on packets that were neither INVALID nor TCP (not reported).
     pub reasons_unmatched: u64,
+    /// Reports that went out without their lookup's answer.
+    pub enrichment_skipped: u64,
     pub flows: HashMap<(String, String, String), FlowStats>,
 }
 
@@ -133,24 +149,6 @@ fn hook_name(h: u8) -> &'static str {
         Ok(Hook::PostRouting) => "postrouting",
         Err(_) => "unknown",
     }
-}
-
-fn ifname(ifindex: u32) -> Option<String> {
-    if ifindex == 0 {
-        return None;
-    }
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return Some(format!("if{ifindex}"));
-    }
-    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
-    Some(
-        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
-            .to_string_lossy()
-            .into_owned(),
-    )
 }
 
 /// The reset the kernel sends for a packet no socket owns (tcp_v4_send_reset(),
@@ -171,28 +169,41 @@ pub fn reset_for(flags_in: u8, seq: u32, ack: u32, len: u16) -> (u8, u32, u32) {
     }
 }
 
+/// Pops ids off the front of an order queue while `due` says so, skipping ids no longer in
+/// `map` (removed early); returns the ones to finish.
+fn due<K: Copy + Eq + std::hash::Hash, V>(
+    order: &mut VecDeque<K>,
+    map: &HashMap<K, V>,
+    mut ready: impl FnMut(&V) -> bool,
+) -> Vec<K> {
+    let mut out = Vec::new();
+    while let Some(k) = order.front().copied() {
+        match map.get(&k) {
+            Some(v) if !ready(v) => break,
+            Some(_) => out.push(k),
+            None => {}
+        }
+        order.pop_front();
+    }
+    out
+}
+
 impl Correlator {
-    pub fn new(mut ctx: Context) -> Self {
-        let confirm = ctx.kernel_invalid.take().and_then(|mut read| {
-            let base = read()?;
-            Some(Confirm {
-                read,
-                base,
-                confirmed: 0,
-                credit: 0,
-            })
-        });
+    pub fn new(ctx: Context) -> Self {
         Self {
             ctx,
-            confirm,
-            suppressed: VecDeque::new(),
-            unconfirmed: 0,
             pending: HashMap::new(),
             order: VecDeque::new(),
-            recent: VecDeque::new(),
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
             reasons: HashMap::new(),
             reason_order: VecDeque::new(),
+            tokens: HashMap::new(),
+            held: HashMap::new(),
+            held_order: VecDeque::new(),
+            next_token: 1,
             reasons_unmatched: 0,
+            enrichment_skipped: 0,
             flows: HashMap::new(),
         }
     }
@@ -201,12 +212,20 @@ impl Correlator {
         rfc3339((boot_ns as i128 + self.ctx.boot_to_epoch_ns).max(0) as u64)
     }
 
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
     /// Handles one event; the reports it completes are appended to `out`, in order.
-    pub fn event(&mut self, ev: Event, now: Instant, out: &mut Vec<Report>) {
+    pub fn event(&mut self, ev: Event, now: Instant, out: &mut Output) {
         match ev {
-            Event::Invalid(v) => self.invalid(v, now),
+            Event::Invalid(v) => self.invalid(v, now, out),
             Event::Reason(r) => {
                 let skb = r.skb;
+                if self.reasons.len() >= MAX_WAITING {
+                    self.tick_reasons(now, true, Some(1), out);
+                }
                 let pending = PendingReason {
                     reason: r,
                     deadline: now + FATE_WAIT,
@@ -218,62 +237,120 @@ impl Correlator {
                 }
             }
             Event::Drop(d) => self.drop(d, out),
-            Event::Reset(kind, r) => self.reset(kind, r, out),
+            Event::Reset(kind, r) => self.reset(kind, r, now, out),
         }
     }
 
-    /// Reports the verdicts whose wait for a drop is over (`passed`), or all with `flush`; and
-    /// the reasons no verdict claimed, as `ignored`.
-    pub fn tick(&mut self, now: Instant, flush: bool, out: &mut Vec<Report>) {
+    /// The answer to a lookup (or `None` for a request the enrichment queue refused).
+    pub fn answer(&mut self, token: u64, entry: Option<Option<ConntrackReport>>, out: &mut Output) {
+        if let Some(h) = self.held.remove(&token) {
+            let skipped = entry.is_none();
+            self.release_held(h, entry.flatten(), skipped, out);
+            return;
+        }
+        let Some(id) = self.tokens.remove(&token) else {
+            return;
+        };
+        let Some(p) = self.pending.get_mut(&id) else {
+            return;
+        };
+        p.lookup = None;
+        match entry {
+            Some(e) => p.report.conntrack = e,
+            None => {
+                p.report.enrichment = Some("skipped");
+                self.enrichment_skipped += 1;
+            }
+        }
+        if p.fate_done {
+            self.finish(id, out);
+        }
+    }
+
+    /// Applies the answers of the enrichment thread.
+    pub fn answers(&mut self, answers: Vec<Answer>, out: &mut Output) {
+        for a in answers {
+            self.answer(a.token, Some(a.entry), out);
+        }
+    }
+
+    /// Reports what waited long enough (verdicts as `passed`, reasons without a verdict as
+    /// `ignored`, resets without their lookup), or everything with `flush`.
+    pub fn tick(&mut self, now: Instant, flush: bool, out: &mut Output) {
+        self.tick_reasons(now, flush, None, out);
+        for id in due(&mut self.order, &self.pending, |p| {
+            flush || p.deadline <= now
+        }) {
+            self.expire(id, out);
+        }
+        for t in due(&mut self.held_order, &self.held, |h| {
+            flush || h.deadline <= now
+        }) {
+            if let Some(h) = self.held.remove(&t) {
+                self.enrichment_skipped += 1;
+                self.release_held(h, None, true, out);
+            }
+        }
+    }
+
+    fn tick_reasons(&mut self, now: Instant, flush: bool, limit: Option<usize>, out: &mut Output) {
+        let mut n = 0;
         while let Some(skb) = self.reason_order.front().copied() {
+            if limit.is_some_and(|l| n >= l) {
+                break;
+            }
             match self.reasons.get(&skb) {
                 Some(p) if !flush && p.deadline > now => break,
                 Some(_) => {
-                    let p = self.reasons.remove(&skb).unwrap();
-                    self.reason_order.pop_front();
+                    let p = self.reasons.remove(&skb).expect("present");
                     self.ignored(&p.reason, out);
+                    n += 1;
                 }
-                None => {
-                    self.reason_order.pop_front();
-                }
+                None => {}
             }
-        }
-        while let Some(skb) = self.order.front().copied() {
-            match self.pending.get(&skb) {
-                Some(p) if !flush && p.deadline > now => break,
-                Some(_) => {
-                    let p = self.pending.remove(&skb).unwrap();
-                    self.order.pop_front();
-                    self.finish(skb, p.report, out);
-                }
-                None => {
-                    self.order.pop_front();
-                }
-            }
+            self.reason_order.pop_front();
         }
     }
 
-    fn finish(&mut self, skb: u64, report: InvalidReport, out: &mut Vec<Report>) {
-        if let Some(c) = &mut self.confirm {
-            if !c.take() {
-                if self.unconfirmed == 0 {
-                    log::warn!(
-                        "packets without a conntrack entry that the kernel did not count INVALID: conntrack is not active for them in this namespace; they are not reported"
-                    );
-                }
-                self.unconfirmed += 1;
-                if self.suppressed.len() == RECENT {
-                    self.suppressed.pop_front();
-                }
-                self.suppressed.push_back(skb);
-                return;
+    /// A verdict whose wait is over goes out with what is known.
+    fn expire(&mut self, id: VerdictId, out: &mut Output) {
+        if let Some(p) = self.pending.get_mut(&id) {
+            if let Some(t) = p.lookup.take() {
+                self.tokens.remove(&t);
+                p.report.enrichment = Some("skipped");
+                self.enrichment_skipped += 1;
             }
         }
-        if self.recent.len() == RECENT {
-            self.recent.pop_front();
+        self.finish(id, out);
+    }
+
+    fn finish(&mut self, id: VerdictId, out: &mut Output) {
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        if self.recent_order.len() >= RECENT {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent.remove(&old);
+            }
         }
-        self.recent.push_back((skb, report.clone()));
-        out.push(Report::Invalid(report));
+        self.recent.insert(id, p.report.clone());
+        self.recent_order.push_back(id);
+        let conntrack = p.report.conntrack.clone();
+        let (reason, fate, enrichment) =
+            (p.report.reason.clone(), p.report.fate, p.report.enrichment);
+        out.reports.push(Report::Invalid(p.report));
+        for (raw, rep) in p.resets {
+            let a = self.attribute(
+                &raw,
+                &rep,
+                conntrack.as_ref(),
+                reason.clone(),
+                fate,
+                enrichment,
+            );
+            out.reports.push(Report::RstSent(rep));
+            out.reports.push(Report::Attribution(a));
+        }
     }
 
     fn reason_info(&self, r: &Reason) -> ReasonInfo {
@@ -296,17 +373,16 @@ impl Correlator {
 
     /// A TCP packet conntrack logged but did not mark INVALID: 6.1+ IGNORE (out of window in a
     /// way conntrack tolerates: it keeps the entry and the NAT).
-    fn ignored(&mut self, r: &Reason, out: &mut Vec<Report>) {
+    fn ignored(&mut self, r: &Reason, out: &mut Output) {
         let p = &r.packet;
-        if !self.ctx.verdicts || p.proto != crate::events::IPPROTO_TCP || p.family == 0 {
+        if !self.ctx.verdicts || p.proto != IPPROTO_TCP || p.family == 0 {
             self.reasons_unmatched += 1;
             return;
         }
         let info = self.reason_info(r);
         let (src, dst) = addrs(p);
-        out.push(Report::Invalid(InvalidReport {
+        out.reports.push(Report::Ignored(InvalidReport {
             time: self.time(r.header.ts_ns),
-            kind: "ignored",
             netns: p.netns,
             hook: hook_name(r.hook),
             in_iface: None,
@@ -322,13 +398,14 @@ impl Correlator {
             len: Some(p.payload_len),
             reason: info.text,
             missed_by: info.missed_by,
-            fate: "accepted",
+            fate: Fate::Accepted,
             drop_reason: None,
             conntrack: info.conntrack,
+            enrichment: None,
         }));
     }
 
-    fn invalid(&mut self, v: Verdict, now: Instant) {
+    fn invalid(&mut self, v: Verdict, now: Instant, out: &mut Output) {
         let p = &v.packet;
         let (src, dst) = addrs(p);
         let tcp = v.flags & flags::NOT_TCP == 0 && v.flags & flags::NO_HEADERS == 0;
@@ -347,50 +424,28 @@ impl Correlator {
                 None,
             ),
         };
-        let conntrack = if kernel_ct.is_some() {
-            kernel_ct
-        } else if tcp {
-            self.ctx.conntrack.as_ref().and_then(|c| {
-                let t = Tuple {
+        let lookup = if kernel_ct.is_none() && tcp && self.ctx.lookups {
+            let token = self.token();
+            out.lookups.push(Request {
+                token,
+                tuple: Tuple {
                     src,
                     sport: p.sport,
                     dst,
                     dport: p.dport,
                     proto: p.proto,
-                };
-                match c.lookup(&t) {
-                    Ok(found) => found.map(|(e, dir)| ConntrackReport {
-                        source: "ctnetlink",
-                        direction: dir.name(),
-                        orig_src: e.orig.src,
-                        orig_sport: e.orig.sport,
-                        orig_dst: e.orig.dst,
-                        orig_dport: e.orig.dport,
-                        reply_src: e.reply.src,
-                        reply_sport: e.reply.sport,
-                        reply_dst: e.reply.dst,
-                        reply_dport: e.reply.dport,
-                        tcp_state: e.tcp_state.map(tcp_state_name),
-                        assured: e.status & netlink::IPS_ASSURED != 0,
-                        original_window: None,
-                        reply_window: None,
-                    }),
-                    Err(e) => {
-                        log::debug!("conntrack lookup failed: {e}");
-                        None
-                    }
-                }
-            })
+                },
+            });
+            Some(token)
         } else {
             None
         };
         let report = InvalidReport {
             time: self.time(v.header.ts_ns),
-            kind: "invalid",
             netns: p.netns,
             hook: hook_name(v.hook),
-            in_iface: ifname(p.ifindex),
-            out_iface: ifname(v.out_ifindex),
+            in_iface: (self.ctx.ifname)(p.ifindex),
+            out_iface: (self.ctx.ifname)(v.out_ifindex),
             proto: p.proto,
             src,
             sport: tcp.then_some(p.sport),
@@ -403,31 +458,40 @@ impl Correlator {
             reason,
             missed_by,
             fate: if self.ctx.fate_known {
-                "passed"
+                Fate::Passed
             } else {
-                "unknown"
+                Fate::Unknown
             },
             drop_reason: None,
-            conntrack,
+            conntrack: kernel_ct,
+            enrichment: None,
         };
-        if self
-            .pending
-            .insert(
-                v.skb,
-                Pending {
-                    report,
-                    deadline: now + FATE_WAIT,
-                },
-            )
-            .is_none()
-        {
-            self.order.push_back(v.skb);
+        let id = (v.skb, v.header.ts_ns);
+        if let Some(t) = lookup {
+            self.tokens.insert(t, id);
+        }
+        while self.pending.len() >= MAX_PENDING {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.expire(old, out);
+        }
+        let fresh = Pending {
+            report,
+            deadline: now + FATE_WAIT,
+            fate_done: !self.ctx.fate_known,
+            lookup,
+            resets: Vec::new(),
+        };
+        if self.pending.insert(id, fresh).is_none() {
+            self.order.push_back(id);
         }
     }
 
-    fn drop(&mut self, d: Drop, out: &mut Vec<Report>) {
+    fn drop(&mut self, d: Drop, out: &mut Output) {
+        let id = (d.skb, d.verdict_ts_ns);
         // A drop for a verdict already reported (or never seen) says nothing new.
-        let Some(mut p) = self.pending.remove(&d.skb) else {
+        let Some(p) = self.pending.get_mut(&id) else {
             return;
         };
         // On a veth the same sk_buff crosses into the next namespace, so a packet that passed
@@ -435,9 +499,9 @@ impl Correlator {
         // resets it). Only a netfilter drop protects the node; an old kernel without reasons
         // cannot tell the two apart.
         p.report.fate = match (d.reason, self.ctx.netfilter_drop) {
-            (u32::MAX, _) | (_, None) => "unknown",
-            (r, Some(nf)) if r == nf => "dropped",
-            _ => "passed",
+            (u32::MAX, _) | (_, None) => Fate::Unknown,
+            (r, Some(nf)) if r == nf => Fate::Dropped,
+            _ => Fate::Passed,
         };
         p.report.drop_reason = Some(match self.ctx.drop_reasons.get(&d.reason) {
             Some(n) => crate::btf::short_reason(n).to_string(),
@@ -446,10 +510,13 @@ impl Correlator {
             }
             None => d.reason.to_string(),
         });
-        self.finish(d.skb, p.report, out);
+        p.fate_done = true;
+        if p.lookup.is_none() {
+            self.finish(id, out);
+        }
     }
 
-    fn reset(&mut self, kind: Kind, r: Reset, out: &mut Vec<Report>) {
+    fn reset_report(&mut self, kind: Kind, r: &Reset) -> ResetReport {
         let p = &r.packet;
         let (a, b) = addrs(p);
         let known = p.family != 0;
@@ -466,7 +533,7 @@ impl Correlator {
                 None => r.reason.to_string(),
             })
         };
-        let report = if kind == Kind::RstSent {
+        if kind == Kind::RstSent {
             // The event carries the packet that caused the reset; the reset goes back.
             let (rflags, seq, ack) = if has_packet {
                 let (f, s, a) = reset_for(p.tcp_flags, p.seq, p.ack, p.payload_len);
@@ -476,7 +543,6 @@ impl Correlator {
             };
             ResetReport {
                 time: self.time(r.header.ts_ns),
-                kind: "rst_sent",
                 netns: p.netns,
                 src: known.then_some(b),
                 sport: known.then_some(p.dport),
@@ -487,7 +553,7 @@ impl Correlator {
                 ack,
                 reason,
                 iface: if p.netns == self.ctx.own_netns {
-                    ifname(p.ifindex)
+                    (self.ctx.ifname)(p.ifindex)
                 } else {
                     None
                 },
@@ -503,7 +569,6 @@ impl Correlator {
         } else {
             ResetReport {
                 time: self.time(r.header.ts_ns),
-                kind: "rst_received",
                 netns: p.netns,
                 src: known.then_some(a),
                 sport: known.then_some(p.sport),
@@ -518,62 +583,126 @@ impl Correlator {
                 socket: None,
                 caused_by_invalid: false,
             }
-        };
-        let mut report = report;
-        let mut caused = report.caused_by_invalid;
-        let invalid = if caused {
-            // The packet reached a host that reset it, so it was not dropped: report its
-            // verdict now, before the reset, with that fate.
-            if let Some(pend) = self.pending.remove(&r.cause.skb) {
-                self.finish(r.cause.skb, pend.report, out);
-            }
-            if self.suppressed.contains(&r.cause.skb) {
-                // Not an INVALID verdict after all (conntrack never saw that packet).
-                caused = false;
-                report.caused_by_invalid = false;
-            }
-            self.recent
-                .iter()
-                .rev()
-                .find(|(skb, _)| *skb == r.cause.skb)
-                .map(|(_, rep)| rep.clone())
-        } else {
-            None
-        };
-        out.push(Report::Reset(report.clone()));
-        if caused {
-            let attribution = self.attribute(&r, &report, invalid.as_ref());
-            out.push(Report::Attribution(attribution));
         }
+    }
+
+    fn reset(&mut self, kind: Kind, r: Reset, now: Instant, out: &mut Output) {
+        let report = self.reset_report(kind, &r);
+        if kind != Kind::RstSent || !report.caused_by_invalid {
+            out.reports.push(if kind == Kind::RstSent {
+                Report::RstSent(report)
+            } else {
+                Report::RstReceived(report)
+            });
+            return;
+        }
+        let id = (r.cause.skb, r.cause.ts_ns);
+        if let Some(p) = self.pending.get_mut(&id) {
+            // The packet reached a host that reset it, so it was not dropped: report its
+            // verdict (once its lookup is answered), then the reset and the attribution.
+            p.fate_done = true;
+            p.resets.push((r, report));
+            if p.lookup.is_none() {
+                self.finish(id, out);
+            }
+            return;
+        }
+        if let Some(v) = self.recent.get(&id) {
+            let (ct, reason, fate, enrichment) =
+                (v.conntrack.clone(), v.reason.clone(), v.fate, v.enrichment);
+            let a = self.attribute(&r, &report, ct.as_ref(), reason, fate, enrichment);
+            out.reports.push(Report::RstSent(report));
+            out.reports.push(Report::Attribution(a));
+            return;
+        }
+        // The verdict was not shown: the budget suppressed it, or its record was lost. The
+        // kernel's match stands; the entry behind it is looked up now.
+        let reason = if r.cause.shown == 0 {
+            "unknown (the verdict was suppressed by the event budget)"
+        } else {
+            "unknown (the verdict's record did not arrive)"
+        }
+        .to_string();
+        if !self.ctx.lookups {
+            let a = self.attribute(&r, &report, None, reason, Fate::Passed, None);
+            out.reports.push(Report::RstSent(report));
+            out.reports.push(Report::Attribution(a));
+            return;
+        }
+        let token = self.token();
+        let (src, dst) = addrs(&r.packet);
+        out.lookups.push(Request {
+            token,
+            tuple: Tuple {
+                src,
+                sport: r.packet.sport,
+                dst,
+                dport: r.packet.dport,
+                proto: IPPROTO_TCP,
+            },
+        });
+        if self.held.len() >= MAX_WAITING {
+            if let Some(t) = self.held_order.pop_front() {
+                if let Some(h) = self.held.remove(&t) {
+                    self.enrichment_skipped += 1;
+                    self.release_held(h, None, true, out);
+                }
+            }
+        }
+        self.held.insert(
+            token,
+            Held {
+                reset: r,
+                report,
+                reason,
+                deadline: now + FATE_WAIT,
+            },
+        );
+        self.held_order.push_back(token);
+    }
+
+    fn release_held(
+        &mut self,
+        h: Held,
+        entry: Option<ConntrackReport>,
+        skipped: bool,
+        out: &mut Output,
+    ) {
+        let a = self.attribute(
+            &h.reset,
+            &h.report,
+            entry.as_ref(),
+            h.reason,
+            Fate::Passed,
+            skipped.then_some("skipped"),
+        );
+        out.reports.push(Report::RstSent(h.report));
+        out.reports.push(Report::Attribution(a));
     }
 
     fn attribute(
         &mut self,
         r: &Reset,
         reset: &ResetReport,
-        invalid: Option<&InvalidReport>,
+        ct: Option<&ConntrackReport>,
+        invalid_reason: String,
+        fate: Fate,
+        enrichment: Option<&'static str>,
     ) -> AttributionReport {
         let p = &r.packet;
         let (src, dst) = addrs(p);
-        let ct = invalid.and_then(|i| i.conntrack.as_ref());
         // The INVALID packet went backend -> client; the entry's original tuple is
         // client -> service. Without an entry, the packet's own destination is the client.
         let (client, service) = match ct {
-            Some(c) if c.direction == "reply" => (
+            Some(c) if c.direction == Direction::Reply => (
                 Some(endpoint(c.orig_src, c.orig_sport)),
                 Some(endpoint(c.orig_dst, c.orig_dport)),
             ),
             _ => (Some(endpoint(dst, p.dport)), None),
         };
         let backend = endpoint(src, p.sport);
-        let invalid_reason = invalid.map_or_else(
-            || "unknown (the verdict was not seen)".to_string(),
-            |i| i.reason.clone(),
-        );
-        let fate = invalid.map_or("passed", |i| i.fate);
         let a = AttributionReport {
             time: reset.time.clone(),
-            kind: "attribution",
             client: client.clone(),
             service: service.clone(),
             backend: backend.clone(),
@@ -589,6 +718,7 @@ impl Correlator {
             ack: p.ack,
             delay_us: r.header.ts_ns.saturating_sub(r.cause.ts_ns) / 1000,
             fate,
+            enrichment,
         };
         let key = (
             client.unwrap_or_else(|| "?".into()),
@@ -597,7 +727,7 @@ impl Correlator {
         );
         let f = self.flows.entry(key).or_default();
         f.resets += 1;
-        if !f.reasons.contains(&invalid_reason) {
+        if !f.reasons.contains(&invalid_reason) && f.reasons.len() < 16 {
             f.reasons.push(invalid_reason);
         }
         if f.first.is_empty() {
@@ -608,13 +738,25 @@ impl Correlator {
     }
 
     /// The flows ranked by attributed resets, most first.
-    pub fn summary(&self) -> Vec<((String, String, String), FlowStats)> {
+    pub fn summary(&self) -> Vec<FlowReport> {
         let mut v: Vec<_> = self
             .flows
             .iter()
-            .map(|(k, s)| (k.clone(), s.clone()))
+            .map(|((client, service, backend), s)| FlowReport {
+                client: client.clone(),
+                service: service.clone(),
+                backend: backend.clone(),
+                resets: s.resets,
+                reasons: s.reasons.clone(),
+                first: s.first.clone(),
+                last: s.last.clone(),
+            })
             .collect();
-        v.sort_by(|a, b| b.1.resets.cmp(&a.1.resets).then(a.0.cmp(&b.0)));
+        v.sort_by(|a, b| {
+            b.resets.cmp(&a.resets).then_with(|| {
+                (&a.client, &a.service, &a.backend).cmp(&(&b.client, &b.service, &b.backend))
+            })
+        });
         v
     }
 }
@@ -635,8 +777,8 @@ mod tests {
             ct_layout: None,
             verdicts: true,
             own_netns: 1,
-            conntrack: None,
-            kernel_invalid: None,
+            lookups: false,
+            ifname: Box::new(|i| (i != 0).then(|| format!("if{i}"))),
         }
     }
 
@@ -689,129 +831,8 @@ mod tests {
         Box::new(r)
     }
 
-    #[test]
-    fn a_reason_joins_the_verdict_on_the_same_packet() {
-        let mut c = Correlator::new(ctx());
-        let t0 = Instant::now();
-        let mut out = vec![];
-        let fmt = "SEQ is over upper bound %u (over the window of the receiver)";
-        c.event(Event::Reason(reason(7, fmt, 60)), t0, &mut out);
-        c.event(Event::Invalid(verdict(7)), t0, &mut out);
-        c.tick(t0 + FATE_WAIT * 2, false, &mut out);
-        match &out[..] {
-            [Report::Invalid(r)] => {
-                assert_eq!(r.kind, "invalid");
-                assert_eq!(
-                    r.reason,
-                    "SEQ is over upper bound 60 (over the window of the receiver)"
-                );
-                assert_eq!(r.missed_by, Some(40), "seq 100 - bound 60");
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_reason_without_a_verdict_is_an_ignored_packet() {
-        let mut c = Correlator::new(ctx());
-        let t0 = Instant::now();
-        let mut out = vec![];
-        let fmt = "ignored ACK under lower bound %u (possible overly delayed)";
-        c.event(Event::Reason(reason(7, fmt, 1)), t0, &mut out);
-        c.tick(t0, false, &mut out);
-        assert!(out.is_empty(), "waits for the verdict");
-        c.tick(t0 + FATE_WAIT * 2, false, &mut out);
-        match &out[..] {
-            [Report::Invalid(r)] => {
-                assert_eq!(r.kind, "ignored");
-                assert_eq!(r.fate, "accepted");
-                assert!(r.reason.starts_with("ignored ACK under lower bound 1"));
-            }
-            other => panic!("{other:?}"),
-        }
-        // Without verdict programs nothing says it was not INVALID: not reported.
-        let mut cx = ctx();
-        cx.verdicts = false;
-        let mut c = Correlator::new(cx);
-        out.clear();
-        c.event(Event::Reason(reason(7, fmt, 1)), t0, &mut out);
-        c.tick(t0, true, &mut out);
-        assert!(out.is_empty());
-        assert_eq!(c.reasons_unmatched, 1);
-    }
-
-    #[test]
-    fn a_verdict_without_drop_is_reported_passed_after_the_wait() {
-        let mut c = Correlator::new(ctx());
-        let t0 = Instant::now();
-        let mut out = vec![];
-        c.event(Event::Invalid(verdict(7)), t0, &mut out);
-        c.tick(t0, false, &mut out);
-        assert!(out.is_empty(), "must wait for a possible drop");
-        c.tick(t0 + FATE_WAIT * 2, false, &mut out);
-        match &out[..] {
-            [Report::Invalid(r)] => assert_eq!(r.fate, "passed"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_netfilter_drop_of_the_same_packet_makes_it_dropped() {
-        let mut c = Correlator::new(ctx());
-        let t0 = Instant::now();
-        let mut out = vec![];
-        c.event(Event::Invalid(verdict(7)), t0, &mut out);
-        c.event(
-            Event::Drop(Drop {
-                skb: 7,
-                reason: 9,
-                ..Default::default()
-            }),
-            t0,
-            &mut out,
-        );
-        match &out[..] {
-            [Report::Invalid(r)] => {
-                assert_eq!(r.fate, "dropped");
-                assert_eq!(r.drop_reason.as_deref(), Some("NETFILTER_DROP"));
-            }
-            other => panic!("{other:?}"),
-        }
-        // Freed later for another reason (in the next namespace): it passed netfilter.
-        c.event(Event::Invalid(verdict(8)), t0, &mut out);
-        c.event(
-            Event::Drop(Drop {
-                skb: 8,
-                reason: 3,
-                ..Default::default()
-            }),
-            t0,
-            &mut out,
-        );
-        let Report::Invalid(r) = &out[1] else {
-            unreachable!()
-        };
-        assert_eq!(r.fate, "passed");
-        out.truncate(1);
-        // A stray drop (address reuse) changes nothing.
-        c.event(
-            Event::Drop(Drop {
-                skb: 8,
-                reason: 9,
-                ..Default::default()
-            }),
-            t0,
-            &mut out,
-        );
-        assert_eq!(out.len(), 1);
-    }
-
-    #[test]
-    fn a_reset_caused_by_an_invalid_packet_is_attributed_once() {
-        let mut c = Correlator::new(ctx());
-        let t0 = Instant::now();
-        let mut out = vec![];
-        c.event(Event::Invalid(verdict(7)), t0, &mut out);
+    /// The reset the client sends for the INVALID packet `skb` (seen at time 1000).
+    fn caused_reset(skb: u64, shown: u8) -> Reset {
         let mut r = Reset {
             header: Header {
                 version: WIRE_VERSION,
@@ -827,65 +848,270 @@ mod tests {
         r.packet.netns = 2;
         r.cause = InvalidSeen {
             ts_ns: 1_000,
-            skb: 7,
+            skb,
             netns: 1,
             hook: 0,
-            _pad: [0; 3],
+            shown,
+            _pad: [0; 2],
         };
-        c.event(Event::Reset(Kind::RstSent, r), t0, &mut out);
-        let kinds: Vec<_> = out.iter().map(Report::kind).collect();
-        assert_eq!(kinds, ["invalid", "rst_sent", "attribution"]);
-        let Report::Attribution(a) = &out[2] else {
+        r
+    }
+
+    fn kinds(out: &Output) -> Vec<&'static str> {
+        out.reports.iter().map(Report::kind).collect()
+    }
+
+    #[test]
+    fn a_reason_joins_the_verdict_on_the_same_packet() {
+        let mut c = Correlator::new(ctx());
+        let t0 = Instant::now();
+        let mut out = Output::default();
+        let fmt = "SEQ is over upper bound %u (over the window of the receiver)";
+        c.event(Event::Reason(reason(7, fmt, 60)), t0, &mut out);
+        c.event(Event::Invalid(verdict(7)), t0, &mut out);
+        c.tick(t0 + FATE_WAIT * 2, false, &mut out);
+        match &out.reports[..] {
+            [Report::Invalid(r)] => {
+                assert_eq!(
+                    r.reason,
+                    "SEQ is over upper bound 60 (over the window of the receiver)"
+                );
+                assert_eq!(r.missed_by, Some(40), "seq 100 - bound 60");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_reason_without_a_verdict_is_an_ignored_packet() {
+        let mut c = Correlator::new(ctx());
+        let t0 = Instant::now();
+        let mut out = Output::default();
+        let fmt = "ignored ACK under lower bound %u (possible overly delayed)";
+        c.event(Event::Reason(reason(7, fmt, 1)), t0, &mut out);
+        c.tick(t0, false, &mut out);
+        assert!(out.reports.is_empty(), "waits for the verdict");
+        c.tick(t0 + FATE_WAIT * 2, false, &mut out);
+        match &out.reports[..] {
+            [Report::Ignored(r)] => {
+                assert_eq!(r.fate, Fate::Accepted);
+                assert!(r.reason.starts_with("ignored ACK under lower bound 1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without verdict programs nothing says it was not INVALID: not reported.
+        let mut cx = ctx();
+        cx.verdicts = false;
+        let mut c = Correlator::new(cx);
+        let mut out = Output::default();
+        c.event(Event::Reason(reason(7, fmt, 1)), t0, &mut out);
+        c.tick(t0, true, &mut out);
+        assert!(out.reports.is_empty());
+        assert_eq!(c.reasons_unmatched, 1);
+    }
+
+    #[test]
+    fn a_verdict_without_drop_is_reported_passed_after_the_wait() {
+        let mut c = Correlator::new(ctx());
+        let t0 = Instant::now();
+        let mut out = Output::default();
+        c.event(Event::Invalid(verdict(7)), t0, &mut out);
+        c.tick(t0, false, &mut out);
+        assert!(out.reports.is_empty(), "must wait for a possible drop");
+        c.tick(t0 + FATE_WAIT * 2, false, &mut out);
+        match &out.reports[..] {
+            [Report::Invalid(r)] => {
+                assert_eq!(r.fate, Fate::Passed);
+                assert_eq!(r.in_iface, None);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn drop_of(skb: u64, ts: u64, reason: u32) -> Event {
+        Event::Drop(Drop {
+            skb,
+            verdict_ts_ns: ts,
+            reason,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_netfilter_drop_of_the_same_packet_makes_it_dropped() {
+        let mut c = Correlator::new(ctx());
+        let t0 = Instant::now();
+        let mut out = Output::default();
+        c.event(Event::Invalid(verdict(7)), t0, &mut out);
+        c.event(drop_of(7, 1_000, 9), t0, &mut out);
+        match &out.reports[..] {
+            [Report::Invalid(r)] => {
+                assert_eq!(r.fate, Fate::Dropped);
+                assert_eq!(r.drop_reason.as_deref(), Some("NETFILTER_DROP"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Freed later for another reason (in the next namespace): it passed netfilter.
+        c.event(Event::Invalid(verdict(8)), t0, &mut out);
+        c.event(drop_of(8, 1_000, 3), t0, &mut out);
+        let Report::Invalid(r) = &out.reports[1] else {
+            unreachable!()
+        };
+        assert_eq!(r.fate, Fate::Passed);
+        // A drop of an older verdict on a reused sk_buff address changes nothing.
+        c.event(Event::Invalid(verdict(9)), t0, &mut out);
+        c.event(drop_of(9, 999, 9), t0, &mut out);
+        assert_eq!(out.reports.len(), 2);
+    }
+
+    #[test]
+    fn a_reset_caused_by_an_invalid_packet_is_attributed_once() {
+        let mut c = Correlator::new(ctx());
+        let t0 = Instant::now();
+        let mut out = Output::default();
+        c.event(Event::Invalid(verdict(7)), t0, &mut out);
+        c.event(
+            Event::Reset(Kind::RstSent, caused_reset(7, 1)),
+            t0,
+            &mut out,
+        );
+        assert_eq!(kinds(&out), ["invalid", "rst_sent", "attribution"]);
+        let Report::Attribution(a) = &out.reports[2] else {
             unreachable!()
         };
         assert_eq!(a.backend, "10.0.2.2:8080");
         assert_eq!(a.client.as_deref(), Some("10.0.1.2:40000"));
         assert_eq!(a.delay_us, 2);
-        assert_eq!(a.fate, "passed");
-        let Report::Reset(rs) = &out[1] else {
+        assert_eq!(a.fate, Fate::Passed);
+        let Report::RstSent(rs) = &out.reports[1] else {
             unreachable!()
         };
         assert_eq!(rs.src, Some("10.0.1.2".parse().unwrap()));
         assert_eq!(rs.seq, Some(5000), "RST seq is the offending packet's ack");
         assert_eq!(rs.reason.as_deref(), Some("NO_SOCKET"));
-        assert_eq!(c.summary()[0].1.resets, 1);
+        assert_eq!(c.summary()[0].resets, 1);
+        // Nothing more comes out later.
+        c.tick(t0 + FATE_WAIT * 2, true, &mut out);
+        assert_eq!(out.reports.len(), 3);
     }
 
     #[test]
-    fn verdicts_the_kernel_did_not_count_are_not_reported() {
-        let counter = std::rc::Rc::new(std::cell::Cell::new(100u64));
-        let c2 = counter.clone();
+    fn ten_resets_in_a_row_on_reused_buffers_are_ten_attributions() {
+        // The same sk_buff address serves packet after packet: each verdict is told apart by
+        // its time, and every reset finds its own.
+        let mut c = Correlator::new(ctx());
+        let t0 = Instant::now();
+        let mut out = Output::default();
+        for i in 0..10u64 {
+            let mut v = verdict(7);
+            v.header.ts_ns = 1_000 + i * 10_000;
+            v.packet.dport = 40_000 + i as u16;
+            c.event(Event::Invalid(v), t0, &mut out);
+            let mut r = caused_reset(7, 1);
+            r.cause.ts_ns = v.header.ts_ns;
+            r.header.ts_ns = v.header.ts_ns + 500;
+            r.packet.dport = 40_000 + i as u16;
+            c.event(Event::Reset(Kind::RstSent, r), t0, &mut out);
+        }
+        c.tick(t0 + FATE_WAIT * 2, true, &mut out);
+        let clients: Vec<_> = out
+            .reports
+            .iter()
+            .filter_map(|r| match r {
+                Report::Attribution(a) => a.client.clone(),
+                _ => None,
+            })
+            .collect();
+        let want: Vec<_> = (0..10)
+            .map(|i| format!("10.0.1.2:{}", 40_000 + i))
+            .collect();
+        assert_eq!(clients, want);
+        assert_eq!(out.reports.len(), 30);
+    }
+
+    #[test]
+    fn a_reset_of_a_suppressed_verdict_is_still_attributed_with_its_lookup() {
         let mut cx = ctx();
-        cx.kernel_invalid = Some(Box::new(move || Some(c2.get())));
+        cx.lookups = true;
         let mut c = Correlator::new(cx);
         let t0 = Instant::now();
-        let mut out = vec![];
-        counter.set(101); // conntrack counted one
-        c.event(Event::Invalid(verdict(1)), t0, &mut out);
-        c.event(Event::Invalid(verdict(2)), t0, &mut out); // never counted: conntrack not active
-        c.tick(t0 + FATE_WAIT * 2, false, &mut out);
-        assert_eq!(out.len(), 1);
-        assert_eq!(c.unconfirmed, 1);
-        // A reset of the unconfirmed packet is not attributed.
-        let r = Reset {
-            header: Header {
-                version: WIRE_VERSION,
-                kind: Kind::RstSent as u8,
-                ..Default::default()
-            },
-            packet: packet(),
-            flags: flags::CAUSED_BY_INVALID,
-            cause: InvalidSeen {
-                skb: 2,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        c.event(Event::Reset(Kind::RstSent, r), t0, &mut out);
-        assert_eq!(
-            out.iter().map(Report::kind).collect::<Vec<_>>(),
-            ["invalid", "rst_sent"]
+        let mut out = Output::default();
+        c.event(
+            Event::Reset(Kind::RstSent, caused_reset(7, 0)),
+            t0,
+            &mut out,
         );
+        assert!(out.reports.is_empty(), "waits for the lookup");
+        let [req] = &out.lookups[..] else {
+            panic!("one lookup: {:?}", out.lookups)
+        };
+        let token = req.token;
+        assert_eq!(req.tuple.sport, 8080);
+        let entry = ConntrackReport {
+            source: "ctnetlink",
+            direction: Direction::Reply,
+            orig_src: "10.0.1.2".parse().unwrap(),
+            orig_sport: 40000,
+            orig_dst: "10.96.0.10".parse().unwrap(),
+            orig_dport: 80,
+            reply_src: "10.0.2.2".parse().unwrap(),
+            reply_sport: 8080,
+            reply_dst: "10.0.1.2".parse().unwrap(),
+            reply_dport: 40000,
+            tcp_state: Some("ESTABLISHED"),
+            assured: true,
+            original_window: None,
+            reply_window: None,
+        };
+        c.answer(token, Some(Some(entry)), &mut out);
+        assert_eq!(kinds(&out), ["rst_sent", "attribution"]);
+        let Report::Attribution(a) = &out.reports[1] else {
+            unreachable!()
+        };
+        assert_eq!(a.service.as_deref(), Some("10.96.0.10:80"));
+        assert!(
+            a.invalid_reason.contains("suppressed"),
+            "{}",
+            a.invalid_reason
+        );
+        // Unanswered, it goes out at the deadline, saying so.
+        let mut out = Output::default();
+        c.event(
+            Event::Reset(Kind::RstSent, caused_reset(8, 0)),
+            t0,
+            &mut out,
+        );
+        c.tick(t0 + FATE_WAIT * 2, false, &mut out);
+        let Report::Attribution(a) = &out.reports[1] else {
+            panic!("{:?}", out.reports)
+        };
+        assert_eq!(a.enrichment, Some("skipped"));
+        assert_eq!(a.client.as_deref(), Some("10.0.1.2:40000"));
+        assert_eq!(c.enrichment_skipped, 1);
+    }
+
+    #[test]
+    fn a_verdict_waits_for_its_lookup_then_its_reset_follows() {
+        let mut cx = ctx();
+        cx.lookups = true;
+        let mut c = Correlator::new(cx);
+        let t0 = Instant::now();
+        let mut out = Output::default();
+        c.event(Event::Invalid(verdict(7)), t0, &mut out);
+        c.event(
+            Event::Reset(Kind::RstSent, caused_reset(7, 1)),
+            t0,
+            &mut out,
+        );
+        assert!(out.reports.is_empty(), "the verdict waits for its entry");
+        let token = out.lookups[0].token;
+        // The queue was full: the verdict goes out at once without its entry, saying so.
+        c.answer(token, None, &mut out);
+        assert_eq!(kinds(&out), ["invalid", "rst_sent", "attribution"]);
+        let Report::Invalid(v) = &out.reports[0] else {
+            unreachable!()
+        };
+        assert_eq!(v.enrichment, Some("skipped"));
     }
 
     #[test]

@@ -298,6 +298,12 @@ impl KernelBtf {
             state_in: self.offset("nf_hook_state", "in")?,
             state_out: self.offset("nf_hook_state", "out")?,
             state_net: self.offset("nf_hook_state", "net")?,
+            // Optional: without them every verdict is trusted (a kernel without IPv6 has no
+            // hooks_ipv6); userspace says so at start-up.
+            net_hooks_ipv4: self.offset("net", "nf.hooks_ipv4").unwrap_or(0),
+            net_hooks_ipv6: self.offset("net", "nf.hooks_ipv6").unwrap_or(0),
+            entries_hooks: self.offset("nf_hook_entries", "hooks").unwrap_or(0),
+            _pad: 0,
         })
     }
 

@@ -23,8 +23,8 @@ pub struct Cli {
     #[arg(short, long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
-    /// Stop after printing this many events.
-    #[arg(short, long)]
+    /// Stop after printing this many events (1 or more).
+    #[arg(short, long, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
 
     /// Write this file once every program is attached (for scripts and tests that must not
@@ -42,6 +42,36 @@ pub struct Cli {
     /// on stdout instead.
     #[arg(long)]
     pub summary: bool,
+
+    /// Events per second ct-trace sends from the kernel at most, shared equally by the CPUs;
+    /// beyond it events are suppressed in the kernel and counted (`suppressed` in the stream
+    /// and the summary). Resets caused by an INVALID packet are never suppressed. 0: no limit.
+    #[arg(long, default_value_t = conntrack_common::DEFAULT_EVENT_BUDGET, value_name = "N")]
+    pub event_budget: u32,
+
+    /// Which resets to show: `caused` (those caused by an INVALID packet, with their
+    /// attribution) or `all` (every reset of every namespace: a busy node sends thousands a
+    /// second). The others are counted in the kernel (`filtered` in the summary).
+    #[arg(long, value_enum, default_value_t = Resets::Caused, value_name = "WHICH")]
+    pub resets: Resets,
+
+    /// Only events with an address in this prefix (ADDR or ADDR/LEN, IPv4 or IPv6), at either
+    /// end; applied in the kernel to resets and INVALID verdicts (counted as filtered).
+    #[arg(long, value_parser = parse_prefix, value_name = "ADDR[/LEN]")]
+    pub host: Option<(std::net::IpAddr, u8)>,
+
+    /// Only events with this port at either end (in the kernel, as --host).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..), value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// Only resets in this network namespace (its inode, as events print it).
+    #[arg(long, value_name = "INODE")]
+    pub netns: Option<u32>,
+
+    /// Only print these kinds of event (comma-separated: rst_sent, rst_received, invalid,
+    /// ignored, attribution, lost, suppressed); the others are counted as filtered.
+    #[arg(long, value_delimiter = ',', value_parser = parse_kind, value_name = "KIND,...")]
+    pub kind: Vec<&'static str>,
 
     /// More detail on stderr (-v: debug, shows verifier logs inline; -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -82,6 +112,53 @@ impl AttachMode {
     }
 }
 
+/// Which resets are shown (`--resets`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Resets {
+    Caused,
+    All,
+}
+
+/// Event kinds `--kind` accepts.
+pub const KINDS: [&str; 7] = [
+    "rst_sent",
+    "rst_received",
+    "invalid",
+    "ignored",
+    "attribution",
+    "lost",
+    "suppressed",
+];
+
+fn parse_kind(s: &str) -> Result<&'static str, String> {
+    KINDS
+        .iter()
+        .find(|k| **k == s)
+        .copied()
+        .ok_or_else(|| format!("`{s}` is not an event kind ({})", KINDS.join(", ")))
+}
+
+/// `ADDR` or `ADDR/LEN`.
+pub fn parse_prefix(s: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let (a, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let addr: std::net::IpAddr = a
+        .parse()
+        .map_err(|_| format!("`{a}` is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(l) => l
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("`{l}` is not a prefix length (0-{max})"))?,
+    };
+    Ok((addr, len))
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check this node's conntrack posture and say which fix applies.
@@ -112,6 +189,20 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn prefixes_parse() {
+        assert_eq!(
+            parse_prefix("10.0.0.0/8"),
+            Ok(("10.0.0.0".parse().unwrap(), 8))
+        );
+        assert_eq!(
+            parse_prefix("fd00::1"),
+            Ok(("fd00::1".parse().unwrap(), 128))
+        );
+        assert!(parse_prefix("10.0.0.0/33").is_err());
+        assert!(parse_prefix("nowhere").is_err());
     }
 
     #[test]

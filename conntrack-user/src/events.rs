@@ -5,9 +5,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use conntrack_common::{Drop, Header, Kind, Packet, Reason, Reset, Verdict, WIRE_VERSION};
 
-/// IP protocol number of TCP.
-pub const IPPROTO_TCP: u8 = 6;
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record of {0} bytes is shorter than its header")]

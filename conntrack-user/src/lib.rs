@@ -10,6 +10,7 @@ pub mod attribution;
 pub mod btf;
 pub mod cli;
 pub mod doctor;
+pub mod enrich;
 pub mod events;
 pub mod kstat;
 pub mod load;

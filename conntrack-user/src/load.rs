@@ -287,6 +287,11 @@ impl KernelFeatures {
 pub struct Globals {
     /// ct-trace's network namespace: the kprobes report conntrack of this namespace only.
     pub netns: u32,
+    /// Records each CPU may send per second (0: no limit).
+    pub budget_per_cpu: u32,
+    pub filter: conntrack_common::Filter,
+    /// Addresses of conntrack's hook functions (kallsyms), zero when unknown.
+    pub ct_hook_fns: [u64; 4],
 }
 
 fn params_match(kbtf: &KernelBtf, func: &str, want: &[&str]) -> Result<(), String> {
@@ -316,8 +321,17 @@ pub fn attach(
     let version = feat.version;
     let mode = feat.mode(wanted)?;
     let offsets = kbtf.offsets()?;
+    log::debug!(
+        "kernel offsets: {offsets:?}; conntrack hook functions: {:x?}",
+        globals.ct_hook_fns
+    );
     let ct_offsets = kbtf.ct_offsets();
     let kfree_has_reason = kbtf.tracepoint_args("kfree_skb").unwrap_or(0) >= 3;
+    let netfilter_drop = kbtf
+        .enum_names("skb_drop_reason")
+        .into_iter()
+        .find(|(_, n)| n == "SKB_DROP_REASON_NETFILTER_DROP")
+        .map_or(u32::MAX, |(v, _)| v);
     let old_resets = !feat.rst_tracepoint_complete
         && feat.kprobes
         && ["tcp_v4_send_reset", "tcp_v6_send_reset"]
@@ -341,6 +355,10 @@ pub fn attach(
         .override_global("RST_KPROBED", &u8::from(old_resets), true)
         .override_global("KFREE_HAS_REASON", &u8::from(kfree_has_reason), true)
         .override_global("TARGET_NETNS", &globals.netns, true)
+        .override_global("EVENT_BUDGET", &globals.budget_per_cpu, true)
+        .override_global("NETFILTER_DROP", &netfilter_drop, true)
+        .override_global("CT_HOOK_FNS", &globals.ct_hook_fns, true)
+        .override_global("FILTER", &globals.filter, true)
         .load(object)
         .map_err(LoadError::Object)?;
 

@@ -48,7 +48,7 @@ const NFNLA_HOOK_HOOKNUM: u16 = 1;
 /// `IPS_ASSURED` in `ct->status`.
 pub const IPS_ASSURED: u32 = 1 << 2;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tuple {
     pub src: IpAddr,
     pub sport: u16,
@@ -67,21 +67,7 @@ pub struct Entry {
     pub tcp_state: Option<u8>,
 }
 
-/// Which direction of its entry a packet travelled in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    Original,
-    Reply,
-}
-
-impl Direction {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Original => "original",
-            Self::Reply => "reply",
-        }
-    }
-}
+pub use crate::report::Direction;
 
 /// Names of `enum tcp_conntrack` (include/uapi/linux/netfilter/nf_conntrack_tcp.h).
 pub fn tcp_state_name(s: u8) -> &'static str {

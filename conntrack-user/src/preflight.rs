@@ -74,8 +74,49 @@ pub fn has_kprobes() -> bool {
     std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
 }
 
+/// Conntrack's netfilter hook functions (net/netfilter/nf_conntrack_proto.c), whose presence
+/// in a hook's entries tells that conntrack runs there.
+pub const CONNTRACK_HOOK_FNS: [&str; 4] = [
+    "ipv4_conntrack_in",
+    "ipv4_conntrack_local",
+    "ipv6_conntrack_in",
+    "ipv6_conntrack_local",
+];
+
+/// Addresses of [`CONNTRACK_HOOK_FNS`] in `/proc/kallsyms` text (zero for each one not found,
+/// e.g. nf_conntrack not loaded yet, or addresses hidden by `kptr_restrict`).
+pub fn conntrack_hook_fns() -> [u64; 4] {
+    std::fs::read_to_string("/proc/kallsyms")
+        .map(|t| kallsyms_lookup(&t, &CONNTRACK_HOOK_FNS))
+        .unwrap_or_default()
+}
+
+/// `addr type name [module]` lines: the addresses of `names`, in order.
+pub fn kallsyms_lookup(text: &str, names: &[&str; 4]) -> [u64; 4] {
+    let mut out = [0u64; 4];
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(addr), Some(_), Some(name)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if let Some(i) = names.iter().position(|n| *n == name) {
+            out[i] = u64::from_str_radix(addr, 16).unwrap_or(0);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn kallsyms_lines_give_addresses() {
+        let t = "ffffffff81f3c5a0 t ipv4_conntrack_in\nffffffffc0a01000 t ipv6_conntrack_local\t[nf_conntrack]\nffffffff81000000 T _stext\n";
+        assert_eq!(
+            super::kallsyms_lookup(t, &super::CONNTRACK_HOOK_FNS),
+            [0xffffffff81f3c5a0, 0, 0, 0xffffffffc0a01000]
+        );
+    }
+
     use super::*;
 
     #[test]

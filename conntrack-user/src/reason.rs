@@ -150,9 +150,9 @@ pub fn conntrack(r: &Reason, l: &CtLayout) -> Option<ConntrackReport> {
     Some(ConntrackReport {
         source: "kernel",
         direction: if psrc == orig_src && p.sport == orig_sport {
-            "original"
+            crate::report::Direction::Original
         } else {
-            "reply"
+            crate::report::Direction::Reply
         },
         orig_src,
         orig_sport,
@@ -253,7 +253,7 @@ mod tests {
         r.packet.saddr[..4].copy_from_slice(&[10, 0, 0, 2]);
         r.packet.sport = 8080;
         let c = conntrack(&r, &l).unwrap();
-        assert_eq!(c.direction, "reply");
+        assert_eq!(c.direction, crate::report::Direction::Reply);
         assert_eq!(c.orig_dst.to_string(), "10.96.0.10");
         assert_eq!(
             (c.orig_sport, c.orig_dport, c.reply_sport),

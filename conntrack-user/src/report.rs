@@ -1,7 +1,11 @@
 //! What ct-trace prints: one [`Report`] per event, as a JSON object or an aligned text line.
 //! Field names are the public interface (documented in README.md); add, never rename.
 
-use std::{fmt::Write as _, io, net::IpAddr};
+use std::{
+    fmt::Write as _,
+    io::{self, Write as _},
+    net::IpAddr,
+};
 
 use serde::Serialize;
 
@@ -17,8 +21,6 @@ pub struct Trigger {
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ResetReport {
     pub time: String,
-    /// `rst_sent` or `rst_received`.
-    pub kind: &'static str,
     pub netns: u32,
     /// The reset's direction: from the host that sent it to its peer.
     pub src: Option<IpAddr>,
@@ -66,8 +68,8 @@ pub struct WindowReport {
 pub struct ConntrackReport {
     /// `kernel` or `ctnetlink`.
     pub source: &'static str,
-    /// `original` or `reply`: the direction the packet travelled in.
-    pub direction: &'static str,
+    /// The direction the packet travelled in.
+    pub direction: Direction,
     pub orig_src: IpAddr,
     pub orig_sport: u16,
     pub orig_dst: IpAddr,
@@ -88,9 +90,6 @@ pub struct ConntrackReport {
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct InvalidReport {
     pub time: String,
-    /// `invalid`, or `ignored`: conntrack logged the packet as out of window but only ignored
-    /// it (6.1+ `NFCT_TCP_IGNORE`): it kept its entry and its NAT, so it is not INVALID.
-    pub kind: &'static str,
     pub netns: u32,
     pub hook: &'static str,
     pub in_iface: Option<String>,
@@ -111,22 +110,21 @@ pub struct InvalidReport {
     /// over the upper bound).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub missed_by: Option<u32>,
-    /// `dropped` (a rule dropped it: the node is protected), `passed` (not dropped by netfilter:
-    /// it went on without its NAT reversed, the dangerous case), `unknown`, or for `ignored`
-    /// packets `accepted` (conntrack let it through with its entry).
-    pub fate: &'static str,
+    pub fate: Fate,
     /// Why the kernel freed the packet when it did not survive (`NETFILTER_DROP` with
     /// `dropped`; e.g. `NO_SOCKET` with `passed`: it reached a host that had no socket for it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drop_reason: Option<String>,
     pub conntrack: Option<ConntrackReport>,
+    /// `skipped` when the ctnetlink lookup of the entry could not be made in time (the lookup
+    /// queue was full, or the answer came too late): `conntrack` is then null.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrichment: Option<&'static str>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct AttributionReport {
     pub time: String,
-    /// `attribution`.
-    pub kind: &'static str,
     /// The host whose connection was reset: the original source of the conntrack entry.
     pub client: Option<String>,
     /// The address the client connected to (conntrack original destination, before DNAT).
@@ -145,47 +143,144 @@ pub struct AttributionReport {
     pub seq: u32,
     pub ack: u32,
     pub delay_us: u64,
-    pub fate: &'static str,
+    pub fate: Fate,
+    /// `skipped` when the entry behind the reset could not be looked up in time (`client` is
+    /// then the packet's destination and `service` null).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrichment: Option<&'static str>,
 }
 
+/// What happened to an INVALID packet after conntrack refused it.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Fate {
+    /// A netfilter rule dropped it: the node is protected.
+    Dropped,
+    /// Not dropped by netfilter: it went on without its NAT reversed, the dangerous case.
+    Passed,
+    /// The kernel does not say (no `kfree_skb` reason on this kernel).
+    Unknown,
+    /// `ignored` packets: conntrack let it through with its entry and its NAT.
+    Accepted,
+}
+
+impl Fate {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Dropped => "dropped",
+            Self::Passed => "passed",
+            Self::Unknown => "unknown",
+            Self::Accepted => "accepted",
+        }
+    }
+}
+
+/// The direction a packet travelled in, relative to its conntrack entry.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// As the connection was opened (client -> Service).
+    Original,
+    /// The answer (backend -> client).
+    Reply,
+}
+
+/// A kernel counter that moved since the last report: records lost to a full ring buffer or to
+/// a failure, or suppressed by the event budget. Nothing is lost or suppressed silently.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct LostReport {
+pub struct CounterReport {
     pub time: String,
-    /// `lost`.
-    pub kind: &'static str,
-    /// Which counter moved: `ring_full` (events dropped because the ring buffer was full),
-    /// `decode_error`, `read_failed`, `map_update_failed`.
+    /// The counter (`lost_invalid`, `suppressed_reset`, `read_failed`, ...; see README).
     pub counter: &'static str,
     pub count: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One flow of the reset summary (`--summary`): client -> service -> backend.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FlowReport {
+    pub client: String,
+    pub service: String,
+    pub backend: String,
+    pub resets: u64,
+    pub reasons: Vec<String>,
+    pub first: String,
+    pub last: String,
+}
+
+/// INVALID verdicts over the run: `counted` (in the kernel, at the moment of each verdict) ==
+/// `shown` + `suppressed` + `filtered` + `lost` + `unprinted`, and `counted` == `kernel` (the
+/// `invalid` delta of `/proc/net/stat/nf_conntrack` for the namespace; null when it cannot be
+/// read).
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct InvalidTally {
+    pub kernel: Option<u64>,
+    pub counted: u64,
+    pub shown: u64,
+    pub suppressed: u64,
+    /// Not shown because of `--host`/`--port` (in the kernel) or `--kind`.
+    pub filtered: u64,
+    pub lost: u64,
+    /// Reports not printed because `-c` was reached or stdout was closed.
+    pub unprinted: u64,
+}
+
+/// The last line of `-o json` at exit.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SummaryReport {
+    pub time: String,
+    pub duration_s: f64,
+    /// The namespace whose INVALID verdicts were watched.
+    pub netns: u32,
+    pub invalid: InvalidTally,
+    /// Events printed, by kind.
+    pub events: std::collections::BTreeMap<&'static str, u64>,
+    /// Records suppressed in the kernel by the event budget, by record kind.
+    pub suppressed: std::collections::BTreeMap<&'static str, u64>,
+    /// Records lost (ring buffer full, undecodable), by record kind.
+    pub lost: std::collections::BTreeMap<&'static str, u64>,
+    /// Resets not shown because of `--resets`/`--filter` (counted in the kernel).
+    pub filtered: std::collections::BTreeMap<&'static str, u64>,
+    /// Events that went out without their ctnetlink lookup (see `enrichment`).
+    pub enrichment_skipped: u64,
+    /// Every kernel counter of ct-trace, summed over the CPUs.
+    pub counters: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// Everything ct-trace prints on stdout: one serde-tagged type, `kind` first.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Report {
-    Reset(ResetReport),
+    RstSent(ResetReport),
+    RstReceived(ResetReport),
     Invalid(InvalidReport),
+    /// Conntrack logged the packet as out of window but only ignored it (6.1+
+    /// `NFCT_TCP_IGNORE`): it kept its entry and its NAT, so it is not INVALID.
+    Ignored(InvalidReport),
     Attribution(AttributionReport),
-    Lost(LostReport),
+    Lost(CounterReport),
+    Suppressed(CounterReport),
+    Flow(FlowReport),
+    Summary(SummaryReport),
 }
 
 impl Report {
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::Reset(r) => r.kind,
-            Self::Invalid(r) => r.kind,
-            Self::Attribution(r) => r.kind,
-            Self::Lost(r) => r.kind,
+            Self::RstSent(_) => "rst_sent",
+            Self::RstReceived(_) => "rst_received",
+            Self::Invalid(_) => "invalid",
+            Self::Ignored(_) => "ignored",
+            Self::Attribution(_) => "attribution",
+            Self::Lost(_) => "lost",
+            Self::Suppressed(_) => "suppressed",
+            Self::Flow(_) => "flow",
+            Self::Summary(_) => "summary",
         }
     }
 
     pub fn json(&self) -> String {
-        let r = match self {
-            Self::Reset(r) => serde_json::to_string(r),
-            Self::Invalid(r) => serde_json::to_string(r),
-            Self::Attribution(r) => serde_json::to_string(r),
-            Self::Lost(r) => serde_json::to_string(r),
-        };
-        // Serialising plain structs of strings and integers cannot fail.
-        r.unwrap_or_default()
+        // Serialising plain structs of strings, numbers and maps with string keys cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
     }
 
     pub fn text(&self) -> String {
@@ -194,12 +289,12 @@ impl Report {
         }
         let mut s = String::new();
         match self {
-            Self::Reset(r) => {
+            Self::RstSent(r) | Self::RstReceived(r) => {
                 let _ = write!(
                     s,
                     "{} {:<12} netns={:<10} {:>22} > {:<22} {:<8} seq={:<10} ack={:<10} reason={}",
                     r.time,
-                    r.kind,
+                    self.kind(),
                     r.netns,
                     endpoint_of(r.src, r.sport),
                     endpoint_of(r.dst, r.dport),
@@ -212,12 +307,12 @@ impl Report {
                     s.push_str(" caused_by=invalid");
                 }
             }
-            Self::Invalid(r) => {
+            Self::Invalid(r) | Self::Ignored(r) => {
                 let _ = write!(
                     s,
                     "{} {:<12} netns={:<10} {:>22} > {:<22} {:<8} seq={:<10} ack={:<10} len={} hook={} fate={} reason={}",
                     r.time,
-                    r.kind,
+                    self.kind(),
                     r.netns,
                     endpoint_of(Some(r.src), r.sport),
                     endpoint_of(Some(r.dst), r.dport),
@@ -226,7 +321,7 @@ impl Report {
                     opt(&r.ack),
                     opt(&r.len),
                     r.hook,
-                    r.fate,
+                    r.fate.name(),
                     r.reason,
                 );
                 if let Some(m) = r.missed_by {
@@ -263,7 +358,7 @@ impl Report {
                     s,
                     "{} {:<12} client={} service={} backend={} reset={}>{} netns={} invalid_reason={} fate={} delay={}us",
                     r.time,
-                    r.kind,
+                    self.kind(),
                     opt(&r.client),
                     opt(&r.service),
                     r.backend,
@@ -271,16 +366,36 @@ impl Report {
                     r.reset_dst,
                     r.reset_netns,
                     r.invalid_reason,
-                    r.fate,
+                    r.fate.name(),
                     r.delay_us,
                 );
             }
-            Self::Lost(r) => {
+            Self::Lost(r) | Self::Suppressed(r) => {
                 let _ = write!(
                     s,
                     "{} {:<12} counter={} count={}",
-                    r.time, r.kind, r.counter, r.count
+                    r.time,
+                    self.kind(),
+                    r.counter,
+                    r.count
                 );
+            }
+            Self::Flow(f) => {
+                let _ = write!(
+                    s,
+                    "{:>6}  {:<24} {:<24} {:<24} {:<32} {} / {}",
+                    f.resets,
+                    f.client,
+                    f.service,
+                    f.backend,
+                    f.reasons.join("; "),
+                    f.first,
+                    f.last
+                );
+            }
+            Self::Summary(r) => {
+                let _ = write!(s, "{}", self.json());
+                let _ = r;
             }
         }
         s
@@ -294,23 +409,32 @@ pub enum Format {
     Json,
 }
 
-/// Writes reports to stdout. A closed pipe (`ct-trace | head`) ends ct-trace quietly.
+/// Writes reports to stdout, buffered: the caller flushes once per batch of events, not once
+/// per line. A closed pipe (`ct-trace | head`) ends ct-trace quietly.
 pub struct Writer<W: io::Write> {
-    out: W,
+    out: io::BufWriter<W>,
     format: Format,
 }
 
 impl<W: io::Write> Writer<W> {
     pub fn new(out: W, format: Format) -> Self {
-        Self { out, format }
+        Self {
+            out: io::BufWriter::with_capacity(64 * 1024, out),
+            format,
+        }
     }
 
     pub fn write(&mut self, r: &Report) -> io::Result<()> {
-        let line = match self.format {
-            Format::Text => r.text(),
-            Format::Json => r.json(),
-        };
-        writeln!(self.out, "{line}")?;
+        match self.format {
+            Format::Text => writeln!(self.out, "{}", r.text()),
+            Format::Json => {
+                serde_json::to_writer(&mut self.out, r).map_err(io::Error::other)?;
+                self.out.write_all(b"\n")
+            }
+        }
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
 }
@@ -349,9 +473,8 @@ mod tests {
 
     #[test]
     fn json_has_the_documented_fields() {
-        let r = Report::Reset(ResetReport {
+        let r = Report::RstSent(ResetReport {
             time: rfc3339(0),
-            kind: "rst_sent",
             netns: 4026531840,
             src: Some("10.0.0.1".parse().unwrap()),
             sport: Some(80),
@@ -367,6 +490,7 @@ mod tests {
             caused_by_invalid: false,
         });
         let v: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
+        assert_eq!(v["kind"], "rst_sent");
         for f in [
             "time", "kind", "netns", "src", "sport", "dst", "dport", "flags", "seq", "ack",
             "reason",
