@@ -66,6 +66,13 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
+/// Returns freed heap memory to the kernel: start-up parses the kernel's BTF (tens of MiB) and
+/// frees it, and glibc would otherwise keep it resident for the whole run.
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe { libc::malloc_trim(0) };
+}
+
 fn boot_now() -> u64 {
     clock_ns(libc::CLOCK_BOOTTIME) as u64
 }
@@ -220,7 +227,11 @@ fn filter(cli: &Cli) -> Filter {
 fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     preflight::check_caps(preflight::effective_caps())?;
     let started = Instant::now();
-    let kbtf = KernelBtf::load()?;
+    log::debug!("memory at start (peak, now KiB): {:?}", preflight::memory_kib());
+    let kbtf = load::facts(&KernelBtf::load()?);
+    // The parsed BTF is gone: give its memory back before aya parses its own copy.
+    trim_heap();
+    log::debug!("memory after BTF (peak, now KiB): {:?}", preflight::memory_kib());
     let version = preflight::kernel_version();
     let own_netns =
         kstat::netns_inode("self").context("reading this process's network namespace")?;
@@ -254,6 +265,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         reasons,
     } = attached;
     let verdicts = mode.is_some();
+    log::debug!("memory after attach (peak, now KiB): {:?}", preflight::memory_kib());
     for l in &lines {
         info!("{l}");
     }
@@ -310,7 +322,8 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         .find(|(_, n)| n.as_str() == "SKB_DROP_REASON_NETFILTER_DROP")
         .map(|(v, _)| *v);
     let ct_layout = kbtf
-        .ct_layout()
+        .ct_layout
+        .clone()
         .map_err(|e| warn!("conntrack entries in reasons cannot be decoded: {e}"))
         .ok();
     let enricher = Enricher::start()
@@ -330,9 +343,11 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         lookups: enricher.is_some(),
         ifname: Box::new(move |i| ifnames.name(i)),
     };
-    // The kernel's BTF is the largest thing ct-trace reads: free it before any event.
     drop(kbtf);
+    // aya's parsed BTF and the object's copies are gone too.
+    trim_heap();
     let mut corr = Correlator::new(ctx);
+    log::debug!("memory when ready (peak, now KiB): {:?}", preflight::memory_kib());
 
     if let Some(path) = &cli.ready_file {
         std::fs::write(path, format!("{}\n", std::process::id()))

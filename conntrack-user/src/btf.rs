@@ -361,6 +361,86 @@ impl KernelBtf {
     }
 }
 
+/// Everything ct-trace takes from the kernel's BTF, read once at start-up. The parsed BTF is tens
+/// of MiB; these facts are a few KiB, so the BTF is dropped before anything else is loaded.
+#[derive(Debug)]
+pub struct KernelFacts {
+    pub offsets: Option<Offsets>,
+    /// Why `offsets` is missing.
+    pub offsets_error: String,
+    pub ct_offsets: Result<CtOffsets, String>,
+    pub ct_layout: Result<CtLayout, String>,
+    /// Types asked for that the kernel has (`btf_trace_<tp>`, `bpf_nf_ctx`, ...).
+    pub types: std::collections::HashSet<String>,
+    /// Arguments of the tracepoints asked for.
+    pub tracepoint_args: HashMap<String, usize>,
+    /// Parameter names of the functions asked for (absent: not described).
+    pub func_params: HashMap<String, Vec<String>>,
+    /// Enum value names (`sk_rst_reason`, `skb_drop_reason`).
+    pub enums: HashMap<String, HashMap<u32, String>>,
+    /// Modules whose BTF was read on top of vmlinux's.
+    pub modules: Vec<String>,
+}
+
+impl KernelBtf {
+    /// Reads what ct-trace needs: the offsets, conntrack's layout, and the named types,
+    /// tracepoints, functions and enums.
+    pub fn facts(
+        &self,
+        types: &[String],
+        tracepoints: &[&str],
+        funcs: &[&str],
+        enums: &[&str],
+    ) -> KernelFacts {
+        let (offsets, offsets_error) = match self.offsets() {
+            Ok(o) => (Some(o), String::new()),
+            Err(e) => (None, e.to_string()),
+        };
+        KernelFacts {
+            offsets,
+            offsets_error,
+            ct_offsets: self.ct_offsets().map_err(|e| e.to_string()),
+            ct_layout: self.ct_layout().map_err(|e| e.to_string()),
+            types: types
+                .iter()
+                .filter(|t| self.has_type(t))
+                .cloned()
+                .collect(),
+            tracepoint_args: tracepoints
+                .iter()
+                .filter_map(|t| Some((t.to_string(), self.tracepoint_args(t)?)))
+                .collect(),
+            func_params: funcs
+                .iter()
+                .filter_map(|f| Some((f.to_string(), self.func_params(f)?)))
+                .collect(),
+            enums: enums
+                .iter()
+                .map(|e| (e.to_string(), self.enum_names(e)))
+                .collect(),
+            modules: self.modules.clone(),
+        }
+    }
+}
+
+impl KernelFacts {
+    pub fn has_type(&self, name: &str) -> bool {
+        self.types.contains(name)
+    }
+
+    pub fn tracepoint_args(&self, tp: &str) -> Option<usize> {
+        self.tracepoint_args.get(tp).copied()
+    }
+
+    pub fn func_params(&self, func: &str) -> Option<Vec<String>> {
+        self.func_params.get(func).cloned()
+    }
+
+    pub fn enum_names(&self, name: &str) -> HashMap<u32, String> {
+        self.enums.get(name).cloned().unwrap_or_default()
+    }
+}
+
 /// Turns an enum value name into the words users see: `SK_RST_REASON_NO_SOCKET` -> `NO_SOCKET`.
 pub fn short_reason(name: &str) -> &str {
     name.strip_prefix("SK_RST_REASON_")

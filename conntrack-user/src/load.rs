@@ -11,7 +11,7 @@ use aya::{
 };
 
 use crate::{
-    btf::{BtfError, KernelBtf},
+    btf::{BtfError, KernelBtf, KernelFacts},
     cli::AttachMode,
     netfilter::{Family, HookNum, NetfilterError, NetfilterProgram},
     netlink,
@@ -159,6 +159,8 @@ pub const PLAN: &[Probe] = &[
 pub enum LoadError {
     #[error(transparent)]
     Btf(#[from] BtfError),
+    #[error("{0}")]
+    Facts(String),
     #[error("loading the eBPF object")]
     Object(#[source] aya::EbpfError),
     #[error("the eBPF object has no program `{0}`")]
@@ -253,7 +255,7 @@ pub struct KernelFeatures {
 }
 
 impl KernelFeatures {
-    pub fn probe(kbtf: &KernelBtf, version: (u32, u32)) -> Self {
+    pub fn probe(kbtf: &KernelFacts, version: (u32, u32)) -> Self {
         Self {
             version,
             kprobes: crate::preflight::has_kprobes(),
@@ -294,7 +296,7 @@ pub struct Globals {
     pub ct_hook_fns: [u64; 4],
 }
 
-fn params_match(kbtf: &KernelBtf, func: &str, want: &[&str]) -> Result<(), String> {
+fn params_match(kbtf: &KernelFacts, func: &str, want: &[&str]) -> Result<(), String> {
     match kbtf.func_params(func) {
         None => Err(format!(
             "the kernel's BTF does not describe {func} (not loaded, or inlined)"
@@ -310,22 +312,48 @@ fn params_match(kbtf: &KernelBtf, func: &str, want: &[&str]) -> Result<(), Strin
     }
 }
 
+/// Reads from the kernel's BTF what [`attach`] and the event path need: the types, tracepoints
+/// and functions [`PLAN`] names, and the enums of reset and drop reasons.
+pub fn facts(kbtf: &KernelBtf) -> KernelFacts {
+    let mut types = vec!["bpf_nf_ctx".to_string()];
+    let mut tracepoints = vec!["tcp_send_reset", "kfree_skb"];
+    let mut funcs = Vec::new();
+    for p in PLAN {
+        match p.attach {
+            Attach::TpBtf(tp) => {
+                types.push(format!("btf_trace_{tp}"));
+                tracepoints.push(tp);
+            }
+            Attach::Kprobe(f) | Attach::Kretprobe(f) => funcs.push(f),
+            Attach::Netfilter => {}
+        }
+    }
+    kbtf.facts(
+        &types,
+        &tracepoints,
+        &funcs,
+        &["sk_rst_reason", "skb_drop_reason"],
+    )
+}
+
 /// Loads the object, then attaches every row of [`PLAN`] the kernel supports.
 pub fn attach(
     object: &[u8],
-    kbtf: &KernelBtf,
+    kbtf: &KernelFacts,
     feat: &KernelFeatures,
     wanted: AttachMode,
     globals: &Globals,
 ) -> Result<Attached, LoadError> {
     let version = feat.version;
     let mode = feat.mode(wanted)?;
-    let offsets = kbtf.offsets()?;
+    let offsets = kbtf
+        .offsets
+        .ok_or_else(|| LoadError::Facts(kbtf.offsets_error.clone()))?;
     log::debug!(
         "kernel offsets: {offsets:?}; conntrack hook functions: {:x?}",
         globals.ct_hook_fns
     );
-    let ct_offsets = kbtf.ct_offsets();
+    let ct_offsets = kbtf.ct_offsets.clone();
     let kfree_has_reason = kbtf.tracepoint_args("kfree_skb").unwrap_or(0) >= 3;
     let netfilter_drop = kbtf
         .enum_names("skb_drop_reason")

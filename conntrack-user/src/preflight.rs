@@ -145,3 +145,16 @@ mod tests {
         assert_eq!(parse_version("garbage"), (0, 0));
     }
 }
+
+/// Peak and current resident memory of this process in KiB (`VmHWM`, `VmRSS`), for `-v`.
+pub fn memory_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}

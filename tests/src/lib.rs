@@ -12,12 +12,22 @@ use std::{
 
 use serde_json::Value;
 
-/// True when the tests can create namespaces and load eBPF; otherwise prints why and the
-/// caller returns early. CI runs as root, so there these tests always run.
+/// Prints the one marker `cargo xtask test` counts as a skip.
+pub fn skip(test: &str, why: &str) {
+    println!("SKIPPED: {test}: {why}");
+}
+
+/// True when the tests can create namespaces and load eBPF. Under `cargo xtask test` (which
+/// sets CT_TRACE_BIN) a missing privilege fails the test; under a plain `cargo test` it is a
+/// counted skip.
 pub fn need_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped {test}: needs root (namespaces and eBPF); run `sudo cargo xtask test`");
+        assert!(
+            std::env::var_os("CT_TRACE_BIN").is_none(),
+            "{test} needs root (namespaces and eBPF): run `sudo cargo xtask test`"
+        );
+        skip(test, "needs root (namespaces and eBPF); run `sudo cargo xtask test`");
         return false;
     }
     true
@@ -132,7 +142,18 @@ pub const CLIENT6: &str = "fd77:1::2";
 pub const SERVER6: &str = "fd77:2::2";
 
 impl Topology {
+    /// The topology with a Service address in both families.
     pub fn new() -> Self {
+        Self::build(true)
+    }
+
+    /// IPv4 NAT only: the node has IPv6 addresses (and link-local chatter) but no IPv6 rule, so
+    /// conntrack does not track IPv6 there, like most IPv4 Kubernetes nodes.
+    pub fn ipv4_only() -> Self {
+        Self::build(false)
+    }
+
+    fn build(v6_nat: bool) -> Self {
         let t = Self {
             client: Netns::new("cli"),
             node: Netns::new("node"),
@@ -164,8 +185,60 @@ impl Topology {
         // kube-proxy's iptables mode in one rule per family: the service address is DNATed to
         // the backend; nothing drops INVALID (the vulnerable default before kube-proxy 1.15).
         t.node.exec("iptables -t nat -A PREROUTING -d 10.96.0.10 -p tcp --dport 80 -j DNAT --to-destination 10.77.2.2:8080");
-        t.node.exec("ip6tables -t nat -A PREROUTING -d fd96::10 -p tcp --dport 80 -j DNAT --to-destination [fd77:2::2]:8080");
+        // A second port of the Service for bulk traffic (iperf3).
+        t.node.exec("iptables -t nat -A PREROUTING -d 10.96.0.10 -p tcp --dport 5201 -j DNAT --to-destination 10.77.2.2:5201");
+        if v6_nat {
+            t.node.exec("ip6tables -t nat -A PREROUTING -d fd96::10 -p tcp --dport 80 -j DNAT --to-destination [fd77:2::2]:8080");
+        }
+        // Where floods go: routed to nowhere by the node, so nothing answers them.
+        t.node.exec("ip route add blackhole 10.77.9.0/24");
         t
+    }
+
+    /// Sends `count` SYN|FIN segments (INVALID at the node, then dropped by its blackhole route)
+    /// from the server namespace, as fast as it can or at `rate` per second; returns what
+    /// `ctt-flood` printed.
+    pub fn flood(&self, count: u64, rate: Option<u64>) -> String {
+        self.server.exec(&format!(
+            "{} {SERVER} 10.77.9.9 {count} {}",
+            flood_bin().display(),
+            rate.map_or(String::new(), |r| r.to_string())
+        ))
+    }
+
+    /// The same flood in the background (killed on drop).
+    pub fn flood_in_background(&self, count: u64, rate: Option<u64>) -> Background {
+        Background::start(
+            &self.server,
+            &format!(
+                "{} {SERVER} 10.77.9.9 {count} {}",
+                flood_bin().display(),
+                rate.map_or(String::new(), |r| r.to_string())
+            ),
+        )
+    }
+
+    /// IPv6 link-local chatter in the node namespace (UDP to all-nodes on both links, every
+    /// 10 ms, for at most 60 s): packets conntrack does not track on an IPv4-only node.
+    pub fn ipv6_chatter(&self) -> Background {
+        Background::start(
+            &self.node,
+            &format!(
+                "{} -c \"import socket,time\ns=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\nend=time.time()+60\nwhile time.time()<end:\n  for i in ('eth1','eth2'):\n    s.sendto(b'chatter',('ff02::1%'+i,9999))\n  time.sleep(0.01)\"",
+                python()
+            ),
+        )
+    }
+
+    /// Bulk TCP through the Service's DNAT (iperf3, two streams, for at most `secs`).
+    pub fn bulk(&self, secs: u32) -> (Background, Background) {
+        let server = Background::start(&self.server, "iperf3 -s -1 -p 5201");
+        std::thread::sleep(Duration::from_millis(300));
+        let client = Background::start(
+            &self.client,
+            &format!("iperf3 -c {SERVICE} -p 5201 -t {secs} -P 2"),
+        );
+        (server, client)
     }
 
     /// The fix kube-proxy applies from 1.15: drop what conntrack marks INVALID.
@@ -176,6 +249,64 @@ impl Topology {
             .exec("ip6tables -A FORWARD -m conntrack --ctstate INVALID -j DROP");
     }
 }
+
+/// `ctt-flood`, which cargo builds beside the integration tests (`target/*/ctt-flood`, the
+/// test executables being in `target/*/deps`), or `CT_TRACE_FLOOD`.
+pub fn flood_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CT_TRACE_FLOOD") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable");
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target directory")
+        .join("ctt-flood");
+    assert!(p.exists(), "no {}: build it with `cargo build -p integration-tests --bins`", p.display());
+    p
+}
+
+/// A process in a namespace, killed (with its children) when dropped.
+pub struct Background {
+    child: Child,
+}
+
+impl Background {
+    pub fn start(ns: &Netns, cmd: &str) -> Self {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "setsid", "sh", "-c", cmd])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        Self { child }
+    }
+
+    /// Waits for it to end by itself (at most `max`), and returns its stdout.
+    pub fn wait(mut self, max: Duration) -> String {
+        let t0 = Instant::now();
+        while self.child.try_wait().expect("wait").is_none() {
+            assert!(t0.elapsed() < max, "background command still running");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut out = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            let _ = o.read_to_string(&mut out);
+        }
+        out
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // setsid made it a process group leader: end the whole group.
+        // SAFETY: signalling a process group this test started.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 
 impl Default for Topology {
     fn default() -> Self {
@@ -233,23 +364,33 @@ impl Output {
         self.events.iter().filter(|e| e["kind"] == kind).collect()
     }
 
-    /// From the exit summary: (ct-trace's INVALID count, the kernel's, "equal"?).
-    pub fn accuracy(&self) -> Option<(u64, u64, bool)> {
-        let line = self
-            .stderr
-            .lines()
-            .find(|l| l.contains("INVALID verdicts in netns"))?;
-        let after = line.split(": ct-trace ").nth(1)?;
-        let ours: u64 = after.split(',').next()?.trim().parse().ok()?;
-        let kernel: u64 = line
-            .split("kernel ")
-            .nth(1)?
-            .split(':')
-            .next()?
-            .trim()
-            .parse()
-            .ok()?;
-        Some((ours, kernel, line.ends_with("equal")))
+    /// The machine-readable summary: the last line ct-trace printed.
+    pub fn summary(&self) -> &Value {
+        let last = self.events.last().expect("ct-trace printed nothing");
+        assert_eq!(last["kind"], "summary", "the last line is the summary");
+        last
+    }
+
+    /// The INVALID tally of the summary, checked to reconcile: counted == shown + suppressed +
+    /// filtered + lost + unprinted, and == the kernel's delta. Returns it.
+    pub fn reconciled_invalid(&self) -> &Value {
+        let i = &self.summary()["invalid"];
+        let n = |k: &str| i[k].as_u64().unwrap_or_else(|| panic!("invalid.{k}: {i}"));
+        assert_eq!(
+            n("counted"),
+            n("shown") + n("suppressed") + n("filtered") + n("lost") + n("unprinted"),
+            "counted == shown + suppressed + filtered + lost + unprinted: {i}"
+        );
+        assert_eq!(n("kernel"), n("counted"), "ct-trace's count == the kernel's: {i}");
+        i
+    }
+
+    /// Events of a kind that satisfy `f`.
+    pub fn events_of(&self, kind: &str, f: impl Fn(&Value) -> bool) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|e| e["kind"] == kind && f(e))
+            .collect()
     }
 }
 
@@ -337,6 +478,22 @@ impl CtTrace {
             stderr: err,
             status,
         }
+    }
+
+    /// ct-trace's process id (`ip netns exec` execs it, so this is ct-trace itself).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// ct-trace's peak resident memory so far (`VmHWM`, KiB).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("ct-trace's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
     }
 
     /// Stops ct-trace like a user would (Ctrl-C) and returns what it printed.

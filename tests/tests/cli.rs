@@ -28,6 +28,12 @@ fn help_exits_zero_and_documents_the_flags() {
         "--summary",
         "--verbose",
         "--quiet",
+        "--event-budget",
+        "--resets",
+        "--host",
+        "--port",
+        "--netns",
+        "--kind",
         "doctor",
     ] {
         assert!(out.contains(flag), "--help does not mention {flag}:\n{out}");
@@ -42,6 +48,11 @@ fn unknown_flags_and_bad_values_exit_2() {
         &["--duration", "-3"],
         &["--duration", "soon"],
         &["-c", "x"],
+        &["-c", "0"],
+        &["--host", "10.0.0.0/40"],
+        &["--port", "0"],
+        &["--kind", "everything"],
+        &["--resets", "some"],
     ] {
         let (code, out, err) = run(args);
         assert_eq!(code, 2, "{args:?}: {err}");

@@ -30,7 +30,7 @@ fn connect_to_a_closed_port_is_an_rst_sent_with_tuple_netns_and_reason() {
     }
     let t = Topology::new();
     // ct-trace runs in the node namespace; the reset happens in the server namespace.
-    let ct = CtTrace::start(Some(&t.node), &[]);
+    let ct = CtTrace::start(Some(&t.node), &["--resets", "all"]);
     let port: u64 = connect(&t, SERVER, 9)
         .trim()
         .parse()
@@ -98,7 +98,7 @@ fn an_aborted_established_connection_is_an_rst_received_by_the_peer() {
         return;
     }
     let t = Topology::new();
-    let ct = CtTrace::start(None, &[]);
+    let ct = CtTrace::start(None, &["--resets", "all"]);
     // Server accepts, then the client closes with SO_LINGER 0: an abortive close sends a RST.
     let script = format!(
         "import socket,struct,threading,time\n\
