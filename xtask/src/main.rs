@@ -6,10 +6,13 @@
 //! - `lint`: rustfmt check, clippy with `-D warnings` on the host crates and on the eBPF crate.
 //! - `test`: lint, then unit tests and the root integration tests (namespaces, real packets) on
 //!   the host, then the root integration tests again inside Debian's 6.1, 6.12 and 7.2 kernels,
-//!   once per attach mode each supports (see `matrix.rs`).
+//!   once per attach mode each supports (see `matrix.rs`). Its last line is
+//!   `tests: N passed, N failed, N skipped`, skipped being ignored tests plus the tests'
+//!   `SKIPPED: ` marker lines, all read from libtest's output by `libtest.rs`.
 //! - `vm`: boot Debian's 6.1, 6.12 and 7.2 kernels under qemu and run a command in each, with the
-//!   host's userland shared read-only (see `vm.rs`).
+//!   host's userland shared read-only (see `vm/mod.rs`).
 
+mod libtest;
 mod matrix;
 mod vm;
 
@@ -24,10 +27,7 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 use clap::{Parser, Subcommand};
 
-use crate::{
-    matrix::{Counts, Mode},
-    vm::Series,
-};
+use crate::{libtest::Counts, matrix::Mode, vm::Series};
 
 /// bpf-linker version and the toolchain whose LLVM it links (the one that compiles the eBPF crate).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -167,6 +167,34 @@ fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed ({status})");
     }
     Ok(())
+}
+
+/// Prints an aligned table (two spaces between columns): every table xtask prints.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    for line in table_lines(header, rows) {
+        println!("{line}");
+    }
+}
+
+fn table_lines(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    std::iter::once(&header)
+        .chain(rows)
+        .map(|line| {
+            let cells: Vec<String> = line
+                .iter()
+                .zip(&widths)
+                .map(|(c, &w)| format!("{c:<w$}"))
+                .collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect()
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
@@ -401,7 +429,7 @@ fn test(a: &TestArgs) -> Result<()> {
         .iter()
         .map(|(name, s)| vec![name.clone(), format!("{s:.1}")])
         .collect();
-    vm::print_table(&["phase", "seconds"], &rows);
+    print_table(&["phase", "seconds"], &rows);
     println!();
     let mut total = Counts::default();
     if let Some(c) = &host {
@@ -425,11 +453,13 @@ fn test(a: &TestArgs) -> Result<()> {
     Ok(())
 }
 
-/// Unit and integration tests on the host; their libtest output passes through.
+/// Unit and integration tests on the host; their libtest output passes through and is counted.
+/// `--show-output`: libtest prints the captured output of passing tests after them, so the
+/// `SKIPPED: ` markers of tests that passed reach the count (see `libtest.rs`).
 fn host_tests(bin: &Path, args: &[String]) -> Result<(Counts, std::process::ExitStatus)> {
     let mut child = cargo()
         .args(CARGO_TEST)
-        .arg("--")
+        .args(["--", "--show-output"])
         .args(args)
         .env("CT_TRACE_BIN", bin)
         .stdout(Stdio::piped())
@@ -480,4 +510,25 @@ fn vm_matrix(a: &TestArgs, bin: &Path, phases: &mut Vec<(String, f64)>) -> Resul
     let mut report = matrix::run(&jobs, bin, &binaries, a.vm_timeout, a.vm_budget)?;
     phases.append(&mut report.phases);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligns_table_columns() {
+        let rows = [
+            vec!["6.12".to_string(), "passed".into(), "0".into()],
+            vec!["7.2".to_string(), "failed".into(), "-".into()],
+        ];
+        assert_eq!(
+            table_lines(&["kernel", "result", "exit"], &rows),
+            [
+                "kernel  result  exit",
+                "6.12    passed  0",
+                "7.2     failed  -"
+            ]
+        );
+    }
 }

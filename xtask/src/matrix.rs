@@ -1,6 +1,6 @@
 //! The VM test matrix of `cargo xtask test`: the root integration tests (by default the `resets`
 //! and `invalid` binaries of the `integration-tests` package) inside Debian's 6.1, 6.12 and 7.2
-//! kernels (see `vm.rs`), once per attach mode the kernel supports, one boot per (kernel, mode).
+//! kernels (see `vm/`), once per attach mode the kernel supports, one boot per (kernel, mode).
 //!
 //! The guest runs each test binary with `--test-threads 1 --nocapture` (the tests share fixed
 //! namespace names and addresses; uncaptured output shows the `SKIPPED:` lines of passing tests
@@ -16,7 +16,11 @@ use anyhow::{bail, Result};
 use clap::ValueEnum;
 use serde_json::Value;
 
-use crate::vm::{self, Job, JobResult, Outcome, Series};
+use crate::{
+    libtest::Counts,
+    print_table,
+    vm::{self, Job, JobResult, Outcome, Series},
+};
 
 /// The integration test binaries the VMs run by default: those that attach to the kernel.
 pub const VM_TESTS: &[&str] = &["resets", "invalid"];
@@ -120,100 +124,6 @@ pub fn test_executables(messages: &str, wanted: &[String]) -> Result<Vec<(String
         }
     }
     Ok(out)
-}
-
-/// What libtest printed: the sums of its `test result:` lines, the `SKIPPED:` lines, and the
-/// names in its closing `failures:` list.
-#[derive(Debug, Default, PartialEq)]
-pub struct Counts {
-    pub passed: u64,
-    pub failed: u64,
-    pub ignored: u64,
-    /// `test result:` lines: test binaries that ran to their end.
-    pub results: u64,
-    pub failures: Vec<String>,
-    /// Lines containing `SKIPPED:`: a test that skipped part of its work says so (and passes).
-    pub skip_lines: Vec<String>,
-    /// The last `test NAME ... ` line's NAME: where a hung run stopped.
-    pub last_started: Option<String>,
-    in_failures: bool,
-}
-
-impl Counts {
-    pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Counts {
-        let mut c = Counts::default();
-        for l in lines {
-            c.line(l);
-        }
-        c
-    }
-
-    /// Feeds one output line.
-    pub fn line(&mut self, line: &str) {
-        if self.in_failures {
-            // "failures:" then one indented test name a line, up to a blank line.
-            let name = line.trim();
-            if line.starts_with("    ") && !name.contains(char::is_whitespace) {
-                if !self.failures.iter().any(|f| f == name) {
-                    self.failures.push(name.to_string());
-                }
-                return;
-            }
-            self.in_failures = false;
-        }
-        if let Some((name, _)) = line
-            .strip_prefix("test ")
-            .and_then(|rest| rest.split_once(" ..."))
-        {
-            self.last_started = Some(name.to_string());
-        }
-        if line.trim_end() == "failures:" {
-            self.in_failures = true;
-        } else if let Some(at) = line.find("test result: ") {
-            self.results += 1;
-            for part in line[at + "test result: ".len()..].split(['.', ';']) {
-                let mut it = part.split_whitespace();
-                if let (Some(n), Some(what)) =
-                    (it.next().and_then(|n| n.parse::<u64>().ok()), it.next())
-                {
-                    match what {
-                        "passed" => self.passed += n,
-                        "failed" => self.failed += n,
-                        "ignored" => self.ignored += n,
-                        _ => {}
-                    }
-                }
-            }
-        } else if line.contains("SKIPPED:") {
-            self.skip_lines.push(line.trim().to_string());
-        }
-    }
-
-    pub fn add(&mut self, o: &Counts) {
-        self.passed += o.passed;
-        self.failed += o.failed;
-        self.ignored += o.ignored;
-        self.results += o.results;
-        self.failures.extend(o.failures.iter().cloned());
-        self.skip_lines.extend(o.skip_lines.iter().cloned());
-        self.last_started.clone_from(&o.last_started);
-    }
-
-    /// How many `SKIPPED:` lines were seen.
-    pub fn skipped(&self) -> u64 {
-        self.skip_lines.len() as u64
-    }
-
-    /// `N passed, N failed, N ignored, N skipped`.
-    pub fn summary(&self) -> String {
-        format!(
-            "{} passed, {} failed, {} ignored, {} skipped",
-            self.passed,
-            self.failed,
-            self.ignored,
-            self.skipped()
-        )
-    }
 }
 
 /// Why a job failed, in one line; None when it passed: the guest must have exited 0 after every
@@ -321,6 +231,12 @@ pub fn run(
         },
     )?;
 
+    Ok(summarize(&runs, binaries.len(), &names))
+}
+
+/// Sums each job's tests, prints the matrix's table, then each job's `SKIPPED:` markers and
+/// failures.
+fn summarize(runs: &vm::Runs, binaries: usize, names: &[&str]) -> Report {
     let mut report = Report {
         jobs: runs.results.len(),
         counts: Counts::default(),
@@ -331,7 +247,7 @@ pub fn run(
     let mut skips = Vec::new();
     for r in &runs.results {
         let c = Counts::parse(r.console.iter().map(String::as_str));
-        let why = verdict(r, &c, binaries.len());
+        let why = verdict(r, &c, binaries);
         table.push(vec![
             r.series.name().to_string(),
             vm::version_cell(&r.version),
@@ -357,7 +273,7 @@ pub fn run(
     }
     println!();
     println!("VM matrix ({}):", names.join(", "));
-    vm::print_table(
+    print_table(
         &[
             "kernel", "version", "mode", "result", "passed", "failed", "ignored", "skipped",
             "exit", "boot s",
@@ -367,12 +283,13 @@ pub fn run(
     for l in skips.iter().chain(&report.failures) {
         println!("{l}");
     }
-    Ok(report)
+    report
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::libtest::tests::{INVALID, RESETS};
 
     #[test]
     fn kprobe_everywhere_netfilter_from_6_4() {
@@ -397,51 +314,6 @@ mod tests {
             [(V6_12, Netfilter), (V7_2, Netfilter)]
         );
         assert_eq!(jobs(&[V6_1], &[Netfilter]), []);
-    }
-
-    const RESETS: &str = "
-running 2 tests
-test an_aborted_established_connection_is_an_rst_received_by_the_peer ... ok
-test connect_to_a_closed_port_is_an_rst_sent_with_tuple_netns_and_reason ... SKIPPED: no reason on 6.1
-ok
-
-test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 12.34s
-";
-
-    const INVALID: &str = "
-running 3 tests
-test a ... ok
-test b ... FAILED
-test c ... ignored
-SKIPPED: netfilter link needs Linux 6.4
-
-failures:
-
----- b stdout ----
-thread 'b' panicked at tests/tests/invalid.rs:1:1:
-    assertion failed
-
-failures:
-    b
-
-test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; finished in 230.00s
-";
-
-    #[test]
-    fn sums_libtest_results_skips_and_failures() {
-        let c = Counts::parse(RESETS.lines().chain(INVALID.lines()));
-        assert_eq!((c.passed, c.failed, c.ignored), (3, 1, 1));
-        assert_eq!((c.skipped(), c.results), (2, 2));
-        assert_eq!(c.failures, ["b"]);
-        assert_eq!(
-            c.skip_lines[0],
-            "test connect_to_a_closed_port_is_an_rst_sent_with_tuple_netns_and_reason ... SKIPPED: no reason on 6.1"
-        );
-        assert_eq!(c.skip_lines[1], "SKIPPED: netfilter link needs Linux 6.4");
-        assert_eq!(c.summary(), "3 passed, 1 failed, 1 ignored, 2 skipped");
-        let mut total = Counts::parse(RESETS.lines());
-        total.add(&c);
-        assert_eq!((total.passed, total.results), (5, 3));
     }
 
     fn result(outcome: Outcome, exit: Option<i32>) -> JobResult {
