@@ -227,11 +227,17 @@ fn filter(cli: &Cli) -> Filter {
 fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     preflight::check_caps(preflight::effective_caps())?;
     let started = Instant::now();
-    log::debug!("memory at start (peak, now KiB): {:?}", preflight::memory_kib());
+    log::debug!(
+        "memory at start (peak, now KiB): {:?}",
+        preflight::memory_kib()
+    );
     let kbtf = load::facts(&KernelBtf::load()?);
     // The parsed BTF is gone: give its memory back before aya parses its own copy.
     trim_heap();
-    log::debug!("memory after BTF (peak, now KiB): {:?}", preflight::memory_kib());
+    log::debug!(
+        "memory after BTF (peak, now KiB): {:?}",
+        preflight::memory_kib()
+    );
     let version = preflight::kernel_version();
     let own_netns =
         kstat::netns_inode("self").context("reading this process's network namespace")?;
@@ -265,7 +271,10 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         reasons,
     } = attached;
     let verdicts = mode.is_some();
-    log::debug!("memory after attach (peak, now KiB): {:?}", preflight::memory_kib());
+    log::debug!(
+        "memory after attach (peak, now KiB): {:?}",
+        preflight::memory_kib()
+    );
     for l in &lines {
         info!("{l}");
     }
@@ -347,7 +356,10 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     // aya's parsed BTF and the object's copies are gone too.
     trim_heap();
     let mut corr = Correlator::new(ctx);
-    log::debug!("memory when ready (peak, now KiB): {:?}", preflight::memory_kib());
+    log::debug!(
+        "memory when ready (peak, now KiB): {:?}",
+        preflight::memory_kib()
+    );
 
     if let Some(path) = &cli.ready_file {
         std::fs::write(path, format!("{}\n", std::process::id()))

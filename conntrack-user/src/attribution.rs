@@ -85,12 +85,13 @@ struct Pending {
     resets: Vec<(Reset, ResetReport)>,
 }
 
-/// A reset caused by an INVALID packet whose verdict was not shown (suppressed by the budget,
-/// or lost), waiting for the lookup of the entry behind it.
+/// A reset caused by an INVALID packet whose entry is not known yet (its verdict was not shown,
+/// or went out without its lookup), waiting for an urgent lookup of the entry behind it.
 struct Held {
     reset: Reset,
     report: ResetReport,
     reason: String,
+    fate: Fate,
     deadline: Instant,
 }
 
@@ -133,6 +134,8 @@ pub struct Correlator {
     held: HashMap<u64, Held>,
     held_order: VecDeque<u64>,
     next_token: u64,
+    /// The time of the call being handled.
+    now: Instant,
     /// Reasons on packets that were neither INVALID nor TCP (not reported).
     pub reasons_unmatched: u64,
     /// Reports that went out without their lookup's answer.
@@ -202,6 +205,7 @@ impl Correlator {
             held: HashMap::new(),
             held_order: VecDeque::new(),
             next_token: 1,
+            now: Instant::now(),
             reasons_unmatched: 0,
             enrichment_skipped: 0,
             flows: HashMap::new(),
@@ -219,6 +223,7 @@ impl Correlator {
 
     /// Handles one event; the reports it completes are appended to `out`, in order.
     pub fn event(&mut self, ev: Event, now: Instant, out: &mut Output) {
+        self.now = now;
         match ev {
             Event::Invalid(v) => self.invalid(v, now, out),
             Event::Reason(r) => {
@@ -237,7 +242,7 @@ impl Correlator {
                 }
             }
             Event::Drop(d) => self.drop(d, out),
-            Event::Reset(kind, r) => self.reset(kind, r, now, out),
+            Event::Reset(kind, r) => self.reset(kind, r, out),
         }
     }
 
@@ -277,6 +282,7 @@ impl Correlator {
     /// Reports what waited long enough (verdicts as `passed`, reasons without a verdict as
     /// `ignored`, resets without their lookup), or everything with `flush`.
     pub fn tick(&mut self, now: Instant, flush: bool, out: &mut Output) {
+        self.now = now;
         self.tick_reasons(now, flush, None, out);
         for id in due(&mut self.order, &self.pending, |p| {
             flush || p.deadline <= now
@@ -336,21 +342,63 @@ impl Correlator {
         self.recent.insert(id, p.report.clone());
         self.recent_order.push_back(id);
         let conntrack = p.report.conntrack.clone();
-        let (reason, fate, enrichment) =
-            (p.report.reason.clone(), p.report.fate, p.report.enrichment);
+        let (reason, fate) = (p.report.reason.clone(), p.report.fate);
         out.reports.push(Report::Invalid(p.report));
         for (raw, rep) in p.resets {
-            let a = self.attribute(
-                &raw,
-                &rep,
-                conntrack.as_ref(),
-                reason.clone(),
-                fate,
-                enrichment,
-            );
+            self.attribution(raw, rep, conntrack.clone(), reason.clone(), fate, out);
+        }
+    }
+
+    /// Reports a reset and its attribution; when the entry behind it is not known, first
+    /// looks it up (urgently: attributions come before verdicts) and holds both until the
+    /// answer, or [`FATE_WAIT`].
+    fn attribution(
+        &mut self,
+        raw: Reset,
+        rep: ResetReport,
+        ct: Option<ConntrackReport>,
+        reason: String,
+        fate: Fate,
+        out: &mut Output,
+    ) {
+        if ct.is_some() || !self.ctx.lookups || raw.packet.family == 0 {
+            let a = self.attribute(&raw, &rep, ct.as_ref(), reason, fate, None);
             out.reports.push(Report::RstSent(rep));
             out.reports.push(Report::Attribution(a));
+            return;
         }
+        let token = self.token();
+        let (src, dst) = addrs(&raw.packet);
+        out.lookups.push(Request {
+            token,
+            tuple: Tuple {
+                src,
+                sport: raw.packet.sport,
+                dst,
+                dport: raw.packet.dport,
+                proto: IPPROTO_TCP,
+            },
+            urgent: true,
+        });
+        if self.held.len() >= MAX_WAITING {
+            if let Some(t) = self.held_order.pop_front() {
+                if let Some(h) = self.held.remove(&t) {
+                    self.enrichment_skipped += 1;
+                    self.release_held(h, None, true, out);
+                }
+            }
+        }
+        self.held.insert(
+            token,
+            Held {
+                reset: raw,
+                report: rep,
+                reason,
+                fate,
+                deadline: self.now + FATE_WAIT,
+            },
+        );
+        self.held_order.push_back(token);
     }
 
     fn reason_info(&self, r: &Reason) -> ReasonInfo {
@@ -435,6 +483,7 @@ impl Correlator {
                     dport: p.dport,
                     proto: p.proto,
                 },
+                urgent: false,
             });
             Some(token)
         } else {
@@ -586,7 +635,7 @@ impl Correlator {
         }
     }
 
-    fn reset(&mut self, kind: Kind, r: Reset, now: Instant, out: &mut Output) {
+    fn reset(&mut self, kind: Kind, r: Reset, out: &mut Output) {
         let report = self.reset_report(kind, &r);
         if kind != Kind::RstSent || !report.caused_by_invalid {
             out.reports.push(if kind == Kind::RstSent {
@@ -608,11 +657,8 @@ impl Correlator {
             return;
         }
         if let Some(v) = self.recent.get(&id) {
-            let (ct, reason, fate, enrichment) =
-                (v.conntrack.clone(), v.reason.clone(), v.fate, v.enrichment);
-            let a = self.attribute(&r, &report, ct.as_ref(), reason, fate, enrichment);
-            out.reports.push(Report::RstSent(report));
-            out.reports.push(Report::Attribution(a));
+            let (ct, reason, fate) = (v.conntrack.clone(), v.reason.clone(), v.fate);
+            self.attribution(r, report, ct, reason, fate, out);
             return;
         }
         // The verdict was not shown: the budget suppressed it, or its record was lost. The
@@ -623,42 +669,7 @@ impl Correlator {
             "unknown (the verdict's record did not arrive)"
         }
         .to_string();
-        if !self.ctx.lookups {
-            let a = self.attribute(&r, &report, None, reason, Fate::Passed, None);
-            out.reports.push(Report::RstSent(report));
-            out.reports.push(Report::Attribution(a));
-            return;
-        }
-        let token = self.token();
-        let (src, dst) = addrs(&r.packet);
-        out.lookups.push(Request {
-            token,
-            tuple: Tuple {
-                src,
-                sport: r.packet.sport,
-                dst,
-                dport: r.packet.dport,
-                proto: IPPROTO_TCP,
-            },
-        });
-        if self.held.len() >= MAX_WAITING {
-            if let Some(t) = self.held_order.pop_front() {
-                if let Some(h) = self.held.remove(&t) {
-                    self.enrichment_skipped += 1;
-                    self.release_held(h, None, true, out);
-                }
-            }
-        }
-        self.held.insert(
-            token,
-            Held {
-                reset: r,
-                report,
-                reason,
-                deadline: now + FATE_WAIT,
-            },
-        );
-        self.held_order.push_back(token);
+        self.attribution(r, report, None, reason, Fate::Passed, out);
     }
 
     fn release_held(
@@ -673,7 +684,7 @@ impl Correlator {
             &h.report,
             entry.as_ref(),
             h.reason,
-            Fate::Passed,
+            h.fate,
             skipped.then_some("skipped"),
         );
         out.reports.push(Report::RstSent(h.report));
@@ -1107,11 +1118,17 @@ mod tests {
         let token = out.lookups[0].token;
         // The queue was full: the verdict goes out at once without its entry, saying so.
         c.answer(token, None, &mut out);
-        assert_eq!(kinds(&out), ["invalid", "rst_sent", "attribution"]);
+        assert_eq!(kinds(&out), ["invalid"]);
         let Report::Invalid(v) = &out.reports[0] else {
             unreachable!()
         };
         assert_eq!(v.enrichment, Some("skipped"));
+        // The attribution asks again, urgently, and goes out with the answer.
+        let urgent = out.lookups.last().expect("an urgent lookup");
+        assert!(urgent.urgent);
+        let token = urgent.token;
+        c.answer(token, Some(None), &mut out);
+        assert_eq!(kinds(&out), ["invalid", "rst_sent", "attribution"]);
     }
 
     #[test]

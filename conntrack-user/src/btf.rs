@@ -401,11 +401,7 @@ impl KernelBtf {
             offsets_error,
             ct_offsets: self.ct_offsets().map_err(|e| e.to_string()),
             ct_layout: self.ct_layout().map_err(|e| e.to_string()),
-            types: types
-                .iter()
-                .filter(|t| self.has_type(t))
-                .cloned()
-                .collect(),
+            types: types.iter().filter(|t| self.has_type(t)).cloned().collect(),
             tracepoint_args: tracepoints
                 .iter()
                 .filter_map(|t| Some((t.to_string(), self.tracepoint_args(t)?)))

@@ -8,8 +8,11 @@
 //! one interface costs one `if_indextoname()`.
 
 use std::{
-    collections::HashMap,
-    sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError},
+    collections::{HashMap, VecDeque},
+    sync::{
+        mpsc::{self, Receiver, TryRecvError},
+        Arc, Condvar, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -21,6 +24,9 @@ use crate::{
 /// Lookups waiting for the enrichment thread. At ~20 µs a lookup this is a few ms of work: more
 /// than that could not be answered before the verdict's fate wait runs out anyway.
 pub const QUEUE: usize = 256;
+/// Urgent lookups (the entry behind a reset being attributed) waiting: served first, so that a
+/// storm of verdicts never starves an attribution of its Service.
+pub const URGENT_QUEUE: usize = 1024;
 /// Entries kept by tuple (a burst of packets of one flow is looked up once).
 pub const CACHE: usize = 4096;
 /// How long a cached lookup stays true: entries change state, and disappear.
@@ -31,6 +37,14 @@ const CACHE_TTL: Duration = Duration::from_millis(500);
 pub struct Request {
     pub token: u64,
     pub tuple: Tuple,
+    /// For an attribution: served before every verdict's lookup.
+    pub urgent: bool,
+}
+
+#[derive(Default)]
+struct Queues {
+    urgent: VecDeque<Request>,
+    bulk: VecDeque<Request>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,9 +53,11 @@ pub struct Answer {
     pub entry: Option<ConntrackReport>,
 }
 
+type Shared = Arc<(Mutex<Queues>, Condvar)>;
+
 /// The caller's end: send requests without blocking, collect answers without blocking.
 pub struct Enricher {
-    tx: SyncSender<Request>,
+    queues: Shared,
     rx: Receiver<Answer>,
 }
 
@@ -49,20 +65,32 @@ impl Enricher {
     /// Starts the thread, with its own ctnetlink socket in the caller's namespace.
     pub fn start() -> std::io::Result<Self> {
         let ct = Conntrack::open()?;
-        let (tx, requests) = mpsc::sync_channel::<Request>(QUEUE);
+        let queues: Shared = Arc::default();
         let (answers, rx) = mpsc::channel();
+        let q = queues.clone();
         std::thread::Builder::new()
             .name("ct-trace-enrich".into())
-            .spawn(move || serve(ct, requests, answers))?;
-        Ok(Self { tx, rx })
+            .spawn(move || serve(ct, q, answers))?;
+        Ok(Self { queues, rx })
     }
 
-    /// Queues a lookup; false when the queue is full (or the thread is gone).
+    /// Queues a lookup; false when its queue is full.
     pub fn request(&self, r: Request) -> bool {
-        match self.tx.try_send(r) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        let (lock, cv) = &*self.queues;
+        let Ok(mut q) = lock.lock() else {
+            return false;
+        };
+        let (queue, max) = if r.urgent {
+            (&mut q.urgent, URGENT_QUEUE)
+        } else {
+            (&mut q.bulk, QUEUE)
+        };
+        if queue.len() >= max {
+            return false;
         }
+        queue.push_back(r);
+        cv.notify_one();
+        true
     }
 
     /// The answers ready now.
@@ -76,9 +104,21 @@ impl Enricher {
     }
 }
 
-fn serve(ct: Conntrack, requests: Receiver<Request>, answers: mpsc::Sender<Answer>) {
+/// The next request, urgent ones first; blocks while there is none.
+fn next(queues: &Shared) -> Option<Request> {
+    let (lock, cv) = &**queues;
+    let mut q = lock.lock().ok()?;
+    loop {
+        if let Some(r) = q.urgent.pop_front().or_else(|| q.bulk.pop_front()) {
+            return Some(r);
+        }
+        q = cv.wait(q).ok()?;
+    }
+}
+
+fn serve(ct: Conntrack, queues: Shared, answers: mpsc::Sender<Answer>) {
     let mut cache: HashMap<Tuple, (Instant, Option<ConntrackReport>)> = HashMap::new();
-    for r in requests {
+    while let Some(r) = next(&queues) {
         let now = Instant::now();
         let entry = match cache.get(&r.tuple) {
             Some((at, e)) if now.duration_since(*at) < CACHE_TTL => e.clone(),

@@ -533,12 +533,7 @@ pub fn attach(
                 let nf = NetfilterProgram::load(object, probe.program, &out.ebpf)?;
                 for family in [Family::Ipv4, Family::Ipv6] {
                     for hook in [HookNum::PreRouting, HookNum::LocalOut] {
-                        let at = format!(
-                            "netfilter {}/{} priority {}",
-                            family.name(),
-                            hook.name(),
-                            crate::netfilter::PRIORITY
-                        );
+                        let at = format!("netfilter {}/{}", family.name(), hook.name());
                         // Conntrack registers its hooks in a namespace only when a rule or NAT
                         // needs them; without them `_nfct` is 0 on every packet, which would read
                         // as a flood of INVALID verdicts.
@@ -557,10 +552,13 @@ pub fn attach(
                             ),
                             Some(true) => {}
                         }
-                        out.links.push(nf.attach(family, hook)?);
+                        let (link, priority) = nf.attach_free(family, hook)?;
+                        out.links.push(link);
                         out.mode = Some(AttachMode::Netfilter);
-                        out.lines
-                            .push(format!("attached {} at {at}", probe.program));
+                        out.lines.push(format!(
+                            "attached {} at {at} priority {priority}",
+                            probe.program
+                        ));
                     }
                 }
             }

@@ -79,6 +79,34 @@ impl HookNum {
 /// and filter (0), so the verdict is seen before any rule acts on it.
 pub const PRIORITY: i32 = -199;
 
+/// The last priority tried when another BPF program (another ct-trace) holds `PRIORITY`: the
+/// kernel refuses two BPF hooks at one priority (EBUSY, `nf_hook_entries_grow()`), and anything
+/// before `NF_IP_PRI_MANGLE` (-150) still runs before a mangle rule could drop the packet.
+pub const LAST_PRIORITY: i32 = -151;
+
+impl NetfilterProgram {
+    /// Attaches at the first free priority from [`PRIORITY`] to [`LAST_PRIORITY`]; returns the
+    /// link and the priority it got.
+    pub fn attach_free(
+        &self,
+        family: Family,
+        hook: HookNum,
+    ) -> Result<(OwnedFd, i32), NetfilterError> {
+        let mut priority = PRIORITY;
+        loop {
+            match self.attach(family, hook, priority) {
+                Ok(fd) => return Ok((fd, priority)),
+                Err(NetfilterError::Link { ref source, .. })
+                    if source.raw_os_error() == Some(libc::EBUSY) && priority < LAST_PRIORITY =>
+                {
+                    priority += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 fn map_data(m: &Map) -> &MapData {
     match m {
         Map::Array(d)
@@ -193,7 +221,12 @@ impl NetfilterProgram {
     }
 
     /// Attaches at `family`/`hook` in the caller's network namespace.
-    pub fn attach(&self, family: Family, hook: HookNum) -> Result<OwnedFd, NetfilterError> {
+    pub fn attach(
+        &self,
+        family: Family,
+        hook: HookNum,
+        priority: i32,
+    ) -> Result<OwnedFd, NetfilterError> {
         // SAFETY: all-zero is a valid bpf_attr.
         let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
         // SAFETY: writing plain integers into the link_create member of the union.
@@ -203,7 +236,7 @@ impl NetfilterProgram {
             lc.attach_type = bpf_attach_type::BPF_NETFILTER as u32;
             lc.__bindgen_anon_3.netfilter.pf = family as u32;
             lc.__bindgen_anon_3.netfilter.hooknum = hook as u32;
-            lc.__bindgen_anon_3.netfilter.priority = PRIORITY;
+            lc.__bindgen_anon_3.netfilter.priority = priority;
         }
         let fd =
             bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map_err(|source| NetfilterError::Link {

@@ -27,7 +27,10 @@ pub fn need_root(test: &str) -> bool {
             std::env::var_os("CT_TRACE_BIN").is_none(),
             "{test} needs root (namespaces and eBPF): run `sudo cargo xtask test`"
         );
-        skip(test, "needs root (namespaces and eBPF); run `sudo cargo xtask test`");
+        skip(
+            test,
+            "needs root (namespaces and eBPF); run `sudo cargo xtask test`",
+        );
         return false;
     }
     true
@@ -262,7 +265,11 @@ pub fn flood_bin() -> PathBuf {
         .and_then(|d| d.parent())
         .expect("target directory")
         .join("ctt-flood");
-    assert!(p.exists(), "no {}: build it with `cargo build -p integration-tests --bins`", p.display());
+    assert!(
+        p.exists(),
+        "no {}: build it with `cargo build -p integration-tests --bins`",
+        p.display()
+    );
     p
 }
 
@@ -307,7 +314,6 @@ impl Drop for Background {
     }
 }
 
-
 impl Default for Topology {
     fn default() -> Self {
         Self::new()
@@ -330,6 +336,19 @@ pub fn mode() -> String {
 pub struct CtTrace {
     child: Option<Child>,
     ready: PathBuf,
+    /// stdout and stderr, read as ct-trace writes them (a flood of events must never fill a
+    /// pipe and block it).
+    readers: Option<(Reader, Reader)>,
+}
+
+type Reader = std::thread::JoinHandle<String>;
+
+fn reader(mut r: impl Read + Send + 'static) -> Reader {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
 }
 
 /// What a finished ct-trace printed.
@@ -381,7 +400,11 @@ impl Output {
             n("shown") + n("suppressed") + n("filtered") + n("lost") + n("unprinted"),
             "counted == shown + suppressed + filtered + lost + unprinted: {i}"
         );
-        assert_eq!(n("kernel"), n("counted"), "ct-trace's count == the kernel's: {i}");
+        assert_eq!(
+            n("kernel"),
+            n("counted"),
+            "ct-trace's count == the kernel's: {i}"
+        );
         i
     }
 
@@ -417,10 +440,15 @@ impl CtTrace {
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let child = cmd.spawn().expect("spawn ct-trace");
+        let mut child = cmd.spawn().expect("spawn ct-trace");
+        let readers = Some((
+            reader(child.stdout.take().expect("piped")),
+            reader(child.stderr.take().expect("piped")),
+        ));
         let mut me = Self {
             child: Some(child),
             ready,
+            readers,
         };
         let t0 = Instant::now();
         while !me.ready.exists() {
@@ -454,21 +482,10 @@ impl CtTrace {
 
     fn finish_with(&mut self, _st: std::process::ExitStatus) -> Output {
         let mut child = self.child.take().unwrap();
-        let mut out = String::new();
-        let mut err = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
         let status = child.wait().unwrap();
+        let (o, e) = self.readers.take().expect("readers");
+        let out = o.join().expect("stdout reader");
+        let err = e.join().expect("stderr reader");
         let events = out
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))

@@ -81,7 +81,11 @@ impl Run {
         assert_eq!(i["counted"], self.kernel_delta, "{i}");
         assert_eq!(i["shown"], events, "{i}");
         assert_eq!(i["lost"], 0, "{i}");
-        assert_eq!(self.out.summary()["lost"], serde_json::json!({}), "nothing lost");
+        assert_eq!(
+            self.out.summary()["lost"],
+            serde_json::json!({}),
+            "nothing lost"
+        );
     }
 
     /// The reason of an event: conntrack's own words where ct-trace's kprobes can read them;

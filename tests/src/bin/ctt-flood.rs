@@ -71,7 +71,10 @@ fn main() {
         eprintln!("ctt-flood: `{}` is not a count", args[3]);
         std::process::exit(2)
     });
-    let rate: Option<f64> = args.get(4).and_then(|r| r.parse().ok()).filter(|r| *r > 0.0);
+    let rate: Option<f64> = args
+        .get(4)
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r > 0.0);
 
     // SAFETY: plain socket(2); IPPROTO_RAW implies IP_HDRINCL.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
