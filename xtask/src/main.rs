@@ -47,6 +47,12 @@ const PACKAGES: &[&str] = &[
     "python3-scapy",
     "util-linux",
     "procps",
+    // Bulk traffic beside the exactness tests, and `cargo xtask bench`'s hot-path runs.
+    "iperf3",
+    // The exactness tests check that no program stays loaded (SIGKILL, errors).
+    "bpftool",
+    // The bench compares ct-trace with a capture on the node.
+    "tcpdump",
     // The README runs `sudo ct-trace`; minimal images (and CI machines) may lack sudo.
     "sudo",
     "gcc",
