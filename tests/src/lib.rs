@@ -12,6 +12,12 @@ use std::{
 
 use serde_json::Value;
 
+/// Whether the tests run inside one of `cargo xtask test`'s VMs (TCG: several times slower than
+/// the host, one vCPU), where floods are made smaller.
+pub fn in_vm() -> bool {
+    std::env::var_os("CT_TRACE_VM").is_some()
+}
+
 /// Prints the one marker `cargo xtask test` counts as a skip.
 pub fn skip(test: &str, why: &str) {
     println!("SKIPPED: {test}: {why}");
