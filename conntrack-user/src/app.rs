@@ -515,6 +515,10 @@ async fn run<W: io::Write>(
     let deadline = cli.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut last_notice = Instant::now();
+    // A named namespace that is deleted while ct-trace watches it (`ip netns del`, a pod going
+    // away) ends the run: nothing will happen there any more.
+    let own = kstat::netns_inode("self").unwrap_or(0);
+    let named = kstat::netns_name(own);
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
@@ -526,6 +530,12 @@ async fn run<W: io::Write>(
                 if now.duration_since(last_notice) >= NOTICE_EVERY {
                     last_notice = now;
                     counters.notices(pipe.corr, &mut pipe.out.reports);
+                    if let Some(path) = &named {
+                        if !kstat::netns_still_named(path, own) {
+                            warn!("the network namespace {} was deleted: stopping", path.display());
+                            break;
+                        }
+                    }
                 }
             }
             guard = afd.readable_mut() => {

@@ -39,6 +39,26 @@ pub fn netns_inode(pid: &str) -> io::Result<u32> {
     Ok(fs::metadata(format!("/proc/{pid}/ns/net"))?.ino() as u32)
 }
 
+/// Where `ip netns` (and CNI plugins) name network namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// The name under [`NETNS_DIR`] of the namespace with this inode, if it has one.
+pub fn netns_name(inode: u32) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    fs::read_dir(NETNS_DIR)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.ino() as u32 == inode))
+}
+
+/// Whether a namespace name still names the namespace with this inode (false once `ip netns
+/// del` removed it).
+pub fn netns_still_named(path: &std::path::Path, inode: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).is_ok_and(|m| m.ino() as u32 == inode)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -519,6 +519,19 @@ impl CtTrace {
             .expect("VmHWM")
     }
 
+    /// Waits (at most `max`) for ct-trace to end by itself, and returns what it printed.
+    pub fn wait_exit(mut self, max: Duration) -> Output {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                let _ = std::fs::remove_file(&self.ready);
+                return self.finish_with(st);
+            }
+            assert!(t0.elapsed() < max, "ct-trace still running after {max:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops ct-trace like a user would (Ctrl-C) and returns what it printed.
     pub fn stop(mut self) -> Output {
         // Let the last events reach the ring buffer reader and the fate wait run out.

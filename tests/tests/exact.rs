@@ -335,3 +335,23 @@ fn a_ready_file_that_cannot_be_written_is_one_line_and_nothing_stays_loaded() {
         "programs left loaded after an error: {orphans:?}"
     );
 }
+
+#[test]
+fn deleting_the_watched_namespace_ends_the_run_with_the_summary() {
+    if !need_root("deleting_the_watched_namespace_ends_the_run_with_the_summary") {
+        return;
+    }
+    let t = Topology::ipv4_only();
+    let ct = CtTrace::start(Some(&t.node), &[]);
+    let segs = out_of_window_replies(&t, 1);
+    integration_tests::sh(&format!("ip netns del {}", t.node.name));
+    let out = ct.wait_exit(Duration::from_secs(10));
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("was deleted: stopping"),
+        "{}",
+        out.stderr
+    );
+    assert_each_attributed(&out, &segs);
+    out.reconciled_invalid();
+}
