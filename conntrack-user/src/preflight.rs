@@ -106,6 +106,19 @@ pub fn kallsyms_lookup(text: &str, names: &[&str; 4]) -> [u64; 4] {
     out
 }
 
+/// Peak and current resident memory of this process in KiB (`VmHWM`, `VmRSS`), for `-v`.
+pub fn memory_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -146,15 +159,3 @@ mod tests {
     }
 }
 
-/// Peak and current resident memory of this process in KiB (`VmHWM`, `VmRSS`), for `-v`.
-pub fn memory_kib() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
