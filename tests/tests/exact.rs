@@ -88,8 +88,14 @@ fn ten_out_of_window_replies_in_a_row_are_ten_attributions() {
     assert_eq!(i["lost"], 0, "{i}");
     // Each reply and each client RST ("invalid new" at the node) is INVALID, nothing else.
     assert_eq!(i["counted"], 20, "{i}");
+    // The netfilter program sees the chatter (and counts it as untracked); the kretprobe never
+    // does, since conntrack never runs for it.
     let untracked = out.summary()["counters"]["untracked"].as_u64().unwrap();
-    assert!(untracked > 0, "the chatter went by: {}", out.summary());
+    if out.verdict_source() == Some("netfilter") {
+        assert!(untracked > 0, "the chatter went by: {}", out.summary());
+    } else {
+        assert_eq!(untracked, 0, "{}", out.summary());
+    }
     // By default only the resets with a conntrack cause are shown.
     for r in out.of_kind("rst_sent") {
         assert_eq!(r["caused_by_invalid"], true, "{r}");
