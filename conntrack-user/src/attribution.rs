@@ -101,6 +101,13 @@ struct PendingReason {
     deadline: Instant,
 }
 
+/// What a reset arriving after its verdict was reported needs of it.
+struct Recent {
+    conntrack: Option<ConntrackReport>,
+    reason: String,
+    fate: Fate,
+}
+
 /// What a reason record says, ready to go into a report.
 struct ReasonInfo {
     text: String,
@@ -125,7 +132,7 @@ pub struct Correlator {
     ctx: Context,
     pending: HashMap<VerdictId, Pending>,
     order: VecDeque<VerdictId>,
-    recent: HashMap<VerdictId, InvalidReport>,
+    recent: HashMap<VerdictId, Recent>,
     recent_order: VecDeque<VerdictId>,
     reasons: HashMap<u64, PendingReason>,
     reason_order: VecDeque<u64>,
@@ -339,14 +346,18 @@ impl Correlator {
                 self.recent.remove(&old);
             }
         }
-        self.recent.insert(id, p.report.clone());
-        self.recent_order.push_back(id);
-        let conntrack = p.report.conntrack.clone();
-        let (reason, fate) = (p.report.reason.clone(), p.report.fate);
+        let recent = Recent {
+            conntrack: p.report.conntrack.clone(),
+            reason: p.report.reason.clone(),
+            fate: p.report.fate,
+        };
         out.reports.push(Report::Invalid(p.report));
         for (raw, rep) in p.resets {
-            self.attribution(raw, rep, conntrack.clone(), reason.clone(), fate, out);
+            let (ct, reason) = (recent.conntrack.clone(), recent.reason.clone());
+            self.attribution(raw, rep, ct, reason, recent.fate, out);
         }
+        self.recent.insert(id, recent);
+        self.recent_order.push_back(id);
     }
 
     /// Reports a reset and its attribution; when the entry behind it is not known, first
