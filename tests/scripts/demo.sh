@@ -27,7 +27,8 @@ ip netns exec $n sysctl -qw net.ipv4.ip_forward=1
 ip netns exec $n iptables -t nat -A PREROUTING -d 10.96.0.10 -p tcp --dport 80 \
   -j DNAT --to-destination 10.77.2.2:8080
 rm -f /tmp/ctt-demo-ready
-ip netns exec $n "$bin" --ready-file /tmp/ctt-demo-ready --duration 30 "$@" &
+# Every reset, so that the server's reset connection shows too.
+ip netns exec $n "$bin" --ready-file /tmp/ctt-demo-ready --duration 30 --resets all "$@" &
 pid=$!
 i=0; while [ ! -e /tmp/ctt-demo-ready ]; do i=$((i+1)); [ $i -lt 300 ] || exit 1; sleep 0.1; done
 ip netns exec $s $py "$here/segment.py" seq_over $c >/dev/null
