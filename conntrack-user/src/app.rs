@@ -253,6 +253,11 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         filter: filter(cli),
         ct_hook_fns,
     };
+    // The kernel's counter is read around attaching and detaching: `kernel` spans from before
+    // the first program is attached to after the last is detached, `kernel_while_attached` from
+    // after the last is attached to before the first is detached. ct-trace's count lies between
+    // the two, and equals both when no INVALID packet arrives during attach and detach.
+    let kernel_before = kstat::invalid().ok();
     let attached = match load::attach(crate::EBPF_OBJECT, &kbtf, &features, cli.attach, &globals) {
         Ok(a) => a,
         Err(e) => {
@@ -304,11 +309,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
             Resets::All => "all",
         }
     );
-    let kernel_invalid_start = if verdicts {
-        kstat::invalid().ok()
-    } else {
-        None
-    };
+    let kernel_attached = kstat::invalid().ok();
 
     let ring = RingBuf::try_from(
         ebpf.take_map("EVENTS")
@@ -390,13 +391,14 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
 
     // Detach everything first: the counts below then describe a closed interval, and every
     // record of it is in the ring buffer.
+    let kernel_detaching = kstat::invalid().ok();
     drop(links);
     drop(ebpf);
-    let kernel_invalid_end = if verdicts {
-        kstat::invalid().ok()
-    } else {
-        None
-    };
+    let kernel_after = kstat::invalid().ok();
+    let kernel = verdicts.then_some(KernelInvalid {
+        outer: kernel_before.zip(kernel_after),
+        inner: kernel_attached.zip(kernel_detaching),
+    });
     if let Some(mut ring) = ring {
         pipe.drain(&mut ring, usize::MAX, Instant::now());
     }
@@ -434,7 +436,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         &counters,
         &corr,
         own_netns,
-        kernel_invalid_start.zip(kernel_invalid_end),
+        kernel,
         started.elapsed(),
     );
     if cli.output == Format::Json && !sink.broken_pipe {
@@ -564,12 +566,18 @@ async fn run<W: io::Write>(
     Ok(Some(afd.into_inner()))
 }
 
+/// Readings of the kernel's `invalid` counter (start, end) around attach and detach.
+struct KernelInvalid {
+    outer: Option<(u64, u64)>,
+    inner: Option<(u64, u64)>,
+}
+
 fn summarize(
     tally: &Tally,
     counters: &Counters,
     corr: &Correlator,
     netns: u32,
-    kernel: Option<(u64, u64)>,
+    kernel: Option<KernelInvalid>,
     elapsed: Duration,
 ) -> SummaryReport {
     let c = counters.all();
@@ -578,7 +586,14 @@ fn summarize(
     let unprinted = |k: &str| tally.unprinted.get(k).copied().unwrap_or(0);
     let kind_filtered = |k: &str| tally.filtered.get(k).copied().unwrap_or(0);
     let invalid = InvalidTally {
-        kernel: kernel.map(|(a, b)| b.saturating_sub(a)),
+        kernel: kernel
+            .as_ref()
+            .and_then(|k| k.outer)
+            .map(|(a, b)| b.saturating_sub(a)),
+        kernel_while_attached: kernel
+            .as_ref()
+            .and_then(|k| k.inner)
+            .map(|(a, b)| b.saturating_sub(a)),
         counted: get("invalid_prerouting") + get("invalid_output"),
         shown: shown("invalid") - unprinted("invalid") - kind_filtered("invalid"),
         suppressed: get("suppressed_invalid"),
@@ -687,8 +702,13 @@ fn print_summary(
         let i = &s.invalid;
         match i.kernel {
             Some(kernel) => {
+                let inner = i.kernel_while_attached.unwrap_or(kernel);
                 let verdict = if kernel == i.counted {
                     "equal".to_string()
+                } else if (inner..=kernel).contains(&i.counted) {
+                    format!(
+                        "equal within the packets that arrived while ct-trace attached or detached (kernel {inner} while attached)"
+                    )
                 } else {
                     format!("DIFFERENT by {}", kernel as i64 - i.counted as i64)
                 };

@@ -213,7 +213,11 @@ pub struct FlowReport {
 /// read).
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct InvalidTally {
+    /// The kernel's delta from before ct-trace attached to after it detached.
     pub kernel: Option<u64>,
+    /// The kernel's delta from after ct-trace attached to before it detached: `counted` lies
+    /// between the two (they differ only by packets that arrived while attaching or detaching).
+    pub kernel_while_attached: Option<u64>,
     pub counted: u64,
     pub shown: u64,
     pub suppressed: u64,
