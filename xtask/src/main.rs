@@ -12,6 +12,7 @@
 //! - `vm`: boot Debian's 6.1, 6.12 and 7.2 kernels under qemu and run a command in each, with the
 //!   host's userland shared read-only (see `vm/mod.rs`).
 
+mod bench;
 mod libtest;
 mod matrix;
 mod vm;
@@ -131,6 +132,9 @@ enum Cmd {
     Test(TestArgs),
     /// Boot Debian kernels under qemu and run a command in each (host `/` shared read-only).
     Vm(vm::Args),
+    /// Measure what ct-trace costs (hot path beside tcpdump, an INVALID storm beside the
+    /// kernel's own log, start-up) in namespaces of its own; writes BENCHMARKS.md.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -140,6 +144,7 @@ fn main() -> ExitCode {
         Cmd::Lint => lint(),
         Cmd::Test(args) => test(&args),
         Cmd::Vm(args) => vm::vm(args),
+        Cmd::Bench(args) => bench::bench(&args),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -417,6 +422,13 @@ fn test(a: &TestArgs) -> Result<()> {
             failures.push(format!("host: cargo test failed ({status})"));
         }
         host = Some(counts);
+        // Every part of `cargo xtask bench`, briefly; its storm must reconcile.
+        if let Err(e) = phase(&mut phases, "bench smoke", || {
+            bench::bench(&bench::Args::smoke())
+        }) {
+            println!("bench smoke: FAILED: {e:#}");
+            failures.push(format!("bench smoke: {e:#}"));
+        }
     }
     let mut vm = None;
     if !a.no_vm {
