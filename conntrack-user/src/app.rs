@@ -34,6 +34,10 @@ const BATCH: usize = 2048;
 const BATCHES_PER_WAKE: usize = 32;
 /// How often the counters are read for `lost`/`suppressed` notices in the stream.
 const NOTICE_EVERY: Duration = Duration::from_secs(1);
+/// ctnetlink lookups for verdicts per second at most (attributions' lookups are not limited):
+/// in a storm of INVALID packets, looking each one up would keep a core busy for entries that
+/// mostly do not exist; beyond this the verdicts go out with `enrichment: "skipped"`.
+const LOOKUPS_PER_SEC: u32 = 2000;
 
 /// Exit codes: 0 success, 1 runtime failure, 2 the user must change something (privileges).
 pub fn exit_code(e: &anyhow::Error) -> ExitCode {
@@ -384,6 +388,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         enricher: enricher.as_ref(),
         out: Output::default(),
         decode_errors: 0,
+        lookups: (0, Instant::now()),
     };
     let ring = rt
         .block_on(run(cli, ring, &mut pipe, &mut counters, &mut sink))
@@ -454,6 +459,8 @@ struct Pipe<'a> {
     enricher: Option<&'a Enricher>,
     out: Output,
     decode_errors: u64,
+    /// Verdict lookups sent in the current second, and when it began.
+    lookups: (u32, Instant),
 }
 
 impl Pipe<'_> {
@@ -482,6 +489,16 @@ impl Pipe<'_> {
     fn settle(&mut self, now: Instant, flush: bool) {
         let lookups = std::mem::take(&mut self.out.lookups);
         for r in lookups {
+            if !r.urgent {
+                if now.duration_since(self.lookups.1) >= Duration::from_secs(1) {
+                    self.lookups = (0, now);
+                }
+                if self.lookups.0 >= LOOKUPS_PER_SEC {
+                    self.corr.answer(r.token, None, &mut self.out);
+                    continue;
+                }
+                self.lookups.0 += 1;
+            }
             let queued = self.enricher.is_some_and(|e| e.request(r));
             if !queued {
                 self.corr.answer(r.token, None, &mut self.out);
