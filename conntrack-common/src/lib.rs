@@ -7,6 +7,8 @@
 //! `TryFrom`, never by transmuting, so a record from a mismatched build is an error, not garbage.
 #![no_std]
 
+pub mod plan;
+
 /// IP protocol numbers.
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;

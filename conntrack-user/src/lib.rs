@@ -19,6 +19,7 @@ pub mod netlink;
 pub mod preflight;
 pub mod reason;
 pub mod report;
+pub mod verifier;
 
 /// The compiled eBPF object.
 pub static EBPF_OBJECT: &[u8] =

@@ -1,159 +1,31 @@
-//! The attach plan: every program ct-trace has, where it attaches, the kernel prototype it
-//! assumes, the oldest kernel it works on, and what ct-trace does without it. This table is the
-//! one place kernel differences live; preflight walks it, attaches what the running kernel
-//! offers, and prints what it attached and what it skipped and why.
+//! The attach plan's consumer. The plan itself (every program, where it attaches, the prototype
+//! it assumes, the kernels that have it, what it needs and what ct-trace does without it) is data
+//! in [`conntrack_common::plan`]. Here: what the running kernel offers ([`KernelFeatures`], read
+//! once), which rows it gets ([`decide`], pure), and attaching them ([`attach`], one small
+//! function per attach kind), with the lines preflight prints: what was attached, what was
+//! skipped and why.
 
-use std::{os::fd::OwnedFd, path::PathBuf};
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::OwnedFd,
+};
 
 use aya::{
     programs::{BtfTracePoint, KProbe, ProgramError},
     Ebpf, EbpfLoader,
+};
+use conntrack_common::plan::{
+    Attach, Capabilities, Form, Gives, Mode, Need, Probe, Role, Version, FORMS, KFREE_REASON,
+    NETFILTER_CTX, PLAN, RST_COMPLETE,
 };
 
 use crate::{
     btf::{BtfError, KernelBtf, KernelFacts},
     cli::AttachMode,
     netfilter::{Family, HookNum, NetfilterError, NetfilterProgram},
-    netlink,
+    netlink, preflight,
+    verifier::{program_error, ProgramLoadError},
 };
-
-/// Where a program attaches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Attach {
-    /// A BTF-enabled tracepoint (`tp_btf/<name>`).
-    TpBtf(&'static str),
-    /// A netfilter link in ct-trace's network namespace, one per family and hook.
-    Netfilter,
-    /// A kprobe on a kernel function's entry.
-    Kprobe(&'static str),
-    /// A kretprobe on a kernel function's return.
-    Kretprobe(&'static str),
-}
-
-/// Why a row is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// On every kernel that has the attach point.
-    Always,
-    /// The INVALID verdict in this attach mode (one mode per run).
-    Verdict(AttachMode),
-    /// Why conntrack refused a packet, and its conntrack entry at that moment.
-    Reason,
-    /// Resets of packets no socket owns, on kernels whose tracepoint skips them (before 6.10).
-    OldResets,
-}
-
-/// One row of the plan.
-pub struct Probe {
-    /// Program name in the eBPF object (at most 15 bytes: the kernel truncates).
-    pub program: &'static str,
-    pub attach: Attach,
-    /// The kernel prototype the program reads its arguments by, and where it is defined.
-    pub prototype: &'static str,
-    /// For kprobes: the leading parameter names the running kernel's BTF must show (`...` for a
-    /// variadic tail); a kernel with another prototype is skipped, never read wrong.
-    pub params: &'static [&'static str],
-    /// Oldest kernel with this attach point.
-    pub min_kernel: (u32, u32),
-    pub role: Role,
-    /// What ct-trace does on kernels without it.
-    pub fallback: &'static str,
-}
-
-pub const PLAN: &[Probe] = &[
-    Probe {
-        program: "ctt_rst_sent",
-        attach: Attach::TpBtf("tcp_send_reset"),
-        prototype: "include/trace/events/tcp.h: tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, const enum sk_rst_reason reason) (reason and the sk == NULL call site: 6.10)",
-        params: &[],
-        min_kernel: (5, 5),
-        role: Role::Always,
-        fallback: "no rst_sent events",
-    },
-    Probe {
-        program: "ctt_rst_v4",
-        attach: Attach::Kprobe("tcp_v4_send_reset"),
-        prototype: "net/ipv4/tcp_ipv4.c: static void tcp_v4_send_reset(const struct sock *sk, struct sk_buff *skb)",
-        params: &["sk", "skb"],
-        min_kernel: (5, 5),
-        role: Role::OldResets,
-        fallback: "resets of IPv4 packets no socket owns are not seen before Linux 6.10 (the tracepoint skips them)",
-    },
-    Probe {
-        program: "ctt_rst_v6",
-        attach: Attach::Kprobe("tcp_v6_send_reset"),
-        prototype: "net/ipv6/tcp_ipv6.c: static void tcp_v6_send_reset(const struct sock *sk, struct sk_buff *skb)",
-        params: &["sk", "skb"],
-        min_kernel: (5, 5),
-        role: Role::OldResets,
-        fallback: "resets of IPv6 packets no socket owns are not seen before Linux 6.10 (the tracepoint skips them)",
-    },
-    Probe {
-        program: "ctt_rst_recv",
-        attach: Attach::TpBtf("tcp_receive_reset"),
-        prototype: "include/trace/events/tcp.h: tcp_receive_reset(struct sock *sk)",
-        params: &[],
-        min_kernel: (5, 5),
-        role: Role::Always,
-        fallback: "no rst_received events",
-    },
-    Probe {
-        program: "ctt_nf_verdict",
-        attach: Attach::Netfilter,
-        prototype: "include/linux/netfilter.h: struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; } at PRE_ROUTING and LOCAL_OUT, priority NF_IP_PRI_CONNTRACK + 1",
-        params: &[],
-        min_kernel: (6, 4),
-        role: Role::Verdict(AttachMode::Netfilter),
-        fallback: "the INVALID verdict comes from the kretprobe on nf_conntrack_in (--attach kprobe)",
-    },
-    // The return probe before the entry probe: an entry without its return would fill the
-    // per-CPU argument stack for nothing.
-    Probe {
-        program: "ctt_ct_in_ret",
-        attach: Attach::Kretprobe("nf_conntrack_in"),
-        prototype: "net/netfilter/nf_conntrack_core.c: unsigned int nf_conntrack_in(struct sk_buff *skb, const struct nf_hook_state *state); INVALID = returns with skb->_nfct == 0 and not NF_DROP",
-        params: &["skb", "state"],
-        min_kernel: (4, 19),
-        role: Role::Verdict(AttachMode::Kprobe),
-        fallback: "no invalid events without kprobes on kernels before 6.4",
-    },
-    Probe {
-        program: "ctt_ct_in",
-        attach: Attach::Kprobe("nf_conntrack_in"),
-        prototype: "net/netfilter/nf_conntrack_core.c: nf_conntrack_in(struct sk_buff *skb, const struct nf_hook_state *state): arguments kept on a per-CPU stack for the return probe",
-        params: &["skb", "state"],
-        min_kernel: (4, 19),
-        role: Role::Verdict(AttachMode::Kprobe),
-        fallback: "no invalid events without kprobes on kernels before 6.4",
-    },
-    Probe {
-        program: "ctt_ct_log",
-        attach: Attach::Kprobe("nf_ct_l4proto_log_invalid"),
-        prototype: "net/netfilter/nf_conntrack_proto.c: void nf_ct_l4proto_log_invalid(const struct sk_buff *skb, const struct nf_conn *ct, const struct nf_hook_state *state, const char *fmt, ...)",
-        params: &["skb", "ct", "state", "fmt", "..."],
-        min_kernel: (5, 16),
-        role: Role::Reason,
-        fallback: "the reason and the conntrack window of INVALID packets are unknown",
-    },
-    Probe {
-        program: "ctt_l4_log",
-        attach: Attach::Kprobe("nf_l4proto_log_invalid"),
-        prototype: "net/netfilter/nf_conntrack_proto.c: void nf_l4proto_log_invalid(const struct sk_buff *skb, const struct nf_hook_state *state, u8 protonum, const char *fmt, ...)",
-        params: &["skb", "state", "protonum", "fmt", "..."],
-        min_kernel: (5, 16),
-        role: Role::Reason,
-        fallback: "the reason of packets refused before conntrack looked them up (bad flags, checksum) is unknown",
-    },
-    Probe {
-        program: "ctt_kfree_skb",
-        attach: Attach::TpBtf("kfree_skb"),
-        prototype: "include/trace/events/skb.h: kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk) (reason: 5.17, rx_sk: 6.12)",
-        params: &[],
-        min_kernel: (5, 5),
-        role: Role::Always,
-        fallback: "fate of INVALID packets is unknown",
-    },
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -165,19 +37,9 @@ pub enum LoadError {
     Object(#[source] aya::EbpfError),
     #[error("the eBPF object has no program `{0}`")]
     NoProgram(&'static str),
-    #[error("the kernel rejected `{program}` ({source}); verifier log in {log_path}")]
-    Verifier {
-        program: &'static str,
-        log_path: String,
-        log: String,
-        source: std::io::Error,
-    },
-    #[error("loading `{program}`")]
-    Program {
-        program: &'static str,
-        #[source]
-        source: ProgramError,
-    },
+    /// The kernel rejected a program (verifier log), or aya could not load it.
+    #[error(transparent)]
+    Program(#[from] ProgramLoadError),
     #[error(transparent)]
     Netfilter(#[from] NetfilterError),
     #[error("no program could be attached on this kernel")]
@@ -197,9 +59,8 @@ impl LoadError {
     /// The full verifier log, when the kernel rejected a program.
     pub fn verifier_log(&self) -> Option<&str> {
         match self {
-            Self::Verifier { log, .. } | Self::Netfilter(NetfilterError::Verifier { log, .. }) => {
-                Some(log)
-            }
+            Self::Program(e) => e.verifier_log(),
+            Self::Netfilter(NetfilterError::Verifier { log, .. }) => Some(log),
             _ => None,
         }
     }
@@ -219,70 +80,255 @@ pub struct Attached {
     pub reasons: Result<(), String>,
 }
 
-/// Writes a verifier log where the one-line error can point to; returns its path.
-pub(crate) fn write_log(program: &str, log: &str) -> String {
-    let path: PathBuf = std::env::temp_dir().join(format!("ct-trace-verifier-{program}.log"));
-    let _ = std::fs::write(&path, log);
-    path.display().to_string()
-}
-
-fn program_error(program: &'static str, e: ProgramError) -> LoadError {
-    match e {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
-            let log = verifier_log.to_string();
-            LoadError::Verifier {
-                program,
-                log_path: write_log(program, &log),
-                log,
-                source: io_error,
-            }
-        }
-        source => LoadError::Program { program, source },
-    }
-}
-
-/// What the running kernel offers, as far as choosing rows goes.
+/// What the running kernel offers, as far as choosing rows goes: read once by [`Self::probe`],
+/// then only looked at.
+#[derive(Clone, Debug)]
 pub struct KernelFeatures {
-    pub version: (u32, u32),
+    pub version: Version,
+    /// Kprobes (`CONFIG_KPROBES`).
     pub kprobes: bool,
-    /// `BPF_PROG_TYPE_NETFILTER` (6.4+).
-    pub netfilter: bool,
-    /// `tcp:tcp_send_reset` fires for resets without a socket and passes the reason (6.10+).
-    pub rst_tracepoint_complete: bool,
+    /// [`NETFILTER_CTX`] in the kernel's BTF (the plan adds the kernel version it needs).
+    pub netfilter_link: bool,
+    /// BTF types the kernel has among those asked for (`btf_trace_<tracepoint>`).
+    pub types: HashSet<String>,
+    /// Arguments each tracepoint passes to BTF programs.
+    pub tracepoint_args: HashMap<String, usize>,
+    /// Parameter names of the functions the kprobes attach to (absent: not described).
+    pub func_params: HashMap<String, Vec<String>>,
+    /// Whether conntrack's structures are readable, or why not.
+    pub conntrack: Result<(), String>,
 }
 
 impl KernelFeatures {
-    pub fn probe(kbtf: &KernelFacts, version: (u32, u32)) -> Self {
+    pub fn probe(kbtf: &KernelFacts, version: Version) -> Self {
         Self {
             version,
-            kprobes: crate::preflight::has_kprobes(),
-            netfilter: version >= (6, 4) && kbtf.has_type("bpf_nf_ctx"),
-            rst_tracepoint_complete: kbtf.tracepoint_args("tcp_send_reset").unwrap_or(0) >= 3,
+            kprobes: preflight::has_kprobes(),
+            netfilter_link: kbtf.has_type(NETFILTER_CTX),
+            types: kbtf.types.clone(),
+            tracepoint_args: kbtf.tracepoint_args.clone(),
+            func_params: kbtf.func_params.clone(),
+            conntrack: kbtf.ct_offsets.as_ref().map(|_| ()).map_err(Clone::clone),
         }
     }
 
-    /// The verdict source for `--attach`: `auto` takes the netfilter link where there is one
-    /// (no per-packet cost beyond one load), else the kretprobe.
-    pub fn mode(&self, wanted: AttachMode) -> Result<Option<AttachMode>, LoadError> {
-        let v = self.version;
-        match wanted {
-            AttachMode::Netfilter if !self.netfilter => Err(LoadError::Mode {
-                mode: "netfilter",
-                why: format!("this kernel ({}.{}) has no netfilter BPF programs (Linux 6.4+); use --attach kprobe", v.0, v.1),
-            }),
-            AttachMode::Kprobe if !self.kprobes => Err(LoadError::Mode {
-                mode: "kprobe",
-                why: "this kernel has no kprobes (CONFIG_KPROBES); use --attach netfilter".into(),
-            }),
-            AttachMode::Auto if self.netfilter => Ok(Some(AttachMode::Netfilter)),
-            AttachMode::Auto if self.kprobes => Ok(Some(AttachMode::Kprobe)),
-            AttachMode::Auto => Ok(None),
-            m => Ok(Some(m)),
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            version: self.version,
+            kprobes: self.kprobes,
+            netfilter_link: self.netfilter_link,
         }
     }
+
+    /// Whether a tracepoint passes the arguments of `form`.
+    pub fn has_form(&self, form: Form) -> bool {
+        self.tracepoint_args
+            .get(form.tracepoint)
+            .is_some_and(|&n| n >= form.args)
+    }
+
+    fn prototype(&self, func: &str, want: &[&str]) -> Result<(), String> {
+        match self.func_params.get(func) {
+            None => Err(format!(
+                "the kernel's BTF does not describe {func} (not loaded, or inlined)"
+            )),
+            Some(have)
+                if have.len() >= want.len() && have.iter().zip(want).all(|(h, w)| h == w) =>
+            {
+                Ok(())
+            }
+            Some(have) => Err(format!(
+                "{func} has another prototype here ({}), ct-trace reads ({})",
+                have.join(", "),
+                want.join(", ")
+            )),
+        }
+    }
+
+    /// Why `row` cannot have `need` here; `earlier`: the rows decided before it.
+    fn lacks(&self, need: Need, row: &Probe, earlier: &[(&Probe, Decision)]) -> Option<String> {
+        match need {
+            Need::Kprobes => (!self.kprobes).then(|| "this kernel has no kprobes".to_string()),
+            Need::NetfilterLink => (!self.netfilter_link)
+                .then(|| "this kernel has no netfilter BPF programs".to_string()),
+            Need::Tracepoint => {
+                let tp = row.attach.tracepoint()?;
+                (!self.types.contains(&format!("btf_trace_{tp}")))
+                    .then(|| format!("this kernel has no tracepoint {tp}"))
+            }
+            Need::Prototype => self.prototype(row.attach.function()?, row.params).err(),
+            Need::ConntrackLayout => self
+                .conntrack
+                .as_ref()
+                .err()
+                .map(|e| format!("conntrack's structures are not readable: {e}")),
+            Need::ReturnProbe => {
+                let ret = Attach::Kretprobe(row.attach.function()?);
+                let attached = earlier
+                    .iter()
+                    .any(|(p, d)| p.attach == ret && *d == Decision::Attach);
+                (!attached).then(|| "its return probe is not attached".to_string())
+            }
+        }
+    }
+}
+
+/// What to do with one row on this kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Attach,
+    /// Why not (and, where the row has one, what ct-trace does instead), as users read it.
+    Skip(String),
+}
+
+/// The rows of a plan decided for a kernel and an `--attach` mode.
+#[derive(Debug)]
+pub struct Decided {
+    /// The verdict's mode; `None` when the kernel runs none.
+    pub mode: Option<Mode>,
+    /// Every row, in plan order.
+    pub rows: Vec<(&'static Probe, Decision)>,
+}
+
+impl Decided {
+    /// Whether the kprobes on the reset functions report resets without a socket.
+    pub fn old_resets(&self) -> bool {
+        self.rows
+            .iter()
+            .any(|(p, d)| matches!(p.role, Role::OldResets(_)) && *d == Decision::Attach)
+    }
+}
+
+/// The `--attach` value of a mode.
+pub fn attach_mode(m: Mode) -> AttachMode {
+    match m {
+        Mode::Netfilter => AttachMode::Netfilter,
+        Mode::Kprobe => AttachMode::Kprobe,
+    }
+}
+
+/// The verdict's mode for `--attach wanted`: `auto` takes the first mode of the plan the kernel
+/// runs; a mode it cannot run is an error.
+pub fn choose_mode(feat: &KernelFeatures, wanted: AttachMode) -> Result<Option<Mode>, LoadError> {
+    let caps = feat.capabilities();
+    let m = match wanted {
+        AttachMode::Auto => return Ok(Mode::auto(&caps)),
+        AttachMode::Netfilter => Mode::Netfilter,
+        AttachMode::Kprobe => Mode::Kprobe,
+    };
+    if m.runs_on(&caps) {
+        return Ok(Some(m));
+    }
+    let lacks = match m.missing(&caps) {
+        Some(Need::Kprobes) => "this kernel has no kprobes (CONFIG_KPROBES)".to_string(),
+        _ => {
+            let (v, min) = (caps.version, m.min_kernel());
+            format!(
+                "this kernel ({}.{}) has no {} (Linux {}.{}+)",
+                v.0,
+                v.1,
+                m.what(),
+                min.0,
+                min.1
+            )
+        }
+    };
+    Err(LoadError::Mode {
+        mode: m.name(),
+        why: format!("{lacks}; use --attach {}", m.other().name()),
+    })
+}
+
+/// Decides every row of `plan` for a kernel offering `feat` and `--attach wanted`, without I/O.
+/// Errors: the kernel lacks the wanted mode, or a required row of the chosen mode cannot attach
+/// ([`LoadError::Mode`]).
+pub fn decide(
+    plan: &'static [Probe],
+    feat: &KernelFeatures,
+    wanted: AttachMode,
+) -> Result<Decided, LoadError> {
+    let mode = choose_mode(feat, wanted)?;
+    let mut rows: Vec<(&'static Probe, Decision)> = Vec::with_capacity(plan.len());
+    for row in plan {
+        let d = decide_row(plan, row, &rows, feat, mode)?;
+        rows.push((row, d));
+    }
+    Ok(Decided { mode, rows })
+}
+
+fn decide_row(
+    plan: &[Probe],
+    row: &Probe,
+    earlier: &[(&Probe, Decision)],
+    feat: &KernelFeatures,
+    mode: Option<Mode>,
+) -> Result<Decision, LoadError> {
+    if let Some(why) = role_gate(plan, row, feat, mode) {
+        return Ok(Decision::Skip(why));
+    }
+    let with_fallback = |why: String| Decision::Skip(format!("{why}; {}", row.fallback));
+    let (v, min) = (feat.version, row.min_kernel);
+    if v < min {
+        return Ok(with_fallback(format!(
+            "needs Linux {}.{}, this is {}.{}",
+            min.0, min.1, v.0, v.1
+        )));
+    }
+    let Some(why) = row.needs.iter().find_map(|&n| feat.lacks(n, row, earlier)) else {
+        return Ok(Decision::Attach);
+    };
+    if !row.role.required() {
+        return Ok(with_fallback(why));
+    }
+    Err(LoadError::Mode {
+        mode: match row.role {
+            Role::Verdict(m) => m.name(),
+            // Old resets are kprobes (and their role gate has checked their needs).
+            _ => Mode::Kprobe.name(),
+        },
+        why: format!("cannot attach {}: {why}", row.program),
+    })
+}
+
+/// Why the row's role keeps it out in this run, before its own needs are looked at.
+fn role_gate(
+    plan: &[Probe],
+    row: &Probe,
+    feat: &KernelFeatures,
+    mode: Option<Mode>,
+) -> Option<String> {
+    match row.role {
+        Role::Verdict(m) if mode != Some(m) => Some(format!(
+            "the INVALID verdict comes from {} in this run",
+            mode.map_or("nowhere", |m| attach_mode(m).source())
+        )),
+        Role::OldResets(form) if feat.has_form(form) => Some(format!(
+            "not needed, {} {} on this kernel",
+            form.tracepoint, form.does
+        )),
+        Role::OldResets(_) => {
+            together(plan, row.role, feat).map(|why| format!("{why}; {}", row.fallback))
+        }
+        _ => None,
+    }
+}
+
+/// Why the rows of `role` cannot all attach (they attach together or not at all).
+fn together(plan: &[Probe], role: Role, feat: &KernelFeatures) -> Option<String> {
+    let group = || plan.iter().filter(move |p| p.role == role);
+    let (row, need) = group()
+        .flat_map(|p| p.needs.iter().map(move |&n| (p, n)))
+        .find(|&(p, n)| n != Need::ReturnProbe && feat.lacks(n, p, &[]).is_some())?;
+    Some(match need {
+        Need::Prototype => format!(
+            "{} have another prototype here",
+            group()
+                .filter_map(|p| p.attach.function())
+                .collect::<Vec<_>>()
+                .join("/")
+        ),
+        _ => feat.lacks(need, row, &[]).unwrap_or_default(),
+    })
 }
 
 /// Values for the programs' read-only globals.
@@ -296,37 +342,18 @@ pub struct Globals {
     pub ct_hook_fns: [u64; 4],
 }
 
-fn params_match(kbtf: &KernelFacts, func: &str, want: &[&str]) -> Result<(), String> {
-    match kbtf.func_params(func) {
-        None => Err(format!(
-            "the kernel's BTF does not describe {func} (not loaded, or inlined)"
-        )),
-        Some(have) if have.len() >= want.len() && have.iter().zip(want).all(|(h, w)| h == w) => {
-            Ok(())
-        }
-        Some(have) => Err(format!(
-            "{func} has another prototype here ({}), ct-trace reads ({})",
-            have.join(", "),
-            want.join(", ")
-        )),
-    }
-}
-
 /// Reads from the kernel's BTF what [`attach`] and the event path need: the types, tracepoints
 /// and functions [`PLAN`] names, and the enums of reset and drop reasons.
 pub fn facts(kbtf: &KernelBtf) -> KernelFacts {
-    let mut types = vec!["bpf_nf_ctx".to_string()];
-    let mut tracepoints = vec!["tcp_send_reset", "kfree_skb"];
+    let mut types = vec![NETFILTER_CTX.to_string()];
+    let mut tracepoints: Vec<&str> = FORMS.iter().map(|f| f.tracepoint).collect();
     let mut funcs = Vec::new();
     for p in PLAN {
-        match p.attach {
-            Attach::TpBtf(tp) => {
-                types.push(format!("btf_trace_{tp}"));
-                tracepoints.push(tp);
-            }
-            Attach::Kprobe(f) | Attach::Kretprobe(f) => funcs.push(f),
-            Attach::Netfilter => {}
+        if let Some(tp) = p.attach.tracepoint() {
+            types.push(format!("btf_trace_{tp}"));
+            tracepoints.push(tp);
         }
+        funcs.extend(p.attach.function());
     }
     kbtf.facts(
         &types,
@@ -336,16 +363,14 @@ pub fn facts(kbtf: &KernelBtf) -> KernelFacts {
     )
 }
 
-/// Loads the object, then attaches every row of [`PLAN`] the kernel supports.
-pub fn attach(
+/// Loads the object with its read-only globals set for this kernel and these decisions.
+fn load_object(
     object: &[u8],
     kbtf: &KernelFacts,
     feat: &KernelFeatures,
-    wanted: AttachMode,
+    decided: &Decided,
     globals: &Globals,
-) -> Result<Attached, LoadError> {
-    let version = feat.version;
-    let mode = feat.mode(wanted)?;
+) -> Result<(Ebpf, aya::Btf), LoadError> {
     let offsets = kbtf
         .offsets
         .ok_or_else(|| LoadError::Facts(kbtf.offsets_error.clone()))?;
@@ -353,18 +378,12 @@ pub fn attach(
         "kernel offsets: {offsets:?}; conntrack hook functions: {:x?}",
         globals.ct_hook_fns
     );
-    let ct_offsets = kbtf.ct_offsets.clone();
-    let kfree_has_reason = kbtf.tracepoint_args("kfree_skb").unwrap_or(0) >= 3;
     let netfilter_drop = kbtf
         .enum_names("skb_drop_reason")
         .into_iter()
         .find(|(_, n)| n == "SKB_DROP_REASON_NETFILTER_DROP")
         .map_or(u32::MAX, |(v, _)| v);
-    let old_resets = !feat.rst_tracepoint_complete
-        && feat.kprobes
-        && ["tcp_v4_send_reset", "tcp_v6_send_reset"]
-            .iter()
-            .all(|f| params_match(kbtf, f, &["sk", "skb"]).is_ok());
+    let flag = |b: bool| u8::from(b);
     let btf =
         aya::Btf::from_sys_fs().map_err(|e| LoadError::Object(aya::EbpfError::BtfError(e)))?;
     let ebpf = EbpfLoader::new()
@@ -372,16 +391,12 @@ pub fn attach(
         .override_global("OFFSETS", &offsets, true)
         .override_global(
             "CT_OFFSETS",
-            ct_offsets.as_ref().unwrap_or(&Default::default()),
+            kbtf.ct_offsets.as_ref().unwrap_or(&Default::default()),
             true,
         )
-        .override_global(
-            "RST_HAS_REASON",
-            &u8::from(feat.rst_tracepoint_complete),
-            true,
-        )
-        .override_global("RST_KPROBED", &u8::from(old_resets), true)
-        .override_global("KFREE_HAS_REASON", &u8::from(kfree_has_reason), true)
+        .override_global("RST_HAS_REASON", &flag(feat.has_form(RST_COMPLETE)), true)
+        .override_global("RST_KPROBED", &flag(decided.old_resets()), true)
+        .override_global("KFREE_HAS_REASON", &flag(feat.has_form(KFREE_REASON)), true)
         .override_global("TARGET_NETNS", &globals.netns, true)
         .override_global("EVENT_BUDGET", &globals.budget_per_cpu, true)
         .override_global("NETFILTER_DROP", &netfilter_drop, true)
@@ -389,7 +404,19 @@ pub fn attach(
         .override_global("FILTER", &globals.filter, true)
         .load(object)
         .map_err(LoadError::Object)?;
+    Ok((ebpf, btf))
+}
 
+/// Loads the object, then attaches every row of [`PLAN`] [`decide`] keeps.
+pub fn attach(
+    object: &[u8],
+    kbtf: &KernelFacts,
+    feat: &KernelFeatures,
+    wanted: AttachMode,
+    globals: &Globals,
+) -> Result<Attached, LoadError> {
+    let decided = decide(PLAN, feat, wanted)?;
+    let (ebpf, btf) = load_object(object, kbtf, feat, &decided, globals)?;
     let mut out = Attached {
         ebpf,
         links: vec![],
@@ -403,169 +430,438 @@ pub fn attach(
                 .into()
         }),
     };
-    let mut ct_in_ret = false;
-    for probe in PLAN {
-        let skip = |out: &mut Attached, why: String| {
-            out.lines.push(format!(
-                "skipped {}: {why}; {}",
-                probe.program, probe.fallback
-            ));
-        };
-        match probe.role {
-            Role::Verdict(m) if Some(m) != mode => {
-                out.lines.push(format!(
-                    "skipped {}: the INVALID verdict comes from {} in this run",
-                    probe.program,
-                    mode.map_or("nowhere", |m| m.source())
-                ));
-                continue;
-            }
-            Role::OldResets if feat.rst_tracepoint_complete => {
-                out.lines.push(format!(
-                    "skipped {}: not needed, tcp_send_reset reports resets without a socket on this kernel",
-                    probe.program
-                ));
-                continue;
-            }
-            Role::OldResets if !old_resets => {
-                skip(
-                    &mut out,
-                    if feat.kprobes {
-                        "tcp_v4_send_reset/tcp_v6_send_reset have another prototype here".into()
-                    } else {
-                        "this kernel has no kprobes".into()
-                    },
-                );
-                continue;
-            }
-            _ => {}
-        }
-        if version < probe.min_kernel {
-            skip(
-                &mut out,
-                format!(
-                    "needs Linux {}.{}, this is {}.{}",
-                    probe.min_kernel.0, probe.min_kernel.1, version.0, version.1
-                ),
-            );
+    let mut any = false;
+    for (row, decision) in &decided.rows {
+        if let Decision::Skip(why) = decision {
+            out.lines.push(format!("skipped {}: {why}", row.program));
             continue;
         }
-        match probe.attach {
-            Attach::TpBtf(tp) => {
-                if !kbtf.has_type(&format!("btf_trace_{tp}")) {
-                    skip(&mut out, format!("this kernel has no tracepoint {tp}"));
-                    continue;
-                }
-                let prog: &mut BtfTracePoint = out
-                    .ebpf
-                    .program_mut(probe.program)
-                    .ok_or(LoadError::NoProgram(probe.program))?
-                    .try_into()
-                    .map_err(|e| program_error(probe.program, e))?;
-                prog.load(tp, &btf)
-                    .map_err(|e| program_error(probe.program, e))?;
-                prog.attach().map_err(|e| program_error(probe.program, e))?;
-                out.lines
-                    .push(format!("attached {} at tp_btf/{tp}", probe.program));
-                if tp == "kfree_skb" {
-                    out.fate = true;
-                }
+        let attached = match row.attach {
+            Attach::TpBtf(tp) => attach_tp_btf(&mut out, row.program, tp, &btf).map(|()| true),
+            Attach::Kprobe(f) => attach_kprobe(&mut out, row.program, "kprobe", f).map(|()| true),
+            Attach::Kretprobe(f) => {
+                attach_kprobe(&mut out, row.program, "kretprobe", f).map(|()| true)
             }
-            Attach::Kprobe(func) | Attach::Kretprobe(func) => {
-                let required = matches!(probe.role, Role::Verdict(_) | Role::OldResets);
-                let why = if !feat.kprobes {
-                    Some("this kernel has no kprobes".to_string())
-                } else if probe.role == Role::Reason && ct_offsets.is_err() {
-                    Some(format!(
-                        "conntrack's structures are not readable: {}",
-                        ct_offsets
-                            .as_ref()
-                            .err()
-                            .map(|e| e.to_string())
-                            .unwrap_or_default()
-                    ))
-                } else if probe.program == "ctt_ct_in" && !ct_in_ret {
-                    Some("its return probe is not attached".to_string())
-                } else {
-                    params_match(kbtf, func, probe.params).err()
-                };
-                if let Some(why) = why {
-                    if required {
-                        return Err(LoadError::Mode {
-                            mode: if probe.role == Role::OldResets {
-                                "kprobe"
-                            } else {
-                                mode.map_or("auto", |m| m.name())
-                            },
-                            why: format!("cannot attach {}: {why}", probe.program),
-                        });
-                    }
-                    skip(&mut out, why);
-                    continue;
-                }
-                let prog: &mut KProbe = out
-                    .ebpf
-                    .program_mut(probe.program)
-                    .ok_or(LoadError::NoProgram(probe.program))?
-                    .try_into()
-                    .map_err(|e| program_error(probe.program, e))?;
-                prog.load().map_err(|e| program_error(probe.program, e))?;
-                prog.attach(func, 0).map_err(|source| LoadError::Kprobe {
-                    program: probe.program,
-                    target: func,
-                    source,
-                })?;
-                let kind = if matches!(probe.attach, Attach::Kretprobe(_)) {
-                    "kretprobe"
-                } else {
-                    "kprobe"
-                };
-                out.lines
-                    .push(format!("attached {} at {kind}/{func}", probe.program));
-                match probe.program {
-                    "ctt_ct_in_ret" => ct_in_ret = true,
-                    "ctt_ct_in" => out.mode = Some(AttachMode::Kprobe),
-                    "ctt_ct_log" => out.reasons = Ok(()),
-                    _ => {}
-                }
-            }
-            Attach::Netfilter => {
-                let nf = NetfilterProgram::load(object, probe.program, &out.ebpf)?;
-                for family in [Family::Ipv4, Family::Ipv6] {
-                    for hook in [HookNum::PreRouting, HookNum::LocalOut] {
-                        let at = format!("netfilter {}/{}", family.name(), hook.name());
-                        // Conntrack registers its hooks in a namespace only when a rule or NAT
-                        // needs them; without them `_nfct` is 0 on every packet, which would read
-                        // as a flood of INVALID verdicts.
-                        match netlink::conntrack_hooked(family as u8, hook as u32) {
-                            Some(false) => {
-                                out.lines.push(format!(
-                                    "skipped {} at {at}: conntrack is not active for {} in this network namespace (no rule or NAT uses it)",
-                                    probe.program,
-                                    family.name()
-                                ));
-                                continue;
-                            }
-                            None => log::debug!(
-                                "cannot list netfilter hooks (nfnetlink_hook, 5.14+): assuming conntrack is active for {}",
-                                family.name()
-                            ),
-                            Some(true) => {}
-                        }
-                        let (link, priority) = nf.attach_free(family, hook)?;
-                        out.links.push(link);
-                        out.mode = Some(AttachMode::Netfilter);
-                        out.lines.push(format!(
-                            "attached {} at {at} priority {priority}",
-                            probe.program
-                        ));
-                    }
-                }
-            }
+            Attach::Netfilter => attach_netfilter(&mut out, object, row.program),
+        }?;
+        if attached {
+            any = true;
+            out.learn(row);
         }
     }
-    if out.lines.iter().all(|l| l.starts_with("skipped")) {
+    if !any {
         return Err(LoadError::NothingAttached);
     }
     Ok(out)
+}
+
+impl Attached {
+    /// Records what the run has now that `row` is attached.
+    fn learn(&mut self, row: &Probe) {
+        match (row.gives, row.role) {
+            (Gives::Verdicts, Role::Verdict(m)) => self.mode = Some(attach_mode(m)),
+            (Gives::Reasons, _) => self.reasons = Ok(()),
+            (Gives::Fate, _) => self.fate = true,
+            _ => {}
+        }
+    }
+}
+
+fn attach_tp_btf(
+    out: &mut Attached,
+    program: &'static str,
+    tp: &'static str,
+    btf: &aya::Btf,
+) -> Result<(), LoadError> {
+    let prog: &mut BtfTracePoint = out
+        .ebpf
+        .program_mut(program)
+        .ok_or(LoadError::NoProgram(program))?
+        .try_into()
+        .map_err(|e| program_error(program, e))?;
+    prog.load(tp, btf).map_err(|e| program_error(program, e))?;
+    prog.attach().map_err(|e| program_error(program, e))?;
+    out.lines.push(format!("attached {program} at tp_btf/{tp}"));
+    Ok(())
+}
+
+/// A kprobe or kretprobe (the object's section says which; `kind` names it in the line).
+fn attach_kprobe(
+    out: &mut Attached,
+    program: &'static str,
+    kind: &str,
+    func: &'static str,
+) -> Result<(), LoadError> {
+    let prog: &mut KProbe = out
+        .ebpf
+        .program_mut(program)
+        .ok_or(LoadError::NoProgram(program))?
+        .try_into()
+        .map_err(|e| program_error(program, e))?;
+    prog.load().map_err(|e| program_error(program, e))?;
+    prog.attach(func, 0).map_err(|source| LoadError::Kprobe {
+        program,
+        target: func,
+        source,
+    })?;
+    out.lines
+        .push(format!("attached {program} at {kind}/{func}"));
+    Ok(())
+}
+
+/// Links the netfilter program at every family and hook where conntrack runs in this network
+/// namespace; returns whether any link was made.
+fn attach_netfilter(
+    out: &mut Attached,
+    object: &[u8],
+    program: &'static str,
+) -> Result<bool, LoadError> {
+    let nf = NetfilterProgram::load(object, program, &out.ebpf)?;
+    let mut any = false;
+    for family in [Family::Ipv4, Family::Ipv6] {
+        for hook in [HookNum::PreRouting, HookNum::LocalOut] {
+            let at = format!("netfilter {}/{}", family.name(), hook.name());
+            // Conntrack registers its hooks in a namespace only when a rule or NAT needs them;
+            // without them `_nfct` is 0 on every packet, which would read as a flood of INVALID
+            // verdicts.
+            match netlink::conntrack_hooked(family as u8, hook as u32) {
+                Some(false) => {
+                    out.lines.push(format!(
+                        "skipped {program} at {at}: conntrack is not active for {} in this network namespace (no rule or NAT uses it)",
+                        family.name()
+                    ));
+                    continue;
+                }
+                None => log::debug!(
+                    "cannot list netfilter hooks (nfnetlink_hook, 5.14+): assuming conntrack is active for {}",
+                    family.name()
+                ),
+                Some(true) => {}
+            }
+            let (link, priority) = nf.attach_free(family, hook)?;
+            out.links.push(link);
+            any = true;
+            out.lines
+                .push(format!("attached {program} at {at} priority {priority}"));
+        }
+    }
+    Ok(any)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A kernel with ct-trace's tracepoints and functions in their pre-6.10 prototypes.
+    fn kernel(
+        version: Version,
+        kprobes: bool,
+        netfilter_link: bool,
+        rst_args: usize,
+    ) -> KernelFeatures {
+        let tps = [
+            ("tcp_send_reset", rst_args),
+            ("tcp_receive_reset", 1),
+            ("kfree_skb", 3),
+        ];
+        let funcs: [(&str, &[&str]); 5] = [
+            ("tcp_v4_send_reset", &["sk", "skb"]),
+            ("tcp_v6_send_reset", &["sk", "skb"]),
+            ("nf_conntrack_in", &["skb", "state"]),
+            (
+                "nf_ct_l4proto_log_invalid",
+                &["skb", "ct", "state", "fmt", "..."],
+            ),
+            (
+                "nf_l4proto_log_invalid",
+                &["skb", "state", "protonum", "fmt", "..."],
+            ),
+        ];
+        KernelFeatures {
+            version,
+            kprobes,
+            netfilter_link,
+            types: tps.iter().map(|(t, _)| format!("btf_trace_{t}")).collect(),
+            tracepoint_args: tps.iter().map(|&(t, n)| (t.to_string(), n)).collect(),
+            func_params: funcs
+                .iter()
+                .map(|(f, p)| (f.to_string(), strings(p)))
+                .collect(),
+            conntrack: Ok(()),
+        }
+    }
+
+    /// Debian 12: kprobes, no netfilter link, tcp_send_reset(sk, skb), kfree_skb with reason.
+    fn debian_6_1() -> KernelFeatures {
+        kernel((6, 1), true, false, 2)
+    }
+
+    /// Debian 13 and later: kprobes, the netfilter link, tcp_send_reset(sk, skb, reason) and
+    /// kfree_skb(skb, location, reason, rx_sk); the reset functions take the reason too.
+    fn debian(version: Version) -> KernelFeatures {
+        let mut k = kernel(version, true, true, 3);
+        k.tracepoint_args.insert("kfree_skb".into(), 4);
+        for f in ["tcp_v4_send_reset", "tcp_v6_send_reset"] {
+            k.func_params
+                .insert(f.into(), strings(&["sk", "skb", "reason"]));
+        }
+        k
+    }
+
+    /// The build host: a 6.18 sandbox kernel without kprobes.
+    fn sandbox_6_18() -> KernelFeatures {
+        KernelFeatures {
+            kprobes: false,
+            ..debian((6, 18))
+        }
+    }
+
+    fn attached(d: &Decided) -> Vec<&'static str> {
+        d.rows
+            .iter()
+            .filter(|(_, d)| *d == Decision::Attach)
+            .map(|(p, _)| p.program)
+            .collect()
+    }
+
+    fn skipped<'a>(d: &'a Decided, program: &str) -> &'a str {
+        d.rows
+            .iter()
+            .find_map(|(p, d)| match d {
+                Decision::Skip(why) if p.program == program => Some(why.as_str()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{program} is not skipped"))
+    }
+
+    fn mode_error(r: Result<Decided, LoadError>) -> String {
+        match r {
+            Err(e @ LoadError::Mode { .. }) => e.to_string(),
+            Err(e) => panic!("not a mode error: {e}"),
+            Ok(d) => panic!("decided {d:?}"),
+        }
+    }
+
+    const NETFILTER_ROWS: [&str; 6] = [
+        "ctt_rst_sent",
+        "ctt_rst_recv",
+        "ctt_nf_verdict",
+        "ctt_ct_log",
+        "ctt_l4_log",
+        "ctt_kfree_skb",
+    ];
+
+    #[test]
+    fn debian_6_1_runs_the_kprobes_and_the_old_resets() {
+        let k = debian_6_1();
+        for wanted in [AttachMode::Auto, AttachMode::Kprobe] {
+            let d = decide(PLAN, &k, wanted).unwrap();
+            assert_eq!(d.mode, Some(Mode::Kprobe));
+            assert_eq!(
+                attached(&d),
+                [
+                    "ctt_rst_sent",
+                    "ctt_rst_v4",
+                    "ctt_rst_v6",
+                    "ctt_rst_recv",
+                    "ctt_ct_in_ret",
+                    "ctt_ct_in",
+                    "ctt_ct_log",
+                    "ctt_l4_log",
+                    "ctt_kfree_skb"
+                ]
+            );
+            assert_eq!(
+                skipped(&d, "ctt_nf_verdict"),
+                "the INVALID verdict comes from the kretprobe on nf_conntrack_in (--attach kprobe) in this run"
+            );
+            assert!(d.old_resets());
+            assert!(!k.has_form(RST_COMPLETE) && k.has_form(KFREE_REASON));
+        }
+        assert_eq!(
+            mode_error(decide(PLAN, &k, AttachMode::Netfilter)),
+            "--attach netfilter: this kernel (6.1) has no netfilter BPF programs (Linux 6.4+); use --attach kprobe"
+        );
+    }
+
+    #[test]
+    fn debian_6_12_and_7_2_prefer_the_netfilter_link() {
+        for k in [debian((6, 12)), debian((7, 2))] {
+            for wanted in [AttachMode::Auto, AttachMode::Netfilter] {
+                let d = decide(PLAN, &k, wanted).unwrap();
+                assert_eq!(d.mode, Some(Mode::Netfilter));
+                assert_eq!(attached(&d), NETFILTER_ROWS);
+                assert_eq!(
+                    skipped(&d, "ctt_rst_v4"),
+                    "not needed, tcp_send_reset reports resets without a socket on this kernel"
+                );
+                assert_eq!(
+                    skipped(&d, "ctt_ct_in"),
+                    "the INVALID verdict comes from the netfilter link (--attach netfilter) in this run"
+                );
+                assert!(!d.old_resets());
+            }
+            let d = decide(PLAN, &k, AttachMode::Kprobe).unwrap();
+            assert_eq!(d.mode, Some(Mode::Kprobe));
+            assert_eq!(
+                attached(&d),
+                [
+                    "ctt_rst_sent",
+                    "ctt_rst_recv",
+                    "ctt_ct_in_ret",
+                    "ctt_ct_in",
+                    "ctt_ct_log",
+                    "ctt_l4_log",
+                    "ctt_kfree_skb"
+                ]
+            );
+            assert_eq!(
+                skipped(&d, "ctt_nf_verdict"),
+                "the INVALID verdict comes from the kretprobe on nf_conntrack_in (--attach kprobe) in this run"
+            );
+        }
+    }
+
+    #[test]
+    fn sandbox_6_18_has_no_kprobes() {
+        let k = sandbox_6_18();
+        for wanted in [AttachMode::Auto, AttachMode::Netfilter] {
+            let d = decide(PLAN, &k, wanted).unwrap();
+            assert_eq!(d.mode, Some(Mode::Netfilter));
+            assert_eq!(
+                attached(&d),
+                [
+                    "ctt_rst_sent",
+                    "ctt_rst_recv",
+                    "ctt_nf_verdict",
+                    "ctt_kfree_skb"
+                ]
+            );
+            // The lines of `ct-trace -d 1` on this host before the plan moved to conntrack-common.
+            let lines: Vec<String> = d
+                .rows
+                .iter()
+                .filter_map(|(p, d)| match d {
+                    Decision::Skip(why) => Some(format!("skipped {}: {why}", p.program)),
+                    Decision::Attach => None,
+                })
+                .collect();
+            assert_eq!(
+                lines,
+                [
+                    "skipped ctt_rst_v4: not needed, tcp_send_reset reports resets without a socket on this kernel",
+                    "skipped ctt_rst_v6: not needed, tcp_send_reset reports resets without a socket on this kernel",
+                    "skipped ctt_ct_in_ret: the INVALID verdict comes from the netfilter link (--attach netfilter) in this run",
+                    "skipped ctt_ct_in: the INVALID verdict comes from the netfilter link (--attach netfilter) in this run",
+                    "skipped ctt_ct_log: this kernel has no kprobes; the reason and the conntrack window of INVALID packets are unknown",
+                    "skipped ctt_l4_log: this kernel has no kprobes; the reason of packets refused before conntrack looked them up (bad flags, checksum) is unknown",
+                ]
+            );
+        }
+        assert_eq!(
+            mode_error(decide(PLAN, &k, AttachMode::Kprobe)),
+            "--attach kprobe: this kernel has no kprobes (CONFIG_KPROBES); use --attach netfilter"
+        );
+    }
+
+    #[test]
+    fn without_a_verdict_source_the_tracepoints_still_attach() {
+        let k = KernelFeatures {
+            kprobes: false,
+            ..debian_6_1()
+        };
+        let d = decide(PLAN, &k, AttachMode::Auto).unwrap();
+        assert_eq!(d.mode, None);
+        assert_eq!(
+            attached(&d),
+            ["ctt_rst_sent", "ctt_rst_recv", "ctt_kfree_skb"]
+        );
+        assert_eq!(
+            skipped(&d, "ctt_ct_in_ret"),
+            "the INVALID verdict comes from nowhere in this run"
+        );
+        assert_eq!(
+            skipped(&d, "ctt_rst_v6"),
+            "this kernel has no kprobes; resets of IPv6 packets no socket owns are not seen before Linux 6.10 (the tracepoint skips them)"
+        );
+        assert!(!d.old_resets());
+    }
+
+    #[test]
+    fn old_resets_attach_together_or_not_at_all() {
+        let mut k = debian_6_1();
+        k.func_params
+            .insert("tcp_v6_send_reset".into(), strings(&["skb"]));
+        let d = decide(PLAN, &k, AttachMode::Auto).unwrap();
+        assert_eq!(
+            skipped(&d, "ctt_rst_v4"),
+            "tcp_v4_send_reset/tcp_v6_send_reset have another prototype here; resets of IPv4 packets no socket owns are not seen before Linux 6.10 (the tracepoint skips them)"
+        );
+        assert!(skipped(&d, "ctt_rst_v6").starts_with("tcp_v4_send_reset/tcp_v6_send_reset"));
+        assert!(!d.old_resets());
+        assert_eq!(d.mode, Some(Mode::Kprobe));
+    }
+
+    #[test]
+    fn reasons_need_kernel_5_16_and_conntracks_layout() {
+        let mut k = debian_6_1();
+        k.conntrack = Err("no nf_conn".into());
+        let d = decide(PLAN, &k, AttachMode::Auto).unwrap();
+        assert_eq!(
+            skipped(&d, "ctt_ct_log"),
+            "conntrack's structures are not readable: no nf_conn; the reason and the conntrack window of INVALID packets are unknown"
+        );
+        assert!(attached(&d).contains(&"ctt_ct_in"));
+        let d = decide(PLAN, &kernel((5, 15), true, false, 2), AttachMode::Auto).unwrap();
+        assert_eq!(
+            skipped(&d, "ctt_l4_log"),
+            "needs Linux 5.16, this is 5.15; the reason of packets refused before conntrack looked them up (bad flags, checksum) is unknown"
+        );
+        let mut k = debian_6_1();
+        k.func_params.remove("nf_ct_l4proto_log_invalid");
+        let d = decide(PLAN, &k, AttachMode::Auto).unwrap();
+        assert!(skipped(&d, "ctt_ct_log")
+            .starts_with("the kernel's BTF does not describe nf_ct_l4proto_log_invalid"));
+        assert!(attached(&d).contains(&"ctt_l4_log"));
+    }
+
+    #[test]
+    fn a_verdict_row_that_cannot_attach_is_an_error() {
+        let mut k = debian((6, 12));
+        k.func_params.insert(
+            "nf_conntrack_in".into(),
+            strings(&["net", "pf", "hooknum", "skb"]),
+        );
+        assert_eq!(
+            mode_error(decide(PLAN, &k, AttachMode::Kprobe)),
+            "--attach kprobe: cannot attach ctt_ct_in_ret: nf_conntrack_in has another prototype here (net, pf, hooknum, skb), ct-trace reads (skb, state)"
+        );
+        // The netfilter mode does not look at the kprobes' prototypes.
+        assert_eq!(
+            decide(PLAN, &k, AttachMode::Auto).unwrap().mode,
+            Some(Mode::Netfilter)
+        );
+        // An entry probe without its return probe.
+        static ENTRY_ONLY: &[Probe] = &[PLAN[6]];
+        assert_eq!(ENTRY_ONLY[0].program, "ctt_ct_in");
+        assert_eq!(
+            mode_error(decide(ENTRY_ONLY, &debian_6_1(), AttachMode::Kprobe)),
+            "--attach kprobe: cannot attach ctt_ct_in: its return probe is not attached"
+        );
+    }
+
+    #[test]
+    fn missing_tracepoints_are_skipped() {
+        let mut k = sandbox_6_18();
+        k.types.remove("btf_trace_kfree_skb");
+        let d = decide(PLAN, &k, AttachMode::Auto).unwrap();
+        assert_eq!(
+            skipped(&d, "ctt_kfree_skb"),
+            "this kernel has no tracepoint kfree_skb; fate of INVALID packets is unknown"
+        );
+    }
 }

@@ -208,7 +208,7 @@ impl NetfilterProgram {
                     .to_string();
                 return Err(NetfilterError::Verifier {
                     program: name.to_string(),
-                    log_path: crate::load::write_log(name, &text),
+                    log_path: crate::verifier::write_log(name, &text),
                     log: text,
                     source: err,
                 });

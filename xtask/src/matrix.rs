@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{bail, Result};
 use clap::ValueEnum;
+use conntrack_common::plan;
 use serde_json::Value;
 
 use crate::{
@@ -28,9 +29,9 @@ pub const VM_TESTS: &[&str] = &["resets", "invalid", "exact"];
 /// How ct-trace attaches its INVALID probe (`CT_TRACE_MODE`, ct-trace's `--attach`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
-    /// Kprobes on conntrack's functions: every kernel.
+    /// Kprobes on conntrack's functions: every kernel of the matrix.
     Kprobe,
-    /// The BPF netfilter link: Linux 6.4+.
+    /// The BPF netfilter link: kernels that have it (6.4+).
     Netfilter,
 }
 
@@ -38,22 +39,21 @@ impl Mode {
     pub const ALL: [Mode; 2] = [Mode::Kprobe, Mode::Netfilter];
 
     pub fn name(self) -> &'static str {
+        self.plan().name()
+    }
+
+    /// The plan's mode (conntrack-common's table decides which kernels run it).
+    fn plan(self) -> plan::Mode {
         match self {
-            Mode::Kprobe => "kprobe",
-            Mode::Netfilter => "netfilter",
+            Mode::Kprobe => plan::Mode::Kprobe,
+            Mode::Netfilter => plan::Mode::Netfilter,
         }
     }
 
-    /// The first kernel (major, minor) that has what the mode attaches to.
-    fn min_kernel(self) -> (u32, u32) {
-        match self {
-            Mode::Kprobe => (0, 0),
-            Mode::Netfilter => (6, 4),
-        }
-    }
-
+    /// Whether the series' kernel runs the mode: Debian builds its kernels with kprobes and the
+    /// BPF netfilter link, so the version decides, by the plan's verdict rows.
     pub fn supported_on(self, s: Series) -> bool {
-        s.version() >= self.min_kernel()
+        self.plan().runs_on(&plan::Capabilities::full(s.version()))
     }
 }
 
