@@ -158,4 +158,3 @@ mod tests {
         assert_eq!(parse_version("garbage"), (0, 0));
     }
 }
-

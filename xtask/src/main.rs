@@ -108,7 +108,7 @@ struct TestArgs {
     vm_timeout: u64,
     /// Seconds the whole VM matrix may take (keeps CI within its limit when jobs hang): later
     /// jobs get the time left as their timeout, or fail without booting.
-    #[arg(long, default_value_t = 3300, value_name = "SECS")]
+    #[arg(long, default_value_t = 4000, value_name = "SECS")]
     vm_budget: u64,
     /// Extra arguments for the host's `cargo test` test binaries (after `--`; not for the VMs).
     #[arg(last = true)]
