@@ -144,7 +144,7 @@ fn log_reason(
             (*r).has_ct = u8::from(ok);
         }
     }
-    entry.submit(0);
+    entry.submit(crate::maps::wakeup());
 }
 
 /// The class of a conntrack log message, by its first words (nf_conntrack_proto_tcp.c:

@@ -545,6 +545,14 @@ async fn run<W: io::Write>(
             _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break,
             _ = tick.tick() => {
                 let now = Instant::now();
+                // Records below the wake-up threshold come without a wake-up: collect them.
+                for _ in 0..BATCHES_PER_WAKE {
+                    let n = pipe.drain(afd.get_mut(), BATCH, now);
+                    sink.put(&mut pipe.out.reports)?;
+                    if n < BATCH {
+                        break;
+                    }
+                }
                 pipe.settle(now, false);
                 if now.duration_since(last_notice) >= NOTICE_EVERY {
                     last_notice = now;
