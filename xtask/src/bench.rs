@@ -1867,7 +1867,7 @@ fn targets(hot: &Hot, storm: &Storm, startup: &Startup, pipeline: &Pipeline) -> 
     let mut notes = Vec::new();
     if raised < 200_000.0 {
         notes.push(format!(
-            "end to end, events/s written is bounded by the flood this 2-CPU machine can offer while ct-trace runs: the sender, the softirq that runs conntrack and ct-trace's programs, and ct-trace itself share two CPUs, and with the budget raised ct-trace wrote every event it was offered (see `lost`). The same userspace path alone writes {} events/s. What was tried: one buffered write per batch of 2048 records instead of a flush per event, interface names cached, ctnetlink lookups moved to their own thread and limited to 2000/s for verdicts (the lookups had kept most of a core busy in a storm), the parsed BTF freed before any event",
+            "end to end, events/s written is bounded by the flood this 2-CPU machine can offer while ct-trace runs: the sender, the softirq that runs conntrack and ct-trace's programs, and ct-trace itself share two CPUs, and with the budget raised ct-trace wrote every event it was offered (see `lost`). The same userspace path alone writes {} events/s. What was tried: one buffered write per batch of 2048 records instead of a flush per event, interface names cached, ctnetlink lookups moved to their own thread and limited to 2000/s for verdicts (the lookups had kept most of a core busy in a storm), no ring-buffer wake-up per record (it cost an irq_work and a context switch per event), the parsed BTF freed before any event",
             group(alone as u64)
         ));
     }
