@@ -38,6 +38,9 @@ pub const RECENT: usize = 4096;
 pub const MAX_PENDING: usize = 32768;
 /// Reasons waiting for their verdict, and resets waiting for a lookup.
 pub const MAX_WAITING: usize = 32768;
+/// Flows in the reset summary; attributions of further flows are summed in one
+/// `(other flows)` row.
+pub const MAX_FLOWS: usize = 10_000;
 
 /// A verdict is named by its `sk_buff` address and its time: addresses are reused, the pair
 /// is not.
@@ -742,11 +745,14 @@ impl Correlator {
             fate,
             enrichment,
         };
-        let key = (
+        let mut key = (
             client.unwrap_or_else(|| "?".into()),
             service.unwrap_or_else(|| "-".into()),
             backend,
         );
+        if self.flows.len() >= MAX_FLOWS && !self.flows.contains_key(&key) {
+            key = ("(other flows)".into(), "-".into(), "-".into());
+        }
         let f = self.flows.entry(key).or_default();
         f.resets += 1;
         if !f.reasons.contains(&invalid_reason) && f.reasons.len() < 16 {
@@ -1140,6 +1146,23 @@ mod tests {
         let token = urgent.token;
         c.answer(token, Some(None), &mut out);
         assert_eq!(kinds(&out), ["invalid", "rst_sent", "attribution"]);
+    }
+
+    #[test]
+    fn the_flow_summary_is_bounded() {
+        let mut c = Correlator::new(ctx());
+        let t0 = Instant::now();
+        let mut out = Output::default();
+        for i in 0..(MAX_FLOWS as u64 + 5) {
+            let mut r = caused_reset(7, 0);
+            r.packet.dport = (i % 60_000) as u16;
+            r.packet.daddr[2] = (i / 60_000) as u8;
+            c.event(Event::Reset(Kind::RstSent, r), t0, &mut out);
+        }
+        let flows = c.summary();
+        assert_eq!(flows.len(), MAX_FLOWS + 1);
+        let other = flows.iter().find(|f| f.client == "(other flows)").unwrap();
+        assert_eq!(other.resets, 5);
     }
 
     #[test]
