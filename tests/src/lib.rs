@@ -440,7 +440,9 @@ impl CtTrace {
             }
             None => Command::new(bin()),
         };
-        cmd.args(["-o", "json", "--duration", "60", "--ready-file"])
+        // A bound in case a test never stops it; tests stop it with SIGINT. Under TCG a flood
+        // test runs for minutes.
+        cmd.args(["-o", "json", "--duration", "600", "--ready-file"])
             .arg(&ready)
             .args(["--attach", &mode()])
             .args(extra)
@@ -508,15 +510,25 @@ impl CtTrace {
         self.child.as_ref().expect("running").id()
     }
 
-    /// ct-trace's peak resident memory so far (`VmHWM`, KiB).
-    pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("ct-trace's /proc status");
-        status
+    /// ct-trace's peak resident memory so far (`VmHWM`, KiB). Panics with what ct-trace printed
+    /// when it is no longer running.
+    pub fn peak_rss_kib(&mut self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let hwm = status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM")
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+        if let Some(kib) = hwm {
+            return kib;
+        }
+        // A process that exited has no memory to report: say why it exited.
+        let st = self.child.as_mut().unwrap().wait().unwrap();
+        let out = self.finish_with(st);
+        panic!(
+            "ct-trace is no longer running ({:?}): {}",
+            out.status, out.stderr
+        );
     }
 
     /// Waits (at most `max`) for ct-trace to end by itself, and returns what it printed.
