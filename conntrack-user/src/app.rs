@@ -398,6 +398,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     // record of it is in the ring buffer.
     let kernel_detaching = kstat::invalid().ok();
     drop(links);
+    let missed_runs = missed_runs(&ebpf);
     drop(ebpf);
     let kernel_after = kstat::invalid().ok();
     let kernel = verdicts.then_some(KernelInvalid {
@@ -442,6 +443,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         &corr,
         own_netns,
         kernel,
+        &missed_runs,
         started.elapsed(),
     );
     if cli.output == Format::Json && !sink.broken_pipe {
@@ -591,6 +593,22 @@ async fn run<W: io::Write>(
     Ok(Some(afd.into_inner()))
 }
 
+/// Runs the kernel skipped, by program (BPF recursion protection), where any.
+fn missed_runs(ebpf: &aya::Ebpf) -> BTreeMap<String, u64> {
+    use std::os::fd::AsFd as _;
+    ebpf.programs()
+        .filter_map(|(name, p)| {
+            let fd = p.fd().ok()?;
+            let n = kstat::recursion_misses(fd.as_fd())?;
+            (n > 0).then(|| (name.to_string(), n))
+        })
+        .collect()
+}
+
+/// The program whose skipped runs may each have been an INVALID verdict (kprobe mode; the
+/// netfilter program is called directly and never skipped).
+const VERDICT_RETURN_PROBE: &str = "ctt_ct_in_ret";
+
 /// Readings of the kernel's `invalid` counter (start, end) around attach and detach.
 struct KernelInvalid {
     outer: Option<(u64, u64)>,
@@ -603,6 +621,7 @@ fn summarize(
     corr: &Correlator,
     netns: u32,
     kernel: Option<KernelInvalid>,
+    missed_runs: &BTreeMap<String, u64>,
     elapsed: Duration,
 ) -> SummaryReport {
     let c = counters.all();
@@ -625,6 +644,7 @@ fn summarize(
         filtered: get("filtered_invalid") + kind_filtered("invalid"),
         lost: get("lost_invalid"),
         unprinted: unprinted("invalid"),
+        missed_runs: missed_runs.get(VERDICT_RETURN_PROBE).copied().unwrap_or(0),
     };
     let mut events = tally.shown.clone();
     for (k, v) in events.iter_mut() {
@@ -662,6 +682,7 @@ fn summarize(
         lost,
         filtered,
         enrichment_skipped: corr.enrichment_skipped,
+        missed_runs: missed_runs.clone(),
         counters: c,
     }
 }
@@ -730,6 +751,12 @@ fn print_summary(
                 let inner = i.kernel_while_attached.unwrap_or(kernel);
                 let verdict = if kernel == i.counted {
                     "equal".to_string()
+                } else if kernel > i.counted && kernel - i.counted <= i.missed_runs {
+                    format!(
+                        "DIFFERENT by {}: the kernel skipped {} runs of ct-trace's verdict kretprobe (a BPF program was already running on that CPU), which may each have been one",
+                        kernel - i.counted,
+                        i.missed_runs
+                    )
                 } else if (inner..=kernel).contains(&i.counted) {
                     format!(
                         "equal within the packets that arrived while ct-trace attached or detached (kernel {inner} while attached)"

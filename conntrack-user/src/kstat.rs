@@ -39,6 +39,33 @@ pub fn netns_inode(pid: &str) -> io::Result<u32> {
     Ok(fs::metadata(format!("/proc/{pid}/ns/net"))?.ino() as u32)
 }
 
+/// How many times the kernel skipped a BPF program instead of running it
+/// (`bpf_prog_info.recursion_misses`, Linux 5.12+): a kprobe or tracepoint program is not run
+/// when another BPF program is already running on the CPU (e.g. a softirq that interrupted one),
+/// so each miss may be an event that never happened for ct-trace. `None` when unknown.
+pub fn recursion_misses(prog: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+
+    use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
+    // SAFETY: all-zero is a valid bpf_prog_info and bpf_attr.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // Writing plain integers into the `info` member of the union.
+    attr.info.bpf_fd = prog.as_raw_fd() as u32;
+    attr.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
+    attr.info.info = (&mut info as *mut bpf_prog_info) as u64;
+    // SAFETY: attr points at a live bpf_prog_info of the size it states.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &mut attr as *mut bpf_attr,
+            std::mem::size_of::<bpf_attr>(),
+        )
+    };
+    (ret == 0).then_some(info.recursion_misses)
+}
+
 /// Where `ip netns` (and CNI plugins) name network namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
 

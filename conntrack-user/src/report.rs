@@ -226,6 +226,11 @@ pub struct InvalidTally {
     pub lost: u64,
     /// Reports not printed because `-c` was reached or stdout was closed.
     pub unprinted: u64,
+    /// Runs of the verdict kretprobe the kernel skipped (BPF recursion protection: another BPF
+    /// program was running on the CPU, e.g. one a softirq interrupted): each may have been an
+    /// INVALID verdict ct-trace never saw, so `kernel` may exceed `counted` by up to this many.
+    /// Always 0 with the netfilter link, which the kernel calls directly.
+    pub missed_runs: u64,
 }
 
 /// The last line of `-o json` at exit.
@@ -246,6 +251,9 @@ pub struct SummaryReport {
     pub filtered: std::collections::BTreeMap<&'static str, u64>,
     /// Events that went out without their ctnetlink lookup (see `enrichment`).
     pub enrichment_skipped: u64,
+    /// Runs of ct-trace's programs the kernel skipped (recursion protection), by program;
+    /// empty when none.
+    pub missed_runs: std::collections::BTreeMap<String, u64>,
     /// Every kernel counter of ct-trace, summed over the CPUs.
     pub counters: std::collections::BTreeMap<&'static str, u64>,
 }

@@ -406,11 +406,18 @@ impl Output {
             n("shown") + n("suppressed") + n("filtered") + n("lost") + n("unprinted"),
             "counted == shown + suppressed + filtered + lost + unprinted: {i}"
         );
-        assert_eq!(
-            n("kernel"),
-            n("counted"),
-            "ct-trace's count == the kernel's: {i}"
-        );
+        // With kprobes, the kernel may skip a run of the verdict kretprobe (BPF recursion
+        // protection) and says how often: the only difference allowed, and only that large.
+        let missed = n("missed_runs");
+        for k in ["kernel", "kernel_while_attached"] {
+            assert!(
+                n(k) >= n("counted") && n(k) - n("counted") <= missed,
+                "ct-trace's count == the kernel's ({k}), up to {missed} skipped runs: {i}"
+            );
+        }
+        if missed > 0 {
+            eprintln!("the kernel skipped {missed} runs of the verdict kretprobe: {i}");
+        }
         i
     }
 
