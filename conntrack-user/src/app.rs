@@ -130,10 +130,11 @@ impl Counters {
                 counter: c.name(),
                 count: delta,
             };
-            out.push(if c.name().starts_with("suppressed") {
-                Report::Suppressed(r)
-            } else {
-                Report::Lost(r)
+            out.push(match c {
+                SuppressedInvalid | SuppressedReset | SuppressedReason | SuppressedDrop => {
+                    Report::Suppressed(r)
+                }
+                _ => Report::Lost(r),
             });
         }
     }
@@ -390,7 +391,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         decode_errors: 0,
         lookups: (0, Instant::now()),
     };
-    let ring = rt
+    let mut ring = rt
         .block_on(run(cli, ring, &mut pipe, &mut counters, &mut sink))
         .context("writing events")?;
 
@@ -405,9 +406,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         outer: kernel_before.zip(kernel_after),
         inner: kernel_attached.zip(kernel_detaching),
     });
-    if let Some(mut ring) = ring {
-        pipe.drain(&mut ring, usize::MAX, Instant::now());
-    }
+    pipe.drain(&mut ring, usize::MAX, Instant::now());
     pipe.settle(Instant::now(), true);
     counters.notices(pipe.corr, &mut pipe.out.reports);
     let decode_errors = pipe.decode_errors;
@@ -451,7 +450,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         let _ = writeln!(out, "{}", Report::Summary(summary.clone()).json());
         let _ = out.flush();
     }
-    print_summary(&summary, &sink.tally, &corr, verdicts, &flows);
+    print_summary(&summary, &corr, verdicts, &flows);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -526,7 +525,7 @@ async fn run<W: io::Write>(
     pipe: &mut Pipe<'_>,
     counters: &mut Counters,
     sink: &mut Sink<'_, W>,
-) -> io::Result<Option<RingBuf<MapData>>> {
+) -> io::Result<RingBuf<MapData>> {
     // SAFETY: the ring buffer owns its fd and the AsyncFd owns the ring buffer, so the fd stays
     // open for as long as it is registered.
     let mut afd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -590,7 +589,7 @@ async fn run<W: io::Write>(
             break;
         }
     }
-    Ok(Some(afd.into_inner()))
+    Ok(afd.into_inner())
 }
 
 /// Runs the kernel skipped, by program (BPF recursion protection), where any.
@@ -690,7 +689,6 @@ fn summarize(
 /// The human summary, on stderr.
 fn print_summary(
     s: &SummaryReport,
-    tally: &Tally,
     corr: &Correlator,
     verdicts: bool,
     flows: &[crate::report::FlowReport],
@@ -800,7 +798,6 @@ fn print_summary(
             corr.reasons_unmatched
         );
     }
-    let _ = tally;
     if !flows.is_empty() {
         eprintln!("ct-trace: resets caused by INVALID packets, by flow:");
         eprintln!(

@@ -405,10 +405,8 @@ impl Report {
                     f.last
                 );
             }
-            Self::Summary(r) => {
-                let _ = write!(s, "{}", self.json());
-                let _ = r;
-            }
+            // Text mode prints its summary as prose on stderr; this is only a fallback.
+            Self::Summary(_) => s.push_str(&self.json()),
         }
         s
     }
