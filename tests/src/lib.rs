@@ -109,6 +109,12 @@ impl Netns {
 
     /// The kernel's `invalid` conntrack counter of this namespace (summed over CPUs).
     pub fn kernel_invalid(&self) -> u64 {
+        self.kernel_counter("invalid")
+    }
+
+    /// One of the kernel's conntrack counters of this namespace (`/proc/net/stat/nf_conntrack`,
+    /// summed over CPUs): `invalid`, `drop`, `early_drop`, `insert_failed`, ...
+    pub fn kernel_counter(&self, name: &str) -> u64 {
         let text = self.exec("cat /proc/net/stat/nf_conntrack");
         let mut lines = text.lines();
         let names: Vec<&str> = lines
@@ -118,12 +124,46 @@ impl Netns {
             .collect();
         let col = names
             .iter()
-            .position(|n| *n == "invalid")
-            .expect("invalid column");
-        lines
+            .position(|n| *n == name)
+            .unwrap_or_else(|| panic!("no `{name}` column in /proc/net/stat/nf_conntrack"));
+        let rows = lines
             .filter_map(|l| l.split_whitespace().nth(col))
-            .map(|v| u64::from_str_radix(v, 16).expect("hex"))
-            .sum()
+            .map(|v| u64::from_str_radix(v, 16).expect("hex"));
+        // `entries` is the namespace's one count, repeated on every CPU's row.
+        if name == "entries" {
+            rows.max().unwrap_or(0)
+        } else {
+            rows.sum()
+        }
+    }
+}
+
+/// A global (init-namespace) sysctl set for the length of a test and restored on drop, also when
+/// the test fails. `nf_conntrack_max` and `nf_conntrack_buckets` can only be changed there, and
+/// the limit then applies to every namespace's own table.
+pub struct GlobalSysctl {
+    path: PathBuf,
+    saved: String,
+}
+
+impl GlobalSysctl {
+    /// `name` as under /proc/sys with dots, e.g. `net.netfilter.nf_conntrack_max`.
+    pub fn set(name: &str, value: &str) -> Self {
+        let path = PathBuf::from("/proc/sys").join(name.replace('.', "/"));
+        let saved = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+            .trim()
+            .to_string();
+        std::fs::write(&path, value).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        Self { path, saved }
+    }
+}
+
+impl Drop for GlobalSysctl {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(&self.path, &self.saved) {
+            eprintln!("could not restore {} to {}: {e}", self.path.display(), self.saved);
+        }
     }
 }
 
