@@ -15,7 +15,7 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Bumped whenever any record layout changes.
-pub const WIRE_VERSION: u8 = 3;
+pub const WIRE_VERSION: u8 = 4;
 
 /// Size of the `EVENTS` ring buffer in bytes (a power of two, a multiple of the page size).
 pub const RING_BYTES: u32 = 1 << 22;
@@ -48,6 +48,13 @@ pub enum Kind {
     Drop = 4,
     /// Conntrack logged why it refused a packet (its log helpers); [`Reason`] follows.
     Reason = 5,
+    /// A TCP packet other than a SYN created a brand-new entry: conntrack picked its flow up
+    /// mid-stream (`nf_conntrack_tcp_loose`), so the flow's earlier entry, and its NAT, were
+    /// lost; [`Pressure`] follows.
+    Midstream = 6,
+    /// Netfilter dropped a packet conntrack could not make an entry for while the table was
+    /// full ("nf_conntrack: table full, dropping packet"); [`Pressure`] follows.
+    TableFull = 7,
 }
 
 impl TryFrom<u8> for Kind {
@@ -59,6 +66,8 @@ impl TryFrom<u8> for Kind {
             3 => Self::Invalid,
             4 => Self::Drop,
             5 => Self::Reason,
+            6 => Self::Midstream,
+            7 => Self::TableFull,
             other => return Err(other),
         })
     }
@@ -148,7 +157,31 @@ pub struct InvalidSeen {
     pub hook: u8,
     /// 1 when the verdict's record was sent to userspace (not suppressed by the event budget).
     pub shown: u8,
-    pub _pad: [u8; 2],
+    /// [`Cause`]: what was wrong with the packet.
+    pub cause: u8,
+    pub _pad: u8,
+}
+
+/// Why conntrack let a packet through without its flow's NAT ([`InvalidSeen::cause`]). The
+/// discriminants are part of the wire format.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// Marked INVALID ([`Verdict`]): no entry at all.
+    InvalidPacket = 0,
+    /// Picked up mid-stream in a brand-new entry ([`Kind::Midstream`]): the flow's entry was lost.
+    EntryLost = 1,
+}
+
+impl TryFrom<u8> for Cause {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        Ok(match v {
+            0 => Self::InvalidPacket,
+            1 => Self::EntryLost,
+            other => return Err(other),
+        })
+    }
 }
 
 /// What the kernel remembers about an INVALID packet until it is freed (its fate).
@@ -244,6 +277,36 @@ pub struct Drop {
     /// `enum skb_drop_reason` value, or `u32::MAX` when the kernel does not pass one.
     pub reason: u32,
     pub _pad: u32,
+}
+
+/// A table-pressure record ([`Kind::Midstream`], [`Kind::TableFull`]): the packet, and the
+/// namespace's conntrack entry count at that moment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pressure {
+    pub header: Header,
+    pub packet: Packet,
+    /// Identifies the packet (never printed).
+    pub skb: u64,
+    /// `net->ct.count`: entries in the namespace's table; `u32::MAX` when unknown.
+    pub entries: u32,
+    /// `enum nf_inet_hooks` where the packet was seen (`u8::MAX` when unknown: a drop).
+    pub hook: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `ct->status` bits (include/uapi/linux/netfilter/nf_conntrack_common.h).
+pub mod ips {
+    pub const ASSURED: u64 = 1 << 2;
+    pub const CONFIRMED: u64 = 1 << 3;
+}
+
+/// `enum ip_conntrack_info` values in the low 3 bits of `skb->_nfct`
+/// (include/uapi/linux/netfilter/nf_conntrack_common.h).
+pub mod ctinfo {
+    /// Original direction, no reply seen yet: for an unconfirmed entry, the packet created it.
+    pub const NEW: u64 = 2;
+    pub const MASK: u64 = 7;
 }
 
 /// Which conntrack log helper a [`Reason`] came from.
@@ -374,10 +437,25 @@ pub enum Counter {
     /// INVALID verdicts not sent because they did not pass `--host`/`--port` (counted, never
     /// shown; still matched to the resets they cause).
     FilteredInvalid = 31,
+    /// TCP packets other than SYNs that created a new entry (flows picked up mid-stream).
+    Midstream = 32,
+    /// Netfilter drops of packets without an entry while the table was at `nf_conntrack_max`:
+    /// conntrack's "table full, dropping packet" (the kernel's `drop`).
+    TableFull = 33,
+    /// Netfilter drops of packets without an entry while the table had room (a rule before
+    /// conntrack, e.g. in the raw table): not table pressure, only counted.
+    NfDropUntracked = 34,
+    SuppressedMidstream = 35,
+    LostMidstream = 36,
+    /// Midstream records not sent because they did not pass `--host`/`--port`.
+    FilteredMidstream = 37,
+    SuppressedTableFull = 38,
+    LostTableFull = 39,
+    FilteredTableFull = 40,
 }
 
 /// Number of slots in `COUNTERS`.
-pub const COUNTERS: u32 = 32;
+pub const COUNTERS: u32 = 41;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -413,6 +491,15 @@ impl Counter {
         Self::MapUpdateFailed,
         Self::StackLost,
         Self::FilteredInvalid,
+        Self::Midstream,
+        Self::TableFull,
+        Self::NfDropUntracked,
+        Self::SuppressedMidstream,
+        Self::LostMidstream,
+        Self::FilteredMidstream,
+        Self::SuppressedTableFull,
+        Self::LostTableFull,
+        Self::FilteredTableFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -449,6 +536,15 @@ impl Counter {
             Self::MapUpdateFailed => "map_update_failed",
             Self::StackLost => "stack_lost",
             Self::FilteredInvalid => "filtered_invalid",
+            Self::Midstream => "midstream",
+            Self::TableFull => "table_full",
+            Self::NfDropUntracked => "nf_drop_untracked",
+            Self::SuppressedMidstream => "suppressed_midstream",
+            Self::LostMidstream => "lost_midstream",
+            Self::FilteredMidstream => "filtered_midstream",
+            Self::SuppressedTableFull => "suppressed_table_full",
+            Self::LostTableFull => "lost_table_full",
+            Self::FilteredTableFull => "filtered_table_full",
         }
     }
 
@@ -459,6 +555,8 @@ impl Counter {
             Kind::RstSent | Kind::RstReceived => (Self::SuppressedReset, Self::LostReset),
             Kind::Reason => (Self::SuppressedReason, Self::LostReason),
             Kind::Drop => (Self::SuppressedDrop, Self::LostDrop),
+            Kind::Midstream => (Self::SuppressedMidstream, Self::LostMidstream),
+            Kind::TableFull => (Self::SuppressedTableFull, Self::LostTableFull),
         }
     }
 }
@@ -525,7 +623,8 @@ pub struct Offsets {
     pub net_hooks_ipv6: u32,
     /// `nf_hook_entries.hooks`: first `struct nf_hook_entry { hookfn, priv }`.
     pub entries_hooks: u32,
-    pub _pad: u32,
+    /// `net.ct.count`: the namespace's conntrack entries (0 when unknown).
+    pub net_ct_count: u32,
 }
 
 /// Offsets into `struct nf_conn`, from the BTF of the module that defines it (`nf_conntrack`
@@ -560,6 +659,7 @@ const _: () = assert!(core::mem::size_of::<InvalidSeen>() == 24);
 const _: () = assert!(core::mem::size_of::<Reset>() == 16 + 64 + 8 + 24);
 const _: () = assert!(core::mem::size_of::<Verdict>() == 16 + 64 + 16);
 const _: () = assert!(core::mem::size_of::<Drop>() == 40);
+const _: () = assert!(core::mem::size_of::<Pressure>() == 16 + 64 + 16);
 const _: () = assert!(core::mem::size_of::<PendingDrop>() == 16);
 const _: () = assert!(core::mem::size_of::<Budget>() == 16);
 const _: () = assert!(core::mem::size_of::<Filter>() == 28);

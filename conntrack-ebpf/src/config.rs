@@ -30,7 +30,7 @@ static OFFSETS: Offsets = Offsets {
     net_hooks_ipv4: 0,
     net_hooks_ipv6: 0,
     entries_hooks: 0,
-    _pad: 0,
+    net_ct_count: 0,
 };
 
 #[unsafe(no_mangle)]

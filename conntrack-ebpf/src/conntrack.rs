@@ -23,13 +23,13 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use conntrack_common::{
-    Counter, Kind, Reason, ReasonSource, CT_TCP_BYTES, CT_TUPLE_BYTES, FMT_BYTES,
+    ctinfo, Counter, Kind, Reason, ReasonSource, CT_TCP_BYTES, CT_TUPLE_BYTES, FMT_BYTES,
 };
 
 use crate::{
     config,
     maps::{allow, count, EVENTS},
-    netfilter::on_invalid,
+    netfilter::{on_invalid, on_new},
     skb::{header, netns_inum, read, read_packet},
 };
 
@@ -249,7 +249,13 @@ pub fn ctt_ct_in_ret(ctx: RetProbeContext) -> u32 {
     }
     // SAFETY: probe read; the skb is alive until its caller returns.
     let nfct = unsafe { read::<u64>(skb, config::skb_nfct_offset()) }.unwrap_or(1);
-    if nfct != 0 || !watched(state) {
+    if nfct != 0 {
+        if nfct & ctinfo::MASK == ctinfo::NEW && watched(state) {
+            on_new(state, skb, nfct);
+        }
+        return 0;
+    }
+    if !watched(state) {
         return 0;
     }
     // NF_DROP (0) with no entry: conntrack could not allocate one (table full: "nf_conntrack:

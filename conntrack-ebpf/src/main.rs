@@ -11,6 +11,7 @@ mod conntrack;
 mod filter;
 mod maps;
 mod netfilter;
+mod pressure;
 mod skb;
 mod tcp;
 

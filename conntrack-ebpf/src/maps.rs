@@ -4,7 +4,7 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns,
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use conntrack_common::{
     Budget, Counter, InvalidSeen, Kind, PacketKey, PendingDrop, BUDGET_WINDOW_NS, COUNTERS,
@@ -35,6 +35,12 @@ pub static PENDING_RST: LruHashMap<PacketKey, InvalidSeen> =
 #[map]
 pub static PENDING_DROP: LruHashMap<u64, PendingDrop> =
     LruHashMap::with_max_entries(PENDING_ENTRIES, 0);
+
+/// `nf_conntrack_max`, written by userspace at start-up and every second: the limit is a
+/// global sysctl (kallsyms has no data symbols to read it from), the count it applies to is
+/// each namespace's own. 0: unknown (table pressure is then not told from other drops).
+#[map]
+pub static CT_MAX: Array<u32> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn count(c: Counter) {

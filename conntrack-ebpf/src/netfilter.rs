@@ -17,14 +17,15 @@
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use conntrack_common::{
-    flags, Counter, Hook, Kind, Offsets, Packet, PendingDrop, Verdict, IPPROTO_ICMP,
-    IPPROTO_ICMPV6, IPPROTO_TCP,
+    ctinfo, flags, ips, Cause, Counter, Hook, Kind, Offsets, Packet, PendingDrop, Pressure,
+    Verdict, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
 };
 
 use crate::{
     config,
     filter::packet_matches,
     maps::{allow, count, emit, PENDING_DROP},
+    pressure::ct_count,
     skb::{header, netns_inum, read, read_packet},
     tcp::remember_invalid,
 };
@@ -54,7 +55,7 @@ pub extern "C" fn ctt_nf_verdict(ctx: *const NfCtx) -> i32 {
         let off = config::skb_nfct_offset() as usize;
         (skb, core::ptr::read_volatile(skb.add(off) as *const u64))
     };
-    // The hot path: a tracked packet costs this load and compare, nothing else.
+    // The hot path: a packet of a known flow costs this load and two compares, nothing else.
     if nfct == 0 {
         // SAFETY: as above.
         let state = unsafe { (*ctx).state };
@@ -63,6 +64,10 @@ pub extern "C" fn ctt_nf_verdict(ctx: *const NfCtx) -> i32 {
         } else {
             count(Counter::Untracked);
         }
+    } else if nfct & ctinfo::MASK == ctinfo::NEW {
+        // SAFETY: as above.
+        let state = unsafe { (*ctx).state };
+        on_new(state, skb, nfct);
     }
     // An observer: never change the packet's fate.
     NF_ACCEPT
@@ -215,7 +220,14 @@ pub fn on_invalid(state: *const u8, skb: *const u8) {
     };
     if ev.packet.proto == IPPROTO_TCP && ev.flags & flags::NO_HEADERS == 0 {
         count(Counter::InvalidTcp);
-        remember_invalid(&ev.packet, ev.header.ts_ns, ev.skb, ev.hook, shown);
+        remember_invalid(
+            &ev.packet,
+            ev.header.ts_ns,
+            ev.skb,
+            ev.hook,
+            shown,
+            Cause::InvalidPacket,
+        );
     } else {
         ev.flags |= flags::NOT_TCP;
     }
@@ -229,5 +241,56 @@ pub fn on_invalid(state: *const u8, skb: *const u8) {
     }
     if shown {
         emit(Kind::Invalid, &ev);
+    }
+}
+
+/// A packet in the original direction of an entry with no reply yet (`IP_CT_NEW`). When the
+/// entry is unconfirmed this very packet created it; a TCP packet without SYN can only do that
+/// when conntrack picks a flow up mid-stream (`nf_conntrack_tcp_loose`, `tcp_new()` in
+/// nf_conntrack_proto_tcp.c), i.e. when the flow's earlier entry - and its NAT - were lost.
+/// Shared with the kretprobe fallback. Runs only for packets that opened an entry.
+#[inline(never)]
+pub fn on_new(state: *const u8, skb: *const u8, nfct: u64) {
+    let c = config::ct_offsets();
+    if c.status == 0 {
+        return;
+    }
+    let ct = (nfct & !ctinfo::MASK) as *const u8;
+    // SAFETY: probe read of a kernel pointer.
+    let status = unsafe { read::<u64>(ct, c.status) }.unwrap_or(ips::CONFIRMED);
+    if status & ips::CONFIRMED != 0 {
+        // A retransmitted opening packet of an entry already in the table.
+        return;
+    }
+    let o = config::offsets();
+    let mut ev = Pressure {
+        header: header(Kind::Midstream),
+        skb: skb as u64,
+        ..Default::default()
+    };
+    const SYN: u8 = 0x02;
+    if !read_packet(skb, &o, &mut ev.packet)
+        || ev.packet.proto != IPPROTO_TCP
+        || ev.packet.tcp_flags & SYN != 0
+    {
+        return;
+    }
+    // SAFETY: probe reads of kernel pointers.
+    let net = unsafe {
+        ev.hook = read::<u8>(state, o.state_hook).unwrap_or(u8::MAX);
+        read::<u64>(state, o.state_net).unwrap_or(0) as *const u8
+    };
+    ev.packet.netns = netns_inum(net, &o);
+    ev.entries = ct_count(net, &o);
+    count(Counter::Midstream);
+    let shown = if packet_matches(&config::filter(), &ev.packet) {
+        allow(Kind::Midstream, false)
+    } else {
+        count(Counter::FilteredMidstream);
+        false
+    };
+    remember_invalid(&ev.packet, ev.header.ts_ns, ev.skb, ev.hook, shown, Cause::EntryLost);
+    if shown {
+        emit(Kind::Midstream, &ev);
     }
 }

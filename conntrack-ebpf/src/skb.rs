@@ -185,7 +185,12 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) {
     // SAFETY: map value read; LRU entries are never freed while we hold the RCU read lock.
     let seen = match unsafe { PENDING_DROP.get(skb) } {
         Some(p) => *p,
-        None => return,
+        None => {
+            if config::kfree_has_reason() && ctx.arg::<u32>(2) == config::netfilter_drop() {
+                crate::pressure::on_netfilter_drop(skb as *const u8);
+            }
+            return;
+        }
     };
     let _ = PENDING_DROP.remove(skb);
     let hdr = header(Kind::Drop);

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, ProbeContext},
 };
 use conntrack_common::{
-    flags, Counter, InvalidSeen, Kind, Offsets, Packet, PacketKey, Reset, IPPROTO_TCP,
+    flags, Cause, Counter, InvalidSeen, Kind, Offsets, Packet, PacketKey, Reset, IPPROTO_TCP,
     PENDING_RST_MAX_AGE_NS,
 };
 
@@ -209,16 +209,18 @@ fn try_rst_recv(ctx: &BtfTracePointContext) {
     send_reset(Kind::RstReceived, &ev);
 }
 
-/// Remembers an INVALID packet so that a reset it causes, in any namespace, is matched exactly.
+/// Remembers a packet conntrack let through without its flow's NAT (INVALID, or picked up
+/// mid-stream) so that a reset it causes, in any namespace, is matched exactly.
 #[inline(always)]
-pub fn remember_invalid(p: &Packet, ts_ns: u64, skb: u64, hook: u8, shown: bool) {
+pub fn remember_invalid(p: &Packet, ts_ns: u64, skb: u64, hook: u8, shown: bool, cause: Cause) {
     let seen = InvalidSeen {
         ts_ns,
         skb,
         netns: p.netns,
         hook,
         shown: u8::from(shown),
-        _pad: [0; 2],
+        cause: cause as u8,
+        _pad: 0,
     };
     if PENDING_RST.insert(PacketKey::of(p), seen, 0).is_err() {
         count(Counter::MapUpdateFailed);

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use conntrack_common::{Counter, Filter, COUNTERS};
 use log::{info, warn};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
@@ -22,10 +22,12 @@ use crate::{
     btf::KernelBtf,
     cli::{Cli, Command, Resets},
     doctor,
+    destroy::Watcher,
     enrich::{Enricher, IfNames},
     events, kstat, load,
     preflight::{self, PreflightError},
     report::{CounterReport, Format, InvalidTally, Report, SummaryReport, Writer},
+    table::{self, CtMax, EvictedTally, KindTally, TableTally},
 };
 
 /// Records handled per batch before the reports are written: bounds the memory a burst takes.
@@ -118,6 +120,10 @@ impl Counters {
             SuppressedReset,
             SuppressedReason,
             SuppressedDrop,
+            LostMidstream,
+            LostTableFull,
+            SuppressedMidstream,
+            SuppressedTableFull,
         ] {
             let now = self.read(c);
             let delta = now.saturating_sub(self.noticed[c as usize]);
@@ -131,9 +137,8 @@ impl Counters {
                 count: delta,
             };
             out.push(match c {
-                SuppressedInvalid | SuppressedReset | SuppressedReason | SuppressedDrop => {
-                    Report::Suppressed(r)
-                }
+                SuppressedInvalid | SuppressedReset | SuppressedReason | SuppressedDrop
+                | SuppressedMidstream | SuppressedTableFull => Report::Suppressed(r),
                 _ => Report::Lost(r),
             });
         }
@@ -262,6 +267,12 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     // the first program is attached to after the last is detached, `kernel_while_attached` from
     // after the last is attached to before the first is detached. ct-trace's count lies between
     // the two, and equals both when no INVALID packet arrives during attach and detach.
+    // Listening for destroyed entries before attaching: the kernel sends those events only for
+    // entries created while someone listens (`nf_conntrack_events=2`).
+    let watcher = crate::destroy::Watcher::start(boot_now)
+        .map_err(|e| warn!("conntrack destroy events unavailable, lost entries are not named: {e}"))
+        .ok();
+    let stats_before = kstat::read().ok();
     let kernel_before = kstat::invalid().ok();
     let attached = match load::attach(crate::EBPF_OBJECT, &kbtf, &features, cli.attach, &globals) {
         Ok(a) => a,
@@ -330,6 +341,10 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         map: counters_map,
         noticed: [0; COUNTERS as usize],
     };
+    let mut ct_max = CtMax::new(
+        ebpf.take_map("CT_MAX")
+            .and_then(|m| Array::try_from(m).ok()),
+    );
 
     let drop_reasons = kbtf.enum_names("skb_drop_reason");
     let netfilter_drop = drop_reasons
@@ -362,6 +377,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     // aya's parsed BTF and the object's copies are gone too.
     trim_heap();
     let mut corr = Correlator::new(ctx);
+    corr.ct_max = ct_max.last;
     log::debug!(
         "memory when ready (peak, now KiB): {:?}",
         preflight::memory_kib()
@@ -387,6 +403,8 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     let mut pipe = Pipe {
         corr: &mut corr,
         enricher: enricher.as_ref(),
+        watcher: watcher.as_ref(),
+        ct_max: &mut ct_max,
         out: Output::default(),
         decode_errors: 0,
         lookups: (0, Instant::now()),
@@ -402,6 +420,9 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     let missed_runs = missed_runs(&ebpf);
     drop(ebpf);
     let kernel_after = kstat::invalid().ok();
+    let stats_after = kstat::read().ok();
+    // The last destroy events of the run (the thread reads every 100 ms).
+    std::thread::sleep(Duration::from_millis(150));
     let kernel = verdicts.then_some(KernelInvalid {
         outer: kernel_before.zip(kernel_after),
         inner: kernel_attached.zip(kernel_detaching),
@@ -436,7 +457,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let summary = summarize(
+    let mut summary = summarize(
         &sink.tally,
         &counters,
         &corr,
@@ -444,6 +465,15 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         kernel,
         &missed_runs,
         started.elapsed(),
+    );
+    summary.table = table_tally(
+        &sink.tally,
+        &counters,
+        &corr,
+        (stats_before.as_ref(), stats_after.as_ref()),
+        watcher.as_ref().map_or(0, |w| {
+            w.overflows.load(std::sync::atomic::Ordering::Relaxed)
+        }),
     );
     if cli.output == Format::Json && !sink.broken_pipe {
         let mut out = io::stdout().lock();
@@ -458,6 +488,8 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
 struct Pipe<'a> {
     corr: &'a mut Correlator,
     enricher: Option<&'a Enricher>,
+    watcher: Option<&'a Watcher>,
+    ct_max: &'a mut CtMax,
     out: Output,
     decode_errors: u64,
     /// Verdict lookups sent in the current second, and when it began.
@@ -514,6 +546,14 @@ impl Pipe<'_> {
             e.answers(&mut answers);
             self.corr.answers(answers, &mut self.out);
         }
+        self.corr.entries_now = table::read_count();
+        if let Some(w) = self.watcher {
+            let mut gone = Vec::new();
+            w.take(&mut gone);
+            if !gone.is_empty() {
+                self.corr.gone(gone, &mut self.out);
+            }
+        }
         self.corr.tick(now, flush, &mut self.out);
     }
 }
@@ -558,6 +598,7 @@ async fn run<W: io::Write>(
                 if now.duration_since(last_notice) >= NOTICE_EVERY {
                     last_notice = now;
                     counters.notices(pipe.corr, &mut pipe.out.reports);
+                    pipe.corr.ct_max = pipe.ct_max.refresh();
                     if let Some(path) = &named {
                         if !kstat::netns_still_named(path, own) {
                             warn!("the network namespace {} was deleted: stopping", path.display());
@@ -654,6 +695,8 @@ fn summarize(
         ("reset", get("lost_reset")),
         ("reason", get("lost_reason")),
         ("drop", get("lost_drop")),
+        ("midstream", get("lost_midstream")),
+        ("table_full", get("lost_table_full")),
         ("undecodable", tally.decode_errors),
         ("unreadable_packet", get("read_failed")),
         ("kretprobe_stack", get("stack_lost")),
@@ -662,6 +705,8 @@ fn summarize(
     let mut filtered = BTreeMap::from([
         ("reset", get("filtered_reset")),
         ("invalid", get("filtered_invalid")),
+        ("midstream", get("filtered_midstream")),
+        ("table_full", get("filtered_table_full")),
     ]);
     for (k, n) in &tally.filtered {
         *filtered.entry(k).or_default() += n;
@@ -677,12 +722,71 @@ fn summarize(
             ("reset", get("suppressed_reset")),
             ("reason", get("suppressed_reason")),
             ("drop", get("suppressed_drop")),
+            ("midstream", get("suppressed_midstream")),
+            ("table_full", get("suppressed_table_full")),
         ]),
         lost,
         filtered,
         enrichment_skipped: corr.enrichment_skipped,
         missed_runs: missed_runs.clone(),
         counters: c,
+        table: TableTally::default(),
+    }
+}
+
+type Stats<'a> = Option<&'a std::collections::HashMap<String, u64>>;
+
+fn table_tally(
+    tally: &Tally,
+    counters: &Counters,
+    corr: &Correlator,
+    (before, after): (Stats<'_>, Stats<'_>),
+    overflows: u64,
+) -> TableTally {
+    let get = |c: Counter| counters.read(c);
+    let kind = |k: &str, counted: Counter, suppressed: Counter, lost: Counter, filtered: Counter| {
+        let unprinted = tally.unprinted.get(k).copied().unwrap_or(0);
+        let kind_filtered = tally.filtered.get(k).copied().unwrap_or(0);
+        KindTally {
+            counted: get(counted),
+            shown: tally.shown.get(k).copied().unwrap_or(0) - unprinted - kind_filtered,
+            suppressed: get(suppressed),
+            filtered: get(filtered) + kind_filtered,
+            lost: get(lost),
+            unprinted,
+        }
+    };
+    use Counter::*;
+    let table_full = kind(
+        "table_full",
+        TableFull,
+        SuppressedTableFull,
+        LostTableFull,
+        FilteredTableFull,
+    );
+    let midstream = kind(
+        "midstream",
+        Midstream,
+        SuppressedMidstream,
+        LostMidstream,
+        FilteredMidstream,
+    );
+    let kernel_early_drop = table::delta(before, after, "early_drop");
+    TableTally {
+        max: corr.ct_max,
+        kernel_drop: table::delta(before, after, "drop"),
+        kernel_early_drop,
+        kernel_insert_failed: table::delta(before, after, "insert_failed"),
+        table_full,
+        midstream,
+        evicted: EvictedTally {
+            kernel: kernel_early_drop,
+            shown: corr.evicted,
+            inferred: corr.evicted_inferred,
+            unseen: kernel_early_drop.map(|k| k.saturating_sub(corr.evicted)),
+            overflows,
+        },
+        nf_drop_untracked: get(Counter::NfDropUntracked),
     }
 }
 
@@ -797,6 +901,9 @@ fn print_summary(
             "ct-trace: conntrack logged {} refused packets that are not reported (not TCP, or no verdict program to tell INVALID from ignored)",
             corr.reasons_unmatched
         );
+    }
+    if let Some(line) = table::summary_line(s.netns, &s.table) {
+        eprintln!("{line}");
     }
     if !flows.is_empty() {
         eprintln!("ct-trace: resets caused by INVALID packets, by flow:");

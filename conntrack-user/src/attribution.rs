@@ -13,12 +13,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use conntrack_common::{flags, Drop, Hook, Kind, Reason, Reset, Verdict, IPPROTO_TCP};
+use conntrack_common::{
+    flags, Cause, Drop, Hook, Kind, Pressure, Reason, Reset, Verdict, IPPROTO_TCP,
+};
 
 use crate::{
     btf::CtLayout,
     enrich::{Answer, Request},
     events::{addrs, tcp_flags, Event},
+    lost::{
+        how_name, EvictedReport, FlowEntry, Gone, How, LostEntries, LostReport, MidstreamReport,
+        TableFullReport,
+    },
     netlink::Tuple,
     report::{
         endpoint, endpoint_of, rfc3339, AttributionReport, ConntrackReport, Direction, Fate,
@@ -151,6 +157,30 @@ pub struct Correlator {
     /// Reports that went out without their lookup's answer.
     pub enrichment_skipped: u64,
     pub flows: HashMap<(String, String, String), FlowStats>,
+    /// Entries seen going (ctnetlink destroy events), for `midstream` and `entry_lost`.
+    pub lost: LostEntries,
+    /// `midstream` records waiting (at most [`FATE_WAIT`]) for the destroy event of the entry
+    /// their flow lost, and the resets they caused meanwhile.
+    mids: HashMap<VerdictId, PendingMid>,
+    mid_order: VecDeque<VerdictId>,
+    /// What reported `midstream` records found, for resets that arrive later.
+    mid_recent: HashMap<VerdictId, LostReport>,
+    mid_recent_order: VecDeque<VerdictId>,
+    /// `nf_conntrack_max` as last read (the caller refreshes it).
+    pub ct_max: Option<u32>,
+    /// The namespace's entry count as last read by the caller (at most 20 ms old), for events
+    /// whose program could not read it: said so with `entries_source: "ct-trace"`.
+    pub entries_now: Option<u32>,
+    /// `evicted` events: shown, and of those inferred (not certain).
+    pub evicted: u64,
+    pub evicted_inferred: u64,
+}
+
+struct PendingMid {
+    report: MidstreamReport,
+    tuple: Tuple,
+    deadline: Instant,
+    resets: Vec<(Reset, ResetReport)>,
 }
 
 fn hook_name(h: u8) -> &'static str {
@@ -219,6 +249,15 @@ impl Correlator {
             reasons_unmatched: 0,
             enrichment_skipped: 0,
             flows: HashMap::new(),
+            lost: LostEntries::default(),
+            mids: HashMap::new(),
+            mid_order: VecDeque::new(),
+            mid_recent: HashMap::new(),
+            mid_recent_order: VecDeque::new(),
+            ct_max: None,
+            entries_now: None,
+            evicted: 0,
+            evicted_inferred: 0,
         }
     }
 
@@ -253,6 +292,8 @@ impl Correlator {
             }
             Event::Drop(d) => self.drop(d, out),
             Event::Reset(kind, r) => self.reset(kind, r, out),
+            Event::Pressure(Kind::TableFull, p) => self.table_full(&p, out),
+            Event::Pressure(_, p) => self.midstream(&p, now, out),
         }
     }
 
@@ -306,6 +347,11 @@ impl Correlator {
                 self.enrichment_skipped += 1;
                 self.release_held(h, None, true, out);
             }
+        }
+        for id in due(&mut self.mid_order, &self.mids, |m| {
+            flush || m.deadline <= now
+        }) {
+            self.finish_mid(id, LostReport::unknown(), out);
         }
     }
 
@@ -376,7 +422,7 @@ impl Correlator {
         out: &mut Output,
     ) {
         if ct.is_some() || !self.ctx.lookups || raw.packet.family == 0 {
-            let a = self.attribute(&raw, &rep, ct.as_ref(), reason, fate, None);
+            let a = self.attribute(&raw, &rep, ct.as_ref(), reason, fate, None, None);
             out.reports.push(Report::RstSent(rep));
             out.reports.push(Report::Attribution(a));
             return;
@@ -660,6 +706,10 @@ impl Correlator {
             return;
         }
         let id = (r.cause.skb, r.cause.ts_ns);
+        if r.cause.cause == Cause::EntryLost as u8 {
+            self.reset_of_lost_entry(id, r, report, out);
+            return;
+        }
         if let Some(p) = self.pending.get_mut(&id) {
             // The packet reached a host that reset it, so it was not dropped: report its
             // verdict (once its lookup is answered), then the reset and the attribution.
@@ -700,6 +750,7 @@ impl Correlator {
             h.reason,
             h.fate,
             skipped.then_some("skipped"),
+            None,
         );
         out.reports.push(Report::RstSent(h.report));
         out.reports.push(Report::Attribution(a));
@@ -713,19 +764,25 @@ impl Correlator {
         invalid_reason: String,
         fate: Fate,
         enrichment: Option<&'static str>,
+        lost: Option<LostReport>,
     ) -> AttributionReport {
         let p = &r.packet;
         let (src, dst) = addrs(p);
         // The INVALID packet went backend -> client; the entry's original tuple is
         // client -> service. Without an entry, the packet's own destination is the client.
-        let (client, service) = match ct {
-            Some(c) if c.direction == Direction::Reply => (
+        let (client, service, backend) = match (ct, lost.as_ref().and_then(|l| l.entry.as_ref())) {
+            (_, Some(e)) => (
+                Some(e.orig_src.clone()),
+                Some(e.orig_dst.clone()),
+                e.reply_src.clone(),
+            ),
+            (Some(c), _) if c.direction == Direction::Reply => (
                 Some(endpoint(c.orig_src, c.orig_sport)),
                 Some(endpoint(c.orig_dst, c.orig_dport)),
+                endpoint(src, p.sport),
             ),
-            _ => (Some(endpoint(dst, p.dport)), None),
+            _ => (Some(endpoint(dst, p.dport)), None, endpoint(src, p.sport)),
         };
-        let backend = endpoint(src, p.sport);
         let a = AttributionReport {
             time: reset.time.clone(),
             client: client.clone(),
@@ -743,6 +800,12 @@ impl Correlator {
             ack: p.ack,
             delay_us: r.header.ts_ns.saturating_sub(r.cause.ts_ns) / 1000,
             fate,
+            cause: if lost.is_some() {
+                "entry_lost"
+            } else {
+                "invalid_packet"
+            },
+            lost,
             enrichment,
         };
         let mut key = (
@@ -763,6 +826,189 @@ impl Correlator {
         }
         f.last = a.time.clone();
         a
+    }
+
+    fn table_full(&mut self, p: &Pressure, out: &mut Output) {
+        let k = &p.packet;
+        let (src, dst) = addrs(k);
+        let tcp = k.proto == IPPROTO_TCP;
+        let ports = tcp || k.proto == 17;
+        out.reports.push(Report::TableFull(TableFullReport {
+            time: self.time(p.header.ts_ns),
+            netns: k.netns,
+            entries: self.entries(p),
+            entries_source: self.entries_source(p),
+            max: self.ct_max,
+            proto: k.proto,
+            src,
+            sport: ports.then_some(k.sport),
+            dst,
+            dport: ports.then_some(k.dport),
+            flags: tcp.then(|| tcp_flags(k.tcp_flags)),
+        }));
+    }
+
+    fn entries(&self, p: &Pressure) -> Option<u32> {
+        if p.entries != u32::MAX {
+            Some(p.entries)
+        } else {
+            self.entries_now
+        }
+    }
+
+    fn entries_source(&self, p: &Pressure) -> &'static str {
+        if p.entries != u32::MAX {
+            "kernel"
+        } else {
+            "ct-trace"
+        }
+    }
+
+    fn lost_report(&self, g: &Gone) -> LostReport {
+        LostReport {
+            how: g.how,
+            certain: g.certain,
+            time: Some(self.time(g.boot_ns)),
+            entry: Some(FlowEntry::of(&g.destroyed.entry)),
+        }
+    }
+
+    fn midstream(&mut self, p: &Pressure, now: Instant, out: &mut Output) {
+        let k = &p.packet;
+        let (src, dst) = addrs(k);
+        let tuple = Tuple {
+            src,
+            sport: k.sport,
+            dst,
+            dport: k.dport,
+            proto: IPPROTO_TCP,
+        };
+        let report = MidstreamReport {
+            time: self.time(p.header.ts_ns),
+            netns: k.netns,
+            hook: hook_name(p.hook),
+            entries: self.entries(p),
+            entries_source: self.entries_source(p),
+            max: self.ct_max,
+            src,
+            sport: k.sport,
+            dst,
+            dport: k.dport,
+            flags: tcp_flags(k.tcp_flags),
+            seq: k.seq,
+            ack: k.ack,
+            len: k.payload_len,
+            lost: LostReport::unknown(),
+        };
+        let id = (p.skb, p.header.ts_ns);
+        if self.mids.len() >= MAX_PENDING {
+            if let Some(old) = self.mid_order.pop_front() {
+                self.finish_mid(old, LostReport::unknown(), out);
+            }
+        }
+        let pending = PendingMid {
+            report,
+            tuple,
+            deadline: now + FATE_WAIT,
+            resets: Vec::new(),
+        };
+        self.mids.insert(id, pending);
+        self.mid_order.push_back(id);
+        if let Some(g) = self.lost.find(&tuple) {
+            let l = self.lost_report(g);
+            self.finish_mid(id, l, out);
+        }
+    }
+
+    /// Entries that went: `evicted` ones are reported; every one is remembered, and completes
+    /// the `midstream` records waiting for it.
+    pub fn gone(&mut self, gone: Vec<Gone>, out: &mut Output) {
+        for g in gone {
+            if g.how == How::Evicted {
+                self.evicted += 1;
+                self.evicted_inferred += u64::from(!g.certain);
+                out.reports.push(Report::Evicted(EvictedReport {
+                    time: self.time(g.boot_ns),
+                    netns: self.ctx.own_netns,
+                    entries: g.entries,
+                    max: self.ct_max,
+                    entry: FlowEntry::of(&g.destroyed.entry),
+                    age_s: g.destroyed.age_ns.map(|n| n as f64 / 1e9),
+                    certain: g.certain,
+                }));
+            }
+            self.lost.expire(g.boot_ns);
+            self.lost.remember(g);
+        }
+        let found: Vec<(VerdictId, LostReport)> = self
+            .mids
+            .iter()
+            .filter_map(|(id, m)| Some((*id, self.lost_report(self.lost.find(&m.tuple)?))))
+            .collect();
+        for (id, l) in found {
+            self.finish_mid(id, l, out);
+        }
+    }
+
+    fn finish_mid(&mut self, id: VerdictId, lost: LostReport, out: &mut Output) {
+        let Some(mut m) = self.mids.remove(&id) else {
+            return;
+        };
+        m.report.lost = lost.clone();
+        out.reports.push(Report::Midstream(m.report));
+        for (raw, rep) in m.resets {
+            self.lost_attribution(raw, rep, lost.clone(), out);
+        }
+        if self.mid_recent_order.len() >= RECENT {
+            if let Some(old) = self.mid_recent_order.pop_front() {
+                self.mid_recent.remove(&old);
+            }
+        }
+        self.mid_recent.insert(id, lost);
+        self.mid_recent_order.push_back(id);
+    }
+
+    /// A reset answering a packet picked up mid-stream: attributed to the lost entry.
+    fn reset_of_lost_entry(
+        &mut self,
+        id: VerdictId,
+        r: Reset,
+        report: ResetReport,
+        out: &mut Output,
+    ) {
+        if let Some(m) = self.mids.get_mut(&id) {
+            m.resets.push((r, report));
+            return;
+        }
+        let lost = match self.mid_recent.get(&id) {
+            Some(l) => l.clone(),
+            None => {
+                // The midstream record was not shown (budget) or did not arrive.
+                let (src, dst) = addrs(&r.packet);
+                let t = Tuple {
+                    src,
+                    sport: r.packet.sport,
+                    dst,
+                    dport: r.packet.dport,
+                    proto: IPPROTO_TCP,
+                };
+                match self.lost.find(&t) {
+                    Some(g) => self.lost_report(g),
+                    None => LostReport::unknown(),
+                }
+            }
+        };
+        self.lost_attribution(r, report, lost, out);
+    }
+
+    fn lost_attribution(&mut self, r: Reset, rep: ResetReport, lost: LostReport, out: &mut Output) {
+        let reason = format!(
+            "entry lost ({}): conntrack picked the flow up mid-stream without the Service's NAT",
+            how_name(lost.how)
+        );
+        let a = self.attribute(&r, &rep, None, reason, Fate::Passed, None, Some(lost));
+        out.reports.push(Report::RstSent(rep));
+        out.reports.push(Report::Attribution(a));
     }
 
     /// The flows ranked by attributed resets, most first.

@@ -303,7 +303,8 @@ impl KernelBtf {
             net_hooks_ipv4: self.offset("net", "nf.hooks_ipv4").unwrap_or(0),
             net_hooks_ipv6: self.offset("net", "nf.hooks_ipv6").unwrap_or(0),
             entries_hooks: self.offset("nf_hook_entries", "hooks").unwrap_or(0),
-            _pad: 0,
+            // Optional: without it table pressure is not told from other drops.
+            net_ct_count: self.offset("net", "ct.count").unwrap_or(0),
         })
     }
 

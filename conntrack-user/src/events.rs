@@ -3,7 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use conntrack_common::{Drop, Header, Kind, Packet, Reason, Reset, Verdict, WIRE_VERSION};
+use conntrack_common::{
+    Drop, Header, Kind, Packet, Pressure, Reason, Reset, Verdict, WIRE_VERSION,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -23,6 +25,8 @@ pub enum Event {
     Invalid(Verdict),
     Drop(Drop),
     Reason(Box<Reason>),
+    /// `Kind::Midstream` or `Kind::TableFull`.
+    Pressure(Kind, Pressure),
 }
 
 fn read<T: Copy>(b: &[u8], kind: Kind) -> Result<T, DecodeError> {
@@ -53,6 +57,7 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
         Kind::Invalid => Event::Invalid(read(b, kind)?),
         Kind::Drop => Event::Drop(read(b, kind)?),
         Kind::Reason => Event::Reason(Box::new(read(b, kind)?)),
+        Kind::Midstream | Kind::TableFull => Event::Pressure(kind, read(b, kind)?),
     })
 }
 

@@ -40,6 +40,13 @@ const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
 const CTA_PROTOINFO_TCP: u16 = 1;
 const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+const CTA_TIMESTAMP: u16 = 20;
+const CTA_TIMESTAMP_START: u16 = 1;
+const CTA_TIMESTAMP_STOP: u16 = 2;
+/// `NFNLGRP_CONNTRACK_DESTROY` (include/uapi/linux/netfilter/nfnetlink.h).
+const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
+const SOL_NETLINK: i32 = 270;
+const NETLINK_ADD_MEMBERSHIP: i32 = 1;
 
 const NFNLA_HOOK_PRIORITY: u16 = 2;
 const NFNLA_HOOK_FUNCTION_NAME: u16 = 4;
@@ -399,6 +406,156 @@ impl Conntrack {
             }
         }
         Ok(None)
+    }
+}
+
+/// An entry conntrack destroyed, as its ctnetlink destroy event says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destroyed {
+    pub entry: Entry,
+    /// Netlink port of the process that asked for the deletion (`conntrack -D`); 0 when the
+    /// kernel itself destroyed the entry (timeout, early_drop, flush by the kernel).
+    pub portid: u32,
+    /// How long the entry lived, when `nf_conntrack_timestamp` is on (CTA_TIMESTAMP).
+    pub age_ns: Option<u64>,
+}
+
+/// Parses one ctnetlink message (netlink header included) of the destroy group.
+pub fn parse_destroyed(msg: &[u8]) -> Option<Destroyed> {
+    let portid = u32::from_ne_bytes(msg.get(12..16)?.try_into().ok()?);
+    let payload = msg.get(16..)?;
+    let entry = parse_entry(payload)?;
+    let (mut start, mut stop) = (None, None);
+    for (ty, p) in attrs(payload.get(4..)?) {
+        if ty == CTA_TIMESTAMP {
+            for (ty, a) in attrs(p) {
+                let v = a.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+                match ty {
+                    CTA_TIMESTAMP_START => start = v,
+                    CTA_TIMESTAMP_STOP => stop = v,
+                    _ => {}
+                }
+            }
+        }
+    }
+    Some(Destroyed {
+        entry,
+        portid,
+        age_ns: start.zip(stop).map(|(a, b)| b.saturating_sub(a)),
+    })
+}
+
+/// A subscription to conntrack's destroy events (`NFNLGRP_CONNTRACK_DESTROY`) in the caller's
+/// namespace. The kernel sends them only for entries created while someone listens
+/// (`nf_conntrack_events=2`, the default since Linux 5.19: the event cache extension is added
+/// at creation only when a listener exists, nf_conntrack_ecache.c `nf_ct_ecache_ext_add()`).
+pub struct DestroyEvents {
+    sock: Socket,
+    buf: Vec<u8>,
+}
+
+/// Receive buffer asked for (SO_RCVBUFFORCE, root): a storm of expiries must not overflow it
+/// between two reads of the thread (an overflow is counted, never silent).
+const DESTROY_RCVBUF: i32 = 8 << 20;
+
+impl DestroyEvents {
+    pub fn open() -> io::Result<Self> {
+        let sock = Socket::open()?;
+        let fd = sock.0.as_raw_fd();
+        // Bound first (the kernel picks the port): an unbound socket gets no multicast.
+        // SAFETY: a zeroed sockaddr_nl with only the family set.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: valid address pointer and length.
+        let rc = unsafe {
+            libc::bind(
+                fd,
+                &addr as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let group = NFNLGRP_CONNTRACK_DESTROY;
+        // SAFETY: valid option pointers and lengths.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                SOL_NETLINK,
+                NETLINK_ADD_MEMBERSHIP,
+                &group as *const u32 as *const libc::c_void,
+                4,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above. Best effort: without it the default buffer is used.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                &DESTROY_RCVBUF as *const i32 as *const libc::c_void,
+                4,
+            );
+        }
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: as above: a receive waits at most 100 ms, so the thread notices a stop.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+        }
+        Ok(Self {
+            sock,
+            buf: vec![0u8; 1 << 16],
+        })
+    }
+
+    /// Waits up to 100 ms for events, then takes every one already queued. `Ok(false)` when
+    /// the socket overflowed (ENOBUFS: the kernel dropped events for this listener).
+    pub fn recv(&mut self, out: &mut Vec<Destroyed>) -> io::Result<bool> {
+        let mut flags = 0;
+        loop {
+            // SAFETY: buf is a valid writable buffer.
+            let n = unsafe {
+                libc::recv(
+                    self.sock.0.as_raw_fd(),
+                    self.buf.as_mut_ptr() as *mut libc::c_void,
+                    self.buf.len(),
+                    flags,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                return match e.raw_os_error() {
+                    Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(true),
+                    Some(libc::ENOBUFS) => Ok(false),
+                    _ => Err(e),
+                };
+            }
+            let mut msgs = &self.buf[..n as usize];
+            while msgs.len() >= 16 {
+                let len = u32::from_ne_bytes(msgs[0..4].try_into().unwrap()) as usize;
+                if len < 16 || len > msgs.len() {
+                    break;
+                }
+                if let Some(d) = parse_destroyed(&msgs[..len]) {
+                    out.push(d);
+                }
+                msgs = &msgs[((len + 3) & !3).min(msgs.len())..];
+            }
+            flags = libc::MSG_DONTWAIT;
+        }
     }
 }
 

@@ -144,6 +144,13 @@ pub struct AttributionReport {
     pub ack: u32,
     pub delay_us: u64,
     pub fate: Fate,
+    /// What let the packet through without the Service's NAT: `invalid_packet` (conntrack
+    /// marked it INVALID; the `invalid_*` fields describe that verdict) or `entry_lost` (its
+    /// flow's entry was gone and conntrack picked it up mid-stream; the `invalid_*` fields then
+    /// describe that packet at the node, and `lost` the entry it had).
+    pub cause: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<crate::lost::LostReport>,
     /// `skipped` when the entry behind the reset could not be looked up in time (`client` is
     /// then the packet's destination and `service` null).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -241,6 +248,9 @@ pub struct SummaryReport {
     /// The namespace whose INVALID verdicts were watched.
     pub netns: u32,
     pub invalid: InvalidTally,
+    /// Table pressure and lost entries (`table_full`, `evicted`, `midstream`) against the
+    /// kernel's `drop`, `early_drop` and `insert_failed`.
+    pub table: crate::table::TableTally,
     /// Events printed, by kind.
     pub events: std::collections::BTreeMap<&'static str, u64>,
     /// Records suppressed in the kernel by the event budget, by record kind.
@@ -269,6 +279,9 @@ pub enum Report {
     /// `NFCT_TCP_IGNORE`): it kept its entry and its NAT, so it is not INVALID.
     Ignored(InvalidReport),
     Attribution(AttributionReport),
+    TableFull(crate::lost::TableFullReport),
+    Evicted(crate::lost::EvictedReport),
+    Midstream(crate::lost::MidstreamReport),
     Lost(CounterReport),
     Suppressed(CounterReport),
     Flow(FlowReport),
@@ -283,6 +296,9 @@ impl Report {
             Self::Invalid(_) => "invalid",
             Self::Ignored(_) => "ignored",
             Self::Attribution(_) => "attribution",
+            Self::TableFull(_) => "table_full",
+            Self::Evicted(_) => "evicted",
+            Self::Midstream(_) => "midstream",
             Self::Lost(_) => "lost",
             Self::Suppressed(_) => "suppressed",
             Self::Flow(_) => "flow",
@@ -381,7 +397,13 @@ impl Report {
                     r.fate.name(),
                     r.delay_us,
                 );
+                if let Some(l) = &r.lost {
+                    let _ = write!(s, " cause={} lost={}", r.cause, crate::lost::how_name(l.how));
+                }
             }
+            Self::TableFull(r) => crate::lost::text_table_full(&mut s, r),
+            Self::Evicted(r) => crate::lost::text_evicted(&mut s, r),
+            Self::Midstream(r) => crate::lost::text_midstream(&mut s, r),
             Self::Lost(r) | Self::Suppressed(r) => {
                 let _ = write!(
                     s,

@@ -1,0 +1,113 @@
+//! The thread that watches conntrack entries go: ctnetlink destroy events of the namespace
+//! ct-trace runs in, classified with the kernel's `early_drop` counter read after each batch
+//! (see `lost`), handed to the event loop without blocking it. Overflows of the netlink socket
+//! (the kernel dropped events for this listener) are counted and reported, never silent.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc::{self, Receiver, TryRecvError},
+        Arc,
+    },
+    thread::JoinHandle,
+};
+
+use crate::{
+    kstat,
+    lost::{classify, Gone},
+    netlink::DestroyEvents,
+};
+
+/// Batches waiting for the event loop; beyond this the thread drops a batch and counts it.
+const BACKLOG: usize = 1024;
+
+pub struct Watcher {
+    rx: Receiver<Vec<Gone>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// Socket overflows (ENOBUFS) plus batches the event loop was too slow for.
+    pub overflows: Arc<AtomicU64>,
+}
+
+impl Watcher {
+    /// Subscribes in the caller's namespace (so, before the caller changes namespace) and
+    /// starts the thread.
+    pub fn start(boot_now: fn() -> u64) -> std::io::Result<Self> {
+        let mut events = DestroyEvents::open()?;
+        let (tx, rx) = mpsc::sync_channel(BACKLOG);
+        let stop = Arc::new(AtomicBool::new(false));
+        let overflows = Arc::new(AtomicU64::new(0));
+        let (s, o) = (stop.clone(), overflows.clone());
+        let thread = std::thread::Builder::new()
+            .name("ct-trace-destroy".into())
+            .spawn(move || {
+                let counter = |name: &str| kstat::read().ok().and_then(|m| m.get(name).copied());
+                let mut early_drop = counter("early_drop").unwrap_or(0);
+                let mut batch = Vec::new();
+                while !s.load(Ordering::Relaxed) {
+                    batch.clear();
+                    match events.recv(&mut batch) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            o.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            log::warn!("conntrack destroy events stopped: {e}");
+                            return;
+                        }
+                    }
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let stats = kstat::read().ok();
+                    let now_drop = stats
+                        .as_ref()
+                        .and_then(|m| m.get("early_drop").copied())
+                        .unwrap_or(early_drop);
+                    let entries = stats.as_ref().and_then(|m| m.get("entries").copied());
+                    let delta = now_drop.saturating_sub(early_drop);
+                    early_drop = now_drop;
+                    let boot_ns = boot_now();
+                    let gone: Vec<Gone> = classify(&batch, delta)
+                        .into_iter()
+                        .zip(batch.drain(..))
+                        .map(|((how, certain), destroyed)| Gone {
+                            destroyed,
+                            how,
+                            certain,
+                            boot_ns,
+                            entries,
+                        })
+                        .collect();
+                    if tx.try_send(gone).is_err() {
+                        o.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })?;
+        Ok(Self {
+            rx,
+            stop,
+            thread: Some(thread),
+            overflows,
+        })
+    }
+
+    /// The batches ready now.
+    pub fn take(&self, out: &mut Vec<Gone>) {
+        loop {
+            match self.rx.try_recv() {
+                Ok(b) => out.extend(b),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
