@@ -1,0 +1,82 @@
+//! A full conntrack table, the incident write-ups' reproduction in miniature: a table of 40
+//! entries (global sysctls, restored on drop), half-open flows through the Service's DNAT to a
+//! backend that never answers, then more new flows. ct-trace names the refused flows
+//! (`table_full`) and the evicted ones (`evicted`), and its counts equal the kernel's `drop`
+//! and `early_drop` deltas.
+//!
+//! Alone in its test binary: the limit applies to every namespace's table while it is set.
+
+use std::time::Duration;
+
+use integration_tests::{need_root, python, scripts, CtTrace, GlobalSysctl, Topology, CLIENT, SERVICE};
+
+const MAX: u64 = 40;
+const SYNS: usize = 120;
+
+#[test]
+fn a_full_table_gives_table_full_and_evicted_events_equal_to_the_kernel() {
+    if !need_root("a_full_table_gives_table_full_and_evicted_events_equal_to_the_kernel") {
+        return;
+    }
+    let t = Topology::ipv4_only();
+    // The backend never answers: every flow stays half-open (not ASSURED: evictable).
+    t.server
+        .exec("iptables -A INPUT -p tcp --dport 8080 --syn -j DROP");
+    let _max = GlobalSysctl::set("net.netfilter.nf_conntrack_max", &MAX.to_string());
+    // Few buckets, so early_drop (which scans a few buckets) finds victims, as in the write-ups.
+    let _buckets = GlobalSysctl::set("net.netfilter.nf_conntrack_buckets", "16");
+    let ct = CtTrace::start(Some(&t.node), &[]);
+    let drop0 = t.node.kernel_counter("drop");
+    let early0 = t.node.kernel_counter("early_drop");
+    let ports = t.client.exec(&format!(
+        "{} {} syns {SERVICE} 80 {SYNS} 1",
+        python(),
+        scripts().join("held.py").display()
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    let drops = t.node.kernel_counter("drop") - drop0;
+    let early = t.node.kernel_counter("early_drop") - early0;
+    let out = ct.stop();
+    assert!(drops > 0 && early > 0, "the table was full: drop +{drops}, early_drop +{early}");
+    let ports: Vec<String> = ports.split_whitespace().map(String::from).collect();
+    assert_eq!(ports.len(), SYNS);
+
+    let full = out.of_kind("table_full");
+    assert_eq!(full.len() as u64, drops, "one table_full per kernel drop: {full:#?}");
+    for e in &full {
+        assert_eq!(e["src"], CLIENT, "{e}");
+        assert_eq!(e["dst"], SERVICE, "{e}");
+        assert_eq!(e["dport"], 80, "{e}");
+        assert_eq!(e["flags"], "SYN", "{e}");
+        assert_eq!(e["max"], MAX, "{e}");
+        assert!(ports.contains(&e["sport"].to_string()), "a refused flow of the test: {e}");
+    }
+    let evicted = out.of_kind("evicted");
+    assert!(!evicted.is_empty(), "evictions are shown");
+    for e in &evicted {
+        let entry = &e["entry"];
+        assert_eq!(entry["orig_dst"], format!("{SERVICE}:80"), "{e}");
+        assert_eq!(entry["assured"], false, "{e}");
+        assert_eq!(entry["tcp_state"], "SYN_SENT", "{e}");
+    }
+    let table = &out.summary()["table"];
+    let n = |k: &str| table[k].as_u64().unwrap_or_else(|| panic!("table.{k}: {table}"));
+    let tf = &table["table_full"];
+    let tf_n = |k: &str| tf[k].as_u64().unwrap();
+    assert_eq!(tf_n("counted"), drops, "{table}");
+    assert_eq!(n("kernel_drop"), drops, "{table}");
+    assert_eq!(
+        tf_n("counted"),
+        tf_n("shown") + tf_n("suppressed") + tf_n("filtered") + tf_n("lost") + tf_n("unprinted"),
+        "{table}"
+    );
+    let ev = &table["evicted"];
+    assert_eq!(ev["kernel"], early, "{table}");
+    assert_eq!(ev["shown"], evicted.len() as u64, "{table}");
+    assert_eq!(
+        ev["shown"].as_u64().unwrap() + ev["unseen"].as_u64().unwrap(),
+        early,
+        "shown + unseen == the kernel's early_drop: {table}"
+    );
+    eprintln!("table: {table}");
+}
