@@ -21,8 +21,8 @@ use crate::{
     attribution::{Context, Correlator, Output},
     btf::KernelBtf,
     cli::{Cli, Command, Resets},
-    doctor,
     destroy::Watcher,
+    doctor,
     enrich::{Enricher, IfNames},
     events, kstat, load,
     preflight::{self, PreflightError},
@@ -744,18 +744,19 @@ fn table_tally(
     overflows: u64,
 ) -> TableTally {
     let get = |c: Counter| counters.read(c);
-    let kind = |k: &str, counted: Counter, suppressed: Counter, lost: Counter, filtered: Counter| {
-        let unprinted = tally.unprinted.get(k).copied().unwrap_or(0);
-        let kind_filtered = tally.filtered.get(k).copied().unwrap_or(0);
-        KindTally {
-            counted: get(counted),
-            shown: tally.shown.get(k).copied().unwrap_or(0) - unprinted - kind_filtered,
-            suppressed: get(suppressed),
-            filtered: get(filtered) + kind_filtered,
-            lost: get(lost),
-            unprinted,
-        }
-    };
+    let kind =
+        |k: &str, counted: Counter, suppressed: Counter, lost: Counter, filtered: Counter| {
+            let unprinted = tally.unprinted.get(k).copied().unwrap_or(0);
+            let kind_filtered = tally.filtered.get(k).copied().unwrap_or(0);
+            KindTally {
+                counted: get(counted),
+                shown: tally.shown.get(k).copied().unwrap_or(0) - unprinted - kind_filtered,
+                suppressed: get(suppressed),
+                filtered: get(filtered) + kind_filtered,
+                lost: get(lost),
+                unprinted,
+            }
+        };
     use Counter::*;
     let table_full = kind(
         "table_full",

@@ -1126,7 +1126,8 @@ mod tests {
             netns: 1,
             hook: 0,
             shown,
-            _pad: [0; 2],
+            cause: 0,
+            _pad: 0,
         };
         r
     }
@@ -1424,5 +1425,86 @@ mod tests {
             (0x14, 0, 14),
             "FIN and data are acked"
         );
+    }
+
+    fn midstream_of(skb: u64, ts: u64) -> Event {
+        let mut p = conntrack_common::Pressure {
+            skb,
+            entries: u32::MAX,
+            ..Default::default()
+        };
+        p.header.ts_ns = ts;
+        p.header.kind = Kind::Midstream as u8;
+        p.packet = packet();
+        Event::Pressure(Kind::Midstream, p)
+    }
+
+    fn gone_for(how: How) -> Gone {
+        use crate::netlink::{Destroyed, Entry};
+        let p = packet();
+        let (src, dst) = addrs(&p);
+        Gone {
+            destroyed: Destroyed {
+                entry: Entry {
+                    orig: Tuple {
+                        src: dst,
+                        sport: p.dport,
+                        dst: "10.96.0.10".parse().unwrap(),
+                        dport: 80,
+                        proto: IPPROTO_TCP,
+                    },
+                    reply: Tuple {
+                        src,
+                        sport: p.sport,
+                        dst,
+                        dport: p.dport,
+                        proto: IPPROTO_TCP,
+                    },
+                    status: crate::netlink::IPS_ASSURED,
+                    tcp_state: Some(3),
+                },
+                portid: 77,
+                age_ns: None,
+            },
+            how,
+            certain: true,
+            boot_ns: 500,
+            entries: Some(3),
+        }
+    }
+
+    #[test]
+    fn a_midstream_waits_for_its_lost_entry_and_its_reset_is_attributed_to_it() {
+        let mut c = Correlator::new(ctx());
+        let mut out = Output::default();
+        let now = Instant::now();
+        c.event(midstream_of(0xaa, 1_000), now, &mut out);
+        assert!(out.reports.is_empty(), "waits for the destroy event");
+        let mut r = caused_reset(0xaa, 1);
+        r.cause.cause = Cause::EntryLost as u8;
+        c.event(Event::Reset(Kind::RstSent, r), now, &mut out);
+        assert!(out.reports.is_empty(), "the reset waits with its midstream");
+        c.gone(vec![gone_for(How::Deleted)], &mut out);
+        assert_eq!(kinds(&out), ["midstream", "rst_sent", "attribution"]);
+        let Report::Attribution(a) = &out.reports[2] else {
+            panic!()
+        };
+        assert_eq!(a.cause, "entry_lost");
+        assert_eq!(a.service.as_deref(), Some("10.96.0.10:80"));
+        assert_eq!(a.lost.as_ref().unwrap().how, How::Deleted);
+    }
+
+    #[test]
+    fn a_midstream_without_a_lost_entry_goes_out_unknown_after_the_wait() {
+        let mut c = Correlator::new(ctx());
+        let mut out = Output::default();
+        let now = Instant::now();
+        c.event(midstream_of(0xab, 1_000), now, &mut out);
+        c.tick(now + FATE_WAIT, false, &mut out);
+        assert_eq!(kinds(&out), ["midstream"]);
+        let Report::Midstream(m) = &out.reports[0] else {
+            panic!()
+        };
+        assert_eq!(m.lost.how, How::Unknown);
     }
 }

@@ -381,7 +381,11 @@ mod tests {
 
     #[test]
     fn unassured_entries_are_evicted_when_the_counter_moved_by_as_many() {
-        let b = [destroyed(1, 0, 0), destroyed(2, 0, 0), destroyed(3, IPS_ASSURED, 0)];
+        let b = [
+            destroyed(1, 0, 0),
+            destroyed(2, 0, 0),
+            destroyed(3, IPS_ASSURED, 0),
+        ];
         assert_eq!(
             classify(&b, 2),
             vec![
@@ -441,7 +445,9 @@ mod tests {
         assert_eq!(l.len(), LOST_ENTRIES);
         assert_eq!(l.forgotten, 10);
         assert!(l.find(&entry(0, 0, 3).reply).is_none());
-        assert!(l.find(&entry(LOST_ENTRIES as u16 + 9, 0, 3).reply).is_some());
+        assert!(l
+            .find(&entry(LOST_ENTRIES as u16 + 9, 0, 3).reply)
+            .is_some());
     }
 
     #[test]

@@ -429,7 +429,10 @@ pub fn parse_destroyed(msg: &[u8]) -> Option<Destroyed> {
     for (ty, p) in attrs(payload.get(4..)?) {
         if ty == CTA_TIMESTAMP {
             for (ty, a) in attrs(p) {
-                let v = a.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+                let v = a
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes);
                 match ty {
                     CTA_TIMESTAMP_START => start = v,
                     CTA_TIMESTAMP_STOP => stop = v,

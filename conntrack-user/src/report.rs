@@ -398,7 +398,12 @@ impl Report {
                     r.delay_us,
                 );
                 if let Some(l) = &r.lost {
-                    let _ = write!(s, " cause={} lost={}", r.cause, crate::lost::how_name(l.how));
+                    let _ = write!(
+                        s,
+                        " cause={} lost={}",
+                        r.cause,
+                        crate::lost::how_name(l.how)
+                    );
                 }
             }
             Self::TableFull(r) => crate::lost::text_table_full(&mut s, r),

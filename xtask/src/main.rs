@@ -95,7 +95,8 @@ struct TestArgs {
     /// netfilter on 6.4+].
     #[arg(long = "vm-mode", value_enum, value_name = "MODE")]
     vm_modes: Vec<Mode>,
-    /// Integration test target to run in the VMs (repeatable) [default: resets, invalid].
+    /// Integration test target to run in the VMs (repeatable) [default: every one of
+    /// `matrix::VM_TESTS`].
     #[arg(long = "vm-test", value_name = "NAME")]
     vm_tests: Vec<String>,
     /// Prebuilt integration test binary for the VMs, NAME=PATH (repeatable; for work on xtask

@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// The integration test binaries the VMs run by default: those that attach to the kernel.
-pub const VM_TESTS: &[&str] = &["resets", "invalid", "exact"];
+pub const VM_TESTS: &[&str] = &["resets", "invalid", "exact", "lost", "table"];
 
 /// How ct-trace attaches its INVALID probe (`CT_TRACE_MODE`, ct-trace's `--attach`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
