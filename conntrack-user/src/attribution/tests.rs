@@ -1,0 +1,472 @@
+use super::*;
+use conntrack_common::{
+    flags, Cause, Drop, Header, InvalidSeen, Packet, Verdict, IPPROTO_TCP, WIRE_VERSION,
+};
+
+fn ctx() -> Context {
+    Context {
+        boot_to_epoch_ns: 0,
+        rst_reasons: HashMap::from([(2, "SK_RST_REASON_NO_SOCKET".to_string())]),
+        drop_reasons: HashMap::from([(9, "SKB_DROP_REASON_NETFILTER_DROP".to_string())]),
+        netfilter_drop: Some(9),
+        fate_known: true,
+        reason_unknown: None,
+        ct_layout: None,
+        verdicts: true,
+        own_netns: 1,
+        lookups: false,
+        ifname: Box::new(|i| (i != 0).then(|| format!("if{i}"))),
+    }
+}
+
+fn packet() -> Packet {
+    let mut p = Packet {
+        netns: 1,
+        family: 4,
+        proto: 6,
+        tcp_flags: 0x10,
+        sport: 8080,
+        dport: 40000,
+        seq: 100,
+        ack: 5000,
+        payload_len: 10,
+        ..Default::default()
+    };
+    p.saddr[..4].copy_from_slice(&[10, 0, 2, 2]);
+    p.daddr[..4].copy_from_slice(&[10, 0, 1, 2]);
+    p
+}
+
+fn verdict(skb: u64) -> Verdict {
+    Verdict {
+        header: Header {
+            version: WIRE_VERSION,
+            kind: Kind::Invalid as u8,
+            ts_ns: 1_000,
+            ..Default::default()
+        },
+        packet: packet(),
+        skb,
+        ..Default::default()
+    }
+}
+
+fn reason(skb: u64, fmt: &str, bound: u64) -> Box<Reason> {
+    let mut r = Reason {
+        header: Header {
+            version: WIRE_VERSION,
+            kind: Kind::Reason as u8,
+            ts_ns: 900,
+            ..Default::default()
+        },
+        packet: packet(),
+        skb,
+        args: [bound, 0],
+        ..Default::default()
+    };
+    r.fmt[..fmt.len()].copy_from_slice(fmt.as_bytes());
+    Box::new(r)
+}
+
+/// The reset the client sends for the INVALID packet `skb` (seen at time 1000).
+fn caused_reset(skb: u64, shown: u8) -> Reset {
+    let mut r = Reset {
+        header: Header {
+            version: WIRE_VERSION,
+            kind: Kind::RstSent as u8,
+            ts_ns: 3_000,
+            ..Default::default()
+        },
+        packet: packet(),
+        reason: 2,
+        flags: flags::NO_SOCKET | flags::CAUSED_BY_INVALID,
+        ..Default::default()
+    };
+    r.packet.netns = 2;
+    r.cause = InvalidSeen {
+        ts_ns: 1_000,
+        skb,
+        netns: 1,
+        hook: 0,
+        shown,
+        cause: 0,
+        _pad: 0,
+    };
+    r
+}
+
+fn kinds(out: &Output) -> Vec<&'static str> {
+    out.reports.iter().map(Report::kind).collect()
+}
+
+#[test]
+fn a_reason_joins_the_verdict_on_the_same_packet() {
+    let mut c = Correlator::new(ctx());
+    let t0 = Instant::now();
+    let mut out = Output::default();
+    let fmt = "SEQ is over upper bound %u (over the window of the receiver)";
+    c.event(Event::Reason(reason(7, fmt, 60)), t0, &mut out);
+    c.event(Event::Invalid(verdict(7)), t0, &mut out);
+    c.tick(t0 + FATE_WAIT * 2, false, &mut out);
+    match &out.reports[..] {
+        [Report::Invalid(r)] => {
+            assert_eq!(
+                r.reason,
+                "SEQ is over upper bound 60 (over the window of the receiver)"
+            );
+            assert_eq!(r.missed_by, Some(40), "seq 100 - bound 60");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_reason_without_a_verdict_is_an_ignored_packet() {
+    let mut c = Correlator::new(ctx());
+    let t0 = Instant::now();
+    let mut out = Output::default();
+    let fmt = "ignored ACK under lower bound %u (possible overly delayed)";
+    c.event(Event::Reason(reason(7, fmt, 1)), t0, &mut out);
+    c.tick(t0, false, &mut out);
+    assert!(out.reports.is_empty(), "waits for the verdict");
+    c.tick(t0 + FATE_WAIT * 2, false, &mut out);
+    match &out.reports[..] {
+        [Report::Ignored(r)] => {
+            assert_eq!(r.fate, Fate::Accepted);
+            assert!(r.reason.starts_with("ignored ACK under lower bound 1"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without verdict programs nothing says it was not INVALID: not reported.
+    let mut cx = ctx();
+    cx.verdicts = false;
+    let mut c = Correlator::new(cx);
+    let mut out = Output::default();
+    c.event(Event::Reason(reason(7, fmt, 1)), t0, &mut out);
+    c.tick(t0, true, &mut out);
+    assert!(out.reports.is_empty());
+    assert_eq!(c.reasons_unmatched, 1);
+}
+
+#[test]
+fn a_verdict_without_drop_is_reported_passed_after_the_wait() {
+    let mut c = Correlator::new(ctx());
+    let t0 = Instant::now();
+    let mut out = Output::default();
+    c.event(Event::Invalid(verdict(7)), t0, &mut out);
+    c.tick(t0, false, &mut out);
+    assert!(out.reports.is_empty(), "must wait for a possible drop");
+    c.tick(t0 + FATE_WAIT * 2, false, &mut out);
+    match &out.reports[..] {
+        [Report::Invalid(r)] => {
+            assert_eq!(r.fate, Fate::Passed);
+            assert_eq!(r.in_iface, None);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn drop_of(skb: u64, ts: u64, reason: u32) -> Event {
+    Event::Drop(Drop {
+        skb,
+        verdict_ts_ns: ts,
+        reason,
+        ..Default::default()
+    })
+}
+
+#[test]
+fn a_netfilter_drop_of_the_same_packet_makes_it_dropped() {
+    let mut c = Correlator::new(ctx());
+    let t0 = Instant::now();
+    let mut out = Output::default();
+    c.event(Event::Invalid(verdict(7)), t0, &mut out);
+    c.event(drop_of(7, 1_000, 9), t0, &mut out);
+    match &out.reports[..] {
+        [Report::Invalid(r)] => {
+            assert_eq!(r.fate, Fate::Dropped);
+            assert_eq!(r.drop_reason.as_deref(), Some("NETFILTER_DROP"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Freed later for another reason (in the next namespace): it passed netfilter.
+    c.event(Event::Invalid(verdict(8)), t0, &mut out);
+    c.event(drop_of(8, 1_000, 3), t0, &mut out);
+    let Report::Invalid(r) = &out.reports[1] else {
+        unreachable!()
+    };
+    assert_eq!(r.fate, Fate::Passed);
+    // A drop of an older verdict on a reused sk_buff address changes nothing.
+    c.event(Event::Invalid(verdict(9)), t0, &mut out);
+    c.event(drop_of(9, 999, 9), t0, &mut out);
+    assert_eq!(out.reports.len(), 2);
+}
+
+#[test]
+fn a_reset_caused_by_an_invalid_packet_is_attributed_once() {
+    let mut c = Correlator::new(ctx());
+    let t0 = Instant::now();
+    let mut out = Output::default();
+    c.event(Event::Invalid(verdict(7)), t0, &mut out);
+    c.event(
+        Event::Reset(Kind::RstSent, caused_reset(7, 1)),
+        t0,
+        &mut out,
+    );
+    assert_eq!(kinds(&out), ["invalid", "rst_sent", "attribution"]);
+    let Report::Attribution(a) = &out.reports[2] else {
+        unreachable!()
+    };
+    assert_eq!(a.backend, "10.0.2.2:8080");
+    assert_eq!(a.client.as_deref(), Some("10.0.1.2:40000"));
+    assert_eq!(a.delay_us, 2);
+    assert_eq!(a.fate, Fate::Passed);
+    let Report::RstSent(rs) = &out.reports[1] else {
+        unreachable!()
+    };
+    assert_eq!(rs.src, Some("10.0.1.2".parse().unwrap()));
+    assert_eq!(rs.seq, Some(5000), "RST seq is the offending packet's ack");
+    assert_eq!(rs.reason.as_deref(), Some("NO_SOCKET"));
+    assert_eq!(c.summary()[0].resets, 1);
+    // Nothing more comes out later.
+    c.tick(t0 + FATE_WAIT * 2, true, &mut out);
+    assert_eq!(out.reports.len(), 3);
+}
+
+#[test]
+fn ten_resets_in_a_row_on_reused_buffers_are_ten_attributions() {
+    // The same sk_buff address serves packet after packet: each verdict is told apart by
+    // its time, and every reset finds its own.
+    let mut c = Correlator::new(ctx());
+    let t0 = Instant::now();
+    let mut out = Output::default();
+    for i in 0..10u64 {
+        let mut v = verdict(7);
+        v.header.ts_ns = 1_000 + i * 10_000;
+        v.packet.dport = 40_000 + i as u16;
+        c.event(Event::Invalid(v), t0, &mut out);
+        let mut r = caused_reset(7, 1);
+        r.cause.ts_ns = v.header.ts_ns;
+        r.header.ts_ns = v.header.ts_ns + 500;
+        r.packet.dport = 40_000 + i as u16;
+        c.event(Event::Reset(Kind::RstSent, r), t0, &mut out);
+    }
+    c.tick(t0 + FATE_WAIT * 2, true, &mut out);
+    let clients: Vec<_> = out
+        .reports
+        .iter()
+        .filter_map(|r| match r {
+            Report::Attribution(a) => a.client.clone(),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<_> = (0..10)
+        .map(|i| format!("10.0.1.2:{}", 40_000 + i))
+        .collect();
+    assert_eq!(clients, want);
+    assert_eq!(out.reports.len(), 30);
+}
+
+#[test]
+fn a_reset_of_a_suppressed_verdict_is_still_attributed_with_its_lookup() {
+    let mut cx = ctx();
+    cx.lookups = true;
+    let mut c = Correlator::new(cx);
+    let t0 = Instant::now();
+    let mut out = Output::default();
+    c.event(
+        Event::Reset(Kind::RstSent, caused_reset(7, 0)),
+        t0,
+        &mut out,
+    );
+    assert!(out.reports.is_empty(), "waits for the lookup");
+    let [req] = &out.lookups[..] else {
+        panic!("one lookup: {:?}", out.lookups)
+    };
+    let token = req.token;
+    assert_eq!(req.tuple.sport, 8080);
+    let entry = ConntrackReport {
+        source: "ctnetlink",
+        direction: Direction::Reply,
+        orig_src: "10.0.1.2".parse().unwrap(),
+        orig_sport: 40000,
+        orig_dst: "10.96.0.10".parse().unwrap(),
+        orig_dport: 80,
+        reply_src: "10.0.2.2".parse().unwrap(),
+        reply_sport: 8080,
+        reply_dst: "10.0.1.2".parse().unwrap(),
+        reply_dport: 40000,
+        tcp_state: Some("ESTABLISHED"),
+        assured: true,
+        original_window: None,
+        reply_window: None,
+    };
+    c.answer(token, Some(Some(entry)), &mut out);
+    assert_eq!(kinds(&out), ["rst_sent", "attribution"]);
+    let Report::Attribution(a) = &out.reports[1] else {
+        unreachable!()
+    };
+    assert_eq!(a.service.as_deref(), Some("10.96.0.10:80"));
+    assert!(
+        a.invalid_reason.contains("suppressed"),
+        "{}",
+        a.invalid_reason
+    );
+    // Unanswered, it goes out at the deadline, saying so.
+    let mut out = Output::default();
+    c.event(
+        Event::Reset(Kind::RstSent, caused_reset(8, 0)),
+        t0,
+        &mut out,
+    );
+    c.tick(t0 + FATE_WAIT * 2, false, &mut out);
+    let Report::Attribution(a) = &out.reports[1] else {
+        panic!("{:?}", out.reports)
+    };
+    assert_eq!(a.enrichment, Some("skipped"));
+    assert_eq!(a.client.as_deref(), Some("10.0.1.2:40000"));
+    assert_eq!(c.enrichment_skipped, 1);
+}
+
+#[test]
+fn a_verdict_waits_for_its_lookup_then_its_reset_follows() {
+    let mut cx = ctx();
+    cx.lookups = true;
+    let mut c = Correlator::new(cx);
+    let t0 = Instant::now();
+    let mut out = Output::default();
+    c.event(Event::Invalid(verdict(7)), t0, &mut out);
+    c.event(
+        Event::Reset(Kind::RstSent, caused_reset(7, 1)),
+        t0,
+        &mut out,
+    );
+    assert!(out.reports.is_empty(), "the verdict waits for its entry");
+    let token = out.lookups[0].token;
+    // The queue was full: the verdict goes out at once without its entry, saying so.
+    c.answer(token, None, &mut out);
+    assert_eq!(kinds(&out), ["invalid"]);
+    let Report::Invalid(v) = &out.reports[0] else {
+        unreachable!()
+    };
+    assert_eq!(v.enrichment, Some("skipped"));
+    // The attribution asks again, urgently, and goes out with the answer.
+    let urgent = out.lookups.last().expect("an urgent lookup");
+    assert!(urgent.urgent);
+    let token = urgent.token;
+    c.answer(token, Some(None), &mut out);
+    assert_eq!(kinds(&out), ["invalid", "rst_sent", "attribution"]);
+}
+
+#[test]
+fn the_flow_summary_is_bounded() {
+    let mut c = Correlator::new(ctx());
+    let t0 = Instant::now();
+    let mut out = Output::default();
+    for i in 0..(MAX_FLOWS as u64 + 5) {
+        let mut r = caused_reset(7, 0);
+        r.packet.dport = (i % 60_000) as u16;
+        r.packet.daddr[2] = (i / 60_000) as u8;
+        c.event(Event::Reset(Kind::RstSent, r), t0, &mut out);
+    }
+    let flows = c.summary();
+    assert_eq!(flows.len(), MAX_FLOWS + 1);
+    let other = flows.iter().find(|f| f.client == "(other flows)").unwrap();
+    assert_eq!(other.resets, 5);
+}
+
+#[test]
+fn resets_follow_the_kernel_rule() {
+    assert_eq!(reset_for(0x02, 10, 0, 0), (0x14, 0, 11), "SYN is acked");
+    assert_eq!(
+        reset_for(0x18, 10, 99, 5),
+        (0x04, 99, 0),
+        "ACK: seq = its ack"
+    );
+    assert_eq!(
+        reset_for(0x01, 10, 0, 3),
+        (0x14, 0, 14),
+        "FIN and data are acked"
+    );
+}
+
+fn midstream_of(skb: u64, ts: u64) -> Event {
+    let mut p = conntrack_common::Pressure {
+        skb,
+        entries: u32::MAX,
+        ..Default::default()
+    };
+    p.header.ts_ns = ts;
+    p.header.kind = Kind::Midstream as u8;
+    p.packet = packet();
+    Event::Pressure(Kind::Midstream, p)
+}
+
+fn gone_for(how: How) -> Gone {
+    use crate::netlink::{Destroyed, Entry};
+    let p = packet();
+    let (src, dst) = addrs(&p);
+    Gone {
+        destroyed: Destroyed {
+            entry: Entry {
+                orig: Tuple {
+                    src: dst,
+                    sport: p.dport,
+                    dst: "10.96.0.10".parse().unwrap(),
+                    dport: 80,
+                    proto: IPPROTO_TCP,
+                },
+                reply: Tuple {
+                    src,
+                    sport: p.sport,
+                    dst,
+                    dport: p.dport,
+                    proto: IPPROTO_TCP,
+                },
+                status: crate::netlink::IPS_ASSURED,
+                tcp_state: Some(3),
+            },
+            portid: 77,
+            age_ns: None,
+        },
+        how,
+        certain: true,
+        boot_ns: 500,
+        entries: Some(3),
+    }
+}
+
+#[test]
+fn a_midstream_waits_for_its_lost_entry_and_its_reset_is_attributed_to_it() {
+    let mut c = Correlator::new(ctx());
+    let mut out = Output::default();
+    let now = Instant::now();
+    c.event(midstream_of(0xaa, 1_000), now, &mut out);
+    assert!(out.reports.is_empty(), "waits for the destroy event");
+    let mut r = caused_reset(0xaa, 1);
+    r.cause.cause = Cause::EntryLost as u8;
+    c.event(Event::Reset(Kind::RstSent, r), now, &mut out);
+    assert!(out.reports.is_empty(), "the reset waits with its midstream");
+    c.gone(vec![gone_for(How::Deleted)], &mut out);
+    assert_eq!(kinds(&out), ["midstream", "rst_sent", "attribution"]);
+    let Report::Attribution(a) = &out.reports[2] else {
+        panic!()
+    };
+    assert_eq!(a.cause, "entry_lost");
+    assert_eq!(a.service.as_deref(), Some("10.96.0.10:80"));
+    assert_eq!(a.lost.as_ref().unwrap().how, How::Deleted);
+}
+
+#[test]
+fn a_midstream_without_a_lost_entry_goes_out_unknown_after_the_wait() {
+    let mut c = Correlator::new(ctx());
+    let mut out = Output::default();
+    let now = Instant::now();
+    c.event(midstream_of(0xab, 1_000), now, &mut out);
+    c.tick(now + FATE_WAIT, false, &mut out);
+    assert_eq!(kinds(&out), ["midstream"]);
+    let Report::Midstream(m) = &out.reports[0] else {
+        panic!()
+    };
+    assert_eq!(m.lost.how, How::Unknown);
+}
