@@ -192,7 +192,13 @@ impl Correlator {
             "entry lost ({}): conntrack picked the flow up mid-stream without the Service's NAT",
             how_name(lost.how)
         );
-        let a = self.attribute(&r, &rep, None, reason, Fate::Passed, None, Some(lost));
+        let known = resets::Known {
+            reason,
+            fate: Fate::Passed,
+            enrichment: None,
+            lost: Some(lost),
+        };
+        let a = self.attribute(&r, &rep, None, known);
         out.reports.push(Report::RstSent(rep));
         out.reports.push(Report::Attribution(a));
     }

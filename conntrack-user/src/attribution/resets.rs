@@ -5,6 +5,16 @@ use conntrack_common::{flags, Cause, Kind, Reset, IPPROTO_TCP};
 
 use super::*;
 
+/// What is known of the packet behind an attributed reset.
+pub(super) struct Known {
+    /// Why conntrack let it through without its NAT (`invalid_reason`).
+    pub reason: String,
+    pub fate: Fate,
+    pub enrichment: Option<&'static str>,
+    /// The entry its flow lost (`cause: "entry_lost"`).
+    pub lost: Option<LostReport>,
+}
+
 impl Correlator {
     /// Reports a reset and its attribution; when the entry behind it is not known, first
     /// looks it up (urgently: attributions come before verdicts) and holds both until the
@@ -19,7 +29,13 @@ impl Correlator {
         out: &mut Output,
     ) {
         if ct.is_some() || !self.ctx.lookups || raw.packet.family == 0 {
-            let a = self.attribute(&raw, &rep, ct.as_ref(), reason, fate, None, None);
+            let known = Known {
+                reason,
+                fate,
+                enrichment: None,
+                lost: None,
+            };
+            let a = self.attribute(&raw, &rep, ct.as_ref(), known);
             out.reports.push(Report::RstSent(rep));
             out.reports.push(Report::Attribution(a));
             return;
@@ -176,15 +192,13 @@ impl Correlator {
         skipped: bool,
         out: &mut Output,
     ) {
-        let a = self.attribute(
-            &h.reset,
-            &h.report,
-            entry.as_ref(),
-            h.reason,
-            h.fate,
-            skipped.then_some("skipped"),
-            None,
-        );
+        let known = Known {
+            reason: h.reason,
+            fate: h.fate,
+            enrichment: skipped.then_some("skipped"),
+            lost: None,
+        };
+        let a = self.attribute(&h.reset, &h.report, entry.as_ref(), known);
         out.reports.push(Report::RstSent(h.report));
         out.reports.push(Report::Attribution(a));
     }
@@ -194,11 +208,14 @@ impl Correlator {
         r: &Reset,
         reset: &ResetReport,
         ct: Option<&ConntrackReport>,
-        invalid_reason: String,
-        fate: Fate,
-        enrichment: Option<&'static str>,
-        lost: Option<LostReport>,
+        known: Known,
     ) -> AttributionReport {
+        let Known {
+            reason: invalid_reason,
+            fate,
+            enrichment,
+            lost,
+        } = known;
         let p = &r.packet;
         let (src, dst) = addrs(p);
         // The INVALID packet went backend -> client; the entry's original tuple is
