@@ -9,6 +9,7 @@ syns ADDR PORT N WAIT: start N connections to ADDR:PORT without waiting for them
     from N source ports), print the ports, hold WAIT seconds; exit.
 """
 import socket
+import struct
 import sys
 import time
 
@@ -36,6 +37,11 @@ def client(addr, port, n, wait):
         socks.append(s)
     print(" ".join(str(s.getsockname()[1]) for s in socks), flush=True)
     time.sleep(wait)
+    # Close with a RST (linger 0): a FIN towards a Service whose entry is gone would be
+    # retransmitted (INVALID at the node each time) for minutes after the test.
+    for s in socks:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
 
 
 def syns(addr, port, n, wait):

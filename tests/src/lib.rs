@@ -448,13 +448,17 @@ impl Output {
         );
         // With kprobes, the kernel may skip a run of the verdict kretprobe (BPF recursion
         // protection) and says how often: the only difference allowed, and only that large.
+        // `kernel` spans from before attaching to after detaching, `kernel_while_attached` from
+        // after attaching to before detaching: the count lies between the two.
         let missed = n("missed_runs");
-        for k in ["kernel", "kernel_while_attached"] {
-            assert!(
-                n(k) >= n("counted") && n(k) - n("counted") <= missed,
-                "ct-trace's count == the kernel's ({k}), up to {missed} skipped runs: {i}"
-            );
-        }
+        assert!(
+            n("kernel") >= n("counted") && n("kernel") - n("counted") <= missed,
+            "ct-trace's count == the kernel's, up to {missed} skipped runs: {i}"
+        );
+        assert!(
+            n("kernel_while_attached") <= n("counted") + missed,
+            "ct-trace counted at least what the kernel counted while it was attached: {i}"
+        );
         if missed > 0 {
             eprintln!("the kernel skipped {missed} runs of the verdict kretprobe: {i}");
         }
@@ -526,10 +530,9 @@ impl CtTrace {
                     out.status, out.stderr
                 );
             }
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "ct-trace not ready after 30 s"
-            );
+            // Under TCG, with bulk traffic on the one vCPU, attaching takes longer.
+            let limit = Duration::from_secs(if in_vm() { 120 } else { 30 });
+            assert!(t0.elapsed() < limit, "ct-trace not ready after {limit:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
         me

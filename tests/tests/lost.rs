@@ -17,9 +17,13 @@ const FLOWS: usize = 10;
 /// Opens `FLOWS` connections client -> Service; the backend speaks `speak_after` seconds after
 /// the last one is accepted. `lose` runs in between (it must make the entries go). Returns the
 /// client ports and what ct-trace (running in the node) printed.
-fn held_flows(t: &Topology, speak_after: f64, lose: impl FnOnce(&Topology)) -> (Vec<u16>, Output) {
+fn held_flows(
+    t: &Topology,
+    ct: CtTrace,
+    speak_after: f64,
+    lose: impl FnOnce(&Topology),
+) -> (Vec<u16>, Output) {
     let held = scripts().join("held.py");
-    let ct = CtTrace::start(Some(&t.node), &[]);
     let server = Background::start(
         &t.server,
         &format!("{} {} server 8080 {FLOWS} {speak_after}", python(), held.display()),
@@ -112,10 +116,11 @@ fn ten_entries_deleted_with_conntrack_are_ten_entry_lost_attributions() {
         return;
     }
     let t = Topology::ipv4_only();
+    let ct = CtTrace::start(Some(&t.node), &[]);
     let _chatter = t.ipv6_chatter();
     // Bulk through the same node (another Service port): its entry must stay.
     let _bulk = t.bulk(8);
-    let (ports, out) = held_flows(&t, 1.5, |t| {
+    let (ports, out) = held_flows(&t, ct, 1.5, |t| {
         t.node
             .exec("conntrack -D -p tcp --orig-dst 10.96.0.10 --dport 80 >/dev/null 2>&1");
     });
@@ -134,7 +139,8 @@ fn ten_entries_that_expired_while_idle_are_ten_entry_lost_attributions() {
     // their NAT) there; the backend then speaks after 3 s of silence.
     t.node
         .exec("sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_established=1");
-    let (ports, out) = held_flows(&t, 3.0, |_| {});
+    let ct = CtTrace::start(Some(&t.node), &[]);
+    let (ports, out) = held_flows(&t, ct, 3.0, |_| {});
     assert_each_lost(&out, &ports, "expired");
 }
 
