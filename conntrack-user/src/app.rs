@@ -907,7 +907,7 @@ fn print_summary(
         eprintln!("{line}");
     }
     if !flows.is_empty() {
-        eprintln!("ct-trace: resets caused by INVALID packets, by flow:");
+        eprintln!("ct-trace: resets caused by conntrack (INVALID packets, lost entries), by flow:");
         eprintln!(
             "{:>6}  {:<24} {:<24} {:<24} {:<32} FIRST / LAST",
             "RESETS", "CLIENT", "SERVICE", "BACKEND", "REASONS"

@@ -177,12 +177,25 @@ mod tests {
         r.ct_tcp = [0xff; conntrack_common::CT_TCP_BYTES];
         let mut rr = reset();
         rr.header.kind = Kind::RstReceived as u8;
+        let mut m = Pressure::default();
+        m.header.version = WIRE_VERSION;
+        m.header.kind = Kind::Midstream as u8;
+        m.packet = v.packet;
+        m.packet.tcp_flags = 0x18;
+        m.skb = v.skb;
+        m.entries = u32::MAX;
+        let mut f = m;
+        f.header.kind = Kind::TableFull as u8;
+        f.packet.tcp_flags = 0x02;
+        f.entries = 40;
         vec![
             ("rst_sent", bytes(&reset())),
             ("rst_received", bytes(&rr)),
             ("invalid", bytes(&v)),
             ("drop", bytes(&d)),
             ("reason", bytes(&r)),
+            ("midstream", bytes(&m)),
+            ("table_full", bytes(&f)),
         ]
     }
 

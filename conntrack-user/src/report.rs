@@ -40,6 +40,11 @@ pub struct ResetReport {
     pub socket: Option<bool>,
     /// True when the triggering packet had been marked INVALID by conntrack on its way.
     pub caused_by_invalid: bool,
+    /// What conntrack did to the triggering packet on its way, when it let it through without
+    /// its NAT: `invalid_packet` (the same as `caused_by_invalid`) or `entry_lost` (picked up
+    /// mid-stream after its flow's entry went).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<&'static str>,
 }
 
 /// One direction's TCP window as conntrack tracks it (`struct ip_ct_tcp_state`,
@@ -331,8 +336,10 @@ impl Report {
                     opt(&r.ack),
                     opt(&r.reason),
                 );
-                if r.caused_by_invalid {
-                    s.push_str(" caused_by=invalid");
+                match r.cause {
+                    Some("entry_lost") => s.push_str(" caused_by=entry_lost"),
+                    Some(_) => s.push_str(" caused_by=invalid"),
+                    None => {}
                 }
             }
             Self::Invalid(r) | Self::Ignored(r) => {
@@ -525,6 +532,7 @@ mod tests {
             trigger: None,
             socket: Some(false),
             caused_by_invalid: false,
+            cause: None,
         });
         let v: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
         assert_eq!(v["kind"], "rst_sent");

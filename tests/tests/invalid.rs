@@ -249,7 +249,7 @@ fn out_of_window_is_attributed(mode: &str, v6: bool) {
     assert!(
         r.out
             .stderr
-            .contains("resets caused by INVALID packets, by flow"),
+            .contains("resets caused by conntrack (INVALID packets, lost entries), by flow"),
         "{}",
         r.out.stderr
     );

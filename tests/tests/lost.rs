@@ -26,7 +26,11 @@ fn held_flows(
     let held = scripts().join("held.py");
     let server = Background::start(
         &t.server,
-        &format!("{} {} server 8080 {FLOWS} {speak_after}", python(), held.display()),
+        &format!(
+            "{} {} server 8080 {FLOWS} {speak_after}",
+            python(),
+            held.display()
+        ),
     );
     std::thread::sleep(Duration::from_millis(300));
     let client = Background::start(
@@ -78,19 +82,35 @@ fn assert_each_lost(out: &Output, ports: &[u16], how: &str) {
         assert_eq!(m["lost"]["how"], how, "{m}");
         assert_eq!(m["lost"]["certain"], true, "{m}");
         assert_eq!(m["lost"]["entry"]["orig_src"], client.as_str(), "{m}");
-        assert_eq!(m["lost"]["entry"]["orig_dst"], format!("{SERVICE}:80"), "{m}");
-        assert_eq!(m["lost"]["entry"]["reply_src"], format!("{SERVER}:8080"), "{m}");
+        assert_eq!(
+            m["lost"]["entry"]["orig_dst"],
+            format!("{SERVICE}:80"),
+            "{m}"
+        );
+        assert_eq!(
+            m["lost"]["entry"]["reply_src"],
+            format!("{SERVER}:8080"),
+            "{m}"
+        );
         let a: Vec<_> = attributions
             .iter()
             .filter(|a| a["client"] == client.as_str())
             .collect();
-        assert_eq!(a.len(), 1, "one attribution for {client}: {attributions:#?}");
+        assert_eq!(
+            a.len(),
+            1,
+            "one attribution for {client}: {attributions:#?}"
+        );
         let a = a[0];
         assert_eq!(a["cause"], "entry_lost", "{a}");
         assert_eq!(a["service"], format!("{SERVICE}:80"), "{a}");
         assert_eq!(a["backend"], format!("{SERVER}:8080"), "{a}");
         assert_eq!(a["reset_src"], client.as_str(), "{a}");
         assert_eq!(a["lost"]["how"], how, "{a}");
+        let r: Vec<_> = out.events_of("rst_sent", |r| r["src"] == CLIENT && r["sport"] == *p);
+        assert_eq!(r.len(), 1, "{r:#?}");
+        assert_eq!(r[0]["cause"], "entry_lost", "{}", r[0]);
+        assert_eq!(r[0]["caused_by_invalid"], false, "{}", r[0]);
     }
     assert_eq!(mids.len(), ports.len(), "no other midstream: {mids:#?}");
     assert_eq!(attributions.len(), ports.len(), "{attributions:#?}");

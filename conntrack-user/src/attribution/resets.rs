@@ -79,6 +79,8 @@ impl Correlator {
         let (a, b) = addrs(p);
         let known = p.family != 0;
         let has_packet = r.flags & flags::NO_HEADERS == 0;
+        let caused = r.flags & flags::CAUSED_BY_INVALID != 0;
+        let lost = r.cause.cause == Cause::EntryLost as u8;
         let reason = if r.flags & flags::NO_REASON_ARG != 0 {
             if kind == Kind::RstSent {
                 Some("unknown (tcp_send_reset has no reason argument before Linux 6.10)".into())
@@ -122,7 +124,8 @@ impl Correlator {
                     len: p.payload_len,
                 }),
                 socket: Some(r.flags & flags::NO_SOCKET == 0),
-                caused_by_invalid: r.flags & flags::CAUSED_BY_INVALID != 0,
+                caused_by_invalid: caused && !lost,
+                cause: caused.then_some(if lost { "entry_lost" } else { "invalid_packet" }),
             }
         } else {
             ResetReport {
@@ -140,13 +143,14 @@ impl Correlator {
                 trigger: None,
                 socket: None,
                 caused_by_invalid: false,
+                cause: None,
             }
         }
     }
 
     pub(super) fn reset(&mut self, kind: Kind, r: Reset, out: &mut Output) {
         let report = self.reset_report(kind, &r);
-        if kind != Kind::RstSent || !report.caused_by_invalid {
+        if kind != Kind::RstSent || report.cause.is_none() {
             out.reports.push(if kind == Kind::RstSent {
                 Report::RstSent(report)
             } else {
