@@ -3,11 +3,13 @@
 
 server PORT N DELAY: accept N connections, then, DELAY seconds after the last one, send one
     line on each (the backend speaking after its flow's conntrack entry went); exit.
-client ADDR PORT N WAIT: open N connections to ADDR:PORT, print their local ports (one line),
-    flush, hold them WAIT seconds, then close them; exit.
+client ADDR PORT N WAIT [READY]: open N connections to ADDR:PORT, print their local ports (one
+    line; also written to the file READY once every connection is up), hold them WAIT seconds,
+    then close them with a RST; exit.
 syns ADDR PORT N WAIT: start N connections to ADDR:PORT without waiting for them (one SYN each,
     from N source ports), print the ports, hold WAIT seconds; exit.
 """
+import os
 import socket
 import struct
 import sys
@@ -30,12 +32,17 @@ def server(port, n, delay):
     time.sleep(1)
 
 
-def client(addr, port, n, wait):
+def client(addr, port, n, wait, ready=None):
     socks = []
     for _ in range(n):
-        s = socket.create_connection((addr, port), timeout=5)
+        s = socket.create_connection((addr, port), timeout=20)
         socks.append(s)
-    print(" ".join(str(s.getsockname()[1]) for s in socks), flush=True)
+    ports = " ".join(str(s.getsockname()[1]) for s in socks)
+    print(ports, flush=True)
+    if ready:
+        with open(ready + ".tmp", "w") as f:
+            f.write(ports)
+        os.rename(ready + ".tmp", ready)
     time.sleep(wait)
     # Close with a RST (linger 0): a FIN towards a Service whose entry is gone would be
     # retransmitted (INVALID at the node each time) for minutes after the test.
@@ -65,4 +72,5 @@ if __name__ == "__main__":
     elif mode == "server":
         server(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
     else:
-        client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
+        ready = sys.argv[6] if len(sys.argv) > 6 else None
+        client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), ready)

@@ -9,7 +9,8 @@
 use std::{collections::HashSet, time::Duration};
 
 use integration_tests::{
-    need_root, python, scripts, Background, CtTrace, Output, Topology, CLIENT, SERVER, SERVICE,
+    in_vm, need_root, python, scripts, Background, CtTrace, Output, Topology, CLIENT, SERVER,
+    SERVICE,
 };
 
 const FLOWS: usize = 10;
@@ -33,28 +34,32 @@ fn held_flows(
         ),
     );
     std::thread::sleep(Duration::from_millis(300));
+    let ready = std::env::temp_dir().join(format!(
+        "ct-trace-held-{}-{}",
+        std::process::id(),
+        t.client.name
+    ));
+    let _ = std::fs::remove_file(&ready);
     let client = Background::start(
         &t.client,
         &format!(
-            "{} {} client {SERVICE} 80 {FLOWS} {}",
+            "{} {} client {SERVICE} 80 {FLOWS} {} {}",
             python(),
             held.display(),
-            speak_after + 3.0
+            speak_after + 3.0,
+            ready.display()
         ),
     );
-    // The client prints its ports once every connection is up.
+    // The client writes its ports once every connection is up.
     let t0 = std::time::Instant::now();
-    let mut established = 0;
-    while established < FLOWS {
-        assert!(t0.elapsed() < Duration::from_secs(10), "connections not up");
-        std::thread::sleep(Duration::from_millis(50));
-        established = t
-            .node
-            .exec("conntrack -L -p tcp --orig-dst 10.96.0.10 --dport 80 --state ESTABLISHED 2>/dev/null | wc -l")
-            .trim()
-            .parse()
-            .unwrap_or(0);
+    while !ready.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "connections not up after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = std::fs::remove_file(&ready);
     lose(t);
     let ports: Vec<u16> = client
         .wait(Duration::from_secs(30))
@@ -140,7 +145,9 @@ fn ten_entries_deleted_with_conntrack_are_ten_entry_lost_attributions() {
     let _chatter = t.ipv6_chatter();
     // Bulk through the same node (another Service port): its entry must stay.
     let _bulk = t.bulk(8);
-    let (ports, out) = held_flows(&t, ct, 1.5, |t| {
+    // The backend speaks after the deletion (TCG is slow to run `conntrack -D`).
+    let speak_after = if in_vm() { 6.0 } else { 1.5 };
+    let (ports, out) = held_flows(&t, ct, speak_after, |t| {
         t.node
             .exec("conntrack -D -p tcp --orig-dst 10.96.0.10 --dport 80 >/dev/null 2>&1");
     });
