@@ -422,7 +422,9 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     let kernel_after = kstat::invalid().ok();
     let stats_after = kstat::read().ok();
     // The last destroy events of the run (the thread reads every 100 ms).
-    std::thread::sleep(Duration::from_millis(150));
+    if let Some(w) = &watcher {
+        w.wait_quiet(Duration::from_millis(300), Duration::from_secs(2));
+    }
     let kernel = verdicts.then_some(KernelInvalid {
         outer: kernel_before.zip(kernel_after),
         inner: kernel_attached.zip(kernel_detaching),

@@ -27,6 +27,8 @@ pub struct Watcher {
     thread: Option<JoinHandle<()>>,
     /// Socket overflows (ENOBUFS) plus batches the event loop was too slow for.
     pub overflows: Arc<AtomicU64>,
+    /// Batches received so far (to tell when the kernel has gone quiet).
+    batches: Arc<AtomicU64>,
 }
 
 impl Watcher {
@@ -37,7 +39,8 @@ impl Watcher {
         let (tx, rx) = mpsc::sync_channel(BACKLOG);
         let stop = Arc::new(AtomicBool::new(false));
         let overflows = Arc::new(AtomicU64::new(0));
-        let (s, o) = (stop.clone(), overflows.clone());
+        let batches = Arc::new(AtomicU64::new(0));
+        let (s, o, b) = (stop.clone(), overflows.clone(), batches.clone());
         let thread = std::thread::Builder::new()
             .name("ct-trace-destroy".into())
             .spawn(move || {
@@ -82,6 +85,7 @@ impl Watcher {
                     if tx.try_send(gone).is_err() {
                         o.fetch_add(1, Ordering::Relaxed);
                     }
+                    b.fetch_add(1, Ordering::Relaxed);
                 }
             })?;
         Ok(Self {
@@ -89,7 +93,25 @@ impl Watcher {
             stop,
             thread: Some(thread),
             overflows,
+            batches,
         })
+    }
+
+    /// Waits until no batch arrived for `quiet` (at most `max`): after detaching, the destroy
+    /// events of the run's last moments are still on their way (the kernel may also redeliver
+    /// events it could not send at once).
+    pub fn wait_quiet(&self, quiet: std::time::Duration, max: std::time::Duration) {
+        let start = std::time::Instant::now();
+        let mut seen = self.batches.load(Ordering::Relaxed);
+        let mut since = std::time::Instant::now();
+        while start.elapsed() < max && since.elapsed() < quiet {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let now = self.batches.load(Ordering::Relaxed);
+            if now != seen {
+                seen = now;
+                since = std::time::Instant::now();
+            }
+        }
     }
 
     /// The batches ready now.
