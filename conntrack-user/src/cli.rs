@@ -163,10 +163,24 @@ pub fn parse_prefix(s: &str) -> Result<(std::net::IpAddr, u8), String> {
 pub enum Command {
     /// Check this node's conntrack posture and say which fix applies.
     Doctor {
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Text)]
-        output: Format,
+        // Named `output` (not `args`) only so that app.rs's `Command::Doctor { output }` needs
+        // no change; rename it together with app.rs.
+        #[command(flatten)]
+        output: DoctorArgs,
     },
+}
+
+/// `ct-trace doctor`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+
+    /// How long to watch the table's counters (drop, early_drop, insert_failed, ...) for their
+    /// growth (seconds, or a duration like 500ms; 0: no sampling).
+    #[arg(long, default_value = "1", value_parser = crate::doctor::parse_window, value_name = "SECS")]
+    pub window: Duration,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -9,12 +9,23 @@
 //! 2. A rule dropping `ctstate INVALID` (kube-proxy's iptables mode does this from 1.15): the
 //!    packet is dropped and TCP retransmits; the nftables mode of kube-proxy does not add it.
 //! 3. A larger table (`nf_conntrack_max`, buckets) for table pressure: more kernel memory.
+//!
+//! The table's own posture (`table`): how full it is, how it is sized against the node's RAM and
+//! its hash buckets, the TCP timeouts that decide how long an idle flow keeps its entry (and its
+//! NAT), and the kernel's pressure counters over a short window (`--window`). A flow whose entry
+//! was dropped, evicted or timed out loses its NAT without any INVALID verdict on the way in.
 
-use std::{fs, process::Command};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    io::{self, Write},
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 
-use crate::{kstat, report::Format};
+use crate::{cli::DoctorArgs, kstat, report::Format};
 
 #[derive(Debug, Serialize)]
 pub struct Rule {
@@ -34,14 +45,16 @@ pub struct Posture {
     pub entries: Option<u64>,
     pub max: Option<u64>,
     pub buckets: Option<u64>,
-    pub counters: std::collections::BTreeMap<String, u64>,
+    pub counters: BTreeMap<String, u64>,
     pub drop_rules: Vec<Rule>,
     /// `iptables`, `nftables`, or absent when no kube-proxy chains are visible.
     pub kube_proxy: Option<&'static str>,
-    /// `protected-liberal`, `protected-rule`, `exposed`, or `unknown` (rules unreadable).
     /// False when no ruleset could be read (iptables/nft missing, or no CAP_NET_ADMIN).
     pub rules_read: bool,
+    /// `protected-liberal`, `protected-rule`, `exposed`, or `unknown` (rules unreadable).
     pub verdict: &'static str,
+    /// The conntrack table's size, pressure and timeouts (its findings are in `advice` too).
+    pub table: Table,
     pub advice: Vec<String>,
 }
 
@@ -132,7 +145,356 @@ pub fn nft_drop_rules(ruleset: &str, warnings: &str) -> Vec<Rule> {
     out
 }
 
-pub fn inspect() -> Posture {
+/// Utilisation at which the table is under pressure: the alert operators put on
+/// `node_nf_conntrack_entries / node_nf_conntrack_entries_limit`.
+pub const HIGH_UTILISATION: f64 = 0.75;
+
+/// `nf_conntrack_max / nf_conntrack_buckets` of the kernel's own sizing. Since Linux 5.15
+/// (commit d532bcd0b269 "netfilter: conntrack: sanitize table size default settings", in the
+/// stable trees too) `nf_conntrack_init_start()` in net/netfilter/nf_conntrack_core.c sets
+/// `nf_conntrack_max = max_factor * nf_conntrack_htable_size` with `max_factor = 1` when the
+/// kernel sized the hash itself (on every word size: 64-bit only raises the bucket cap to 262144
+/// above 4 GiB of RAM), and 8 when `hashsize=` was given; before 5.15 the default factor was 4.
+/// Each entry is hashed twice (original and reply tuple), so at factor 1 a full table averages
+/// two entries per chain: a larger ratio means longer chains walked by every packet's lookup.
+pub const DEFAULT_MAX_PER_BUCKET: f64 = 1.0;
+
+/// Seconds an idle established entry must outlive: Linux's default `tcp_keepalive_time`
+/// (7200 s of idle before the first keepalive probe) plus four minutes of margin.
+pub const KEEPALIVE_S: u64 = 7440;
+
+/// How far `nf_conntrack_max` may be from the RAM formula's value and still be `at` it.
+const RAM_TOLERANCE: f64 = 0.10;
+
+/// How full the namespace's table is (`entries / max`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pressure {
+    /// Below 75%.
+    Ok,
+    /// At or above 75%: the usual alert.
+    High,
+    /// At the limit: new flows evict unreplied ones (early_drop) or are dropped.
+    Full,
+}
+
+/// `nf_conntrack_max` against what the node's RAM allows by the usual formula (within 10%: at).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaxVsRam {
+    Below,
+    At,
+    Above,
+}
+
+/// The table's verdict: `pressure` at 75%, `full` at the limit or when the kernel dropped or
+/// evicted for room during the window; `unknown` when neither could be read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableVerdict {
+    Ok,
+    Pressure,
+    Full,
+    #[default]
+    Unknown,
+}
+
+/// The names the JSON output uses, for the text output.
+fn name(v: impl Serialize) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `nf_conntrack_tcp_timeout_*` of the namespace (seconds): how long an entry in each state lives
+/// without a packet. An idle flow whose entry expires loses its NAT with it.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct TcpTimeouts {
+    pub established: Option<u64>,
+    pub close_wait: Option<u64>,
+    pub fin_wait: Option<u64>,
+    pub time_wait: Option<u64>,
+    pub syn_sent: Option<u64>,
+    pub syn_recv: Option<u64>,
+    pub unacknowledged: Option<u64>,
+}
+
+impl TcpTimeouts {
+    fn read() -> Self {
+        let t = |state: &str| sysctl(&format!("nf_conntrack_tcp_timeout_{state}"));
+        Self {
+            established: t("established"),
+            close_wait: t("close_wait"),
+            fin_wait: t("fin_wait"),
+            time_wait: t("time_wait"),
+            syn_sent: t("syn_sent"),
+            syn_recv: t("syn_recv"),
+            unacknowledged: t("unacknowledged"),
+        }
+    }
+
+    fn fields(&self) -> [(&'static str, Option<u64>); 7] {
+        [
+            ("established", self.established),
+            ("close_wait", self.close_wait),
+            ("fin_wait", self.fin_wait),
+            ("time_wait", self.time_wait),
+            ("syn_sent", self.syn_sent),
+            ("syn_recv", self.syn_recv),
+            ("unacknowledged", self.unacknowledged),
+        ]
+    }
+}
+
+/// Growth of the kernel's pressure counters of the namespace (`/proc/net/stat/nf_conntrack`)
+/// over the window; a counter the kernel does not have is `None`.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct Deltas {
+    /// Packets conntrack dropped: no room left (early_drop found nothing to evict), or a lost
+    /// insert race (counted in `insert_failed` too).
+    pub drop: Option<u64>,
+    /// Unreplied entries evicted to make room: only happens at the limit.
+    pub early_drop: Option<u64>,
+    /// Entries that could not be confirmed: a lost insert race, or a hash chain too long.
+    pub insert_failed: Option<u64>,
+    pub invalid: Option<u64>,
+    /// Insert races resolved by merging the entries (UDP, DNS): column `clashres`.
+    pub clash_resolve: Option<u64>,
+}
+
+impl Deltas {
+    pub fn between(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> Self {
+        let d = |col: &str| Some(after.get(col)?.saturating_sub(*before.get(col)?));
+        Self {
+            drop: d("drop"),
+            early_drop: d("early_drop"),
+            insert_failed: d("insert_failed"),
+            invalid: d("invalid"),
+            clash_resolve: d("clashres"),
+        }
+    }
+
+    /// Whether the kernel ran out of room during the window: it evicted entries, or it dropped
+    /// more packets than lost insert races explain.
+    pub fn table_was_full(&self) -> bool {
+        let n = |v: Option<u64>| v.unwrap_or(0);
+        n(self.early_drop) > 0 || n(self.drop) > n(self.insert_failed)
+    }
+
+    fn fields(&self) -> [(&'static str, Option<u64>); 5] {
+        [
+            ("drop", self.drop),
+            ("early_drop", self.early_drop),
+            ("insert_failed", self.insert_failed),
+            ("invalid", self.invalid),
+            ("clash_resolve", self.clash_resolve),
+        ]
+    }
+}
+
+/// The conntrack table of the namespace doctor runs in. `max` and `buckets` are global (set in
+/// the init namespace only), but `max` limits each namespace's own `entries`.
+#[derive(Debug, Default, Serialize)]
+pub struct Table {
+    pub entries: Option<u64>,
+    pub max: Option<u64>,
+    /// `entries / max`.
+    pub utilisation: Option<f64>,
+    pub pressure: Option<Pressure>,
+    pub buckets: Option<u64>,
+    /// `max / buckets`: the kernel's own sizing is 1 ([`DEFAULT_MAX_PER_BUCKET`]).
+    pub max_per_bucket: Option<f64>,
+    /// Whether a full table has longer hash chains than the kernel's own sizing gives.
+    pub long_chains: Option<bool>,
+    /// The node's RAM (`MemTotal`), which the kernel sizes the table from.
+    pub ram_bytes: Option<u64>,
+    /// RAM / 16384 / (word bits / 32): the usual sizing for this node's RAM.
+    pub recommended_max: Option<u64>,
+    pub max_vs_ram: Option<MaxVsRam>,
+    pub tcp_timeouts: TcpTimeouts,
+    /// `nf_conntrack_tcp_loose`: whether a TCP flow without an entry is picked up mid-stream.
+    pub tcp_loose: Option<u8>,
+    /// Seconds the counters were sampled over (`--window`); 0: not sampled.
+    pub window_s: f64,
+    /// Counter growth over the window; `None` when not sampled or unreadable.
+    pub deltas: Option<Deltas>,
+    pub verdict: TableVerdict,
+}
+
+pub fn utilisation(entries: u64, max: u64) -> Option<f64> {
+    (max > 0).then(|| entries as f64 / max as f64)
+}
+
+pub fn pressure(utilisation: f64) -> Pressure {
+    if utilisation >= 1.0 {
+        Pressure::Full
+    } else if utilisation >= HIGH_UTILISATION {
+        Pressure::High
+    } else {
+        Pressure::Ok
+    }
+}
+
+/// The documented sizing for RAM (the write-up's formula, from the kernel's old conntrack
+/// documentation): one entry per 16 KiB on 32-bit, per 32 KiB on 64-bit.
+pub fn recommended_max(ram_bytes: u64, word_bits: u32) -> u64 {
+    ram_bytes / 16384 / u64::from((word_bits / 32).max(1))
+}
+
+pub fn max_vs_ram(max: u64, recommended: u64) -> MaxVsRam {
+    let (m, r) = (max as f64, recommended as f64);
+    if m < r * (1.0 - RAM_TOLERANCE) {
+        MaxVsRam::Below
+    } else if m > r * (1.0 + RAM_TOLERANCE) {
+        MaxVsRam::Above
+    } else {
+        MaxVsRam::At
+    }
+}
+
+pub fn max_per_bucket(max: u64, buckets: u64) -> Option<f64> {
+    (buckets > 0).then(|| max as f64 / buckets as f64)
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes.
+pub fn mem_total(meminfo: &str) -> Option<u64> {
+    let kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim();
+    kib.parse::<u64>().ok()?.checked_mul(1024)
+}
+
+pub fn table_verdict(pressure: Option<Pressure>, deltas: Option<&Deltas>) -> TableVerdict {
+    if pressure == Some(Pressure::Full) || deltas.is_some_and(Deltas::table_was_full) {
+        return TableVerdict::Full;
+    }
+    match pressure {
+        Some(Pressure::High) => TableVerdict::Pressure,
+        Some(_) => TableVerdict::Ok,
+        None => TableVerdict::Unknown,
+    }
+}
+
+impl Table {
+    /// Reads the namespace's table; `deltas` were sampled over `window_s` seconds.
+    fn read(deltas: Option<Deltas>, window_s: f64) -> Self {
+        Self {
+            entries: sysctl("nf_conntrack_count"),
+            max: sysctl("nf_conntrack_max"),
+            buckets: sysctl("nf_conntrack_buckets"),
+            ram_bytes: fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| mem_total(&m)),
+            tcp_timeouts: TcpTimeouts::read(),
+            tcp_loose: sysctl("nf_conntrack_tcp_loose").map(|v| v as u8),
+            window_s,
+            deltas,
+            ..Self::default()
+        }
+    }
+
+    /// Fills in what follows from the facts read (entries, max, buckets, RAM, deltas).
+    pub fn derive(&mut self) {
+        self.utilisation = self
+            .entries
+            .zip(self.max)
+            .and_then(|(e, m)| utilisation(e, m));
+        self.pressure = self.utilisation.map(pressure);
+        self.max_per_bucket = self
+            .max
+            .zip(self.buckets)
+            .and_then(|(m, b)| max_per_bucket(m, b));
+        self.long_chains = self.max_per_bucket.map(|r| r > DEFAULT_MAX_PER_BUCKET);
+        self.recommended_max = self
+            .ram_bytes
+            .map(|r| recommended_max(r, usize::BITS))
+            .filter(|r| *r > 0);
+        self.max_vs_ram = self
+            .max
+            .zip(self.recommended_max)
+            .map(|(m, r)| max_vs_ram(m, r));
+        self.verdict = table_verdict(self.pressure, self.deltas.as_ref());
+    }
+}
+
+/// The table's findings in words, each with the fix that applies.
+pub fn table_advice(t: &Table) -> Vec<String> {
+    let mut out = capacity_advice(t);
+    out.extend(chain_advice(t));
+    out.extend(timeout_advice(t));
+    out
+}
+
+fn capacity_advice(t: &Table) -> Vec<String> {
+    let (e, m) = (opt(t.entries), opt(t.max));
+    let pct = t
+        .utilisation
+        .map_or("unknown".into(), |u| format!("{:.0}%", u * 100.0));
+    let first = match (&t.deltas, t.pressure) {
+        (Some(d), _) if d.table_was_full() => format!(
+            "the table is full: in {:.1} s conntrack dropped {} packets and evicted {} unreplied entries (early_drop) to make room ({e}/{m} entries, {pct}); new flows lose packets until there is room, an evicted one loses its NAT.",
+            t.window_s,
+            opt(d.drop),
+            opt(d.early_drop)
+        ),
+        (_, Some(Pressure::Full)) => format!(
+            "the table is full: {e}/{m} entries ({pct}); new flows evict unreplied ones (early_drop) or are dropped."
+        ),
+        (_, Some(Pressure::High)) => format!(
+            "conntrack table {e}/{m} entries ({pct}): at or above the usual 75% alert, new connections will soon be dropped."
+        ),
+        _ => return vec![],
+    };
+    vec![first, raise_advice(t)]
+}
+
+/// The fix for a table under pressure, by how `nf_conntrack_max` compares with the node's RAM.
+fn raise_advice(t: &Table) -> String {
+    let scope =
+        "nf_conntrack_max is set in the init namespace and limits each namespace's own entries";
+    match (t.max_vs_ram, t.recommended_max) {
+        (Some(MaxVsRam::Below), Some(r)) => format!(
+            "raise nf_conntrack_max and nf_conntrack_buckets to what this node's RAM allows (RAM/16384/(word bits/32) = {r}): sysctl -w net.netfilter.nf_conntrack_max={r} net.netfilter.nf_conntrack_buckets={r}; {scope}."
+        ),
+        (Some(_), Some(r)) => format!(
+            "nf_conntrack_max is already at or above what this node's RAM allows ({r}): raising it further costs kernel memory beyond the usual sizing; spread the busiest flows over nodes with more RAM or fewer replicas each, or shorten the timeouts of closing states (nf_conntrack_tcp_timeout_time_wait, _close_wait, _fin_wait)."
+        ),
+        _ => format!("raise nf_conntrack_max (and nf_conntrack_buckets to match); {scope}."),
+    }
+}
+
+fn chain_advice(t: &Table) -> Option<String> {
+    let r = t.max_per_bucket.filter(|r| *r > DEFAULT_MAX_PER_BUCKET)?;
+    Some(format!(
+        "nf_conntrack_max is {r:.1}x nf_conntrack_buckets (the kernel's own sizing is 1x since Linux 5.15): a full table averages {:.0} entries per hash chain instead of 2, walked by every packet's lookup; sysctl -w net.netfilter.nf_conntrack_buckets={} (8 bytes a bucket).",
+        2.0 * r,
+        t.max?
+    ))
+}
+
+fn timeout_advice(t: &Table) -> Option<String> {
+    let est = t.tcp_timeouts.established.filter(|s| *s < KEEPALIVE_S)?;
+    let then = if t.tcp_loose == Some(0) {
+        "INVALID (nf_conntrack_tcp_loose=0): without a drop rule it leaves un-NATed and the connection is reset, with one the connection hangs"
+    } else {
+        "picked up mid-stream as a new entry without the NAT (nf_conntrack_tcp_loose=1) and the connection is reset"
+    };
+    Some(format!(
+        "nf_conntrack_tcp_timeout_established={est}s is shorter than TCP keepalive's default ({KEEPALIVE_S}s: 7200 s of idle before the first probe): an idle connection loses its entry and its NAT first, and its next packet is {then}. Raise it (the kernel's default is 432000) or use keepalives shorter than {est}s."
+    ))
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "unknown".into(), |v| v.to_string())
+}
+
+/// INVALID drop rules in every ruleset doctor can read, kube-proxy's mode, and whether any
+/// ruleset could be read.
+fn read_rules() -> (Vec<Rule>, Option<&'static str>, bool) {
     let mut drop_rules = vec![];
     let mut kube_proxy = None;
     let mut rules_read = false;
@@ -152,15 +514,36 @@ pub fn inspect() -> Posture {
         }
         drop_rules.extend(nft_drop_rules(&rs, &warnings));
     }
+    (drop_rules, kube_proxy, rules_read)
+}
+
+/// The counters' growth from `before` (read at `t0`) to `window` after `t0`; `None` when not
+/// sampled (a zero window) or unreadable.
+fn sample(before: Option<&HashMap<String, u64>>, window: Duration, t0: Instant) -> Option<Deltas> {
+    let before = before.filter(|_| !window.is_zero())?;
+    std::thread::sleep(window.saturating_sub(t0.elapsed()));
+    kstat::read()
+        .ok()
+        .map(|after| Deltas::between(before, &after))
+}
+
+/// The posture of the namespace doctor runs in; the kernel's counters are sampled over `window`
+/// (the rulesets are read meanwhile).
+pub fn inspect(window: Duration) -> Posture {
+    let t0 = Instant::now();
+    let before = kstat::read().ok();
+    let (drop_rules, kube_proxy, rules_read) = read_rules();
+    let deltas = sample(before.as_ref(), window, t0);
+    let table = Table::read(deltas, window.as_secs_f64());
     let mut p = Posture {
         netns: kstat::netns_inode("self").unwrap_or(0),
         tcp_be_liberal: sysctl("nf_conntrack_tcp_be_liberal").map(|v| v as u8),
         tcp_ignore_invalid_rst: sysctl("nf_conntrack_tcp_ignore_invalid_rst").map(|v| v as u8),
         log_invalid: sysctl("nf_conntrack_log_invalid").map(|v| v as u8),
-        entries: sysctl("nf_conntrack_count"),
-        max: sysctl("nf_conntrack_max"),
-        buckets: sysctl("nf_conntrack_buckets"),
-        counters: kstat::read()
+        entries: table.entries,
+        max: table.max,
+        buckets: table.buckets,
+        counters: before
             .map(|m| {
                 m.into_iter()
                     .filter(|(k, _)| {
@@ -173,13 +556,14 @@ pub fn inspect() -> Posture {
         kube_proxy,
         rules_read,
         verdict: "exposed",
+        table,
         advice: vec![],
     };
     judge(&mut p);
     p
 }
 
-/// The verdict and the advice, from the facts.
+/// The verdicts (INVALID exposure, and the table's) and the advice, from the facts.
 pub fn judge(p: &mut Posture) {
     let v4_rule = p.drop_rules.iter().any(|r| r.family != "ipv6");
     let v6_rule = p.drop_rules.iter().any(|r| r.family != "ipv4");
@@ -211,62 +595,115 @@ pub fn judge(p: &mut Posture) {
                 .into(),
         );
     }
-    if let (Some(e), Some(m)) = (p.entries, p.max) {
-        if m > 0 && e * 4 > m * 3 {
-            p.advice.push(format!(
-                "conntrack table {e}/{m} entries ({}%): above the usual 75% alert, new connections will soon be dropped; raise nf_conntrack_max.",
-                e * 100 / m
-            ));
-        }
-    }
+    p.table.derive();
+    p.advice.extend(table_advice(&p.table));
 }
 
-pub fn run_doctor(format: Format, w: &mut impl std::io::Write) -> std::io::Result<()> {
-    let p = inspect();
+fn row(w: &mut impl Write, label: &str, value: impl std::fmt::Display) -> io::Result<()> {
+    writeln!(w, "  {label:<37}{value}")
+}
+
+fn write_table(w: &mut impl Write, t: &Table) -> io::Result<()> {
+    let pct = t
+        .utilisation
+        .map_or("unknown".into(), |u| format!("{:.1}%", u * 100.0));
+    row(
+        w,
+        "table pressure",
+        format!(
+            "{pct} of nf_conntrack_max: {} (a global limit on this namespace's entries)",
+            opt(t.pressure.map(name))
+        ),
+    )?;
+    let chains = if t.long_chains == Some(true) {
+        ": long hash chains when full"
+    } else {
+        ""
+    };
+    row(
+        w,
+        "table max per bucket",
+        format!(
+            "{} (the kernel's own sizing: {DEFAULT_MAX_PER_BUCKET}){chains}",
+            opt(t.max_per_bucket.map(|r| format!("{r:.2}")))
+        ),
+    )?;
+    let gib = t
+        .ram_bytes
+        .map(|b| format!("{:.1}", b as f64 / f64::from(1u32 << 30)));
+    row(
+        w,
+        "table max vs RAM",
+        format!(
+            "{}: {} GiB of RAM allows {}",
+            opt(t.max_vs_ram.map(name)),
+            opt(gib),
+            opt(t.recommended_max)
+        ),
+    )?;
+    let timeouts: Vec<String> = (t.tcp_timeouts.fields().iter())
+        .map(|(k, v)| format!("{k} {}", opt(*v)))
+        .collect();
+    row(
+        w,
+        "tcp timeouts (s)",
+        format!("{}; tcp_loose {}", timeouts.join(", "), opt(t.tcp_loose)),
+    )?;
+    let deltas = match &t.deltas {
+        _ if t.window_s == 0.0 => "not sampled (--window 0)".to_string(),
+        None => "unknown".to_string(),
+        Some(d) => {
+            let d: Vec<String> = (d.fields().iter())
+                .map(|(k, v)| format!("{k} +{}", opt(*v)))
+                .collect();
+            format!("over {} s: {}", t.window_s, d.join(", "))
+        }
+    };
+    row(w, "table counter deltas", deltas)?;
+    row(w, "table verdict", name(t.verdict))
+}
+
+pub fn run_doctor(format: Format, window: Duration, w: &mut impl Write) -> io::Result<()> {
+    let p = inspect(window);
     if format == Format::Json {
         return writeln!(w, "{}", serde_json::to_string(&p).unwrap_or_default());
     }
-    let opt = |v: Option<u64>| v.map_or("unknown".to_string(), |v| v.to_string());
     writeln!(w, "netns {}", p.netns)?;
-    writeln!(
+    let u8s = |v: Option<u8>| opt(v.map(u64::from));
+    row(w, "nf_conntrack_tcp_be_liberal", u8s(p.tcp_be_liberal))?;
+    row(
         w,
-        "  nf_conntrack_tcp_be_liberal          {}",
-        opt(p.tcp_be_liberal.map(u64::from))
+        "nf_conntrack_tcp_ignore_invalid_rst",
+        u8s(p.tcp_ignore_invalid_rst),
     )?;
-    writeln!(
+    row(
         w,
-        "  nf_conntrack_tcp_ignore_invalid_rst  {}",
-        opt(p.tcp_ignore_invalid_rst.map(u64::from))
+        "conntrack table",
+        format!(
+            "{} / {} entries ({} buckets)",
+            opt(p.entries),
+            opt(p.max),
+            opt(p.buckets)
+        ),
     )?;
-    writeln!(
-        w,
-        "  conntrack table                      {} / {} entries ({} buckets)",
-        opt(p.entries),
-        opt(p.max),
-        opt(p.buckets)
-    )?;
+    write_table(w, &p.table)?;
     let counters: Vec<String> = p.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    writeln!(
-        w,
-        "  kernel counters                      {}",
-        counters.join(", ")
-    )?;
-    writeln!(
-        w,
-        "  kube-proxy                           {}",
-        p.kube_proxy.unwrap_or("not seen")
-    )?;
+    row(w, "kernel counters", counters.join(", "))?;
+    row(w, "kube-proxy", p.kube_proxy.unwrap_or("not seen"))?;
     if p.drop_rules.is_empty() {
-        writeln!(w, "  INVALID drop rules                   none")?;
+        row(w, "INVALID drop rules", "none")?;
     }
     for r in &p.drop_rules {
-        writeln!(
+        row(
             w,
-            "  INVALID drop rule                    {} {}: {} (packets {})",
-            r.source,
-            r.family,
-            r.rule,
-            opt(r.packets)
+            "INVALID drop rule",
+            format!(
+                "{} {}: {} (packets {})",
+                r.source,
+                r.family,
+                r.rule,
+                opt(r.packets)
+            ),
         )?;
     }
     writeln!(w, "verdict: {}", p.verdict)?;
@@ -276,9 +713,17 @@ pub fn run_doctor(format: Format, w: &mut impl std::io::Write) -> std::io::Resul
     Ok(())
 }
 
-pub fn run(format: Format) -> anyhow::Result<std::process::ExitCode> {
-    match run_doctor(format, &mut std::io::stdout().lock()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+/// `--window`: seconds, or a duration like 500ms; 0 samples nothing.
+pub fn parse_window(s: &str) -> Result<Duration, String> {
+    if s.parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
+    }
+    crate::cli::parse_duration(s)
+}
+
+pub fn run(args: DoctorArgs) -> anyhow::Result<std::process::ExitCode> {
+    match run_doctor(args.output, args.window, &mut io::stdout().lock()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(std::process::ExitCode::SUCCESS),
     }
 }
@@ -323,6 +768,16 @@ mod tests {
             kube_proxy: None,
             rules_read: true,
             verdict: "",
+            table: Table {
+                entries: Some(10),
+                max: Some(100),
+                buckets: Some(100),
+                tcp_timeouts: TcpTimeouts {
+                    established: Some(432000),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
             advice: vec![],
         }
     }
@@ -348,8 +803,184 @@ mod tests {
             "{:?}",
             p.advice
         );
-        p.entries = Some(80);
+        p.table.entries = Some(80);
         judge(&mut p);
+        assert_eq!(p.verdict, "protected-rule", "the table does not change it");
+        assert_eq!(p.table.verdict, TableVerdict::Pressure);
         assert!(p.advice.iter().any(|a| a.contains("80%")), "{:?}", p.advice);
+    }
+
+    #[test]
+    fn utilisation_classifies_at_the_alert_and_the_limit() {
+        assert_eq!(utilisation(3, 4), Some(0.75));
+        assert_eq!(
+            utilisation(1, 0),
+            None,
+            "no limit read: unknown, not a division"
+        );
+        assert_eq!(pressure(0.0), Pressure::Ok);
+        assert_eq!(pressure(0.7499), Pressure::Ok);
+        assert_eq!(pressure(0.75), Pressure::High);
+        assert_eq!(pressure(0.99), Pressure::High);
+        assert_eq!(pressure(1.0), Pressure::Full);
+        assert_eq!(name(Pressure::High), "high");
+        assert_eq!(name(TableVerdict::Full), "full");
+    }
+
+    #[test]
+    fn ram_formula_and_its_band() {
+        // 16 GiB: 1 entry per 16 KiB on 32-bit, per 32 KiB on 64-bit.
+        let ram = 16u64 << 30;
+        assert_eq!(recommended_max(ram, 32), 1 << 20);
+        assert_eq!(recommended_max(ram, 64), 1 << 19);
+        assert_eq!(recommended_max(0, 64), 0);
+        assert_eq!(max_vs_ram(1000, 1000), MaxVsRam::At);
+        assert_eq!(max_vs_ram(901, 1000), MaxVsRam::At);
+        assert_eq!(max_vs_ram(899, 1000), MaxVsRam::Below);
+        assert_eq!(max_vs_ram(1101, 1000), MaxVsRam::Above);
+        let meminfo = "MemTotal:       24684092 kB\nMemFree:         1000 kB\n";
+        assert_eq!(mem_total(meminfo), Some(24684092 * 1024));
+        assert_eq!(mem_total("MemFree: 1 kB\n"), None);
+        assert_eq!(mem_total("MemTotal: lots kB\n"), None);
+    }
+
+    #[test]
+    fn bucket_ratio_against_the_kernels_sizing() {
+        assert_eq!(max_per_bucket(262144, 262144), Some(1.0));
+        assert_eq!(max_per_bucket(1200, 300), Some(4.0));
+        assert_eq!(max_per_bucket(1, 0), None);
+        let mut t = Table {
+            max: Some(262144),
+            buckets: Some(262144),
+            ..Default::default()
+        };
+        t.derive();
+        assert_eq!(t.long_chains, Some(false));
+        assert!(chain_advice(&t).is_none());
+        // The incident's test cluster: max = 4 x buckets.
+        t.buckets = Some(65536);
+        t.derive();
+        assert_eq!(t.long_chains, Some(true));
+        let a = chain_advice(&t).unwrap();
+        assert!(
+            a.contains("4.0x") && a.contains("averages 8 entries"),
+            "{a}"
+        );
+        assert!(a.contains("nf_conntrack_buckets=262144"), "{a}");
+    }
+
+    fn counters(drop: u64, early_drop: u64, insert_failed: u64) -> HashMap<String, u64> {
+        [
+            ("drop", drop),
+            ("early_drop", early_drop),
+            ("insert_failed", insert_failed),
+            ("invalid", 5),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    #[test]
+    fn deltas_and_what_they_say_about_room() {
+        let d = Deltas::between(&counters(10, 0, 2), &counters(10, 0, 2));
+        assert_eq!(d.drop, Some(0));
+        assert_eq!(d.clash_resolve, None, "no clashres column: unknown");
+        assert!(!d.table_was_full());
+        // Lost insert races drop packets too: not a full table.
+        let d = Deltas::between(&counters(10, 0, 2), &counters(13, 0, 5));
+        assert_eq!((d.drop, d.insert_failed), (Some(3), Some(3)));
+        assert!(!d.table_was_full());
+        assert!(Deltas::between(&counters(10, 0, 2), &counters(14, 0, 5)).table_was_full());
+        assert!(Deltas::between(&counters(0, 0, 0), &counters(0, 1, 0)).table_was_full());
+        assert_eq!(table_verdict(None, None), TableVerdict::Unknown);
+        assert_eq!(table_verdict(Some(Pressure::Ok), None), TableVerdict::Ok);
+        assert_eq!(
+            table_verdict(Some(Pressure::High), None),
+            TableVerdict::Pressure
+        );
+        assert_eq!(
+            table_verdict(Some(Pressure::Full), None),
+            TableVerdict::Full
+        );
+        let full = Deltas::between(&counters(0, 0, 0), &counters(20, 60, 0));
+        assert_eq!(
+            table_verdict(Some(Pressure::Ok), Some(&full)),
+            TableVerdict::Full
+        );
+        assert_eq!(table_verdict(None, Some(&full)), TableVerdict::Full);
+    }
+
+    #[test]
+    fn advice_names_the_fix_that_applies() {
+        let gib = 1u64 << 30;
+        let mut t = Table {
+            entries: Some(1000),
+            max: Some(10000),
+            buckets: Some(10000),
+            ram_bytes: Some(8 * gib),
+            ..Default::default()
+        };
+        t.derive();
+        assert_eq!(t.verdict, TableVerdict::Ok);
+        assert!(table_advice(&t).is_empty(), "{:?}", table_advice(&t));
+        // Nearly full, and below what 8 GiB allows (262144 on 64-bit): raise it to that.
+        t.entries = Some(9000);
+        t.derive();
+        assert_eq!(t.max_vs_ram, Some(MaxVsRam::Below));
+        let a = table_advice(&t).join("\n");
+        assert!(a.contains("90%") && a.contains("75% alert"), "{a}");
+        assert!(a.contains("nf_conntrack_max=262144"), "{a}");
+        // Full by the counters alone, with max already what the RAM allows: no higher max.
+        t.entries = Some(10);
+        t.max = Some(262144);
+        t.buckets = Some(262144);
+        t.window_s = 1.0;
+        t.deltas = Some(Deltas::between(&counters(0, 0, 0), &counters(20, 60, 0)));
+        t.derive();
+        assert_eq!(
+            (t.verdict, t.max_vs_ram),
+            (TableVerdict::Full, Some(MaxVsRam::At))
+        );
+        let a = table_advice(&t).join("\n");
+        assert!(
+            a.contains("the table is full") && a.contains("dropped 20"),
+            "{a}"
+        );
+        assert!(a.contains("already at or above"), "{a}");
+        // Nothing readable: no advice, no panic.
+        let mut t = Table::default();
+        t.derive();
+        assert_eq!(t.verdict, TableVerdict::Unknown);
+        assert!(table_advice(&t).is_empty());
+        let mut out = vec![];
+        write_table(&mut out, &t).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("table pressure                       unknown"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn short_established_timeouts_cost_idle_flows_their_nat() {
+        let mut t = Table::default();
+        assert!(timeout_advice(&t).is_none(), "unknown: nothing to say");
+        t.tcp_timeouts.established = Some(432000);
+        assert!(timeout_advice(&t).is_none());
+        t.tcp_timeouts.established = Some(3600);
+        let a = timeout_advice(&t).unwrap();
+        assert!(a.contains("=3600s") && a.contains("mid-stream"), "{a}");
+        t.tcp_loose = Some(0);
+        assert!(timeout_advice(&t).unwrap().contains("INVALID"));
+    }
+
+    #[test]
+    fn windows_parse() {
+        assert_eq!(parse_window("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_window("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_window("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_window("-1").is_err());
+        assert!(parse_window("soon").is_err());
     }
 }
