@@ -57,7 +57,7 @@ pub fn exit_code(e: &anyhow::Error) -> ExitCode {
 
 pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Some(Command::Doctor { output }) => doctor::run(output),
+        Some(Command::Doctor { args }) => doctor::run(args),
         None => trace(&cli),
     }
 }

@@ -163,10 +163,8 @@ pub fn parse_prefix(s: &str) -> Result<(std::net::IpAddr, u8), String> {
 pub enum Command {
     /// Check this node's conntrack posture and say which fix applies.
     Doctor {
-        // Named `output` (not `args`) only so that app.rs's `Command::Doctor { output }` needs
-        // no change; rename it together with app.rs.
         #[command(flatten)]
-        output: DoctorArgs,
+        args: DoctorArgs,
     },
 }
 

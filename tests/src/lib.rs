@@ -162,7 +162,11 @@ impl GlobalSysctl {
 impl Drop for GlobalSysctl {
     fn drop(&mut self) {
         if let Err(e) = std::fs::write(&self.path, &self.saved) {
-            eprintln!("could not restore {} to {}: {e}", self.path.display(), self.saved);
+            eprintln!(
+                "could not restore {} to {}: {e}",
+                self.path.display(),
+                self.saved
+            );
         }
     }
 }

@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use integration_tests::{need_root, python, scripts, CtTrace, GlobalSysctl, Topology, CLIENT, SERVICE};
+use integration_tests::{
+    need_root, python, scripts, CtTrace, GlobalSysctl, Topology, CLIENT, SERVICE,
+};
 
 const MAX: u64 = 40;
 const SYNS: usize = 120;
@@ -37,19 +39,29 @@ fn a_full_table_gives_table_full_and_evicted_events_equal_to_the_kernel() {
     let drops = t.node.kernel_counter("drop") - drop0;
     let early = t.node.kernel_counter("early_drop") - early0;
     let out = ct.stop();
-    assert!(drops > 0 && early > 0, "the table was full: drop +{drops}, early_drop +{early}");
+    assert!(
+        drops > 0 && early > 0,
+        "the table was full: drop +{drops}, early_drop +{early}"
+    );
     let ports: Vec<String> = ports.split_whitespace().map(String::from).collect();
     assert_eq!(ports.len(), SYNS);
 
     let full = out.of_kind("table_full");
-    assert_eq!(full.len() as u64, drops, "one table_full per kernel drop: {full:#?}");
+    assert_eq!(
+        full.len() as u64,
+        drops,
+        "one table_full per kernel drop: {full:#?}"
+    );
     for e in &full {
         assert_eq!(e["src"], CLIENT, "{e}");
         assert_eq!(e["dst"], SERVICE, "{e}");
         assert_eq!(e["dport"], 80, "{e}");
         assert_eq!(e["flags"], "SYN", "{e}");
         assert_eq!(e["max"], MAX, "{e}");
-        assert!(ports.contains(&e["sport"].to_string()), "a refused flow of the test: {e}");
+        assert!(
+            ports.contains(&e["sport"].to_string()),
+            "a refused flow of the test: {e}"
+        );
     }
     let evicted = out.of_kind("evicted");
     assert!(!evicted.is_empty(), "evictions are shown");
@@ -60,7 +72,11 @@ fn a_full_table_gives_table_full_and_evicted_events_equal_to_the_kernel() {
         assert_eq!(entry["tcp_state"], "SYN_SENT", "{e}");
     }
     let table = &out.summary()["table"];
-    let n = |k: &str| table[k].as_u64().unwrap_or_else(|| panic!("table.{k}: {table}"));
+    let n = |k: &str| {
+        table[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("table.{k}: {table}"))
+    };
     let tf = &table["table_full"];
     let tf_n = |k: &str| tf[k].as_u64().unwrap();
     assert_eq!(tf_n("counted"), drops, "{table}");
