@@ -12,7 +12,7 @@
 //! - `vm`: boot Debian's 6.1, 6.12 and 7.2 kernels under qemu and run a command in each, with the
 //!   host's userland shared read-only (see `vm/mod.rs`).
 //! - `bench`: hot-path, storm and start-up measurements in namespaces of its own, written to
-//!   BENCHMARKS.md (see `bench.rs`); `test` runs its `--smoke` form.
+//!   BENCHMARKS.md (see `bench/`); `test` runs its `--smoke` form.
 
 mod bench;
 mod libtest;

@@ -1,0 +1,179 @@
+//! Attaching the rows [`decide`] keeps: one function per attach kind, each adding the line
+//! preflight prints.
+
+use std::os::fd::OwnedFd;
+
+use aya::{
+    programs::{BtfTracePoint, KProbe},
+    Ebpf,
+};
+use conntrack_common::plan::{Attach, Gives, Probe, Role, PLAN};
+
+use super::{
+    decide::{attach_mode, decide, Decision},
+    features::KernelFeatures,
+    globals::{load_object, Globals},
+    LoadError,
+};
+use crate::{
+    btf::KernelFacts,
+    cli::AttachMode,
+    netfilter::{Family, HookNum, NetfilterProgram},
+    netlink,
+    verifier::program_error,
+};
+
+/// What got attached, kept alive for as long as ct-trace runs (dropping it detaches).
+pub struct Attached {
+    pub ebpf: Ebpf,
+    /// Netfilter links; closing them detaches.
+    pub links: Vec<OwnedFd>,
+    /// Lines for the user: "attached ..." / "skipped ...".
+    pub lines: Vec<String>,
+    /// Where INVALID verdicts come from; `None` when no verdict program is attached.
+    pub mode: Option<AttachMode>,
+    pub fate: bool,
+    /// Whether the reason kprobes are attached; otherwise why not.
+    pub reasons: Result<(), String>,
+}
+
+/// Loads the object, then attaches every row of [`PLAN`] [`decide`] keeps.
+pub fn attach(
+    object: &[u8],
+    kbtf: &KernelFacts,
+    feat: &KernelFeatures,
+    wanted: AttachMode,
+    globals: &Globals,
+) -> Result<Attached, LoadError> {
+    let decided = decide(PLAN, feat, wanted)?;
+    let (ebpf, btf) = load_object(object, kbtf, feat, &decided, globals)?;
+    let mut out = Attached {
+        ebpf,
+        links: vec![],
+        lines: vec![],
+        mode: None,
+        fate: false,
+        reasons: Err(if feat.kprobes {
+            "the conntrack log helpers could not be probed".into()
+        } else {
+            "the reason is read by kprobes on conntrack's log helpers; this kernel has no kprobes"
+                .into()
+        }),
+    };
+    let mut any = false;
+    for (row, decision) in &decided.rows {
+        if let Decision::Skip(why) = decision {
+            out.lines.push(format!("skipped {}: {why}", row.program));
+            continue;
+        }
+        let attached = match row.attach {
+            Attach::TpBtf(tp) => attach_tp_btf(&mut out, row.program, tp, &btf).map(|()| true),
+            Attach::Kprobe(f) => attach_kprobe(&mut out, row.program, "kprobe", f).map(|()| true),
+            Attach::Kretprobe(f) => {
+                attach_kprobe(&mut out, row.program, "kretprobe", f).map(|()| true)
+            }
+            Attach::Netfilter => attach_netfilter(&mut out, object, row.program),
+        }?;
+        if attached {
+            any = true;
+            out.learn(row);
+        }
+    }
+    if !any {
+        return Err(LoadError::NothingAttached);
+    }
+    Ok(out)
+}
+
+impl Attached {
+    /// Records what the run has now that `row` is attached.
+    fn learn(&mut self, row: &Probe) {
+        match (row.gives, row.role) {
+            (Gives::Verdicts, Role::Verdict(m)) => self.mode = Some(attach_mode(m)),
+            (Gives::Reasons, _) => self.reasons = Ok(()),
+            (Gives::Fate, _) => self.fate = true,
+            _ => {}
+        }
+    }
+}
+
+fn attach_tp_btf(
+    out: &mut Attached,
+    program: &'static str,
+    tp: &'static str,
+    btf: &aya::Btf,
+) -> Result<(), LoadError> {
+    let prog: &mut BtfTracePoint = out
+        .ebpf
+        .program_mut(program)
+        .ok_or(LoadError::NoProgram(program))?
+        .try_into()
+        .map_err(|e| program_error(program, e))?;
+    prog.load(tp, btf).map_err(|e| program_error(program, e))?;
+    prog.attach().map_err(|e| program_error(program, e))?;
+    out.lines.push(format!("attached {program} at tp_btf/{tp}"));
+    Ok(())
+}
+
+/// A kprobe or kretprobe (the object's section says which; `kind` names it in the line).
+fn attach_kprobe(
+    out: &mut Attached,
+    program: &'static str,
+    kind: &str,
+    func: &'static str,
+) -> Result<(), LoadError> {
+    let prog: &mut KProbe = out
+        .ebpf
+        .program_mut(program)
+        .ok_or(LoadError::NoProgram(program))?
+        .try_into()
+        .map_err(|e| program_error(program, e))?;
+    prog.load().map_err(|e| program_error(program, e))?;
+    prog.attach(func, 0).map_err(|source| LoadError::Kprobe {
+        program,
+        target: func,
+        source,
+    })?;
+    out.lines
+        .push(format!("attached {program} at {kind}/{func}"));
+    Ok(())
+}
+
+/// Links the netfilter program at every family and hook where conntrack runs in this network
+/// namespace; returns whether any link was made.
+fn attach_netfilter(
+    out: &mut Attached,
+    object: &[u8],
+    program: &'static str,
+) -> Result<bool, LoadError> {
+    let nf = NetfilterProgram::load(object, program, &out.ebpf)?;
+    let mut any = false;
+    for family in [Family::Ipv4, Family::Ipv6] {
+        for hook in [HookNum::PreRouting, HookNum::LocalOut] {
+            let at = format!("netfilter {}/{}", family.name(), hook.name());
+            // Conntrack registers its hooks in a namespace only when a rule or NAT needs them;
+            // without them `_nfct` is 0 on every packet, which would read as a flood of INVALID
+            // verdicts.
+            match netlink::conntrack_hooked(family as u8, hook as u32) {
+                Some(false) => {
+                    out.lines.push(format!(
+                        "skipped {program} at {at}: conntrack is not active for {} in this network namespace (no rule or NAT uses it)",
+                        family.name()
+                    ));
+                    continue;
+                }
+                None => log::debug!(
+                    "cannot list netfilter hooks (nfnetlink_hook, 5.14+): assuming conntrack is active for {}",
+                    family.name()
+                ),
+                Some(true) => {}
+            }
+            let (link, priority) = nf.attach_free(family, hook)?;
+            out.links.push(link);
+            any = true;
+            out.lines
+                .push(format!("attached {program} at {at} priority {priority}"));
+        }
+    }
+    Ok(any)
+}

@@ -1,0 +1,132 @@
+//! What the running kernel offers, as far as choosing rows goes, read once from its BTF.
+
+use std::collections::{HashMap, HashSet};
+
+use conntrack_common::plan::{
+    Attach, Capabilities, Form, Need, Probe, Version, FORMS, NETFILTER_CTX, PLAN,
+};
+
+use super::decide::Decision;
+use crate::{
+    btf::{KernelBtf, KernelFacts},
+    preflight,
+};
+
+/// What the running kernel offers, as far as choosing rows goes: read once by [`Self::probe`],
+/// then only looked at.
+#[derive(Clone, Debug)]
+pub struct KernelFeatures {
+    pub version: Version,
+    /// Kprobes (`CONFIG_KPROBES`).
+    pub kprobes: bool,
+    /// [`NETFILTER_CTX`] in the kernel's BTF (the plan adds the kernel version it needs).
+    pub netfilter_link: bool,
+    /// BTF types the kernel has among those asked for (`btf_trace_<tracepoint>`).
+    pub types: HashSet<String>,
+    /// Arguments each tracepoint passes to BTF programs.
+    pub tracepoint_args: HashMap<String, usize>,
+    /// Parameter names of the functions the kprobes attach to (absent: not described).
+    pub func_params: HashMap<String, Vec<String>>,
+    /// Whether conntrack's structures are readable, or why not.
+    pub conntrack: Result<(), String>,
+}
+
+impl KernelFeatures {
+    pub fn probe(kbtf: &KernelFacts, version: Version) -> Self {
+        Self {
+            version,
+            kprobes: preflight::has_kprobes(),
+            netfilter_link: kbtf.has_type(NETFILTER_CTX),
+            types: kbtf.types.clone(),
+            tracepoint_args: kbtf.tracepoint_args.clone(),
+            func_params: kbtf.func_params.clone(),
+            conntrack: kbtf.ct_offsets.as_ref().map(|_| ()).map_err(Clone::clone),
+        }
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            version: self.version,
+            kprobes: self.kprobes,
+            netfilter_link: self.netfilter_link,
+        }
+    }
+
+    /// Whether a tracepoint passes the arguments of `form`.
+    pub fn has_form(&self, form: Form) -> bool {
+        self.tracepoint_args
+            .get(form.tracepoint)
+            .is_some_and(|&n| n >= form.args)
+    }
+
+    fn prototype(&self, func: &str, want: &[&str]) -> Result<(), String> {
+        match self.func_params.get(func) {
+            None => Err(format!(
+                "the kernel's BTF does not describe {func} (not loaded, or inlined)"
+            )),
+            Some(have)
+                if have.len() >= want.len() && have.iter().zip(want).all(|(h, w)| h == w) =>
+            {
+                Ok(())
+            }
+            Some(have) => Err(format!(
+                "{func} has another prototype here ({}), ct-trace reads ({})",
+                have.join(", "),
+                want.join(", ")
+            )),
+        }
+    }
+
+    /// Why `row` cannot have `need` here; `earlier`: the rows decided before it.
+    pub(super) fn lacks(
+        &self,
+        need: Need,
+        row: &Probe,
+        earlier: &[(&Probe, Decision)],
+    ) -> Option<String> {
+        match need {
+            Need::Kprobes => (!self.kprobes).then(|| "this kernel has no kprobes".to_string()),
+            Need::NetfilterLink => (!self.netfilter_link)
+                .then(|| "this kernel has no netfilter BPF programs".to_string()),
+            Need::Tracepoint => {
+                let tp = row.attach.tracepoint()?;
+                (!self.types.contains(&format!("btf_trace_{tp}")))
+                    .then(|| format!("this kernel has no tracepoint {tp}"))
+            }
+            Need::Prototype => self.prototype(row.attach.function()?, row.params).err(),
+            Need::ConntrackLayout => self
+                .conntrack
+                .as_ref()
+                .err()
+                .map(|e| format!("conntrack's structures are not readable: {e}")),
+            Need::ReturnProbe => {
+                let ret = Attach::Kretprobe(row.attach.function()?);
+                let attached = earlier
+                    .iter()
+                    .any(|(p, d)| p.attach == ret && *d == Decision::Attach);
+                (!attached).then(|| "its return probe is not attached".to_string())
+            }
+        }
+    }
+}
+
+/// Reads from the kernel's BTF what [`attach`](super::attach()) and the event path need: the
+/// types, tracepoints and functions [`PLAN`] names, and the enums of reset and drop reasons.
+pub fn facts(kbtf: &KernelBtf) -> KernelFacts {
+    let mut types = vec![NETFILTER_CTX.to_string()];
+    let mut tracepoints: Vec<&str> = FORMS.iter().map(|f| f.tracepoint).collect();
+    let mut funcs = Vec::new();
+    for p in PLAN {
+        if let Some(tp) = p.attach.tracepoint() {
+            types.push(format!("btf_trace_{tp}"));
+            tracepoints.push(tp);
+        }
+        funcs.extend(p.attach.function());
+    }
+    kbtf.facts(
+        &types,
+        &tracepoints,
+        &funcs,
+        &["sk_rst_reason", "skb_drop_reason"],
+    )
+}

@@ -1,0 +1,140 @@
+//! Hot path: bulk, rr and crr through the node's Service DNAT, with each observer on the node,
+//! in interleaved rounds.
+
+use std::{process::Stdio, time::Duration};
+
+use anyhow::{Context as _, Result};
+use serde_json::Value;
+
+use super::{
+    observer::{start_observer, Observer, OBSERVERS},
+    process::{run_in, wait_listening, Proc},
+    report::group,
+    topology::Topo,
+    Bins, Config, IPERF_PORT, LOAD_PORT, SERVICE,
+};
+
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Workload {
+    Bulk,
+    Rr,
+    Crr,
+}
+
+impl Workload {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Workload::Bulk => "bulk (iperf3)",
+            Workload::Rr => "rr (64 B)",
+            Workload::Crr => "crr (64 B)",
+        }
+    }
+
+    pub(super) fn unit(self) -> &'static str {
+        match self {
+            Workload::Bulk => "Gbit/s",
+            Workload::Rr | Workload::Crr => "transactions/s",
+        }
+    }
+
+    pub(super) fn fmt(self, v: f64) -> String {
+        match self {
+            Workload::Bulk => format!("{v:.2}"),
+            Workload::Rr | Workload::Crr => group(v.round() as u64),
+        }
+    }
+
+    /// One run from the client namespace, through the Service address.
+    fn run(self, topo: &Topo, bins: &Bins, secs: u64) -> Result<f64> {
+        let max = Duration::from_secs(secs + 20);
+        let s = secs.to_string();
+        match self {
+            Workload::Bulk => {
+                let out = run_in(
+                    &topo.cli,
+                    &["iperf3", "-c", SERVICE, "-p", IPERF_PORT, "-t", &s, "-J"],
+                    max,
+                )?;
+                let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+                let bps = v["end"]["sum_received"]["bits_per_second"]
+                    .as_f64()
+                    .with_context(|| format!("no end.sum_received.bits_per_second: {out}"))?;
+                Ok(bps / 1e9)
+            }
+            Workload::Rr | Workload::Crr => {
+                let kind = if self == Workload::Rr { "rr" } else { "crr" };
+                let out = run_in(
+                    &topo.cli,
+                    &[bins.load.as_str(), kind, SERVICE, LOAD_PORT, &s],
+                    max,
+                )?;
+                out.trim()
+                    .strip_prefix(kind)
+                    .and_then(|v| v.trim().parse().ok())
+                    .with_context(|| format!("ctt-load printed `{}`", out.trim()))
+            }
+        }
+    }
+}
+
+pub(super) struct HotRow {
+    pub(super) workload: Workload,
+    pub(super) observer: Observer,
+    pub(super) values: Vec<f64>,
+}
+
+pub(super) struct Hot {
+    pub(super) rows: Vec<HotRow>,
+    /// INVALID verdicts ct-trace counted during the hot-path runs (expected: none).
+    pub(super) invalid_seen: u64,
+}
+
+pub(super) fn hot_path(topo: &Topo, bins: &Bins, cfg: &Config) -> Result<Hot> {
+    let _iperf = Proc::start(
+        &topo.srv,
+        &["iperf3", "-s", "-p", IPERF_PORT],
+        Stdio::null(),
+        Stdio::null(),
+    )?;
+    let _load = Proc::start(
+        &topo.srv,
+        &[bins.load.as_str(), "server", LOAD_PORT],
+        Stdio::null(),
+        Stdio::null(),
+    )?;
+    wait_listening(&topo.srv, IPERF_PORT, Duration::from_secs(5))?;
+    wait_listening(&topo.srv, LOAD_PORT, Duration::from_secs(5))?;
+    let mut rows = Vec::new();
+    let mut invalid_seen = 0;
+    for w in [Workload::Bulk, Workload::Rr, Workload::Crr] {
+        let mut values = vec![Vec::new(); OBSERVERS.len()];
+        for r in 0..cfg.rounds as usize {
+            for i in 0..OBSERVERS.len() {
+                let k = (r + i) % OBSERVERS.len();
+                let o = OBSERVERS[k];
+                let running = start_observer(o, topo, bins, cfg)?;
+                let v = w
+                    .run(topo, bins, cfg.secs)
+                    .with_context(|| format!("{} with {}", w.name(), o.name()))?;
+                invalid_seen += running.stop()?;
+                eprintln!(
+                    "bench: {} round {} {}: {} {}",
+                    w.name(),
+                    r + 1,
+                    o.name(),
+                    w.fmt(v),
+                    w.unit()
+                );
+                values[k].push(v);
+            }
+        }
+        for (k, values) in values.into_iter().enumerate() {
+            rows.push(HotRow {
+                workload: w,
+                observer: OBSERVERS[k],
+                values,
+            });
+        }
+    }
+    Ok(Hot { rows, invalid_seen })
+}
