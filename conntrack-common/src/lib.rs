@@ -12,10 +12,51 @@ pub mod plan;
 /// IP protocol numbers.
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
 
+/// TCP header flag bits, as in [`Packet::tcp_flags`] (the 14th byte of the TCP header).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+}
+
+/// `Reset::reason` / `Drop::reason` when the kernel passed none (`enum sk_rst_reason` before
+/// 6.10, `enum skb_drop_reason` before 5.17). A plain integer, not an `Option`: an `Option`
+/// argument of a BPF-to-BPF call takes two registers, and the caller leaves the second unset
+/// for `None`, which the verifier rejects ("R4 !read_ok").
+pub const NO_REASON: u32 = u32::MAX;
+
+/// Netfilter protocol families (`NFPROTO_*`, include/uapi/linux/netfilter.h), as
+/// `nf_hook_state.pf` holds them.
+pub const NFPROTO_IPV4: u8 = 2;
+pub const NFPROTO_IPV6: u8 = 10;
+
+/// The netfilter families ct-trace watches.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Ipv4 = NFPROTO_IPV4,
+    Ipv6 = NFPROTO_IPV6,
+}
+
+impl Family {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+        }
+    }
+}
+
 /// Bumped whenever any record layout changes.
-pub const WIRE_VERSION: u8 = 4;
+pub const WIRE_VERSION: u8 = 5;
 
 /// Size of the `EVENTS` ring buffer in bytes (a power of two, a multiple of the page size).
 pub const RING_BYTES: u32 = 1 << 22;
@@ -80,7 +121,7 @@ pub struct Header {
     pub version: u8,
     pub kind: u8,
     pub _pad: [u8; 2],
-    pub cpu: u32,
+    pub _pad2: u32,
     /// `bpf_ktime_get_boot_ns()`: CLOCK_BOOTTIME, so userspace can turn it into wall-clock time.
     pub ts_ns: u64,
 }
@@ -98,7 +139,7 @@ pub struct Packet {
     pub family: u8,
     /// IP protocol number (6 = TCP).
     pub proto: u8,
-    /// TCP flags byte (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10 URG=0x20 ECE=0x40 CWR=0x80).
+    /// TCP flags byte ([`tcp_flags`] bits).
     pub tcp_flags: u8,
     pub _pad: u8,
     pub sport: u16,
@@ -216,15 +257,16 @@ pub mod flags {
 pub struct Reset {
     pub header: Header,
     pub packet: Packet,
-    /// `enum sk_rst_reason` value (6.10+), or `u32::MAX` when unknown.
+    /// `enum sk_rst_reason` value (6.10+), or [`NO_REASON`] when unknown.
     pub reason: u32,
     pub flags: u16,
-    /// TCP state of the socket (`sk_state`), 0 when there is no socket.
-    pub sk_state: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 2],
     /// When `CAUSED_BY_INVALID`: what the kernel remembered of that INVALID verdict.
     pub cause: InvalidSeen,
 }
+
+/// `NF_INET_NUMHOOKS`: the number of [`Hook`]s.
+pub const NF_INET_NUMHOOKS: u8 = 5;
 
 /// The netfilter hook a verdict was taken at (`enum nf_inet_hooks`).
 #[repr(u8)]
@@ -251,6 +293,25 @@ impl TryFrom<u8> for Hook {
     }
 }
 
+impl Hook {
+    /// The hook's name as iptables/nft spell it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::PreRouting => "prerouting",
+            Self::LocalIn => "input",
+            Self::Forward => "forward",
+            Self::LocalOut => "output",
+            Self::PostRouting => "postrouting",
+        }
+    }
+
+    /// The name of a record's raw hook field; `unknown` for a value that is no hook (`u8::MAX`:
+    /// the program could not read it).
+    pub fn name_of(hook: u8) -> &'static str {
+        Self::try_from(hook).map_or("unknown", Self::name)
+    }
+}
+
 /// Conntrack left this packet without an entry: INVALID.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -261,8 +322,7 @@ pub struct Verdict {
     pub skb: u64,
     pub out_ifindex: u32,
     pub hook: u8,
-    /// 4 or 6: the hook's protocol family.
-    pub pf: u8,
+    pub _pad: u8,
     pub flags: u16,
 }
 
@@ -274,7 +334,7 @@ pub struct Drop {
     pub skb: u64,
     /// The verdict's `Header::ts_ns` (with `skb`, names the verdict).
     pub verdict_ts_ns: u64,
-    /// `enum skb_drop_reason` value, or `u32::MAX` when the kernel does not pass one.
+    /// `enum skb_drop_reason` value, or [`NO_REASON`] when the kernel does not pass one.
     pub reason: u32,
     pub _pad: u32,
 }
@@ -309,16 +369,6 @@ pub mod ctinfo {
     pub const MASK: u64 = 7;
 }
 
-/// Which conntrack log helper a [`Reason`] came from.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReasonSource {
-    /// `nf_ct_l4proto_log_invalid(skb, ct, state, fmt, ...)`: the packet had a conntrack entry.
-    CtLog = 1,
-    /// `nf_l4proto_log_invalid(skb, state, protonum, fmt, ...)`: refused before any entry.
-    L4Log = 2,
-}
-
 /// Bytes of `struct ip_ct_tcp` copied into a [`Reason`] (the struct is 56-60 bytes on 6.1-7.2).
 pub const CT_TCP_BYTES: usize = 64;
 /// Bytes of one `struct nf_conntrack_tuple` copied into a [`Reason`] (40 on every kernel since
@@ -342,13 +392,12 @@ pub struct Reason {
     /// The first two integer arguments after the format string (x86-64: r8, r9), which the
     /// format's `%u`/`%d` print.
     pub args: [u64; 2],
-    /// [`ReasonSource`].
-    pub source: u8,
     /// `enum nf_inet_hooks` of the hook state.
     pub hook: u8,
     /// 1 when `ct_tcp` and `ct_tuples` were read from an entry.
     pub has_ct: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u16,
+    pub _pad2: u32,
     /// `ct->proto.tcp` (`struct ip_ct_tcp`), raw.
     pub ct_tcp: [u8; CT_TCP_BYTES],
     /// `ct->tuplehash[IP_CT_DIR_ORIGINAL]` and `[IP_CT_DIR_REPLY]` `.tuple`, raw.
@@ -365,10 +414,10 @@ impl Default for Reason {
             skb: 0,
             ct_status: 0,
             args: [0; 2],
-            source: 0,
             hook: 0,
             has_ct: 0,
-            _pad: [0; 5],
+            _pad: 0,
+            _pad2: 0,
             ct_tcp: [0; CT_TCP_BYTES],
             ct_tuples: [[0; CT_TUPLE_BYTES]; 2],
             fmt: [0; FMT_BYTES],
@@ -669,3 +718,20 @@ const _: () = assert!(
     core::mem::size_of::<Reason>()
         == 16 + 64 + 8 + 8 + 16 + 8 + CT_TCP_BYTES + 2 * CT_TUPLE_BYTES + FMT_BYTES
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_hook_has_a_name_and_nothing_else_does() {
+        for v in 0..NF_INET_NUMHOOKS {
+            let hook = Hook::try_from(v).unwrap();
+            assert_eq!(hook as u8, v);
+            assert_eq!(Hook::name_of(v), hook.name());
+        }
+        assert_eq!(Hook::name_of(NF_INET_NUMHOOKS), "unknown");
+        assert_eq!(Hook::name_of(u8::MAX), "unknown");
+        assert_eq!(Family::Ipv6 as u8, NFPROTO_IPV6);
+    }
+}

@@ -22,9 +22,7 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::{ProbeContext, RetProbeContext},
 };
-use conntrack_common::{
-    ctinfo, Counter, Kind, Reason, ReasonSource, CT_TCP_BYTES, CT_TUPLE_BYTES, FMT_BYTES,
-};
+use conntrack_common::{ctinfo, Counter, Kind, Reason, CT_TCP_BYTES, CT_TUPLE_BYTES, FMT_BYTES};
 
 use crate::{
     config,
@@ -42,6 +40,7 @@ fn watched(state: *const u8) -> bool {
     netns_inum(net, &o) == config::target_netns()
 }
 
+/// `nf_ct_l4proto_log_invalid(skb, ct, state, fmt, ...)`: the packet had a conntrack entry.
 #[kprobe]
 pub fn ctt_ct_log(ctx: ProbeContext) -> u32 {
     let skb: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
@@ -49,36 +48,23 @@ pub fn ctt_ct_log(ctx: ProbeContext) -> u32 {
     let state: *const u8 = ctx.arg(2).unwrap_or(core::ptr::null());
     let fmt: *const u8 = ctx.arg(3).unwrap_or(core::ptr::null());
     let args = [ctx.arg(4).unwrap_or(0), ctx.arg(5).unwrap_or(0)];
-    log_reason(ReasonSource::CtLog, skb, ct, state, fmt, args);
+    log_reason(skb, ct, state, fmt, args);
     0
 }
 
+/// `nf_l4proto_log_invalid(skb, state, protonum, fmt, ...)`: refused before any entry.
 #[kprobe]
 pub fn ctt_l4_log(ctx: ProbeContext) -> u32 {
     let skb: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
     let state: *const u8 = ctx.arg(1).unwrap_or(core::ptr::null());
     let fmt: *const u8 = ctx.arg(3).unwrap_or(core::ptr::null());
     let args = [ctx.arg(4).unwrap_or(0), ctx.arg(5).unwrap_or(0)];
-    log_reason(
-        ReasonSource::L4Log,
-        skb,
-        core::ptr::null(),
-        state,
-        fmt,
-        args,
-    );
+    log_reason(skb, core::ptr::null(), state, fmt, args);
     0
 }
 
 #[inline(always)]
-fn log_reason(
-    source: ReasonSource,
-    skb: *const u8,
-    ct: *const u8,
-    state: *const u8,
-    fmt: *const u8,
-    args: [u64; 2],
-) {
+fn log_reason(skb: *const u8, ct: *const u8, state: *const u8, fmt: *const u8, args: [u64; 2]) {
     if skb.is_null() || state.is_null() || fmt.is_null() || !watched(state) {
         return;
     }
@@ -117,9 +103,9 @@ fn log_reason(
         (*r).packet.netns = config::target_netns();
         (*r).skb = skb as u64;
         (*r).args = args;
-        (*r).source = source as u8;
         (*r).hook = read::<u8>(state, o.state_hook).unwrap_or(u8::MAX);
-        (*r)._pad = [0; 5];
+        (*r)._pad = 0;
+        (*r)._pad2 = 0;
         (*r).fmt = [0; FMT_BYTES];
         let _ = bpf_probe_read_kernel_str_bytes(text, &mut (*r).fmt);
         (*r).ct_tcp = [0; CT_TCP_BYTES];

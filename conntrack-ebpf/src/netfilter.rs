@@ -17,8 +17,9 @@
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use conntrack_common::{
-    ctinfo, flags, ips, Cause, Counter, Hook, Kind, Offsets, Packet, PendingDrop, Pressure,
-    Verdict, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    ctinfo, flags, ips, tcp_flags, Cause, Counter, Hook, Kind, Offsets, Packet, PendingDrop,
+    Pressure, Verdict, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, NFPROTO_IPV4, NFPROTO_IPV6,
+    NF_INET_NUMHOOKS,
 };
 
 use crate::{
@@ -38,10 +39,6 @@ pub struct NfCtx {
 }
 
 const NF_ACCEPT: i32 = 1;
-const NFPROTO_IPV4: u8 = 2;
-const NFPROTO_IPV6: u8 = 10;
-/// `NF_INET_NUMHOOKS`.
-const HOOKS: u8 = 5;
 /// Hook entries looked at for conntrack's function (a namespace has a handful per hook).
 const MAX_ENTRIES: u32 = 32;
 
@@ -86,7 +83,8 @@ pub struct HookCache {
 }
 
 #[map]
-static HOOK_CACHE: PerCpuArray<HookCache> = PerCpuArray::with_max_entries(2 * HOOKS as u32, 0);
+static HOOK_CACHE: PerCpuArray<HookCache> =
+    PerCpuArray::with_max_entries(2 * NF_INET_NUMHOOKS as u32, 0);
 
 /// Whether conntrack's hook ran on this packet before ours: is one of conntrack's hook functions
 /// registered at this hook of this family in this namespace (`net->nf.hooks_ipv4[hook]`)?
@@ -109,7 +107,7 @@ fn conntrack_ran(state: *const u8) -> bool {
         if fns[0] | fns[1] | fns[2] | fns[3] == 0
             || field == 0
             || o.entries_hooks == 0
-            || hook >= HOOKS
+            || hook >= NF_INET_NUMHOOKS
         {
             return true;
         }
@@ -118,7 +116,9 @@ fn conntrack_ran(state: *const u8) -> bool {
             return true;
         }
         let entries = read::<u64>(net, field + u32::from(hook) * 8).unwrap_or(0);
-        let Some(cache) = HOOK_CACHE.get_ptr_mut(family * HOOKS as u32 + u32::from(hook)) else {
+        let Some(cache) =
+            HOOK_CACHE.get_ptr_mut(family * NF_INET_NUMHOOKS as u32 + u32::from(hook))
+        else {
             return true;
         };
         if (*cache).entries == entries && entries != 0 {
@@ -188,11 +188,6 @@ pub fn on_invalid(state: *const u8, skb: *const u8) {
     // SAFETY: probe reads of kernel pointers.
     unsafe {
         ev.hook = read::<u8>(state, o.state_hook).unwrap_or(u8::MAX);
-        ev.pf = match read::<u8>(state, o.state_pf).unwrap_or(0) {
-            NFPROTO_IPV4 => 4,
-            NFPROTO_IPV6 => 6,
-            other => other,
-        };
         let net = read::<u64>(state, o.state_net).unwrap_or(0) as *const u8;
         ev.packet.netns = netns_inum(net, &o);
         for (field, slot) in [(o.state_in, 0usize), (o.state_out, 1)] {
@@ -268,10 +263,9 @@ pub fn on_new(state: *const u8, skb: *const u8, nfct: u64) {
         skb: skb as u64,
         ..Default::default()
     };
-    const SYN: u8 = 0x02;
     if !read_packet(skb, &o, &mut ev.packet)
         || ev.packet.proto != IPPROTO_TCP
-        || ev.packet.tcp_flags & SYN != 0
+        || ev.packet.tcp_flags & tcp_flags::SYN != 0
     {
         return;
     }
@@ -289,7 +283,14 @@ pub fn on_new(state: *const u8, skb: *const u8, nfct: u64) {
         count(Counter::FilteredMidstream);
         false
     };
-    remember_invalid(&ev.packet, ev.header.ts_ns, ev.skb, ev.hook, shown, Cause::EntryLost);
+    remember_invalid(
+        &ev.packet,
+        ev.header.ts_ns,
+        ev.skb,
+        ev.hook,
+        shown,
+        Cause::EntryLost,
+    );
     if shown {
         emit(Kind::Midstream, &ev);
     }

@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, ProbeContext},
 };
 use conntrack_common::{
-    flags, Cause, Counter, InvalidSeen, Kind, Offsets, Packet, PacketKey, Reset, IPPROTO_TCP,
-    PENDING_RST_MAX_AGE_NS,
+    flags, tcp_flags, Cause, Counter, InvalidSeen, Kind, Offsets, Packet, PacketKey, Reset,
+    IPPROTO_TCP, NO_REASON, PENDING_RST_MAX_AGE_NS,
 };
 
 use crate::{
@@ -23,12 +23,11 @@ use crate::{
 };
 
 const AF_INET: u16 = 2;
-const TCP_RST: u8 = 0x04;
 const AF_INET6: u16 = 10;
 
 /// Fills the tuple of a socket, seen as a packet from the peer to this socket.
 #[inline(always)]
-fn read_sock(sk: *const u8, o: &Offsets, p: &mut Packet) -> u8 {
+fn read_sock(sk: *const u8, o: &Offsets, p: &mut Packet) {
     // SAFETY: probe reads of a kernel pointer.
     unsafe {
         let family = read::<u16>(sk, o.sk_family).unwrap_or(0);
@@ -46,7 +45,6 @@ fn read_sock(sk: *const u8, o: &Offsets, p: &mut Packet) -> u8 {
         p.dport = read::<u16>(sk, o.sk_num).unwrap_or(0);
         let net = read::<u64>(sk, o.sk_net).unwrap_or(0) as *const u8;
         p.netns = netns_inum(net, o);
-        read::<u8>(sk, o.sk_state).unwrap_or(0)
     }
 }
 
@@ -94,11 +92,6 @@ fn rst_kprobe(ctx: &ProbeContext) {
     rst_sent(sk, skb, NO_REASON);
 }
 
-/// `reason` value for "the kernel passed none". A plain integer, not an `Option`: an `Option`
-/// argument of a BPF-to-BPF call takes two registers, and the caller leaves the second unset
-/// for `None`, which the verifier rejects ("R4 !read_ok").
-const NO_REASON: u32 = u32::MAX;
-
 #[inline(never)]
 fn rst_sent(sk: *const u8, skb: *const u8, reason: u32) {
     let o = config::offsets();
@@ -112,7 +105,7 @@ fn rst_sent(sk: *const u8, skb: *const u8, reason: u32) {
         if !read_packet(skb, &o, &mut ev.packet) {
             ev.flags |= flags::NO_HEADERS;
             count(Counter::ReadFailed);
-        } else if ev.packet.tcp_flags & TCP_RST != 0 {
+        } else if ev.packet.tcp_flags & tcp_flags::RST != 0 {
             // Not a reset after all: tcp_v4_send_reset()/tcp_v6_send_reset() return at once for
             // a packet carrying RST ("Never send a reset in response to a reset",
             // net/ipv4/tcp_ipv4.c), and their kprobes fire on entry.
@@ -132,7 +125,7 @@ fn rst_sent(sk: *const u8, skb: *const u8, reason: u32) {
         ev.packet.netns = netns;
         if !sk.is_null() {
             let mut from_sk = Packet::default();
-            ev.sk_state = read_sock(sk, &o, &mut from_sk);
+            read_sock(sk, &o, &mut from_sk);
             if from_sk.netns != 0 {
                 ev.packet.netns = from_sk.netns;
             }
@@ -155,7 +148,7 @@ fn rst_sent(sk: *const u8, skb: *const u8, reason: u32) {
         }
     } else if !sk.is_null() {
         // An active reset (abort) carries no packet: report the socket, seen from the peer.
-        ev.sk_state = read_sock(sk, &o, &mut ev.packet);
+        read_sock(sk, &o, &mut ev.packet);
         ev.flags |= flags::NO_HEADERS;
     }
     send_reset(Kind::RstSent, &ev);
@@ -198,13 +191,13 @@ fn try_rst_recv(ctx: &BtfTracePointContext) {
     let sk: *const u8 = ctx.arg(0);
     let mut ev = Reset {
         header: header(Kind::RstReceived),
-        reason: u32::MAX,
+        reason: NO_REASON,
         flags: flags::NO_REASON_ARG,
         ..Default::default()
     };
     count(Counter::RstReceived);
     if !sk.is_null() {
-        ev.sk_state = read_sock(sk, &o, &mut ev.packet);
+        read_sock(sk, &o, &mut ev.packet);
     }
     send_reset(Kind::RstReceived, &ev);
 }

@@ -75,15 +75,16 @@ pub fn addrs(p: &Packet) -> (IpAddr, IpAddr) {
 
 /// TCP flags in tcpdump's order, e.g. `SYN|ACK`.
 pub fn tcp_flags(f: u8) -> String {
+    use conntrack_common::tcp_flags::{ACK, CWR, ECE, FIN, PSH, RST, SYN, URG};
     const NAMES: [(u8, &str); 8] = [
-        (0x01, "FIN"),
-        (0x02, "SYN"),
-        (0x04, "RST"),
-        (0x08, "PSH"),
-        (0x10, "ACK"),
-        (0x20, "URG"),
-        (0x40, "ECE"),
-        (0x80, "CWR"),
+        (FIN, "FIN"),
+        (SYN, "SYN"),
+        (RST, "RST"),
+        (PSH, "PSH"),
+        (ACK, "ACK"),
+        (URG, "URG"),
+        (ECE, "ECE"),
+        (CWR, "CWR"),
     ];
     let v: Vec<&str> = NAMES
         .iter()

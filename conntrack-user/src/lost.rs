@@ -194,7 +194,7 @@ pub fn classify(batch: &[Destroyed], early_drop_delta: u64) -> Vec<(How, bool)> 
 fn worth_remembering(g: &Gone) -> bool {
     const TIME_WAIT: u8 = 7;
     const CLOSE: u8 = 8;
-    g.destroyed.entry.orig.proto == 6
+    g.destroyed.entry.orig.proto == conntrack_common::IPPROTO_TCP
         && !matches!(g.destroyed.entry.tcp_state, Some(TIME_WAIT | CLOSE))
 }
 

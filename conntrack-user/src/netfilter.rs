@@ -16,6 +16,7 @@ use std::{
 
 use aya::maps::{Map, MapData};
 use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type};
+use conntrack_common::Hook;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetfilterError {
@@ -43,37 +44,8 @@ pub enum NetfilterError {
     },
 }
 
-/// `NFPROTO_*` (include/uapi/linux/netfilter.h).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    Ipv4 = 2,
-    Ipv6 = 10,
-}
-
-impl Family {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Ipv4 => "ipv4",
-            Self::Ipv6 => "ipv6",
-        }
-    }
-}
-
-/// `enum nf_inet_hooks`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HookNum {
-    PreRouting = 0,
-    LocalOut = 3,
-}
-
-impl HookNum {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::PreRouting => "prerouting",
-            Self::LocalOut => "output",
-        }
-    }
-}
+/// Where links attach: `NFPROTO_*` and `enum nf_inet_hooks`, from the shared vocabulary.
+pub use conntrack_common::{Family, Hook as HookNum};
 
 /// `NF_IP_PRI_CONNTRACK` (-200) + 1: right behind conntrack, before mangle (-150), DNAT (-100)
 /// and filter (0), so the verdict is seen before any rule acts on it.
@@ -90,7 +62,7 @@ impl NetfilterProgram {
     pub fn attach_free(
         &self,
         family: Family,
-        hook: HookNum,
+        hook: Hook,
     ) -> Result<(OwnedFd, i32), NetfilterError> {
         let mut priority = PRIORITY;
         loop {
@@ -224,7 +196,7 @@ impl NetfilterProgram {
     pub fn attach(
         &self,
         family: Family,
-        hook: HookNum,
+        hook: Hook,
         priority: i32,
     ) -> Result<OwnedFd, NetfilterError> {
         // SAFETY: all-zero is a valid bpf_attr.

@@ -4,11 +4,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use conntrack_common::Reason;
+use conntrack_common::{ips, Reason};
 
 use crate::{
     btf::CtLayout,
-    netlink::{tcp_state_name, IPS_ASSURED},
+    netlink::tcp_state_name,
     report::{ConntrackReport, WindowReport},
 };
 
@@ -163,7 +163,7 @@ pub fn conntrack(r: &Reason, l: &CtLayout) -> Option<ConntrackReport> {
         reply_dst: addr(&t[1], l.dst_u3, family)?,
         reply_dport: port(&t[1], l.dst_port),
         tcp_state: tcp_state(r, l),
-        assured: r.ct_status & u64::from(IPS_ASSURED) != 0,
+        assured: r.ct_status & ips::ASSURED != 0,
         original_window: Some(window(0)),
         reply_window: Some(window(1)),
     })

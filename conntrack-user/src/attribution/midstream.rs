@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use conntrack_common::{Pressure, Reset, IPPROTO_TCP};
+use conntrack_common::{Pressure, Reset, IPPROTO_TCP, IPPROTO_UDP};
 
 use super::*;
 
@@ -12,7 +12,7 @@ impl Correlator {
         let k = &p.packet;
         let (src, dst) = addrs(k);
         let tcp = k.proto == IPPROTO_TCP;
-        let ports = tcp || k.proto == 17;
+        let ports = tcp || k.proto == IPPROTO_UDP;
         out.reports.push(Report::TableFull(TableFullReport {
             time: self.time(p.header.ts_ns),
             netns: k.netns,
@@ -66,7 +66,7 @@ impl Correlator {
         let report = MidstreamReport {
             time: self.time(p.header.ts_ns),
             netns: k.netns,
-            hook: hook_name(p.hook),
+            hook: Hook::name_of(p.hook),
             entries: self.entries(p),
             entries_source: self.entries_source(p),
             max: self.ct_max,

@@ -181,27 +181,15 @@ struct PendingMid {
     resets: Vec<(Reset, ResetReport)>,
 }
 
-fn hook_name(h: u8) -> &'static str {
-    match Hook::try_from(h) {
-        Ok(Hook::PreRouting) => "prerouting",
-        Ok(Hook::LocalIn) => "input",
-        Ok(Hook::Forward) => "forward",
-        Ok(Hook::LocalOut) => "output",
-        Ok(Hook::PostRouting) => "postrouting",
-        Err(_) => "unknown",
-    }
-}
-
 /// The reset the kernel sends for a packet no socket owns (tcp_v4_send_reset(),
 /// net/ipv4/tcp_ipv4.c): seq = the packet's ack if it had ACK set, otherwise an ACK of
 /// everything it carried.
 pub fn reset_for(flags_in: u8, seq: u32, ack: u32, len: u16) -> (u8, u32, u32) {
-    const ACK: u8 = 0x10;
-    const RST: u8 = 0x04;
+    use conntrack_common::tcp_flags::{ACK, FIN, RST, SYN};
     if flags_in & ACK != 0 {
         (RST, ack, 0)
     } else {
-        let syn_fin = u32::from(flags_in & 0x02 != 0) + u32::from(flags_in & 0x01 != 0);
+        let syn_fin = u32::from(flags_in & SYN != 0) + u32::from(flags_in & FIN != 0);
         (
             RST | ACK,
             0,

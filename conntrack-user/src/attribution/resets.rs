@@ -247,7 +247,7 @@ impl Correlator {
             reset_netns: reset.netns,
             reset_reason: reset.reason.clone(),
             invalid_netns: r.cause.netns,
-            invalid_hook: hook_name(r.cause.hook),
+            invalid_hook: Hook::name_of(r.cause.hook),
             invalid_reason: invalid_reason.clone(),
             invalid_time: self.time(r.cause.ts_ns),
             seq: p.seq,

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use conntrack_common::{flags, Drop, Reason, Verdict, IPPROTO_TCP};
+use conntrack_common::{flags, Drop, Reason, Verdict, IPPROTO_TCP, NO_REASON};
 
 use super::*;
 
@@ -74,7 +74,7 @@ impl Correlator {
         out.reports.push(Report::Ignored(InvalidReport {
             time: self.time(r.header.ts_ns),
             netns: p.netns,
-            hook: hook_name(r.hook),
+            hook: Hook::name_of(r.hook),
             in_iface: None,
             out_iface: None,
             proto: p.proto,
@@ -134,7 +134,7 @@ impl Correlator {
         let report = InvalidReport {
             time: self.time(v.header.ts_ns),
             netns: p.netns,
-            hook: hook_name(v.hook),
+            hook: Hook::name_of(v.hook),
             in_iface: (self.ctx.ifname)(p.ifindex),
             out_iface: (self.ctx.ifname)(v.out_ifindex),
             proto: p.proto,
@@ -190,13 +190,13 @@ impl Correlator {
         // resets it). Only a netfilter drop protects the node; an old kernel without reasons
         // cannot tell the two apart.
         p.report.fate = match (d.reason, self.ctx.netfilter_drop) {
-            (u32::MAX, _) | (_, None) => Fate::Unknown,
+            (NO_REASON, _) | (_, None) => Fate::Unknown,
             (r, Some(nf)) if r == nf => Fate::Dropped,
             _ => Fate::Passed,
         };
         p.report.drop_reason = Some(match self.ctx.drop_reasons.get(&d.reason) {
             Some(n) => crate::btf::short_reason(n).to_string(),
-            None if d.reason == u32::MAX => {
+            None if d.reason == NO_REASON => {
                 "unknown (kfree_skb has no reason on this kernel)".into()
             }
             None => d.reason.to_string(),
