@@ -69,7 +69,8 @@ pub struct Cli {
     pub netns: Option<u32>,
 
     /// Only print these kinds of event (comma-separated: rst_sent, rst_received, invalid,
-    /// ignored, attribution, lost, suppressed); the others are counted as filtered.
+    /// ignored, attribution, table_full, evicted, midstream, lost, suppressed); the others are
+    /// counted as filtered.
     #[arg(long, value_delimiter = ',', value_parser = parse_kind, value_name = "KIND,...")]
     pub kind: Vec<&'static str>,
 
@@ -120,12 +121,15 @@ pub enum Resets {
 }
 
 /// Event kinds `--kind` accepts.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 10] = [
     "rst_sent",
     "rst_received",
     "invalid",
     "ignored",
     "attribution",
+    "table_full",
+    "evicted",
+    "midstream",
     "lost",
     "suppressed",
 ];

@@ -702,8 +702,18 @@ mod tests {
     /// created over ctnetlink is found by either tuple, its deletion comes back as a destroy
     /// event naming our port, and the empty namespace has no conntrack hook.
     #[test]
-    #[ignore = "needs root (unshare CLONE_NEWNET) and nf_conntrack: cargo test -- --ignored"]
     fn a_live_entry_is_looked_up_and_its_deletion_seen() {
+        // Needs root (unshare CLONE_NEWNET, ctnetlink). Under `cargo xtask test` (CT_TRACE_BIN
+        // set) a missing privilege fails; under a plain `cargo test` it is a counted skip.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("CT_TRACE_BIN").is_none(),
+                "a_live_entry_is_looked_up_and_its_deletion_seen needs root"
+            );
+            println!("SKIPPED: a_live_entry_is_looked_up_and_its_deletion_seen: needs root");
+            return;
+        }
         std::thread::spawn(|| {
             // SAFETY: plain unshare(2); only this thread changes namespace.
             assert_eq!(
