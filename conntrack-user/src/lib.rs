@@ -1,29 +1,23 @@
-//! ct-trace: observe conntrack INVALID verdicts and the TCP resets they cause.
+//! ct-trace: observe conntrack INVALID verdicts, lost entries and the TCP resets they cause.
 //!
-//! Modules by concept: `preflight` (what the kernel and process offer), `btf` (offsets and enum
-//! names from the running kernel), `load` (the attach plan), `netfilter` (the loader aya lacks),
-//! `events` (decoding), `reason` (conntrack's log line and entry), `attribution` (joining verdicts, fates, resets), `report` (output),
-//! `netlink` (ctnetlink and hook dumps), `kstat` (the kernel's counters), `lost` and `destroy`
-//! (table pressure and lost entries), `doctor`, `app`.
+//! Folders by concept: `kernel/` (what the kernel offers, the attach plan, loading),
+//! `pipeline/` (decode, correlate, enrich: records to reports), `output/` (report types, text,
+//! JSON, the summary's tallies), `node/` (ctnetlink, the kernel's counters, the doctor).
+//! `app` only wires them together; `cli` is the command line.
 
 pub mod app;
-pub mod attribution;
-pub mod btf;
 pub mod cli;
-pub mod destroy;
-pub mod doctor;
-pub mod enrich;
-pub mod events;
-pub mod kstat;
-pub mod load;
-pub mod lost;
-pub mod netfilter;
-pub mod netlink;
-pub mod preflight;
-pub mod reason;
-pub mod report;
-pub mod table;
-pub mod verifier;
+pub mod kernel;
+pub mod node;
+pub mod output;
+pub mod pipeline;
+
+// Every module by its own name as well (`crate::kstat`, `crate::report`, ...): the folders
+// group them, the short paths keep the code that uses them readable.
+pub use kernel::{btf, load, netfilter, preflight, verifier};
+pub use node::{doctor, kstat, netlink};
+pub use output::{report, table};
+pub use pipeline::{attribution, destroy, enrich, events, lost, reason};
 
 /// The compiled eBPF object.
 pub static EBPF_OBJECT: &[u8] =
