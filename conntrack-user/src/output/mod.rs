@@ -1,5 +1,9 @@
-//! What ct-trace prints: every report type, text and JSON (`report`), and the summary's table
-//! tally (`table`).
+//! What ct-trace prints: every report type, text and JSON (`report`), the output stage that
+//! counts and prints them (`sink`), ct-trace's kernel counters and their notices (`counters`),
+//! and the exit summary with its tallies (`summary`, `table`).
 
+pub mod counters;
 pub mod report;
+pub mod sink;
+pub mod summary;
 pub mod table;

@@ -1,0 +1,75 @@
+//! The output stage: every report is counted by kind, and printed unless `--summary`, `--kind`,
+//! `-c` or a closed stdout says otherwise.
+
+use std::{collections::BTreeMap, io};
+
+use crate::{
+    cli::Cli,
+    report::{Report, Writer},
+};
+
+/// What the output stage did with the reports.
+#[derive(Default)]
+pub(crate) struct Tally {
+    /// Reports produced, by kind (printed unless `--summary`, `--kind`, `-c` or a closed pipe
+    /// stopped them).
+    pub(crate) shown: BTreeMap<&'static str, u64>,
+    /// Produced but not printed because `-c` was reached or stdout was closed.
+    pub(crate) unprinted: BTreeMap<&'static str, u64>,
+    /// Not printed because of `--kind`.
+    pub(crate) filtered: BTreeMap<&'static str, u64>,
+    pub(crate) decode_errors: u64,
+    pub(crate) printed: u64,
+}
+
+/// The output stage: counts every report, prints what is asked for.
+pub(crate) struct Sink<'a, W: io::Write> {
+    pub(crate) cli: &'a Cli,
+    pub(crate) writer: Writer<W>,
+    pub(crate) tally: Tally,
+    /// Printing ended (`-c` reached, or stdout closed); reports are still counted.
+    pub(crate) closed: bool,
+    pub(crate) broken_pipe: bool,
+}
+
+impl<W: io::Write> Sink<'_, W> {
+    pub(crate) fn put(&mut self, reports: &mut Vec<Report>) -> io::Result<()> {
+        for r in reports.drain(..) {
+            let kind = r.kind();
+            *self.tally.shown.entry(kind).or_default() += 1;
+            if self.cli.summary {
+                continue;
+            }
+            if !self.cli.kind.is_empty() && !self.cli.kind.contains(&kind) {
+                *self.tally.filtered.entry(kind).or_default() += 1;
+                continue;
+            }
+            if self.closed {
+                *self.tally.unprinted.entry(kind).or_default() += 1;
+                continue;
+            }
+            match self.writer.write(&r) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    self.closed = true;
+                    self.broken_pipe = true;
+                    *self.tally.unprinted.entry(kind).or_default() += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            self.tally.printed += 1;
+            if self.cli.count.is_some_and(|n| self.tally.printed >= n) {
+                self.closed = true;
+            }
+        }
+        match self.writer.flush() {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                self.broken_pipe = true;
+                Ok(())
+            }
+            r => r,
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The exit summary: the JSON `summary` object (counts against the kernel's) and the lines on
+//! stderr.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use conntrack_common::Counter;
+
+use crate::{
+    app::boot_now,
+    attribution::Correlator,
+    kstat,
+    output::{
+        counters::Counters,
+        sink::Tally,
+        table::{self, EvictedTally, KindTally, TableTally},
+    },
+    report::{InvalidTally, Report, SummaryReport},
+};
+
+/// The program whose skipped runs may each have been an INVALID verdict (kprobe mode; the
+/// netfilter program is called directly and never skipped).
+pub(crate) const VERDICT_RETURN_PROBE: &str = "ctt_ct_in_ret";
+
+/// Readings of the kernel's `invalid` counter (start, end) around attach and detach.
+pub(crate) struct KernelInvalid {
+    pub(crate) outer: Option<(u64, u64)>,
+    pub(crate) inner: Option<(u64, u64)>,
+}
+
+pub(crate) fn summarize(
+    tally: &Tally,
+    counters: &Counters,
+    corr: &Correlator,
+    netns: u32,
+    kernel: Option<KernelInvalid>,
+    missed_runs: &BTreeMap<String, u64>,
+    elapsed: Duration,
+) -> SummaryReport {
+    let c = counters.all();
+    let get = |n: &str| c.get(n).copied().unwrap_or(0);
+    let shown = |k: &str| tally.shown.get(k).copied().unwrap_or(0);
+    let unprinted = |k: &str| tally.unprinted.get(k).copied().unwrap_or(0);
+    let kind_filtered = |k: &str| tally.filtered.get(k).copied().unwrap_or(0);
+    let invalid = InvalidTally {
+        kernel: kernel
+            .as_ref()
+            .and_then(|k| k.outer)
+            .map(|(a, b)| b.saturating_sub(a)),
+        kernel_while_attached: kernel
+            .as_ref()
+            .and_then(|k| k.inner)
+            .map(|(a, b)| b.saturating_sub(a)),
+        counted: get("invalid_prerouting") + get("invalid_output"),
+        shown: shown("invalid") - unprinted("invalid") - kind_filtered("invalid"),
+        suppressed: get("suppressed_invalid"),
+        filtered: get("filtered_invalid") + kind_filtered("invalid"),
+        lost: get("lost_invalid"),
+        unprinted: unprinted("invalid"),
+        missed_runs: missed_runs.get(VERDICT_RETURN_PROBE).copied().unwrap_or(0),
+    };
+    let mut events = tally.shown.clone();
+    for (k, v) in events.iter_mut() {
+        *v -= unprinted(k) + kind_filtered(k);
+    }
+    let mut lost = BTreeMap::from([
+        ("invalid", get("lost_invalid")),
+        ("reset", get("lost_reset")),
+        ("reason", get("lost_reason")),
+        ("drop", get("lost_drop")),
+        ("midstream", get("lost_midstream")),
+        ("table_full", get("lost_table_full")),
+        ("undecodable", tally.decode_errors),
+        ("unreadable_packet", get("read_failed")),
+        ("kretprobe_stack", get("stack_lost")),
+    ]);
+    lost.retain(|_, v| *v > 0);
+    let mut filtered = BTreeMap::from([
+        ("reset", get("filtered_reset")),
+        ("invalid", get("filtered_invalid")),
+        ("midstream", get("filtered_midstream")),
+        ("table_full", get("filtered_table_full")),
+    ]);
+    for (k, n) in &tally.filtered {
+        *filtered.entry(k).or_default() += n;
+    }
+    SummaryReport {
+        time: corr.time(boot_now()),
+        duration_s: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        netns,
+        invalid,
+        events,
+        suppressed: BTreeMap::from([
+            ("invalid", get("suppressed_invalid")),
+            ("reset", get("suppressed_reset")),
+            ("reason", get("suppressed_reason")),
+            ("drop", get("suppressed_drop")),
+            ("midstream", get("suppressed_midstream")),
+            ("table_full", get("suppressed_table_full")),
+        ]),
+        lost,
+        filtered,
+        enrichment_skipped: corr.enrichment_skipped,
+        missed_runs: missed_runs.clone(),
+        counters: c,
+        table: TableTally::default(),
+    }
+}
+
+pub(crate) type Stats<'a> = Option<&'a std::collections::HashMap<String, u64>>;
+
+pub(crate) fn table_tally(
+    tally: &Tally,
+    counters: &Counters,
+    corr: &Correlator,
+    (before, after): (Stats<'_>, Stats<'_>),
+    overflows: u64,
+) -> TableTally {
+    let get = |c: Counter| counters.read(c);
+    let kind =
+        |k: &str, counted: Counter, suppressed: Counter, lost: Counter, filtered: Counter| {
+            let unprinted = tally.unprinted.get(k).copied().unwrap_or(0);
+            let kind_filtered = tally.filtered.get(k).copied().unwrap_or(0);
+            KindTally {
+                counted: get(counted),
+                shown: tally.shown.get(k).copied().unwrap_or(0) - unprinted - kind_filtered,
+                suppressed: get(suppressed),
+                filtered: get(filtered) + kind_filtered,
+                lost: get(lost),
+                unprinted,
+            }
+        };
+    use Counter::*;
+    let table_full = kind(
+        "table_full",
+        TableFull,
+        SuppressedTableFull,
+        LostTableFull,
+        FilteredTableFull,
+    );
+    let midstream = kind(
+        "midstream",
+        Midstream,
+        SuppressedMidstream,
+        LostMidstream,
+        FilteredMidstream,
+    );
+    let kernel_early_drop = table::delta(before, after, "early_drop");
+    TableTally {
+        max: corr.ct_max,
+        kernel_drop: table::delta(before, after, "drop"),
+        kernel_early_drop,
+        kernel_insert_failed: table::delta(before, after, "insert_failed"),
+        table_full,
+        midstream,
+        evicted: EvictedTally {
+            kernel: kernel_early_drop,
+            shown: corr.evicted,
+            inferred: corr.evicted_inferred,
+            unseen: kernel_early_drop.map(|k| k.saturating_sub(corr.evicted)),
+            overflows,
+        },
+        nf_drop_untracked: get(Counter::NfDropUntracked),
+    }
+}
+
+/// The human summary, on stderr.
+pub(crate) fn print_summary(
+    s: &SummaryReport,
+    corr: &Correlator,
+    verdicts: bool,
+    flows: &[crate::report::FlowReport],
+) {
+    let kinds: Vec<String> = s.events.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let lost: u64 = s.lost.values().sum();
+    let suppressed: u64 = s.suppressed.values().sum();
+    eprintln!(
+        "ct-trace: events: {}; suppressed {suppressed}; lost {lost}{}",
+        if kinds.is_empty() {
+            "none".to_string()
+        } else {
+            kinds.join(", ")
+        },
+        if lost > 0 {
+            format!(
+                " ({})",
+                s.lost
+                    .iter()
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            String::new()
+        }
+    );
+    let c = |n: &str| s.counters.get(n).copied().unwrap_or(0);
+    let filtered: u64 = s.filtered.values().sum();
+    if filtered > 0 {
+        eprintln!(
+            "ct-trace: filtered (counted, not shown): {}",
+            s.filtered
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if c("ct_dropped") > 0 {
+        eprintln!(
+            "ct-trace: conntrack dropped {} packets it could not track (table full or no memory; the kernel counts them as `drop`)",
+            c("ct_dropped")
+        );
+    }
+    if c("pending_expired") > 0 {
+        eprintln!(
+            "ct-trace: {} resets matched an INVALID packet older than {} s and were not attributed",
+            c("pending_expired"),
+            conntrack_common::PENDING_RST_MAX_AGE_NS / 1_000_000_000
+        );
+    }
+    if verdicts {
+        let i = &s.invalid;
+        match i.kernel {
+            Some(kernel) => {
+                let inner = i.kernel_while_attached.unwrap_or(kernel);
+                let verdict = if kernel == i.counted {
+                    "equal".to_string()
+                } else if kernel > i.counted && kernel - i.counted <= i.missed_runs {
+                    format!(
+                        "DIFFERENT by {}: the kernel skipped {} runs of ct-trace's verdict kretprobe (a BPF program was already running on that CPU), which may each have been one",
+                        kernel - i.counted,
+                        i.missed_runs
+                    )
+                } else if (inner..=kernel).contains(&i.counted) {
+                    format!(
+                        "equal within the packets that arrived while ct-trace attached or detached (kernel {inner} while attached)"
+                    )
+                } else {
+                    format!("DIFFERENT by {}", kernel as i64 - i.counted as i64)
+                };
+                eprintln!(
+                    "ct-trace: INVALID verdicts in netns {}: ct-trace {}, kernel {kernel}: {verdict}; shown {}, suppressed {}, filtered {}, lost {}{}",
+                    s.netns,
+                    i.counted,
+                    i.shown,
+                    i.suppressed,
+                    i.filtered,
+                    i.lost,
+                    if i.unprinted > 0 { format!(", not printed {}", i.unprinted) } else { String::new() }
+                );
+            }
+            None => eprintln!(
+                "ct-trace: cannot read {}: no comparison with the kernel's INVALID counter",
+                kstat::PATH
+            ),
+        }
+        if c("untracked") + c("icmp_error") > 0 {
+            eprintln!(
+                "ct-trace: not INVALID, not reported: {} packets of a family conntrack does not track in this namespace, {} ICMP errors conntrack could not relate (the kernel counts them as `error`)",
+                c("untracked"),
+                c("icmp_error")
+            );
+        }
+    }
+    if s.enrichment_skipped > 0 {
+        eprintln!(
+            "ct-trace: {} events went out without their conntrack lookup (enrichment: skipped)",
+            s.enrichment_skipped
+        );
+    }
+    if corr.reasons_unmatched > 0 {
+        eprintln!(
+            "ct-trace: conntrack logged {} refused packets that are not reported (not TCP, or no verdict program to tell INVALID from ignored)",
+            corr.reasons_unmatched
+        );
+    }
+    if let Some(line) = table::summary_line(s.netns, &s.table) {
+        eprintln!("{line}");
+    }
+    if !flows.is_empty() {
+        eprintln!("ct-trace: resets caused by conntrack (INVALID packets, lost entries), by flow:");
+        eprintln!(
+            "{:>6}  {:<24} {:<24} {:<24} {:<32} FIRST / LAST",
+            "RESETS", "CLIENT", "SERVICE", "BACKEND", "REASONS"
+        );
+        for f in flows {
+            eprintln!("{}", Report::Flow(f.clone()).text());
+        }
+    }
+}
