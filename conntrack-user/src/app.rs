@@ -111,6 +111,9 @@ fn filter(cli: &Cli) -> Filter {
     f
 }
 
+/// One run, its phases in order: preflight, attach, open the maps, stream, detach, summarize.
+/// Kept as one function (about 150 lines) because each phase hands its state to the next, and
+/// the kernel counters must be read at exact points between them.
 fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     preflight::check_caps(preflight::effective_caps())?;
     let started = Instant::now();
@@ -173,83 +176,29 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         "memory after attach (peak, now KiB): {:?}",
         preflight::memory_kib()
     );
-    for l in &lines {
-        info!("{l}");
-    }
-    info!(
-        "INVALID verdicts: {}; reasons: {}",
-        mode.map_or("not watched on this kernel", |m| m.source()),
-        match &reasons {
-            Ok(()) => "conntrack's log helpers (kprobes)".to_string(),
-            Err(why) => format!("unknown ({why})"),
-        }
-    );
-    if verdicts && ct_hook_fns == [0; 4] {
-        warn!("conntrack's hook functions are not in /proc/kallsyms: packets of a family conntrack does not track here cannot be told from INVALID ones");
-    }
-    info!(
-        "event budget: {}; resets shown: {}",
-        if cli.event_budget == 0 {
-            "none".to_string()
-        } else {
-            format!(
-                "{} events/s ({} per CPU)",
-                cli.event_budget, globals.budget_per_cpu
-            )
-        },
-        match cli.resets {
-            Resets::Caused => "those caused by an INVALID packet (--resets all for every one)",
-            Resets::All => "all",
-        }
+    announce(
+        cli,
+        &lines,
+        mode,
+        &reasons,
+        ct_hook_fns,
+        globals.budget_per_cpu,
     );
     let kernel_attached = kstat::invalid().ok();
 
-    let ring = RingBuf::try_from(
-        ebpf.take_map("EVENTS")
-            .context("the eBPF object has no EVENTS map")?,
-    )
-    .context("opening the EVENTS ring buffer")?;
-    let counters_map = PerCpuArray::try_from(
-        ebpf.take_map("COUNTERS_MAP")
-            .context("the eBPF object has no COUNTERS_MAP map")?,
-    )
-    .context("opening COUNTERS_MAP")?;
-    let mut counters = Counters {
-        map: counters_map,
-        noticed: [0; COUNTERS as usize],
-    };
-    let mut ct_max = CtMax::new(
-        ebpf.take_map("CT_MAX")
-            .and_then(|m| Array::try_from(m).ok()),
-    );
+    let (ring, mut counters, mut ct_max) = open_maps(&mut ebpf)?;
 
-    let drop_reasons = kbtf.enum_names("skb_drop_reason");
-    let netfilter_drop = drop_reasons
-        .iter()
-        .find(|(_, n)| n.as_str() == "SKB_DROP_REASON_NETFILTER_DROP")
-        .map(|(v, _)| *v);
-    let ct_layout = kbtf
-        .ct_layout
-        .clone()
-        .map_err(|e| warn!("conntrack entries in reasons cannot be decoded: {e}"))
-        .ok();
     let enricher = Enricher::start()
         .map_err(|e| warn!("ctnetlink unavailable, no conntrack entries in events: {e}"))
         .ok();
-    let mut ifnames = IfNames::new();
-    let ctx = Context {
-        boot_to_epoch_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
-        rst_reasons: kbtf.enum_names("sk_rst_reason"),
-        drop_reasons,
-        netfilter_drop,
-        fate_known: fate,
-        reason_unknown: reasons.err().map(|why| format!("unknown ({why})")),
-        ct_layout,
+    let ctx = correlator_context(
+        &kbtf,
+        fate,
+        reasons,
         verdicts,
         own_netns,
-        lookups: enricher.is_some(),
-        ifname: Box::new(move |i| ifnames.name(i)),
-    };
+        enricher.is_some(),
+    );
     drop(kbtf);
     // aya's parsed BTF and the object's copies are gone too.
     trim_heap();
@@ -315,26 +264,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
 
     let flows = corr.summary();
     if cli.summary && !sink.broken_pipe {
-        let mut out = io::stdout().lock();
-        if cli.output == Format::Text && !flows.is_empty() {
-            let _ = writeln!(
-                out,
-                "{:>6}  {:<24} {:<24} {:<24} {:<32} FIRST / LAST",
-                "RESETS", "CLIENT", "SERVICE", "BACKEND", "REASONS"
-            );
-        }
-        for f in &flows {
-            let r = Report::Flow(f.clone());
-            let _ = writeln!(
-                out,
-                "{}",
-                if cli.output == Format::Json {
-                    r.json()
-                } else {
-                    r.text()
-                }
-            );
-        }
+        print_flows(cli, &flows);
     }
     let mut summary = summarize(
         &sink.tally,
@@ -522,4 +452,127 @@ fn missed_runs(ebpf: &aya::Ebpf) -> BTreeMap<String, u64> {
             (n > 0).then(|| (name.to_string(), n))
         })
         .collect()
+}
+
+/// The start-up lines on stderr: what was attached, where INVALID verdicts and reasons come
+/// from, the event budget and which resets are shown.
+fn announce(
+    cli: &Cli,
+    lines: &[String],
+    mode: Option<crate::cli::AttachMode>,
+    reasons: &Result<(), String>,
+    ct_hook_fns: [u64; 4],
+    budget_per_cpu: u32,
+) {
+    let verdicts = mode.is_some();
+    for l in lines {
+        info!("{l}");
+    }
+    info!(
+        "INVALID verdicts: {}; reasons: {}",
+        mode.map_or("not watched on this kernel", |m| m.source()),
+        match reasons {
+            Ok(()) => "conntrack's log helpers (kprobes)".to_string(),
+            Err(why) => format!("unknown ({why})"),
+        }
+    );
+    if verdicts && ct_hook_fns == [0; 4] {
+        warn!("conntrack's hook functions are not in /proc/kallsyms: packets of a family conntrack does not track here cannot be told from INVALID ones");
+    }
+    info!(
+        "event budget: {}; resets shown: {}",
+        if cli.event_budget == 0 {
+            "none".to_string()
+        } else {
+            format!("{} events/s ({} per CPU)", cli.event_budget, budget_per_cpu)
+        },
+        match cli.resets {
+            Resets::Caused => {
+                "those caused by a packet conntrack let through without its NAT (--resets all for every one)"
+            }
+            Resets::All => "all",
+        }
+    );
+}
+
+/// What the correlator needs to know of the kernel and of this run.
+fn correlator_context(
+    kbtf: &crate::btf::KernelFacts,
+    fate: bool,
+    reasons: Result<(), String>,
+    verdicts: bool,
+    own_netns: u32,
+    lookups: bool,
+) -> Context {
+    let drop_reasons = kbtf.enum_names("skb_drop_reason");
+    let netfilter_drop = drop_reasons
+        .iter()
+        .find(|(_, n)| n.as_str() == "SKB_DROP_REASON_NETFILTER_DROP")
+        .map(|(v, _)| *v);
+    let ct_layout = kbtf
+        .ct_layout
+        .clone()
+        .map_err(|e| warn!("conntrack entries in reasons cannot be decoded: {e}"))
+        .ok();
+    let mut ifnames = IfNames::new();
+    Context {
+        boot_to_epoch_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
+        rst_reasons: kbtf.enum_names("sk_rst_reason"),
+        drop_reasons,
+        netfilter_drop,
+        fate_known: fate,
+        reason_unknown: reasons.err().map(|why| format!("unknown ({why})")),
+        ct_layout,
+        verdicts,
+        own_netns,
+        lookups,
+        ifname: Box::new(move |i| ifnames.name(i)),
+    }
+}
+
+/// The per-flow reset summary on stdout (`--summary`).
+fn print_flows(cli: &Cli, flows: &[crate::report::FlowReport]) {
+    let mut out = io::stdout().lock();
+    if cli.output == Format::Text && !flows.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<24} {:<24} {:<24} {:<32} FIRST / LAST",
+            "RESETS", "CLIENT", "SERVICE", "BACKEND", "REASONS"
+        );
+    }
+    for f in flows {
+        let r = Report::Flow(f.clone());
+        let _ = writeln!(
+            out,
+            "{}",
+            if cli.output == Format::Json {
+                r.json()
+            } else {
+                r.text()
+            }
+        );
+    }
+}
+
+/// The maps userspace reads and writes while tracing, taken out of the loaded object.
+fn open_maps(ebpf: &mut aya::Ebpf) -> anyhow::Result<(RingBuf<MapData>, Counters, CtMax)> {
+    let ring = RingBuf::try_from(
+        ebpf.take_map("EVENTS")
+            .context("the eBPF object has no EVENTS map")?,
+    )
+    .context("opening the EVENTS ring buffer")?;
+    let counters_map = PerCpuArray::try_from(
+        ebpf.take_map("COUNTERS_MAP")
+            .context("the eBPF object has no COUNTERS_MAP map")?,
+    )
+    .context("opening COUNTERS_MAP")?;
+    let counters = Counters {
+        map: counters_map,
+        noticed: [0; COUNTERS as usize],
+    };
+    let ct_max = CtMax::new(
+        ebpf.take_map("CT_MAX")
+            .and_then(|m| Array::try_from(m).ok()),
+    );
+    Ok((ring, counters, ct_max))
 }
