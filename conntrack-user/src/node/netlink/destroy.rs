@@ -1,0 +1,126 @@
+//! Conntrack's destroy events (`NFNLGRP_CONNTRACK_DESTROY`): the entries the kernel removed,
+//! who asked for it, and how long they lived.
+
+use std::{io, time::Duration};
+
+use netlink_packet_core::{
+    parse_u64_be, NetlinkMessage, NetlinkPayload, Nla, NlasIterator, NLA_TYPE_MASK,
+};
+use netlink_packet_netfilter::{
+    conntrack::{ConntrackAttribute, ConntrackMessage},
+    NetfilterMessage, NetfilterMessageInner,
+};
+
+use super::{
+    ctnetlink::entry,
+    socket::{frames, nla_value, setsockopt, Socket},
+    Entry,
+};
+
+/// `NFNLGRP_CONNTRACK_DESTROY` (include/uapi/linux/netfilter/nfnetlink.h).
+const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
+
+/// An entry conntrack destroyed, as its ctnetlink destroy event says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destroyed {
+    pub entry: Entry,
+    /// Netlink port of the process that asked for the deletion (`conntrack -D`); 0 when the
+    /// kernel itself destroyed the entry (timeout, early_drop, flush by the kernel).
+    pub portid: u32,
+    /// How long the entry lived, when `nf_conntrack_timestamp` is on (CTA_TIMESTAMP).
+    pub age_ns: Option<u64>,
+}
+
+/// Parses one ctnetlink message (netlink header included) of the destroy group.
+pub fn parse_destroyed(msg: &[u8]) -> Option<Destroyed> {
+    let m = NetlinkMessage::<NetfilterMessage>::deserialize(msg).ok()?;
+    let NetlinkPayload::InnerMessage(NetfilterMessage {
+        inner: NetfilterMessageInner::Conntrack(ConntrackMessage::Delete(attrs)),
+        ..
+    }) = &m.payload
+    else {
+        return None;
+    };
+    Some(Destroyed {
+        entry: entry(attrs)?,
+        portid: m.header.port_number,
+        age_ns: age_ns(attrs),
+    })
+}
+
+/// netlink-packet-netfilter 0.4.0 has no CTA_TIMESTAMP (an untyped `Other` attribute): its
+/// nested `CTA_TIMESTAMP_START`/`_STOP` (ns, big endian) are read here.
+fn age_ns(attrs: &[ConntrackAttribute]) -> Option<u64> {
+    const CTA_TIMESTAMP: u16 = 20;
+    const CTA_TIMESTAMP_START: u16 = 1;
+    const CTA_TIMESTAMP_STOP: u16 = 2;
+    let ts = attrs.iter().find_map(|a| match a {
+        ConntrackAttribute::Other(n) if n.kind() & NLA_TYPE_MASK == CTA_TIMESTAMP => {
+            Some(nla_value(n))
+        }
+        _ => None,
+    })?;
+    let (mut start, mut stop) = (None, None);
+    for nla in NlasIterator::new(&ts) {
+        let nla = nla.ok()?;
+        match nla.kind() {
+            CTA_TIMESTAMP_START => start = parse_u64_be(nla.value()).ok(),
+            CTA_TIMESTAMP_STOP => stop = parse_u64_be(nla.value()).ok(),
+            _ => {}
+        }
+    }
+    Some(stop?.saturating_sub(start?))
+}
+
+/// A subscription to conntrack's destroy events (`NFNLGRP_CONNTRACK_DESTROY`) in the caller's
+/// namespace. The kernel sends them only for entries created while someone listens
+/// (`nf_conntrack_events=2`, the default since Linux 5.19: the event cache extension is added
+/// at creation only when a listener exists, nf_conntrack_ecache.c `nf_ct_ecache_ext_add()`).
+pub struct DestroyEvents {
+    sock: Socket,
+    buf: Vec<u8>,
+}
+
+/// Receive buffer asked for (SO_RCVBUFFORCE, root): a storm of expiries must not overflow it
+/// between two reads of the thread (an overflow is counted, never silent).
+const DESTROY_RCVBUF: i32 = 8 << 20;
+
+impl DestroyEvents {
+    pub fn open() -> io::Result<Self> {
+        // A receive waits at most 100 ms, so the thread notices a stop.
+        let mut sock = Socket::open(Duration::from_millis(100))?;
+        // Bound first (the kernel picks the port): an unbound socket gets no multicast.
+        sock.0.bind_auto()?;
+        sock.0.add_membership(NFNLGRP_CONNTRACK_DESTROY)?;
+        // Best effort: without it the default buffer is used.
+        let _ = setsockopt(
+            &sock.0,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &DESTROY_RCVBUF,
+        );
+        Ok(Self {
+            sock,
+            buf: vec![0u8; 1 << 16],
+        })
+    }
+
+    /// Waits up to 100 ms for events, then takes every one already queued. `Ok(false)` when
+    /// the socket overflowed (ENOBUFS: the kernel dropped events for this listener).
+    pub fn recv(&mut self, out: &mut Vec<Destroyed>) -> io::Result<bool> {
+        let mut flags = 0;
+        loop {
+            match self.sock.recv(&mut self.buf, flags) {
+                Ok(b) => out.extend(frames(b).filter_map(parse_destroyed)),
+                Err(e) => {
+                    return match e.raw_os_error() {
+                        Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(true),
+                        Some(libc::ENOBUFS) => Ok(false),
+                        _ => Err(e),
+                    }
+                }
+            }
+            flags = libc::MSG_DONTWAIT;
+        }
+    }
+}
