@@ -1,0 +1,276 @@
+//! The real `ct-trace` binary under test: started with `--ready-file` inside a namespace,
+//! its stdout and stderr read as it writes them, stopped with SIGINT, killed on drop; and what
+//! it printed, with the checks every test makes of its summary.
+
+use std::{
+    io::Read,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{bin, in_vm, Netns, SEQ};
+
+/// The attach mode under test: `CT_TRACE_MODE` (`netfilter` or `kprobe`, set per run by the VM
+/// matrix of `cargo xtask test`), else `auto`. Printed once, so every log says which mode ran.
+pub fn mode() -> String {
+    static SHOWN: std::sync::Once = std::sync::Once::new();
+    let m = std::env::var("CT_TRACE_MODE").unwrap_or_else(|_| "auto".into());
+    SHOWN.call_once(|| {
+        let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        eprintln!("ct-trace attach mode: {m} (kernel {})", rel.trim());
+    });
+    m
+}
+
+/// A running `ct-trace -o json`, stopped (SIGINT) and killed on drop.
+pub struct CtTrace {
+    child: Option<Child>,
+    ready: PathBuf,
+    /// stdout and stderr, read as ct-trace writes them (a flood of events must never fill a
+    /// pipe and block it).
+    readers: Option<(Reader, Reader)>,
+}
+
+type Reader = std::thread::JoinHandle<String>;
+
+fn reader(mut r: impl Read + Send + 'static) -> Reader {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+/// What a finished ct-trace printed.
+pub struct Output {
+    pub events: Vec<Value>,
+    pub stderr: String,
+    pub status: std::process::ExitStatus,
+}
+
+impl Output {
+    /// Whether ct-trace read INVALID reasons with its kprobes in this run (it says so on stderr).
+    pub fn reasons_known(&self) -> bool {
+        self.stderr.contains("reasons: conntrack's log helpers")
+    }
+
+    /// Which attach point gave the INVALID verdicts in this run.
+    pub fn verdict_source(&self) -> Option<&str> {
+        let l = self
+            .stderr
+            .lines()
+            .find(|l| l.contains("INVALID verdicts: "))?;
+        Some(if l.contains("--attach kprobe") {
+            "kprobe"
+        } else if l.contains("--attach netfilter") {
+            "netfilter"
+        } else {
+            "none"
+        })
+    }
+
+    pub fn of_kind(&self, kind: &str) -> Vec<&Value> {
+        self.events.iter().filter(|e| e["kind"] == kind).collect()
+    }
+
+    /// The machine-readable summary: the last line ct-trace printed.
+    pub fn summary(&self) -> &Value {
+        let last = self.events.last().expect("ct-trace printed nothing");
+        assert_eq!(last["kind"], "summary", "the last line is the summary");
+        last
+    }
+
+    /// The INVALID tally of the summary, checked to reconcile: counted == shown + suppressed +
+    /// filtered + lost + unprinted, and == the kernel's delta. Returns it.
+    pub fn reconciled_invalid(&self) -> &Value {
+        let i = &self.summary()["invalid"];
+        let n = |k: &str| i[k].as_u64().unwrap_or_else(|| panic!("invalid.{k}: {i}"));
+        assert_eq!(
+            n("counted"),
+            n("shown") + n("suppressed") + n("filtered") + n("lost") + n("unprinted"),
+            "counted == shown + suppressed + filtered + lost + unprinted: {i}"
+        );
+        // With kprobes, the kernel may skip a run of the verdict kretprobe (BPF recursion
+        // protection) and says how often: the only difference allowed, and only that large.
+        // `kernel` spans from before attaching to after detaching, `kernel_while_attached` from
+        // after attaching to before detaching: the count lies between the two.
+        let missed = n("missed_runs");
+        assert!(
+            n("kernel") >= n("counted") && n("kernel") - n("counted") <= missed,
+            "ct-trace's count == the kernel's, up to {missed} skipped runs: {i}"
+        );
+        assert!(
+            n("kernel_while_attached") <= n("counted") + missed,
+            "ct-trace counted at least what the kernel counted while it was attached: {i}"
+        );
+        if missed > 0 {
+            eprintln!("the kernel skipped {missed} runs of the verdict kretprobe: {i}");
+        }
+        i
+    }
+
+    /// Events of a kind that satisfy `f`.
+    pub fn events_of(&self, kind: &str, f: impl Fn(&Value) -> bool) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|e| e["kind"] == kind && f(e))
+            .collect()
+    }
+}
+
+impl CtTrace {
+    /// Starts ct-trace inside `ns` (or the test's own namespace) and waits until it is attached.
+    pub fn start(ns: Option<&Netns>, extra: &[&str]) -> Self {
+        let ready = std::env::temp_dir().join(format!(
+            "ct-trace-ready-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&ready);
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name]).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        // A bound in case a test never stops it; tests stop it with SIGINT. Under TCG a flood
+        // test runs for minutes.
+        cmd.args(["-o", "json", "--duration", "600", "--ready-file"])
+            .arg(&ready)
+            .args(["--attach", &mode()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn ct-trace");
+        let readers = Some((
+            reader(child.stdout.take().expect("piped")),
+            reader(child.stderr.take().expect("piped")),
+        ));
+        let mut me = Self {
+            child: Some(child),
+            ready,
+            readers,
+        };
+        let t0 = Instant::now();
+        while !me.ready.exists() {
+            if let Some(st) = me.child.as_mut().unwrap().try_wait().unwrap() {
+                let out = me.finish_with(st);
+                // A rejected program's verifier log, where ct-trace said it wrote it.
+                let log = out
+                    .stderr
+                    .split("verifier log in ")
+                    .nth(1)
+                    .and_then(|r| r.split(':').next())
+                    .and_then(|p| std::fs::read_to_string(p.trim()).ok())
+                    .map(|l| {
+                        let lines: Vec<&str> = l.lines().collect();
+                        lines[lines.len().saturating_sub(30)..].join("\n")
+                    })
+                    .unwrap_or_default();
+                panic!(
+                    "ct-trace exited before it was ready ({:?}): {}{log}",
+                    out.status, out.stderr
+                );
+            }
+            // Under TCG, with bulk traffic on the one vCPU, attaching takes longer.
+            let limit = Duration::from_secs(if in_vm() { 120 } else { 30 });
+            assert!(t0.elapsed() < limit, "ct-trace not ready after {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        me
+    }
+
+    fn finish_with(&mut self, _st: std::process::ExitStatus) -> Output {
+        let mut child = self.child.take().unwrap();
+        let status = child.wait().unwrap();
+        let (o, e) = self.readers.take().expect("readers");
+        let out = o.join().expect("stdout reader");
+        let err = e.join().expect("stderr reader");
+        let events = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        Output {
+            events,
+            stderr: err,
+            status,
+        }
+    }
+
+    /// ct-trace's process id (`ip netns exec` execs it, so this is ct-trace itself).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// ct-trace's peak resident memory so far (`VmHWM`, KiB). Panics with what ct-trace printed
+    /// when it is no longer running.
+    pub fn peak_rss_kib(&mut self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let hwm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+        if let Some(kib) = hwm {
+            return kib;
+        }
+        // A process that exited has no memory to report: say why it exited.
+        let st = self.child.as_mut().unwrap().wait().unwrap();
+        let out = self.finish_with(st);
+        panic!(
+            "ct-trace is no longer running ({:?}): {}",
+            out.status, out.stderr
+        );
+    }
+
+    /// Waits (at most `max`) for ct-trace to end by itself, and returns what it printed.
+    pub fn wait_exit(mut self, max: Duration) -> Output {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                let _ = std::fs::remove_file(&self.ready);
+                return self.finish_with(st);
+            }
+            assert!(t0.elapsed() < max, "ct-trace still running after {max:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops ct-trace like a user would (Ctrl-C) and returns what it printed.
+    pub fn stop(mut self) -> Output {
+        // Let the last events reach the ring buffer reader and the fate wait run out.
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = self.child.as_ref().unwrap().id();
+        // `ip netns exec` execs ct-trace, so the pid is ct-trace's.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                let _ = std::fs::remove_file(&self.ready);
+                return self.finish_with(st);
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "ct-trace did not stop on SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for CtTrace {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.ready);
+    }
+}
