@@ -249,7 +249,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     let stats_after = kstat::read().ok();
     // The last destroy events of the run (the thread reads every 100 ms).
     if let Some(w) = &watcher {
-        w.wait_quiet(Duration::from_millis(300), Duration::from_secs(2));
+        w.wait_quiet(Duration::from_millis(500), Duration::from_secs(3));
     }
     let kernel = verdicts.then_some(KernelInvalid {
         outer: kernel_before.zip(kernel_after),

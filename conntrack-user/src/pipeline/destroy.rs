@@ -14,7 +14,7 @@ use std::{
 
 use crate::{
     kstat,
-    lost::{classify, Gone},
+    lost::{Classifier, Gone},
     netlink::DestroyEvents,
 };
 
@@ -44,11 +44,15 @@ impl Watcher {
         let thread = std::thread::Builder::new()
             .name("ct-trace-destroy".into())
             .spawn(move || {
-                let counter = |name: &str| kstat::read().ok().and_then(|m| m.get(name).copied());
-                let mut early_drop = counter("early_drop").unwrap_or(0);
+                let mut early_drop = kstat::read()
+                    .ok()
+                    .and_then(|m| m.get("early_drop").copied())
+                    .unwrap_or(0);
+                let mut classifier = Classifier::default();
                 let mut batch = Vec::new();
-                while !s.load(Ordering::Relaxed) {
-                    batch.clear();
+                let mut told = Vec::new();
+                loop {
+                    let stopping = s.load(Ordering::Relaxed);
                     match events.recv(&mut batch) {
                         Ok(true) => {}
                         Ok(false) => {
@@ -59,9 +63,8 @@ impl Watcher {
                             return;
                         }
                     }
-                    if batch.is_empty() {
-                        continue;
-                    }
+                    // Read after the events: the kernel moves the counter after it sends an
+                    // evicted entry's event.
                     let stats = kstat::read().ok();
                     let now_drop = stats
                         .as_ref()
@@ -70,22 +73,29 @@ impl Watcher {
                     let entries = stats.as_ref().and_then(|m| m.get("entries").copied());
                     let delta = now_drop.saturating_sub(early_drop);
                     early_drop = now_drop;
-                    let boot_ns = boot_now();
-                    let gone: Vec<Gone> = classify(&batch, delta)
-                        .into_iter()
-                        .zip(batch.drain(..))
-                        .map(|((how, certain), destroyed)| Gone {
-                            destroyed,
-                            how,
-                            certain,
-                            boot_ns,
-                            entries,
-                        })
-                        .collect();
-                    if tx.try_send(gone).is_err() {
-                        o.fetch_add(1, Ordering::Relaxed);
+                    classifier.step(std::mem::take(&mut batch), delta, boot_now(), &mut told);
+                    if stopping {
+                        classifier.flush(&mut told);
                     }
-                    b.fetch_add(1, Ordering::Relaxed);
+                    if !told.is_empty() {
+                        let gone: Vec<Gone> = told
+                            .drain(..)
+                            .map(|(destroyed, how, certain, boot_ns)| Gone {
+                                destroyed,
+                                how,
+                                certain,
+                                boot_ns,
+                                entries,
+                            })
+                            .collect();
+                        if tx.try_send(gone).is_err() {
+                            o.fetch_add(1, Ordering::Relaxed);
+                        }
+                        b.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if stopping {
+                        return;
+                    }
                 }
             })?;
         Ok(Self {

@@ -162,31 +162,80 @@ pub struct Gone {
     pub entries: Option<u64>,
 }
 
-/// Classifies a batch of destroy events given how far the namespace's `early_drop` counter
-/// moved over it. Deleted by a process: certain. Destroyed by the kernel: `early_drop` evicts
-/// only entries that are not ASSURED (`early_drop_list()`, nf_conntrack_core.c); when the counter
-/// moved by exactly the number of such entries in the batch they were all evicted, when it did
-/// not move they all expired, otherwise the first `delta` are taken as evicted, not certain.
-pub fn classify(batch: &[Destroyed], early_drop_delta: u64) -> Vec<(How, bool)> {
-    let candidates = batch
-        .iter()
-        .filter(|d| d.portid == 0 && d.entry.status & IPS_ASSURED == 0)
-        .count() as u64;
-    let exact = early_drop_delta == candidates || early_drop_delta == 0;
-    let mut evictions = early_drop_delta;
-    batch
-        .iter()
-        .map(|d| {
+/// How long an entry the kernel destroyed waits for the `early_drop` counter to move for it
+/// before it is taken as expired, and how long counter moves wait for their events.
+pub const EVICTION_WAIT_NS: u64 = 300_000_000;
+
+/// Tells evictions from expiries. `early_drop_list()` (nf_conntrack_core.c) evicts only entries
+/// that are not ASSURED, deletes each (which sends its destroy event) and then increments the
+/// namespace's `early_drop` counter. So an unassured entry the kernel destroyed is matched, in
+/// order, to a later move of that counter; one the counter does not move for within
+/// [`EVICTION_WAIT_NS`] expired. Deletions by a process carry its netlink port: certain.
+#[derive(Default)]
+pub struct Classifier {
+    /// Unassured entries the kernel destroyed, with when they arrived, not yet explained.
+    pending: VecDeque<(Destroyed, u64)>,
+    /// Counter moves not yet matched to an event, and since when.
+    credit: u64,
+    credit_since: u64,
+    /// Counter moves that no event ever explained (entries created before ct-trace listened).
+    pub unseen: u64,
+}
+
+impl Classifier {
+    /// Takes one batch of events (possibly empty) and how far the counter moved since the last
+    /// call; appends what can be told now, in the kernel's order.
+    pub fn step(
+        &mut self,
+        batch: Vec<Destroyed>,
+        early_drop_delta: u64,
+        now_ns: u64,
+        out: &mut Vec<(Destroyed, How, bool, u64)>,
+    ) {
+        for d in batch {
             if d.portid != 0 {
-                (How::Deleted, true)
-            } else if d.entry.status & IPS_ASSURED == 0 && evictions > 0 {
-                evictions -= 1;
-                (How::Evicted, exact)
+                out.push((d, How::Deleted, true, now_ns));
+            } else if d.entry.status & IPS_ASSURED != 0 {
+                out.push((d, How::Expired, true, now_ns));
             } else {
-                (How::Expired, exact || d.entry.status & IPS_ASSURED != 0)
+                self.pending.push_back((d, now_ns));
             }
-        })
-        .collect()
+        }
+        if early_drop_delta > 0 {
+            self.credit += early_drop_delta;
+            self.credit_since = now_ns;
+        }
+        // More candidates than evictions at once: which of them expired is a guess.
+        let ambiguous = self.credit > 0 && self.pending.len() as u64 > self.credit;
+        while self.credit > 0 {
+            let Some((d, at)) = self.pending.pop_front() else {
+                break;
+            };
+            self.credit -= 1;
+            out.push((d, How::Evicted, !ambiguous, at));
+        }
+        while self
+            .pending
+            .front()
+            .is_some_and(|(_, at)| now_ns.saturating_sub(*at) > EVICTION_WAIT_NS)
+        {
+            let (d, at) = self.pending.pop_front().expect("front exists");
+            out.push((d, How::Expired, !ambiguous, at));
+        }
+        if self.credit > 0 && now_ns.saturating_sub(self.credit_since) > EVICTION_WAIT_NS {
+            self.unseen += self.credit;
+            self.credit = 0;
+        }
+    }
+
+    /// Everything still waiting is told now (at exit).
+    pub fn flush(&mut self, out: &mut Vec<(Destroyed, How, bool, u64)>) {
+        while let Some((d, at)) = self.pending.pop_front() {
+            out.push((d, How::Expired, false, at));
+        }
+        self.unseen += self.credit;
+        self.credit = 0;
+    }
 }
 
 /// Whether a lost entry is worth remembering: a TCP flow that could still have been alive
@@ -373,44 +422,72 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_deletion_by_a_process_is_certain() {
-        let c = classify(&[destroyed(1, IPS_ASSURED, 4242)], 0);
-        assert_eq!(c, vec![(How::Deleted, true)]);
+    fn run(
+        c: &mut Classifier,
+        batch: Vec<Destroyed>,
+        delta: u64,
+        now: u64,
+    ) -> Vec<(u16, How, bool)> {
+        let mut out = Vec::new();
+        c.step(batch, delta, now, &mut out);
+        out.into_iter()
+            .map(|(d, how, certain, _)| (d.entry.orig.sport, how, certain))
+            .collect()
     }
 
     #[test]
-    fn unassured_entries_are_evicted_when_the_counter_moved_by_as_many() {
-        let b = [
+    fn a_deletion_by_a_process_is_certain() {
+        let mut c = Classifier::default();
+        let out = run(&mut c, vec![destroyed(1, IPS_ASSURED, 4242)], 0, 0);
+        assert_eq!(out, vec![(1, How::Deleted, true)]);
+    }
+
+    #[test]
+    fn unassured_entries_wait_for_the_counter_that_follows_their_event() {
+        let mut c = Classifier::default();
+        // The events arrive before the kernel increments early_drop for them.
+        let b = vec![
             destroyed(1, 0, 0),
             destroyed(2, 0, 0),
             destroyed(3, IPS_ASSURED, 0),
         ];
+        assert_eq!(run(&mut c, b, 0, 0), vec![(3, How::Expired, true)]);
         assert_eq!(
-            classify(&b, 2),
-            vec![
-                (How::Evicted, true),
-                (How::Evicted, true),
-                (How::Expired, true)
-            ]
+            run(&mut c, vec![], 2, 1_000),
+            vec![(1, How::Evicted, true), (2, How::Evicted, true)]
         );
+        assert_eq!(c.unseen, 0);
+    }
+
+    #[test]
+    fn an_unassured_entry_the_counter_never_moves_for_expired() {
+        let mut c = Classifier::default();
+        assert!(run(&mut c, vec![destroyed(1, 0, 0)], 0, 0).is_empty());
+        assert!(run(&mut c, vec![], 0, EVICTION_WAIT_NS).is_empty());
         assert_eq!(
-            classify(&b, 0),
-            vec![
-                (How::Expired, true),
-                (How::Expired, true),
-                (How::Expired, true)
-            ]
+            run(&mut c, vec![], 0, EVICTION_WAIT_NS + 1),
+            vec![(1, How::Expired, true)]
         );
     }
 
     #[test]
-    fn a_mixed_batch_is_inferred_not_certain() {
-        let b = [destroyed(1, 0, 0), destroyed(2, 0, 0)];
+    fn counter_moves_without_events_are_unseen_evictions() {
+        let mut c = Classifier::default();
+        assert!(run(&mut c, vec![], 3, 0).is_empty());
+        // An event that arrives a moment after its counter move is still matched.
         assert_eq!(
-            classify(&b, 1),
-            vec![(How::Evicted, false), (How::Expired, false)]
+            run(&mut c, vec![destroyed(1, 0, 0)], 0, 10),
+            vec![(1, How::Evicted, true)]
         );
+        run(&mut c, vec![], 0, EVICTION_WAIT_NS + 1);
+        assert_eq!(c.unseen, 2);
+    }
+
+    #[test]
+    fn more_candidates_than_evictions_are_not_certain() {
+        let mut c = Classifier::default();
+        let out = run(&mut c, vec![destroyed(1, 0, 0), destroyed(2, 0, 0)], 1, 0);
+        assert_eq!(out, vec![(1, How::Evicted, false)]);
     }
 
     fn gone(sport: u16, boot_ns: u64) -> Gone {
