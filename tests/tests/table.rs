@@ -90,7 +90,10 @@ fn a_full_table_gives_table_full_and_evicted_events_equal_to_the_kernel() {
     assert_eq!(ev["kernel"], early, "{table}");
     assert_eq!(ev["shown"], evicted.len() as u64, "{table}");
     // Every flow here was opened while ct-trace listened: each eviction has its event.
-    assert_eq!(ev["shown"], early, "one evicted per kernel early_drop: {table}");
+    assert_eq!(
+        ev["shown"], early,
+        "one evicted per kernel early_drop: {table}"
+    );
     assert_eq!(ev["unseen"], 0, "{table}");
     eprintln!("table: {table}");
 }
