@@ -104,12 +104,13 @@ struct TestArgs {
     /// nothing is built, ct-trace is taken as it is in target/release.
     #[arg(long = "vm-binary", value_name = "NAME=PATH", hide = true, value_parser = parse_binary)]
     vm_binaries: Vec<(String, PathBuf)>,
-    /// Seconds one VM job (boot, tests, power-off) may take.
-    #[arg(long, default_value_t = 900, value_name = "SECS")]
+    /// Seconds one VM job (boot, tests, power-off) may take (a job takes about 750 s under TCG
+    /// on a 2-CPU machine).
+    #[arg(long, default_value_t = 1200, value_name = "SECS")]
     vm_timeout: u64,
     /// Seconds the whole VM matrix may take (keeps CI within its limit when jobs hang): later
     /// jobs get the time left as their timeout, or fail without booting.
-    #[arg(long, default_value_t = 4000, value_name = "SECS")]
+    #[arg(long, default_value_t = 4500, value_name = "SECS")]
     vm_budget: u64,
     /// Extra arguments for the host's `cargo test` test binaries (after `--`; not for the VMs).
     #[arg(last = true)]
