@@ -1,7 +1,24 @@
 //! The kernel-side filter (`--host`, `--port`, `--netns`, `--resets`): records that do not match
 //! are counted as filtered and never reach the ring buffer.
 
-use conntrack_common::{Filter, Packet};
+use conntrack_common::{Counter, Filter, Kind, Packet};
+
+use crate::{
+    config,
+    maps::{allow, count},
+};
+
+/// Whether a record of `kind` about packet `p` is sent: it must pass `--host`/`--port` (else it
+/// is counted under `filtered`) and then the event budget (else it is counted as suppressed).
+#[inline(always)]
+pub fn admit(kind: Kind, p: &Packet, filtered: Counter) -> bool {
+    if packet_matches(&config::filter(), p) {
+        allow(kind, false)
+    } else {
+        count(filtered);
+        false
+    }
+}
 
 /// Whether a packet passes the address and port parts of the filter.
 #[inline(always)]

@@ -24,8 +24,8 @@ use conntrack_common::{
 
 use crate::{
     config,
-    filter::packet_matches,
-    maps::{allow, count, emit, PENDING_DROP},
+    filter::admit,
+    maps::{count, emit, PENDING_DROP},
     pressure::ct_count,
     skb::{header, netns_inum, read, read_packet},
     tcp::remember_invalid,
@@ -207,12 +207,7 @@ pub fn on_invalid(state: *const u8, skb: *const u8) {
     } else {
         Counter::InvalidPrerouting
     });
-    let shown = if packet_matches(&config::filter(), &ev.packet) {
-        allow(Kind::Invalid, false)
-    } else {
-        count(Counter::FilteredInvalid);
-        false
-    };
+    let shown = admit(Kind::Invalid, &ev.packet, Counter::FilteredInvalid);
     if ev.packet.proto == IPPROTO_TCP && ev.flags & flags::NO_HEADERS == 0 {
         count(Counter::InvalidTcp);
         remember_invalid(
@@ -259,16 +254,17 @@ pub fn on_new(state: *const u8, skb: *const u8, nfct: u64) {
     }
     let o = config::offsets();
     let mut ev = Pressure {
-        header: header(Kind::Midstream),
         skb: skb as u64,
         ..Default::default()
     };
+    // Every new connection's SYN gets this far: it costs the header reads, nothing more.
     if !read_packet(skb, &o, &mut ev.packet)
         || ev.packet.proto != IPPROTO_TCP
         || ev.packet.tcp_flags & tcp_flags::SYN != 0
     {
         return;
     }
+    ev.header = header(Kind::Midstream);
     // SAFETY: probe reads of kernel pointers.
     let net = unsafe {
         ev.hook = read::<u8>(state, o.state_hook).unwrap_or(u8::MAX);
@@ -277,12 +273,7 @@ pub fn on_new(state: *const u8, skb: *const u8, nfct: u64) {
     ev.packet.netns = netns_inum(net, &o);
     ev.entries = ct_count(net, &o);
     count(Counter::Midstream);
-    let shown = if packet_matches(&config::filter(), &ev.packet) {
-        allow(Kind::Midstream, false)
-    } else {
-        count(Counter::FilteredMidstream);
-        false
-    };
+    let shown = admit(Kind::Midstream, &ev.packet, Counter::FilteredMidstream);
     remember_invalid(
         &ev.packet,
         ev.header.ts_ns,

@@ -11,9 +11,9 @@ use conntrack_common::{Counter, Kind, Offsets, Pressure};
 
 use crate::{
     config,
-    filter::packet_matches,
-    maps::{allow, count, emit, CT_MAX},
-    skb::{header, read, read_packet},
+    filter::admit,
+    maps::{count, emit, CT_MAX},
+    skb::{header, netns_inum, read, read_packet},
 };
 
 /// `net->ct.count` of a `struct net *`, `u32::MAX` when unknown.
@@ -44,9 +44,7 @@ pub fn on_netfilter_drop(skb: *const u8) {
     if nfct != 0 || net.is_null() {
         return;
     }
-    let o2 = config::offsets();
-    // SAFETY: probe read.
-    let netns = unsafe { read::<u32>(net, o2.net_ns_inum) }.unwrap_or(0);
+    let netns = netns_inum(net, &o);
     if netns != config::target_netns() {
         return;
     }
@@ -71,11 +69,7 @@ pub fn on_netfilter_drop(skb: *const u8) {
         count(Counter::ReadFailed);
     }
     ev.packet.netns = netns;
-    if !packet_matches(&config::filter(), &ev.packet) {
-        count(Counter::FilteredTableFull);
-        return;
-    }
-    if allow(Kind::TableFull, false) {
+    if admit(Kind::TableFull, &ev.packet, Counter::FilteredTableFull) {
         emit(Kind::TableFull, &ev);
     }
 }

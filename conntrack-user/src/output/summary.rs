@@ -145,6 +145,9 @@ pub(crate) fn table_tally(
         FilteredMidstream,
     );
     let kernel_early_drop = table::delta(before, after, "early_drop");
+    // Every `evicted` report produced, printed or not (`--kind`, `-c` do not make an eviction
+    // unseen).
+    let evicted = tally.shown.get("evicted").copied().unwrap_or(0);
     TableTally {
         max: corr.ct_max,
         kernel_drop: table::delta(before, after, "drop"),
@@ -154,9 +157,9 @@ pub(crate) fn table_tally(
         midstream,
         evicted: EvictedTally {
             kernel: kernel_early_drop,
-            shown: corr.evicted,
+            shown: evicted,
             inferred: corr.evicted_inferred,
-            unseen: kernel_early_drop.map(|k| k.saturating_sub(corr.evicted)),
+            unseen: kernel_early_drop.map(|k| k.saturating_sub(evicted)),
             overflows,
         },
         nf_drop_untracked: get(Counter::NfDropUntracked),

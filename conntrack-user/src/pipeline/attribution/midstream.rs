@@ -105,7 +105,6 @@ impl Correlator {
     pub fn gone(&mut self, gone: Vec<Gone>, out: &mut Output) {
         for g in gone {
             if g.how == How::Evicted {
-                self.evicted += 1;
                 self.evicted_inferred += u64::from(!g.certain);
                 out.reports.push(Report::Evicted(EvictedReport {
                     time: self.time(g.boot_ns),

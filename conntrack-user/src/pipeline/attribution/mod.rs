@@ -169,8 +169,8 @@ pub struct Correlator {
     /// The namespace's entry count as last read by the caller (at most 20 ms old), for events
     /// whose program could not read it: said so with `entries_source: "ct-trace"`.
     pub entries_now: Option<u32>,
-    /// `evicted` events: shown, and of those inferred (not certain).
-    pub evicted: u64,
+    /// `evicted` events that were inferred, not certain (how many there were in all is the
+    /// output stage's count of the kind).
     pub evicted_inferred: u64,
 }
 
@@ -242,7 +242,6 @@ impl Correlator {
             mid_recent_order: VecDeque::new(),
             ct_max: None,
             entries_now: None,
-            evicted: 0,
             evicted_inferred: 0,
         }
     }
