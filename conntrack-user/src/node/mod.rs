@@ -1,6 +1,8 @@
 //! The node's own state, read directly: ctnetlink and hook dumps (`netlink`), the kernel's
-//! conntrack counters and namespaces (`kstat`), and the posture report (`doctor`).
+//! conntrack counters and namespaces (`kstat`), the posture report (`doctor`), and the
+//! Service names kube-proxy's rules give addresses (`services`).
 
 pub mod doctor;
 pub mod kstat;
 pub mod netlink;
+pub mod services;

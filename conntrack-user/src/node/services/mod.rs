@@ -1,0 +1,443 @@
+//! Service names without an API server: kube-proxy writes the name of every Service port
+//! (`namespace/name:portname`) into the rules it programs, so the node's own ruleset says which
+//! Service an address belongs to. [`ServiceNames`] indexes them both ways, (Service address,
+//! port, protocol) -> name and (backend address, port, protocol) -> names; [`Refresher`] keeps
+//! it current from a thread of its own, and the event path only reads a snapshot.
+//!
+//! By file: `iptables` (`iptables-save -t nat`, kube-proxy's iptables mode), `nft` (`nft -j list
+//! table ip|ip6 kube-proxy`, its nftables mode). What either mode looks like is written beside
+//! its parser, with the kube-proxy source it follows.
+//!
+//! A missing binary, a missing table or an unreadable ruleset means "no names", never an
+//! error: ct-trace runs on nodes without kube-proxy too.
+
+mod iptables;
+mod nft;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{hash_map::Entry, BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, RwLock,
+    },
+    thread,
+    time::Duration,
+};
+
+use serde::Serialize;
+
+pub use self::{iptables::parse_iptables_save, nft::parse_nft_json};
+
+/// Index entries at most (Service addresses plus backend names): a cluster with more is named
+/// partially, and the excess is counted ([`ServiceNames::over_limit`]) and warned about once.
+pub const MAX_ENTRIES: usize = 65_536;
+/// How often the rulesets are read again. kube-proxy resyncs on every Service or endpoint change;
+/// a name that appears up to this much late only misses the first events of a brand-new Service.
+pub const REFRESH: Duration = Duration::from_secs(2);
+/// How long [`Refresher::start`] waits for the first reading, so the first events are named.
+const FIRST_READ_WAIT: Duration = Duration::from_secs(3);
+
+/// One side of a flow as kube-proxy matches it: address, port, IP protocol number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: u8,
+}
+
+impl Key {
+    pub fn new(addr: IpAddr, port: u16, proto: u8) -> Self {
+        Self { addr, port, proto }
+    }
+}
+
+/// The IP protocol number of kube-proxy's protocol words (`tcp`, `udp`, `sctp`).
+pub(crate) fn proto_number(word: &str) -> Option<u8> {
+    match word.to_ascii_lowercase().as_str() {
+        "tcp" | "6" => Some(6),
+        "udp" | "17" => Some(17),
+        "sctp" | "132" => Some(132),
+        _ => None,
+    }
+}
+
+/// `10.0.0.1`, `10.0.0.1/32`, `fd00::1/128`: a host address (a wider prefix is not a Service).
+pub(crate) fn host_addr(s: &str) -> Option<IpAddr> {
+    match s.split_once('/') {
+        None => s.parse().ok(),
+        Some((a, len)) => {
+            let a: IpAddr = a.parse().ok()?;
+            let full = if a.is_ipv4() { "32" } else { "128" };
+            (len == full).then_some(a)
+        }
+    }
+}
+
+/// Which kube-proxy modes left rules in this namespace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Modes {
+    pub iptables: bool,
+    pub nftables: bool,
+}
+
+/// The Services and endpoints named in this namespace's kube-proxy rules.
+#[derive(Debug, Default)]
+pub struct ServiceNames {
+    services: HashMap<Key, Arc<str>>,
+    /// Every Service a backend serves, sorted: the first is the answer when the Service
+    /// address is not known, so the choice does not depend on the order of the rules.
+    backends: HashMap<Key, Vec<Arc<str>>>,
+    entries: usize,
+    /// Entries left out because the index was full.
+    pub over_limit: u64,
+    pub modes: Modes,
+}
+
+impl ServiceNames {
+    /// The name of the Service a flow belongs to: by the address the client asked for when it
+    /// is a Service address, else by the backend that answered.
+    pub fn name(
+        &self,
+        service: Option<SocketAddr>,
+        backend: Option<SocketAddr>,
+        proto: u8,
+    ) -> Option<&str> {
+        if let Some(s) = service {
+            if let Some(n) = self.services.get(&Key::new(s.ip(), s.port(), proto)) {
+                return Some(n);
+            }
+        }
+        let b = backend?;
+        let names = self.backends.get(&Key::new(b.ip(), b.port(), proto))?;
+        names.first().map(|n| &**n)
+    }
+
+    /// For a packet whose direction is not known (no conntrack entry): its destination as a
+    /// Service address, then either end as a backend.
+    pub fn name_of_packet(&self, src: SocketAddr, dst: SocketAddr, proto: u8) -> Option<&str> {
+        self.name(Some(dst), Some(src), proto)
+            .or_else(|| self.name(None, Some(dst), proto))
+    }
+
+    /// Every name a backend has (sorted).
+    pub fn backend_names(&self, backend: Key) -> &[Arc<str>] {
+        self.backends.get(&backend).map_or(&[], |v| v)
+    }
+
+    /// Distinct Service ports named (`namespace/name:port`), Service addresses, endpoints.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let names: BTreeSet<&str> = (self.services.values().map(|n| &**n))
+            .chain(self.backends.values().flatten().map(|n| &**n))
+            .collect();
+        (names.len(), self.services.len(), self.backends.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// Interns names so each is stored once however many addresses carry it.
+    fn intern(names: &mut HashMap<String, Arc<str>>, name: &str) -> Arc<str> {
+        if let Some(n) = names.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        names.insert(name.to_string(), n.clone());
+        n
+    }
+}
+
+/// Collects entries from the parsers, within [`MAX_ENTRIES`].
+pub struct Builder {
+    names: ServiceNames,
+    interned: HashMap<String, Arc<str>>,
+    limit: usize,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::with_limit(MAX_ENTRIES)
+    }
+}
+
+impl Builder {
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            names: ServiceNames::default(),
+            interned: HashMap::new(),
+            limit,
+        }
+    }
+
+    fn room(&mut self) -> bool {
+        if self.names.entries >= self.limit {
+            self.names.over_limit += 1;
+            return false;
+        }
+        true
+    }
+
+    /// A Service address. The first name seen for an address is kept: kube-proxy gives each
+    /// (address, port, protocol) to one Service port.
+    pub fn service(&mut self, key: Key, name: &str) {
+        if name.is_empty() || self.names.services.contains_key(&key) || !self.room() {
+            return;
+        }
+        let n = ServiceNames::intern(&mut self.interned, name);
+        self.names.services.insert(key, n);
+        self.names.entries += 1;
+    }
+
+    /// A backend of a Service; a backend may serve several.
+    pub fn backend(&mut self, key: Key, name: &str) {
+        if name.is_empty() {
+            return;
+        }
+        if let Some(v) = self.names.backends.get(&key) {
+            if v.iter().any(|n| &**n == name) {
+                return;
+            }
+        }
+        if !self.room() {
+            return;
+        }
+        let n = ServiceNames::intern(&mut self.interned, name);
+        match self.names.backends.entry(key) {
+            Entry::Occupied(mut e) => {
+                let v = e.get_mut();
+                let at = v.partition_point(|x| **x < *n);
+                v.insert(at, n);
+            }
+            Entry::Vacant(e) => {
+                e.insert(vec![n]);
+            }
+        }
+        self.names.entries += 1;
+    }
+
+    pub fn modes(&mut self) -> &mut Modes {
+        &mut self.names.modes
+    }
+
+    pub fn finish(self) -> ServiceNames {
+        self.names
+    }
+}
+
+/// stdout of a command that succeeded; `None` (logged at debug) when it is missing or failed.
+fn output(cmd: &str, args: &[&str]) -> Option<Vec<u8>> {
+    match Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => Some(o.stdout),
+        Ok(o) => {
+            log::debug!(
+                "service names: `{cmd} {}` exited {}",
+                args.join(" "),
+                o.status
+            );
+            None
+        }
+        Err(e) => {
+            log::debug!("service names: `{cmd}` not run: {e}");
+            None
+        }
+    }
+}
+
+/// The raw rulesets, as the tools print them.
+#[derive(Default, PartialEq, Eq)]
+pub struct Rulesets {
+    pub iptables: [Option<Vec<u8>>; 2],
+    pub nft: [Option<Vec<u8>>; 2],
+}
+
+impl Rulesets {
+    /// Runs `iptables-save -t nat`, `ip6tables-save -t nat` and `nft -j list table ip|ip6
+    /// kube-proxy` in this process's network namespace.
+    pub fn read() -> Self {
+        Self {
+            iptables: [
+                output("iptables-save", &["-t", "nat"]),
+                output("ip6tables-save", &["-t", "nat"]),
+            ],
+            nft: [
+                output("nft", &["-j", "list", "table", "ip", "kube-proxy"]),
+                output("nft", &["-j", "list", "table", "ip6", "kube-proxy"]),
+            ],
+        }
+    }
+
+    pub fn parse(&self, limit: usize) -> ServiceNames {
+        let mut b = Builder::with_limit(limit);
+        for out in self.iptables.iter().flatten() {
+            parse_iptables_save(&String::from_utf8_lossy(out), &mut b);
+        }
+        for out in self.nft.iter().flatten() {
+            parse_nft_json(out, &mut b);
+        }
+        b.finish()
+    }
+}
+
+/// The current index, shared with the event path: readers clone an `Arc` under a read lock
+/// held for nanoseconds; the refresher swaps in a new index built outside the lock.
+#[derive(Clone, Default)]
+pub struct ServiceLookup(Arc<RwLock<Arc<ServiceNames>>>);
+
+impl ServiceLookup {
+    /// A lookup over a fixed index (tests, or a one-off reading).
+    pub fn fixed(names: ServiceNames) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(names))))
+    }
+
+    pub fn snapshot(&self) -> Arc<ServiceNames> {
+        // A poisoned lock only means a panic elsewhere while swapping an Arc: the value is whole.
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set(&self, names: ServiceNames) {
+        let names = Arc::new(names);
+        match self.0.write() {
+            Ok(mut g) => *g = names,
+            Err(p) => *p.into_inner() = names,
+        }
+    }
+
+    /// [`ServiceNames::name`], owned.
+    pub fn name(
+        &self,
+        service: Option<SocketAddr>,
+        backend: Option<SocketAddr>,
+        proto: u8,
+    ) -> Option<String> {
+        self.snapshot()
+            .name(service, backend, proto)
+            .map(str::to_string)
+    }
+
+    /// [`ServiceNames::name_of_packet`], owned.
+    pub fn name_of_packet(&self, src: SocketAddr, dst: SocketAddr, proto: u8) -> Option<String> {
+        self.snapshot()
+            .name_of_packet(src, dst, proto)
+            .map(str::to_string)
+    }
+}
+
+/// The thread that keeps the index current: reads the rulesets every [`REFRESH`], and rebuilds
+/// the index only when their bytes changed. Stops when dropped.
+pub struct Refresher {
+    lookup: ServiceLookup,
+    stop: Arc<AtomicBool>,
+}
+
+impl Refresher {
+    /// Starts the thread and waits (at most a few seconds) for its first reading.
+    pub fn start() -> std::io::Result<Self> {
+        let lookup = ServiceLookup::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (first_tx, first_rx) = mpsc::channel();
+        let (l, s) = (lookup.clone(), stop.clone());
+        thread::Builder::new()
+            .name("ct-services".into())
+            .spawn(move || refresh_loop(&l, &s, Some(first_tx)))?;
+        if first_rx.recv_timeout(FIRST_READ_WAIT).is_err() {
+            log::debug!("service names: the first reading is late; events are named once it is in");
+        }
+        Ok(Self { lookup, stop })
+    }
+
+    pub fn lookup(&self) -> ServiceLookup {
+        self.lookup.clone()
+    }
+}
+
+impl Drop for Refresher {
+    fn drop(&mut self) {
+        // Not joined: a reading in progress finishes on its own and the thread then exits.
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn refresh_loop(lookup: &ServiceLookup, stop: &AtomicBool, mut first: Option<mpsc::Sender<()>>) {
+    let mut last = None;
+    let mut warned = false;
+    while !stop.load(Ordering::Relaxed) {
+        let rules = Rulesets::read();
+        // Byte-for-byte the same rulesets: nothing to parse (the usual case between syncs).
+        if last.as_ref() != Some(&rules) {
+            let names = rules.parse(MAX_ENTRIES);
+            let (services, addrs, endpoints) = names.counts();
+            log::debug!(
+                "service names: {services} Service ports at {addrs} addresses, {endpoints} endpoints (kube-proxy {:?})",
+                names.modes
+            );
+            if names.over_limit > 0 && !warned {
+                warned = true;
+                log::warn!(
+                    "service names: kube-proxy's rules name more than {MAX_ENTRIES} addresses; {} were left out, so some events carry no service_name",
+                    names.over_limit
+                );
+            }
+            lookup.set(names);
+            last = Some(rules);
+        }
+        if let Some(tx) = first.take() {
+            let _ = tx.send(());
+        }
+        // Sleep in short steps so a stop is noticed quickly.
+        let mut slept = Duration::ZERO;
+        while slept < REFRESH && !stop.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(100));
+            slept += Duration::from_millis(100);
+        }
+    }
+}
+
+/// What doctor reports of the names.
+#[derive(Debug, Serialize)]
+pub struct NamesReport {
+    /// Modes whose rules were found: `iptables`, `nftables` (empty: no kube-proxy rules here).
+    pub kube_proxy: Vec<&'static str>,
+    /// Distinct Service ports named (`namespace/name:port`).
+    pub services: usize,
+    /// Service addresses (cluster, external and load-balancer IPs, by port and protocol).
+    pub addresses: usize,
+    pub endpoints: usize,
+    pub over_limit: u64,
+}
+
+impl NamesReport {
+    pub fn of(names: &ServiceNames) -> Self {
+        let (services, addresses, endpoints) = names.counts();
+        let mut kube_proxy = vec![];
+        if names.modes.iptables {
+            kube_proxy.push("iptables");
+        }
+        if names.modes.nftables {
+            kube_proxy.push("nftables");
+        }
+        Self {
+            kube_proxy,
+            services,
+            addresses,
+            endpoints,
+            over_limit: names.over_limit,
+        }
+    }
+
+    /// One reading of this namespace's rules.
+    pub fn read() -> Self {
+        Self::of(&Rulesets::read().parse(MAX_ENTRIES))
+    }
+}
