@@ -27,6 +27,7 @@ use crate::{
     events, kstat, load,
     output::{
         counters::Counters,
+        metrics,
         sink::{Sink, Tally},
         summary::{print_summary, summarize, table_tally, KernelInvalid},
     },
@@ -117,6 +118,11 @@ fn filter(cli: &Cli) -> Filter {
 fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     preflight::check_caps(preflight::effective_caps())?;
     let started = Instant::now();
+    // Listening before anything is attached: a taken port fails the run cleanly.
+    let listener = cli
+        .metrics
+        .map(|a| metrics::http::bind(a).with_context(|| format!("--metrics: cannot listen on {a}")))
+        .transpose()?;
     log::debug!(
         "memory at start (peak, now KiB): {:?}",
         preflight::memory_kib()
@@ -167,6 +173,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         mut ebpf,
         links,
         lines,
+        programs,
         mode,
         fate,
         reasons,
@@ -191,6 +198,11 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     let enricher = Enricher::start()
         .map_err(|e| warn!("ctnetlink unavailable, no conntrack entries in events: {e}"))
         .ok();
+    // Service names from kube-proxy's rules in this namespace, kept current by their own
+    // thread; its first reading is in before the ready file is written.
+    let services = crate::node::services::Refresher::start()
+        .map_err(|e| warn!("service names unavailable, events carry no service_name: {e}"))
+        .ok();
     let ctx = correlator_context(
         &kbtf,
         fate,
@@ -204,6 +216,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     trim_heap();
     let mut corr = Correlator::new(ctx);
     corr.ct_max = ct_max.last;
+    corr.service_names = services.as_ref().map(|s| s.lookup());
     log::debug!(
         "memory when ready (peak, now KiB): {:?}",
         preflight::memory_kib()
@@ -221,11 +234,29 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         tally: Tally::default(),
         closed: false,
         broken_pipe: false,
+        metrics: listener.as_ref().map(|_| {
+            metrics::Metrics::new(
+                &metrics::BuildInfo {
+                    version: env!("CARGO_PKG_VERSION"),
+                    kernel: &preflight::kernel_release(),
+                    mode: mode.map_or("none", |m| m.name()),
+                },
+                &programs,
+            )
+        }),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")?;
+    let scrapes = listener.map(|l| {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        rt.spawn(metrics::http::serve(l, tx));
+        if let Some(a) = cli.metrics {
+            info!("metrics at http://{a}/metrics");
+        }
+        rx
+    });
     let mut pipe = Pipe {
         corr: &mut corr,
         enricher: enricher.as_ref(),
@@ -236,7 +267,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         lookups: (0, Instant::now()),
     };
     let mut ring = rt
-        .block_on(run(cli, ring, &mut pipe, &mut counters, &mut sink))
+        .block_on(run(cli, ring, &mut pipe, &mut counters, &mut sink, scrapes))
         .context("writing events")?;
 
     // Detach everything first: the counts below then describe a closed interval, and every
@@ -374,6 +405,7 @@ async fn run<W: io::Write>(
     pipe: &mut Pipe<'_>,
     counters: &mut Counters,
     sink: &mut Sink<'_, W>,
+    mut scrapes: Option<tokio::sync::mpsc::Receiver<metrics::http::Scrape>>,
 ) -> io::Result<RingBuf<MapData>> {
     // SAFETY: the ring buffer owns its fd and the AsyncFd owns the ring buffer, so the fd stays
     // open for as long as it is registered.
@@ -393,6 +425,21 @@ async fn run<W: io::Write>(
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break,
+            Some(reply) = async {
+                match scrapes.as_mut() {
+                    Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // What the ring buffer holds first, so the scrape shows what the kernel counted.
+                pipe.drain(afd.get_mut(), usize::MAX, Instant::now());
+                sink.put(&mut pipe.out.reports)?;
+                if let Some(m) = &mut sink.metrics {
+                    m.undecodable = pipe.decode_errors;
+                    m.refresh(counters, pipe.corr.entries_now.map(u64::from), pipe.ct_max.last.map(u64::from));
+                    let _ = reply.send(m.encode());
+                }
+            }
             _ = tick.tick() => {
                 let now = Instant::now();
                 // Records below the wake-up threshold come without a wake-up: collect them.

@@ -74,6 +74,12 @@ pub struct Cli {
     #[arg(long, value_delimiter = ',', value_parser = parse_kind, value_name = "KIND,...")]
     pub kind: Vec<&'static str>,
 
+    /// Serve Prometheus/OpenMetrics metrics at http://ADDR:PORT/metrics while tracing
+    /// (`:PORT` for every address). Counts come from ct-trace's in-kernel counters, so they
+    /// equal the kernel's at any event rate. Combines with `-o json`, `--summary` and `-q`.
+    #[arg(long, value_parser = crate::output::metrics::http::parse_listen, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// More detail on stderr (-v: debug, shows verifier logs inline; -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,

@@ -50,16 +50,20 @@ pub fn check_caps(eff: u64) -> Result<(), PreflightError> {
 
 /// `(major, minor)` of the running kernel, from uname.
 pub fn kernel_version() -> (u32, u32) {
+    parse_version(&kernel_release())
+}
+
+/// The running kernel's release string (uname -r), empty if uname fails.
+pub fn kernel_release() -> String {
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: uname fills the struct we own.
     if unsafe { libc::uname(&mut u) } != 0 {
-        return (0, 0);
+        return String::new();
     }
     // SAFETY: release is NUL-terminated by the kernel.
-    let rel = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
         .to_string_lossy()
-        .into_owned();
-    parse_version(&rel)
+        .into_owned()
 }
 
 pub fn parse_version(rel: &str) -> (u32, u32) {

@@ -1,8 +1,10 @@
 //! What ct-trace prints: every report type, text and JSON (`report`), the output stage that
 //! counts and prints them (`sink`), ct-trace's kernel counters and their notices (`counters`),
-//! and the exit summary with its tallies (`summary`, `table`).
+//! the exit summary with its tallies (`summary`, `table`), and the Prometheus families
+//! (`metrics`).
 
 pub mod counters;
+pub mod metrics;
 pub mod report;
 pub mod sink;
 pub mod summary;

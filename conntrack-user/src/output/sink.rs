@@ -30,12 +30,17 @@ pub(crate) struct Sink<'a, W: io::Write> {
     /// Printing ended (`-c` reached, or stdout closed); reports are still counted.
     pub(crate) closed: bool,
     pub(crate) broken_pipe: bool,
+    /// `--metrics`: every report is counted there too.
+    pub(crate) metrics: Option<crate::output::metrics::Metrics>,
 }
 
 impl<W: io::Write> Sink<'_, W> {
     pub(crate) fn put(&mut self, reports: &mut Vec<Report>) -> io::Result<()> {
         for r in reports.drain(..) {
             let kind = r.kind();
+            if let Some(m) = &mut self.metrics {
+                m.report(&r);
+            }
             *self.tally.shown.entry(kind).or_default() += 1;
             if self.cli.summary {
                 continue;

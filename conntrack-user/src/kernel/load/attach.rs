@@ -30,6 +30,8 @@ pub struct Attached {
     pub links: Vec<OwnedFd>,
     /// Lines for the user: "attached ..." / "skipped ...".
     pub lines: Vec<String>,
+    /// (program, attach point) of every attachment made.
+    pub programs: Vec<(&'static str, String)>,
     /// Where INVALID verdicts come from; `None` when no verdict program is attached.
     pub mode: Option<AttachMode>,
     pub fate: bool,
@@ -51,6 +53,7 @@ pub fn attach(
         ebpf,
         links: vec![],
         lines: vec![],
+        programs: vec![],
         mode: None,
         fate: false,
         reasons: Err(if feat.kprobes {
@@ -112,6 +115,7 @@ fn attach_tp_btf(
     prog.load(tp, btf).map_err(|e| program_error(program, e))?;
     prog.attach().map_err(|e| program_error(program, e))?;
     out.lines.push(format!("attached {program} at tp_btf/{tp}"));
+    out.programs.push((program, format!("tp_btf/{tp}")));
     Ok(())
 }
 
@@ -136,6 +140,7 @@ fn attach_kprobe(
     })?;
     out.lines
         .push(format!("attached {program} at {kind}/{func}"));
+    out.programs.push((program, format!("{kind}/{func}")));
     Ok(())
 }
 
@@ -173,6 +178,7 @@ fn attach_netfilter(
             any = true;
             out.lines
                 .push(format!("attached {program} at {at} priority {priority}"));
+            out.programs.push((program, at));
         }
     }
     Ok(any)

@@ -1,0 +1,367 @@
+//! `--metrics ADDR:PORT`: Prometheus/OpenMetrics families at `/metrics`.
+//!
+//! Two sources, chosen per family so that every count stays exact whatever the event rate:
+//!
+//! - ct-trace's in-kernel counters (counted when the thing happens, before any budget, filter
+//!   or ring buffer): resets by direction, table pressure, suppressed and lost records, and the
+//!   total of INVALID verdicts. They are read when Prometheus scrapes, so a scrape is current.
+//! - The reports the pipeline produced, for what only userspace knows: an INVALID verdict's
+//!   fate and reason class, an attribution's cause and Service. Every INVALID record the
+//!   kernel counted but did not send (event budget, full ring buffer, `--host`/`--port`) is
+//!   counted under `hook="unknown", fate="unknown", reason="unknown"` from the kernel's own
+//!   suppressed/lost/filtered counters, so the family's sum is the kernel's count.
+//!
+//! Every label has a bounded set of values (documented in README.md); Services beyond
+//! [`MAX_SERVICES`] are counted as `service="other"`.
+//!
+//! Series node_exporter already has (`node_nf_conntrack_stat_*`, the host's entries and limit)
+//! are not repeated, except the watched namespace's entries and limit, which node_exporter reads
+//! only for its own namespace.
+
+pub mod http;
+
+use std::collections::HashSet;
+
+use conntrack_common::Counter as K;
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::{output::counters::Counters, report::Report};
+
+/// Distinct `service` label values of `ct_trace_attributed_resets_total`; beyond: `other`.
+pub const MAX_SERVICES: usize = 256;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_string())).collect()
+}
+
+/// What `ct_trace_build_info` says.
+pub struct BuildInfo<'a> {
+    pub version: &'a str,
+    pub kernel: &'a str,
+    /// Where INVALID verdicts come from (`netfilter`, `kprobe`, or `none`).
+    pub mode: &'a str,
+}
+
+/// The families, and what is needed to keep the kernel-counter ones equal to the counters.
+pub(crate) struct Metrics {
+    registry: Registry,
+    invalid: Family<Labels, Counter>,
+    resets: Family<Labels, Counter>,
+    attributed: Family<Labels, Counter>,
+    ct_events: Family<Labels, Counter>,
+    entries: Gauge,
+    limit: Gauge,
+    suppressed: Family<Labels, Counter>,
+    lost: Family<Labels, Counter>,
+    services: HashSet<String>,
+    /// Records ct-trace could not decode (userspace's share of `lost`).
+    pub(crate) undecodable: u64,
+}
+
+/// The kernel counters behind each `(family, labels)` series that comes from them.
+const INVALID_NOT_SENT: [K; 3] = [K::SuppressedInvalid, K::LostInvalid, K::FilteredInvalid];
+const RESETS: [(&str, K); 2] = [("sent", K::RstSent), ("received", K::RstReceived)];
+const CT_EVENTS: [(&str, K); 2] = [("table_full", K::TableFull), ("midstream", K::Midstream)];
+const SUPPRESSED: [(&str, K); 6] = [
+    ("invalid", K::SuppressedInvalid),
+    ("reset", K::SuppressedReset),
+    ("reason", K::SuppressedReason),
+    ("drop", K::SuppressedDrop),
+    ("midstream", K::SuppressedMidstream),
+    ("table_full", K::SuppressedTableFull),
+];
+const LOST: [(&str, K); 9] = [
+    ("invalid", K::LostInvalid),
+    ("reset", K::LostReset),
+    ("reason", K::LostReason),
+    ("drop", K::LostDrop),
+    ("midstream", K::LostMidstream),
+    ("table_full", K::LostTableFull),
+    ("unreadable_packet", K::ReadFailed),
+    ("kretprobe_stack", K::StackLost),
+    ("map_update_failed", K::MapUpdateFailed),
+];
+
+impl Metrics {
+    /// `programs`: (program, attach point) of every program attached.
+    pub(crate) fn new(build: &BuildInfo, programs: &[(&'static str, String)]) -> Self {
+        let mut registry = Registry::default();
+        let invalid = Family::<Labels, Counter>::default();
+        registry.register(
+            "ct_trace_invalid_packets",
+            "Packets conntrack marked INVALID in the watched network namespace, by hook, fate \
+             (passed: went on without its NAT reversed) and reason class. The sum equals the \
+             kernel's `invalid` counter; records the kernel counted but did not send are under \
+             hook, fate and reason `unknown`",
+            invalid.clone(),
+        );
+        let resets = Family::<Labels, Counter>::default();
+        registry.register(
+            "ct_trace_resets",
+            "TCP resets sent and received, every network namespace",
+            resets.clone(),
+        );
+        let attributed = Family::<Labels, Counter>::default();
+        registry.register(
+            "ct_trace_attributed_resets",
+            "Resets ct-trace matched to the packet that caused them, by cause (invalid_packet, \
+             entry_lost) and Service (namespace/name:port from kube-proxy's rules, else the \
+             Service address; `other` beyond 256 Services)",
+            attributed.clone(),
+        );
+        let ct_events = Family::<Labels, Counter>::default();
+        registry.register(
+            "ct_trace_conntrack_events",
+            "Table pressure and lost entries: table_full (a new flow refused), evicted (an \
+             unassured entry dropped for room), midstream (a flow picked up without its entry)",
+            ct_events.clone(),
+        );
+        let entries = Gauge::default();
+        registry.register(
+            "ct_trace_conntrack_entries",
+            "Conntrack entries in the watched network namespace",
+            entries.clone(),
+        );
+        let limit = Gauge::default();
+        registry.register(
+            "ct_trace_conntrack_entries_limit",
+            "nf_conntrack_max",
+            limit.clone(),
+        );
+        let suppressed = Family::<Labels, Counter>::default();
+        registry.register(
+            "ct_trace_events_suppressed",
+            "Records not sent because the event budget of the second was spent (counted, not \
+             lost), by record kind",
+            suppressed.clone(),
+        );
+        let lost = Family::<Labels, Counter>::default();
+        registry.register(
+            "ct_trace_events_lost",
+            "Records lost (ring buffer full, unreadable packet, undecodable), by kind",
+            lost.clone(),
+        );
+        let attached = Family::<Labels, Gauge>::default();
+        registry.register(
+            "ct_trace_program_attached",
+            "The eBPF programs attached, by program and attach point (1)",
+            attached.clone(),
+        );
+        for (program, at) in programs {
+            attached
+                .get_or_create(&labels([("program", program), ("attach_point", at)]))
+                .set(1);
+        }
+        let info = Family::<Labels, Gauge>::default();
+        registry.register(
+            "ct_trace_build_info",
+            "ct-trace's version, the kernel release and where INVALID verdicts come from",
+            info.clone(),
+        );
+        info.get_or_create(&labels([
+            ("version", build.version),
+            ("kernel", build.kernel),
+            ("mode", build.mode),
+        ]))
+        .set(1);
+        let m = Self {
+            registry,
+            invalid,
+            resets,
+            attributed,
+            ct_events,
+            entries,
+            limit,
+            suppressed,
+            lost,
+            services: HashSet::new(),
+            undecodable: 0,
+        };
+        // Every series of a bounded label set exists from the start (at 0), so that `increase()`
+        // sees the first event of each.
+        for (d, _) in RESETS {
+            let _ = m.resets.get_or_create(&labels([("direction", d)]));
+        }
+        for (k, _) in CT_EVENTS {
+            let _ = m.ct_events.get_or_create(&labels([("kind", k)]));
+        }
+        let _ = m.ct_events.get_or_create(&labels([("kind", "evicted")]));
+        for (k, _) in SUPPRESSED {
+            let _ = m.suppressed.get_or_create(&labels([("kind", k)]));
+        }
+        for (k, _) in LOST {
+            let _ = m.lost.get_or_create(&labels([("kind", k)]));
+        }
+        let _ = m.lost.get_or_create(&labels([("kind", "undecodable")]));
+        let _ = m.invalid.get_or_create(&not_sent_labels());
+        m
+    }
+
+    /// Counts one report as it leaves the pipeline, before `--kind`, `-c` or `--summary`.
+    pub(crate) fn report(&mut self, r: &Report) {
+        match r {
+            Report::Invalid(v) => {
+                self.invalid
+                    .get_or_create(&labels([
+                        ("hook", v.hook),
+                        ("fate", v.fate.name()),
+                        ("reason", reason_class(&v.reason)),
+                    ]))
+                    .inc();
+            }
+            Report::Attribution(a) => {
+                let service = a.service.clone().unwrap_or_else(|| "unknown".to_string());
+                let service = if self.services.contains(&service) {
+                    service
+                } else if self.services.len() < MAX_SERVICES {
+                    self.services.insert(service.clone());
+                    service
+                } else {
+                    "other".to_string()
+                };
+                self.attributed
+                    .get_or_create(&vec![("cause", a.cause.to_string()), ("service", service)])
+                    .inc();
+            }
+            Report::Evicted(_) => {
+                self.ct_events
+                    .get_or_create(&labels([("kind", "evicted")]))
+                    .inc();
+            }
+            _ => {}
+        }
+    }
+
+    /// Brings the kernel-counter series up to the counters' values, and the gauges to now.
+    pub(crate) fn refresh(&self, counters: &Counters, entries: Option<u64>, limit: Option<u64>) {
+        let not_sent: u64 = INVALID_NOT_SENT.iter().map(|c| counters.read(*c)).sum();
+        raise(&self.invalid.get_or_create(&not_sent_labels()), not_sent);
+        for (d, c) in RESETS {
+            raise(
+                &self.resets.get_or_create(&labels([("direction", d)])),
+                counters.read(c),
+            );
+        }
+        for (k, c) in CT_EVENTS {
+            raise(
+                &self.ct_events.get_or_create(&labels([("kind", k)])),
+                counters.read(c),
+            );
+        }
+        for (k, c) in SUPPRESSED {
+            raise(
+                &self.suppressed.get_or_create(&labels([("kind", k)])),
+                counters.read(c),
+            );
+        }
+        for (k, c) in LOST {
+            raise(
+                &self.lost.get_or_create(&labels([("kind", k)])),
+                counters.read(c),
+            );
+        }
+        raise(
+            &self.lost.get_or_create(&labels([("kind", "undecodable")])),
+            self.undecodable,
+        );
+        // -1: not known (no reading yet); a gauge has no "absent".
+        let gauge = |v: Option<u64>| v.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
+        self.entries.set(gauge(entries));
+        self.limit.set(gauge(limit));
+    }
+
+    /// The OpenMetrics text of every family.
+    pub(crate) fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn not_sent_labels() -> Labels {
+    labels([
+        ("hook", "unknown"),
+        ("fate", "unknown"),
+        ("reason", "unknown"),
+    ])
+}
+
+/// Counters only go up: raise `c` to the kernel counter's value.
+fn raise(c: &Counter, value: u64) {
+    let now = c.get();
+    if value > now {
+        c.inc_by(value - now);
+    }
+}
+
+/// The bounded class of conntrack's words for a refusal (the numbers in them would make a label
+/// per packet). The message texts are those of nf_conntrack_proto_tcp.c's
+/// `nf_ct_l4proto_log_invalid()` calls.
+pub fn reason_class(reason: &str) -> &'static str {
+    let r = reason.to_ascii_lowercase();
+    if r.starts_with("unknown") {
+        "unknown"
+    } else if r.contains("seq is over") {
+        "seq_over"
+    } else if r.contains("seq is under") {
+        "seq_under"
+    } else if r.contains("ack is over") {
+        "ack_over"
+    } else if r.contains("ack is under") {
+        "ack_under"
+    } else if r.contains("flag") {
+        "bad_flags"
+    } else if r.contains("invalid new") || r.contains("invalid state") {
+        "invalid_new"
+    } else if r.contains("rst") {
+        "rst_window"
+    } else if r.contains("ignored") || r.contains("ignore") {
+        "ignored"
+    } else {
+        "other"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_have_bounded_classes() {
+        for (words, class) in [
+            (
+                "SEQ is over upper bound 2875013249 (over the window of the receiver)",
+                "seq_over",
+            ),
+            (
+                "SEQ is under lower bound (already ACKed data retransmitted)",
+                "seq_under",
+            ),
+            (
+                "ACK is over upper bound 12 (ACKed data not seen yet)",
+                "ack_over",
+            ),
+            (
+                "ACK is under the lower bound (possible overly delayed ACK)",
+                "ack_under",
+            ),
+            ("invalid tcp flag combination", "bad_flags"),
+            ("invalid new", "invalid_new"),
+            ("invalid rst", "rst_window"),
+            ("unknown (no reason kprobes on this kernel)", "unknown"),
+            (
+                "packet (index 3) in dir 1 invalid, state ESTABLISHED",
+                "other",
+            ),
+        ] {
+            assert_eq!(reason_class(words), class, "{words}");
+        }
+    }
+}
