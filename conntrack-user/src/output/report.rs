@@ -125,6 +125,10 @@ pub struct InvalidReport {
     /// queue was full, or the answer came too late): `conntrack` is then null.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enrichment: Option<&'static str>,
+    /// The Service this flow belongs to, `namespace/name:portname` as kube-proxy's rules name it
+    /// (omitted when no rule names it; see README "Service names").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -160,6 +164,10 @@ pub struct AttributionReport {
     /// then the packet's destination and `service` null).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enrichment: Option<&'static str>,
+    /// The Service, `namespace/name:portname` as kube-proxy's rules name it: by the `service`
+    /// address when it is known, else by the `backend` (omitted when no rule names either).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
 }
 
 /// What happened to an INVALID packet after conntrack refused it.
@@ -387,6 +395,7 @@ impl Report {
                         }
                     }
                 }
+                service_name_text(&mut s, &r.service_name);
             }
             Self::Attribution(r) => {
                 let _ = write!(
@@ -412,6 +421,7 @@ impl Report {
                         crate::lost::how_name(l.how)
                     );
                 }
+                service_name_text(&mut s, &r.service_name);
             }
             Self::TableFull(r) => crate::lost::text_table_full(&mut s, r),
             Self::Evicted(r) => crate::lost::text_evicted(&mut s, r),
@@ -480,6 +490,13 @@ impl<W: io::Write> Writer<W> {
 
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+}
+
+/// ` service_name=ns/name:port` at the end of a text line, when known.
+pub fn service_name_text(s: &mut String, name: &Option<String>) {
+    if let Some(n) = name {
+        let _ = write!(s, " service_name={n}");
     }
 }
 

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::{
     netlink::{tcp_state_name, Destroyed, Entry, Tuple, IPS_ASSURED},
-    report::{endpoint, endpoint_of},
+    report::{endpoint, endpoint_of, service_name_text},
 };
 
 /// Lost entries remembered for `midstream` and `entry_lost` attributions: at most this many ...
@@ -111,6 +111,10 @@ pub struct TableFullReport {
     pub dst: IpAddr,
     pub dport: Option<u16>,
     pub flags: Option<String>,
+    /// The Service the refused flow asked for, `namespace/name:portname` as kube-proxy's rules name it
+    /// (omitted when no rule names it; see README "Service names").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
 }
 
 /// `evicted`: an entry removed by `early_drop` to make room.
@@ -126,6 +130,10 @@ pub struct EvictedReport {
     pub age_s: Option<f64>,
     /// False when the eviction is inferred from the kernel's counter (see README).
     pub certain: bool,
+    /// The Service this flow belongs to, `namespace/name:portname` as kube-proxy's rules name it
+    /// (omitted when no rule names it; see README "Service names").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
 }
 
 /// `midstream`: a TCP packet other than a SYN created a new entry: its flow's entry was lost, and
@@ -148,6 +156,10 @@ pub struct MidstreamReport {
     pub len: u16,
     /// The entry the flow had before, and how it went.
     pub lost: LostReport,
+    /// The Service this flow belongs to, `namespace/name:portname` as kube-proxy's rules name it
+    /// (omitted when no rule names it; see README "Service names").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
 }
 
 /// One entry that went, classified.
@@ -341,6 +353,7 @@ pub fn text_table_full(s: &mut String, r: &TableFullReport) {
         opt(&r.entries),
         opt(&r.max),
     );
+    service_name_text(s, &r.service_name);
 }
 
 pub fn text_evicted(s: &mut String, r: &EvictedReport) {
@@ -360,6 +373,7 @@ pub fn text_evicted(s: &mut String, r: &EvictedReport) {
         opt(&r.max),
         if r.certain { "" } else { " (inferred)" },
     );
+    service_name_text(s, &r.service_name);
 }
 
 pub fn text_midstream(s: &mut String, r: &MidstreamReport) {
@@ -384,6 +398,7 @@ pub fn text_midstream(s: &mut String, r: &MidstreamReport) {
     if let Some(t) = &r.lost.time {
         let _ = write!(s, " at={t}");
     }
+    service_name_text(s, &r.service_name);
 }
 
 #[cfg(test)]

@@ -62,6 +62,9 @@ pub struct Posture {
     pub verdict: &'static str,
     /// The conntrack table's size, pressure and timeouts (its findings are in `advice` too).
     pub table: Table,
+    /// The Services and endpoints kube-proxy's rules name here (what ct-trace's events would
+    /// carry as `service_name`).
+    pub service_names: crate::node::services::NamesReport,
     pub advice: Vec<String>,
 }
 
@@ -103,6 +106,7 @@ pub fn inspect(window: Duration) -> Posture {
         rules_read,
         verdict: "exposed",
         table,
+        service_names: crate::node::services::NamesReport::read(),
         advice: vec![],
     };
     judge(&mut p);

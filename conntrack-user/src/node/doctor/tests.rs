@@ -52,6 +52,7 @@ fn posture() -> Posture {
             },
             ..Default::default()
         },
+        service_names: crate::node::services::NamesReport::of(&Default::default()),
         advice: vec![],
     }
 }

@@ -113,6 +113,24 @@ pub fn run_doctor(format: Format, window: Duration, w: &mut impl Write) -> io::R
     let counters: Vec<String> = p.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
     row(w, "kernel counters", counters.join(", "))?;
     row(w, "kube-proxy", p.kube_proxy.unwrap_or("not seen"))?;
+    let n = &p.service_names;
+    let names = if n.kube_proxy.is_empty() {
+        "none: no kube-proxy rules in this namespace (events carry no service_name)".to_string()
+    } else {
+        format!(
+            "{} mode: {} Service ports at {} addresses, {} endpoints{}",
+            n.kube_proxy.join(" and "),
+            n.services,
+            n.addresses,
+            n.endpoints,
+            if n.over_limit > 0 {
+                format!(" ({} more left out: over the limit)", n.over_limit)
+            } else {
+                String::new()
+            }
+        )
+    };
+    row(w, "service names", names)?;
     if p.drop_rules.is_empty() {
         row(w, "INVALID drop rules", "none")?;
     }

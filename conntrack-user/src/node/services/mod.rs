@@ -353,6 +353,19 @@ impl Refresher {
             .spawn(move || refresh_loop(&l, &s, Some(first_tx)))?;
         if first_rx.recv_timeout(FIRST_READ_WAIT).is_err() {
             log::debug!("service names: the first reading is late; events are named once it is in");
+        } else {
+            let r = NamesReport::of(&lookup.snapshot());
+            if r.kube_proxy.is_empty() {
+                log::info!("service names: no kube-proxy rules in this namespace");
+            } else {
+                log::info!(
+                    "service names: {} Service ports, {} endpoints (kube-proxy {} mode, re-read every {} s)",
+                    r.services,
+                    r.endpoints,
+                    r.kube_proxy.join(" and "),
+                    REFRESH.as_secs()
+                );
+            }
         }
         Ok(Self { lookup, stop })
     }

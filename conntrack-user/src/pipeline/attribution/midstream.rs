@@ -13,6 +13,9 @@ impl Correlator {
         let (src, dst) = addrs(k);
         let tcp = k.proto == IPPROTO_TCP;
         let ports = tcp || k.proto == IPPROTO_UDP;
+        let (sport, dport) = (ports.then_some(k.sport), ports.then_some(k.dport));
+        // The refused packet opens the flow: its destination is the Service address.
+        let service_name = self.packet_service_name(src, sport, dst, dport, k.proto);
         out.reports.push(Report::TableFull(TableFullReport {
             time: self.time(p.header.ts_ns),
             netns: k.netns,
@@ -21,10 +24,11 @@ impl Correlator {
             max: self.ct_max,
             proto: k.proto,
             src,
-            sport: ports.then_some(k.sport),
+            sport,
             dst,
-            dport: ports.then_some(k.dport),
+            dport,
             flags: tcp.then(|| tcp_flags(k.tcp_flags)),
+            service_name,
         }));
     }
 
@@ -79,6 +83,7 @@ impl Correlator {
             ack: k.ack,
             len: k.payload_len,
             lost: LostReport::unknown(),
+            service_name: None,
         };
         let id = (p.skb, p.header.ts_ns);
         if self.mids.len() >= MAX_PENDING {
@@ -106,14 +111,17 @@ impl Correlator {
         for g in gone {
             if g.how == How::Evicted {
                 self.evicted_inferred += u64::from(!g.certain);
+                let entry = FlowEntry::of(&g.destroyed.entry);
+                let service_name = self.entry_service_name(&entry);
                 out.reports.push(Report::Evicted(EvictedReport {
                     time: self.time(g.boot_ns),
                     netns: self.ctx.own_netns,
                     entries: g.entries,
                     max: self.ct_max,
-                    entry: FlowEntry::of(&g.destroyed.entry),
+                    entry,
                     age_s: g.destroyed.age_ns.map(|n| n as f64 / 1e9),
                     certain: g.certain,
+                    service_name,
                 }));
             }
             self.lost.expire(g.boot_ns);
@@ -134,6 +142,16 @@ impl Correlator {
             return;
         };
         m.report.lost = lost.clone();
+        // The lost entry names the Service; without it, the packet (a backend's reply or a
+        // client's segment) does.
+        let r = &m.report;
+        m.report.service_name = match &lost.entry {
+            Some(e) => self.entry_service_name(e),
+            None => None,
+        }
+        .or_else(|| {
+            self.packet_service_name(r.src, Some(r.sport), r.dst, Some(r.dport), IPPROTO_TCP)
+        });
         out.reports.push(Report::Midstream(m.report));
         for (raw, rep) in m.resets {
             self.lost_attribution(raw, rep, lost.clone(), out);

@@ -10,6 +10,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -24,6 +25,7 @@ use crate::{
         TableFullReport,
     },
     netlink::Tuple,
+    node::services::ServiceLookup,
     report::{
         endpoint, endpoint_of, rfc3339, AttributionReport, ConntrackReport, Direction, Fate,
         FlowReport, InvalidReport, Report, ResetReport, Trigger,
@@ -172,6 +174,9 @@ pub struct Correlator {
     /// `evicted` events that were inferred, not certain (how many there were in all is the
     /// output stage's count of the kind).
     pub evicted_inferred: u64,
+    /// The Service names of kube-proxy's rules (kept current by their own thread; a lookup is
+    /// a hash lookup in a snapshot, no I/O).
+    pub service_names: Option<ServiceLookup>,
 }
 
 struct PendingMid {
@@ -243,7 +248,54 @@ impl Correlator {
             ct_max: None,
             entries_now: None,
             evicted_inferred: 0,
+            service_names: None,
         }
+    }
+
+    /// The name of a flow's Service, by its Service address, else its backend.
+    pub(super) fn service_name(
+        &self,
+        service: Option<SocketAddr>,
+        backend: Option<SocketAddr>,
+        proto: u8,
+    ) -> Option<String> {
+        self.service_names.as_ref()?.name(service, backend, proto)
+    }
+
+    /// The name of a packet's Service when its direction is not known: its destination as a
+    /// Service address, or either end as a backend.
+    pub(super) fn packet_service_name(
+        &self,
+        src: IpAddr,
+        sport: Option<u16>,
+        dst: IpAddr,
+        dport: Option<u16>,
+        proto: u8,
+    ) -> Option<String> {
+        let (sport, dport) = (sport?, dport?);
+        self.service_names.as_ref()?.name_of_packet(
+            SocketAddr::new(src, sport),
+            SocketAddr::new(dst, dport),
+            proto,
+        )
+    }
+
+    /// The name of the Service of a conntrack entry (original destination, reply source), or
+    /// of the packet itself without one.
+    pub(super) fn invalid_service_name(&self, r: &InvalidReport) -> Option<String> {
+        match &r.conntrack {
+            Some(c) => self.service_name(
+                Some(SocketAddr::new(c.orig_dst, c.orig_dport)),
+                Some(SocketAddr::new(c.reply_src, c.reply_sport)),
+                r.proto,
+            ),
+            None => self.packet_service_name(r.src, r.sport, r.dst, r.dport, r.proto),
+        }
+    }
+
+    /// The name of the Service of a lost entry (its endpoints as strings).
+    pub(super) fn entry_service_name(&self, e: &FlowEntry) -> Option<String> {
+        self.service_name(e.orig_dst.parse().ok(), e.reply_src.parse().ok(), e.proto)
     }
 
     pub fn time(&self, boot_ns: u64) -> String {

@@ -237,6 +237,12 @@ impl Correlator {
             ),
             _ => (Some(endpoint(dst, p.dport)), None, endpoint(src, p.sport)),
         };
+        // Attributions are TCP: the reset answers a TCP packet.
+        let service_name = self.service_name(
+            service.as_deref().and_then(|s| s.parse().ok()),
+            backend.parse().ok(),
+            conntrack_common::IPPROTO_TCP,
+        );
         let a = AttributionReport {
             time: reset.time.clone(),
             client: client.clone(),
@@ -261,6 +267,7 @@ impl Correlator {
             },
             lost,
             enrichment,
+            service_name,
         };
         let mut key = (
             client.unwrap_or_else(|| "?".into()),

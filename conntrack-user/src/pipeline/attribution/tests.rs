@@ -470,3 +470,49 @@ fn a_midstream_without_a_lost_entry_goes_out_unknown_after_the_wait() {
     };
     assert_eq!(m.lost.how, How::Unknown);
 }
+
+/// kube-proxy's rules name the backend 10.0.2.2:8080: the INVALID verdict (no entry known, its
+/// source is the backend) and its attribution carry the name; without rules, neither does.
+#[test]
+fn invalid_packets_and_attributions_carry_the_service_name() {
+    use crate::node::services::{parse_iptables_save, Builder, ServiceLookup};
+    let save = "\
+-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment \"shop/web:http cluster IP\" -m tcp --dport 80 -j KUBE-SVC-AAAAAAAAAAAAAAAA
+-A KUBE-SVC-AAAAAAAAAAAAAAAA -j KUBE-SEP-BBBBBBBBBBBBBBBB
+-A KUBE-SEP-BBBBBBBBBBBBBBBB -p tcp -m tcp -j DNAT --to-destination 10.0.2.2:8080
+";
+    let mut b = Builder::default();
+    parse_iptables_save(save, &mut b);
+    for (names, want) in [
+        (
+            Some(ServiceLookup::fixed(b.finish())),
+            Some("shop/web:http"),
+        ),
+        (None, None),
+    ] {
+        let mut c = Correlator::new(ctx());
+        c.service_names = names;
+        let t0 = Instant::now();
+        let mut out = Output::default();
+        c.event(Event::Invalid(verdict(7)), t0, &mut out);
+        c.event(
+            Event::Reset(Kind::RstSent, caused_reset(7, 1)),
+            t0,
+            &mut out,
+        );
+        let [Report::Invalid(v), Report::RstSent(_), Report::Attribution(a)] = &out.reports[..]
+        else {
+            panic!("{:?}", kinds(&out));
+        };
+        assert_eq!(v.service_name.as_deref(), want);
+        assert_eq!(a.service_name.as_deref(), want);
+        let json = Report::Attribution(a.clone()).json();
+        assert_eq!(json.contains("\"service_name\""), want.is_some(), "{json}");
+        let text = Report::Attribution(a.clone()).text();
+        assert_eq!(
+            text.contains(" service_name=shop/web:http"),
+            want.is_some(),
+            "{text}"
+        );
+    }
+}

@@ -21,9 +21,11 @@ impl Correlator {
     }
 
     pub(super) fn finish(&mut self, id: VerdictId, out: &mut Output) {
-        let Some(p) = self.pending.remove(&id) else {
+        let Some(mut p) = self.pending.remove(&id) else {
             return;
         };
+        // Named now, when the entry's lookup (if any) is in.
+        p.report.service_name = self.invalid_service_name(&p.report);
         if self.recent_order.len() >= RECENT {
             if let Some(old) = self.recent_order.pop_front() {
                 self.recent.remove(&old);
@@ -71,7 +73,7 @@ impl Correlator {
         }
         let info = self.reason_info(r);
         let (src, dst) = addrs(p);
-        out.reports.push(Report::Ignored(InvalidReport {
+        let mut report = InvalidReport {
             time: self.time(r.header.ts_ns),
             netns: p.netns,
             hook: Hook::name_of(r.hook),
@@ -92,7 +94,10 @@ impl Correlator {
             drop_reason: None,
             conntrack: info.conntrack,
             enrichment: None,
-        }));
+            service_name: None,
+        };
+        report.service_name = self.invalid_service_name(&report);
+        out.reports.push(Report::Ignored(report));
     }
 
     pub(super) fn invalid(&mut self, v: Verdict, now: Instant, out: &mut Output) {
@@ -156,6 +161,7 @@ impl Correlator {
             drop_reason: None,
             conntrack: kernel_ct,
             enrichment: None,
+            service_name: None,
         };
         let id = (v.skb, v.header.ts_ns);
         if let Some(t) = lookup {
