@@ -203,11 +203,6 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     let services = crate::node::services::Refresher::start()
         .map_err(|e| warn!("service names unavailable, events carry no service_name: {e}"))
         .ok();
-    // Service names from kube-proxy's rules in this namespace, kept current by their own
-    // thread; its first reading is in before the ready file is written.
-    let services = crate::node::services::Refresher::start()
-        .map_err(|e| warn!("service names unavailable, events carry no service_name: {e}"))
-        .ok();
     let ctx = correlator_context(
         &kbtf,
         fate,
@@ -221,7 +216,6 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     trim_heap();
     let mut corr = Correlator::new(ctx);
     corr.ct_max = ct_max.last;
-    corr.service_names = services.as_ref().map(|s| s.lookup());
     corr.service_names = services.as_ref().map(|s| s.lookup());
     log::debug!(
         "memory when ready (peak, now KiB): {:?}",
