@@ -68,6 +68,11 @@ const PACKAGES: &[&str] = &[
     "zstd",
     "debian-archive-keyring",
     "ca-certificates",
+    // tests/tests/deploy.rs: promtool (check and unit-test the alerts), buildah (the image,
+    // built from scratch with no daemon), and a venv for kubernetes-validate (below).
+    "prometheus",
+    "buildah",
+    "python3-venv",
 ];
 
 #[derive(Parser)]
@@ -277,8 +282,41 @@ fn setup() -> Result<()> {
     if !ok {
         install_bpf_linker(sysroot.trim())?;
     }
+
+    // kubernetes-validate (PyPI; Kubernetes' schemas bundled, offline) for the deploy tests, in
+    // a venv of its own under the tool cache (its PyYAML and jsonschema also check the
+    // prometheus-operator resources), linked into tools_bin().
+    const KUBERNETES_VALIDATE: &str = "1.37.0";
+    let venv = cache().join("tools/kubernetes-validate");
+    let script = venv.join("bin/kubernetes-validate");
+    let ok = Command::new(&script)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == KUBERNETES_VALIDATE
+        });
+    if !ok {
+        eprintln!("xtask: installing kubernetes-validate {KUBERNETES_VALIDATE}");
+        let _ = std::fs::remove_dir_all(&venv);
+        run(Command::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(&venv))?;
+        run(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            &format!("kubernetes-validate=={KUBERNETES_VALIDATE}"),
+        ]))?;
+    }
+    let link = tools_bin().join("kubernetes-validate");
+    if std::fs::read_link(&link).ok() != Some(script.clone()) {
+        std::fs::create_dir_all(tools_bin())?;
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&script, &link)?;
+    }
+
     eprintln!(
-        "xtask: setup complete (bpf-linker in {})",
+        "xtask: setup complete (bpf-linker and kubernetes-validate in {})",
         tools_bin().display()
     );
     Ok(())
