@@ -36,6 +36,11 @@ pub mod tcp_flags {
 /// for `None`, which the verifier rejects ("R4 !read_ok").
 pub const NO_REASON: u32 = u32::MAX;
 
+/// Slots of the per-CPU `RST_REASONS` counters: resets sent, by `enum sk_rst_reason` value
+/// (6.10+). The last slot counts a reset whose reason the kernel did not give (before 6.10, or
+/// [`NO_REASON`]) or whose value is beyond the table, so the slots always sum to `rst_sent`.
+pub const RST_REASON_SLOTS: u32 = 64;
+
 /// Netfilter protocol families (`NFPROTO_*`, include/uapi/linux/netfilter.h), as
 /// `nf_hook_state.pf` holds them.
 pub const NFPROTO_IPV4: u8 = 2;

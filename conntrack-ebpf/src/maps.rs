@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use conntrack_common::{
     Budget, Counter, InvalidSeen, Kind, PacketKey, PendingDrop, BUDGET_WINDOW_NS, COUNTERS,
-    PENDING_ENTRIES, RING_BYTES,
+    PENDING_ENTRIES, RING_BYTES, RST_REASON_SLOTS,
 };
 
 use crate::config;
@@ -20,6 +20,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 /// Per-CPU counters, indexed by [`Counter`]; userspace sums them.
 #[map]
 pub static COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+
+/// Resets sent, by reason (see [`RST_REASON_SLOTS`]): written once per reset sent, never for
+/// other packets. Counted here so that `--metrics` has an exact count per reason, including
+/// the resets `--resets caused` keeps in the kernel.
+#[map]
+pub static RST_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RST_REASON_SLOTS, 0);
 
 /// The event budget's state on each CPU (written only when a record is about to be sent).
 #[map]
@@ -41,6 +47,20 @@ pub static PENDING_DROP: LruHashMap<u64, PendingDrop> =
 /// each namespace's own. 0: unknown (table pressure is then not told from other drops).
 #[map]
 pub static CT_MAX: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Counts a reset sent under its reason's slot (the last slot: not given, or beyond the table).
+#[inline(always)]
+pub fn count_rst_reason(reason: u32) {
+    let slot = if reason < RST_REASON_SLOTS - 1 {
+        reason
+    } else {
+        RST_REASON_SLOTS - 1
+    };
+    if let Some(p) = RST_REASONS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot; programs do not migrate CPUs while running.
+        unsafe { *p += 1 };
+    }
+}
 
 #[inline(always)]
 pub fn count(c: Counter) {

@@ -18,7 +18,7 @@ use conntrack_common::{
 use crate::{
     config,
     filter::packet_matches,
-    maps::{allow, count, emit, PENDING_RST},
+    maps::{allow, count, count_rst_reason, emit, PENDING_RST},
     skb::{header, netns_inum, read, read_packet, skb_dev},
 };
 
@@ -113,6 +113,7 @@ fn rst_sent(sk: *const u8, skb: *const u8, reason: u32) {
         }
     }
     count(Counter::RstSent);
+    count_rst_reason(reason);
     if reason == NO_REASON {
         ev.flags |= flags::NO_REASON_ARG;
     }

@@ -211,6 +211,10 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         own_netns,
         enricher.is_some(),
     );
+    let rst_names = listener
+        .as_ref()
+        .map(|_| kbtf.enum_names("sk_rst_reason"))
+        .unwrap_or_default();
     drop(kbtf);
     // aya's parsed BTF and the object's copies are gone too.
     trim_heap();
@@ -242,6 +246,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
                     mode: mode.map_or("none", |m| m.name()),
                 },
                 &programs,
+                rst_names,
             )
         }),
     };
@@ -616,6 +621,9 @@ fn open_maps(ebpf: &mut aya::Ebpf) -> anyhow::Result<(RingBuf<MapData>, Counters
     let counters = Counters {
         map: counters_map,
         noticed: [0; COUNTERS as usize],
+        rst_reasons: ebpf
+            .take_map("RST_REASONS")
+            .and_then(|m| PerCpuArray::try_from(m).ok()),
     };
     let ct_max = CtMax::new(
         ebpf.take_map("CT_MAX")

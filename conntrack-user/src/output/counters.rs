@@ -17,6 +17,8 @@ pub(crate) struct Counters {
     pub(crate) map: PerCpuArray<MapData, u64>,
     /// Values at the last notice, for the `lost`/`suppressed` events.
     pub(crate) noticed: [u64; COUNTERS as usize],
+    /// Resets sent by reason slot (`RST_REASONS`, see [`conntrack_common::RST_REASON_SLOTS`]).
+    pub(crate) rst_reasons: Option<PerCpuArray<MapData, u64>>,
 }
 
 impl Counters {
@@ -25,6 +27,19 @@ impl Counters {
             .get(&(c as u32), 0)
             .map(|v| v.iter().sum())
             .unwrap_or(0)
+    }
+
+    /// Resets sent by reason slot, summed over the CPUs (the slots with a count only).
+    pub(crate) fn rst_reasons(&self) -> Vec<(u32, u64)> {
+        let Some(m) = &self.rst_reasons else {
+            return Vec::new();
+        };
+        (0..conntrack_common::RST_REASON_SLOTS)
+            .filter_map(|i| {
+                let n: u64 = m.get(&i, 0).ok()?.iter().sum();
+                (n > 0).then_some((i, n))
+            })
+            .collect()
     }
 
     pub(crate) fn all(&self) -> BTreeMap<&'static str, u64> {

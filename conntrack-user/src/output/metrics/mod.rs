@@ -20,7 +20,7 @@
 
 pub mod http;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use conntrack_common::Counter as K;
 use prometheus_client::{
@@ -60,13 +60,14 @@ pub(crate) struct Metrics {
     suppressed: Family<Labels, Counter>,
     lost: Family<Labels, Counter>,
     services: HashSet<String>,
+    /// `enum sk_rst_reason` names by value (empty before 6.10).
+    rst_names: HashMap<u32, String>,
     /// Records ct-trace could not decode (userspace's share of `lost`).
     pub(crate) undecodable: u64,
 }
 
 /// The kernel counters behind each `(family, labels)` series that comes from them.
 const INVALID_NOT_SENT: [K; 3] = [K::SuppressedInvalid, K::LostInvalid, K::FilteredInvalid];
-const RESETS: [(&str, K); 2] = [("sent", K::RstSent), ("received", K::RstReceived)];
 const CT_EVENTS: [(&str, K); 2] = [("table_full", K::TableFull), ("midstream", K::Midstream)];
 const SUPPRESSED: [(&str, K); 6] = [
     ("invalid", K::SuppressedInvalid),
@@ -90,7 +91,11 @@ const LOST: [(&str, K); 9] = [
 
 impl Metrics {
     /// `programs`: (program, attach point) of every program attached.
-    pub(crate) fn new(build: &BuildInfo, programs: &[(&'static str, String)]) -> Self {
+    pub(crate) fn new(
+        build: &BuildInfo,
+        programs: &[(&'static str, String)],
+        rst_names: HashMap<u32, String>,
+    ) -> Self {
         let mut registry = Registry::default();
         let invalid = Family::<Labels, Counter>::default();
         registry.register(
@@ -104,7 +109,9 @@ impl Metrics {
         let resets = Family::<Labels, Counter>::default();
         registry.register(
             "ct_trace_resets",
-            "TCP resets sent and received, every network namespace",
+            "TCP resets sent and received, every network namespace, by the kernel's reason for \
+             sending it (enum sk_rst_reason, 6.10+, lower case without its prefix; `unknown` \
+             where the kernel gives none, and for every reset received)",
             resets.clone(),
         );
         let attributed = Family::<Labels, Counter>::default();
@@ -181,12 +188,15 @@ impl Metrics {
             suppressed,
             lost,
             services: HashSet::new(),
+            rst_names,
             undecodable: 0,
         };
         // Every series of a bounded label set exists from the start (at 0), so that `increase()`
         // sees the first event of each.
-        for (d, _) in RESETS {
-            let _ = m.resets.get_or_create(&labels([("direction", d)]));
+        for d in ["sent", "received"] {
+            let _ = m
+                .resets
+                .get_or_create(&labels([("direction", d), ("reason", "unknown")]));
         }
         for (k, _) in CT_EVENTS {
             let _ = m.ct_events.get_or_create(&labels([("kind", k)]));
@@ -242,12 +252,26 @@ impl Metrics {
     pub(crate) fn refresh(&self, counters: &Counters, entries: Option<u64>, limit: Option<u64>) {
         let not_sent: u64 = INVALID_NOT_SENT.iter().map(|c| counters.read(*c)).sum();
         raise(&self.invalid.get_or_create(&not_sent_labels()), not_sent);
-        for (d, c) in RESETS {
+        // Sent: exact per reason from the kernel's slots (they sum to `rst_sent`); received
+        // resets have no reason in the kernel.
+        let mut sent = std::collections::BTreeMap::<String, u64>::new();
+        for (slot, n) in counters.rst_reasons() {
+            *sent.entry(self.rst_reason(slot)).or_default() += n;
+        }
+        for (reason, n) in sent {
             raise(
-                &self.resets.get_or_create(&labels([("direction", d)])),
-                counters.read(c),
+                &self
+                    .resets
+                    .get_or_create(&vec![("direction", "sent".into()), ("reason", reason)]),
+                n,
             );
         }
+        raise(
+            &self
+                .resets
+                .get_or_create(&labels([("direction", "received"), ("reason", "unknown")])),
+            counters.read(K::RstReceived),
+        );
         for (k, c) in CT_EVENTS {
             raise(
                 &self.ct_events.get_or_create(&labels([("kind", k)])),
@@ -274,6 +298,21 @@ impl Metrics {
         let gauge = |v: Option<u64>| v.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
         self.entries.set(gauge(entries));
         self.limit.set(gauge(limit));
+    }
+
+    /// The label of a reason slot: `no_socket` for `SK_RST_REASON_NO_SOCKET`; `unknown` for
+    /// the last slot, or a value this kernel's BTF does not name.
+    fn rst_reason(&self, slot: u32) -> String {
+        if slot == conntrack_common::RST_REASON_SLOTS - 1 {
+            return "unknown".into();
+        }
+        match self.rst_names.get(&slot) {
+            Some(n) => n
+                .strip_prefix("SK_RST_REASON_")
+                .unwrap_or(n)
+                .to_ascii_lowercase(),
+            None => "unknown".into(),
+        }
     }
 
     /// The OpenMetrics text of every family.
