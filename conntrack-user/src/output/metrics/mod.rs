@@ -226,7 +226,13 @@ impl Metrics {
                     .inc();
             }
             Report::Attribution(a) => {
-                let service = a.service.clone().unwrap_or_else(|| "unknown".to_string());
+                // kube-proxy's name for the Service, else its address, else (the entry could
+                // not be looked up in time) `unknown`.
+                let service = a
+                    .service_name
+                    .clone()
+                    .or_else(|| a.service.clone())
+                    .unwrap_or_else(|| "unknown".to_string());
                 let service = if self.services.contains(&service) {
                     service
                 } else if self.services.len() < MAX_SERVICES {
