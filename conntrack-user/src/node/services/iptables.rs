@@ -183,11 +183,17 @@ pub fn parse_iptables_save(save: &str, b: &mut Builder) {
                         .entry(r.chain.clone())
                         .or_default()
                         .insert(c.to_string());
-                } else if SERVICE_CHAINS.iter().any(|p| target.starts_with(p)) {
-                    seeds
-                        .entry(target.to_string())
-                        .or_default()
-                        .insert(c.to_string());
+                } else {
+                    let port = r.dport.as_deref().and_then(|p| p.parse().ok());
+                    if let (Some(port), Some(proto)) = (port, proto) {
+                        b.nodeport(port, proto, c);
+                    }
+                    if SERVICE_CHAINS.iter().any(|p| target.starts_with(p)) {
+                        seeds
+                            .entry(target.to_string())
+                            .or_default()
+                            .insert(c.to_string());
+                    }
                 }
             }
         }

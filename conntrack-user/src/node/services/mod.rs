@@ -17,7 +17,7 @@ mod nft;
 mod tests;
 
 use std::{
-    collections::{hash_map::Entry, BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     process::{Command, Stdio},
     sync::{
@@ -35,8 +35,9 @@ pub use self::{iptables::parse_iptables_save, nft::parse_nft_json};
 /// Index entries at most (Service addresses plus backend names): a cluster with more is named
 /// partially, and the excess is counted ([`ServiceNames::over_limit`]) and warned about once.
 pub const MAX_ENTRIES: usize = 65_536;
-/// How often the rulesets are read again. kube-proxy resyncs on every Service or endpoint change;
-/// a name that appears up to this much late only misses the first events of a brand-new Service.
+/// How often the rulesets are read again (or ten times as long as a reading takes, whichever is
+/// longer). kube-proxy resyncs on every Service or endpoint change; a name that appears up to
+/// this much late only misses the first events of a brand-new Service.
 pub const REFRESH: Duration = Duration::from_secs(2);
 /// How long [`Refresher::start`] waits for the first reading, so the first events are named.
 const FIRST_READ_WAIT: Duration = Duration::from_secs(3);
@@ -91,6 +92,9 @@ pub struct ServiceNames {
     /// Every Service a backend serves, sorted: the first is the answer when the Service
     /// address is not known, so the choice does not depend on the order of the rules.
     backends: HashMap<Key, Vec<Arc<str>>>,
+    /// NodePorts by (port, protocol): a flow to the node's own address names no Service
+    /// address, but its port tells which of a shared backend's Services it asked for.
+    nodeports: HashMap<(u16, u8), Vec<Arc<str>>>,
     entries: usize,
     /// Entries left out because the index was full.
     pub over_limit: u64,
@@ -113,6 +117,15 @@ impl ServiceNames {
         }
         let b = backend?;
         let names = self.backends.get(&Key::new(b.ip(), b.port(), proto))?;
+        if let (Some(s), [_, _, ..]) = (service, names.as_slice()) {
+            let by_port = self.nodeports.get(&(s.port(), proto));
+            if let Some(n) = names
+                .iter()
+                .find(|n| by_port.is_some_and(|p| p.contains(n)))
+            {
+                return Some(n);
+            }
+        }
         names.first().map(|n| &**n)
     }
 
@@ -194,28 +207,22 @@ impl Builder {
 
     /// A backend of a Service; a backend may serve several.
     pub fn backend(&mut self, key: Key, name: &str) {
-        if name.is_empty() {
-            return;
-        }
-        if let Some(v) = self.names.backends.get(&key) {
-            if v.iter().any(|n| &**n == name) {
-                return;
-            }
-        }
-        if !self.room() {
+        if name.is_empty() || listed(self.names.backends.get(&key), name) || !self.room() {
             return;
         }
         let n = ServiceNames::intern(&mut self.interned, name);
-        match self.names.backends.entry(key) {
-            Entry::Occupied(mut e) => {
-                let v = e.get_mut();
-                let at = v.partition_point(|x| **x < *n);
-                v.insert(at, n);
-            }
-            Entry::Vacant(e) => {
-                e.insert(vec![n]);
-            }
+        insert_sorted(self.names.backends.entry(key).or_default(), n);
+        self.names.entries += 1;
+    }
+
+    /// A NodePort of a Service (on any address of the node).
+    pub fn nodeport(&mut self, port: u16, proto: u8, name: &str) {
+        let key = (port, proto);
+        if name.is_empty() || listed(self.names.nodeports.get(&key), name) || !self.room() {
+            return;
         }
+        let n = ServiceNames::intern(&mut self.interned, name);
+        insert_sorted(self.names.nodeports.entry(key).or_default(), n);
         self.names.entries += 1;
     }
 
@@ -226,6 +233,16 @@ impl Builder {
     pub fn finish(self) -> ServiceNames {
         self.names
     }
+}
+
+fn listed(names: Option<&Vec<Arc<str>>>, name: &str) -> bool {
+    names.is_some_and(|v| v.iter().any(|n| &**n == name))
+}
+
+/// Keeps a name list sorted, so which name comes first never depends on the rules' order.
+fn insert_sorted(names: &mut Vec<Arc<str>>, n: Arc<str>) {
+    let at = names.partition_point(|x| **x < *n);
+    names.insert(at, n);
 }
 
 /// stdout of a command that succeeded; `None` (logged at debug) when it is missing or failed.
@@ -386,7 +403,12 @@ fn refresh_loop(lookup: &ServiceLookup, stop: &AtomicBool, mut first: Option<mps
     let mut last = None;
     let mut warned = false;
     while !stop.load(Ordering::Relaxed) {
+        let started = std::time::Instant::now();
         let rules = Rulesets::read();
+        // On a node with tens of thousands of rules iptables-save itself takes a while: wait
+        // at least ten times as long as the reading took, so it never costs more than a tenth
+        // of a core.
+        let wait = REFRESH.max(started.elapsed() * 10);
         // Byte-for-byte the same rulesets: nothing to parse (the usual case between syncs).
         if last.as_ref() != Some(&rules) {
             let names = rules.parse(MAX_ENTRIES);
@@ -410,7 +432,7 @@ fn refresh_loop(lookup: &ServiceLookup, stop: &AtomicBool, mut first: Option<mps
         }
         // Sleep in short steps so a stop is noticed quickly.
         let mut slept = Duration::ZERO;
-        while slept < REFRESH && !stop.load(Ordering::Relaxed) {
+        while slept < wait && !stop.load(Ordering::Relaxed) {
             thread::sleep(Duration::from_millis(100));
             slept += Duration::from_millis(100);
         }

@@ -119,6 +119,26 @@ fn service_element(e: &Value) -> Option<(Key, Option<&str>, Option<&str>)> {
     Some((key, comment, t.first().copied()))
 }
 
+/// One `service-nodeports` element: `[{"concat": [proto, port]}, verdict]` (the key wrapped in
+/// `{"elem": {"val": ..., "comment": ...}}` when it has a comment), named by its comment or
+/// by the chain it goes to.
+fn nodeport_element(e: &Value) -> Option<(u16, u8, String)> {
+    let pair = e.as_array()?;
+    let (key, verdict) = (pair.first()?, pair.get(1)?);
+    let (val, comment) = match key.get("elem") {
+        Some(el) => (el.get("val")?, el.get("comment").and_then(Value::as_str)),
+        None => (key, None),
+    };
+    let c = val.get("concat")?.as_array()?;
+    let (proto, port) = (proto_of(c.first()?)?, port_of(c.get(1)?)?);
+    let mut t = vec![];
+    targets(verdict, &mut t, 0);
+    let name = comment
+        .map(str::to_string)
+        .or_else(|| t.first().and_then(|c| name_of_chain(c)))?;
+    Some((port, proto, name))
+}
+
 /// The `dnat` of an endpoint chain's rule, with the protocol it matches.
 fn dnat_of(expr: &[Value]) -> Option<(IpAddr, u16, u8)> {
     let mut proto = None;
@@ -157,6 +177,19 @@ pub fn parse_nft_json(json: &[u8], b: &mut Builder) {
             }
         }
         if let Some(m) = item.get("map") {
+            if m.get("name").and_then(Value::as_str) == Some("service-nodeports") {
+                for e in m
+                    .get("elem")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some((port, proto, name)) = nodeport_element(e) {
+                        b.nodeport(port, proto, &name);
+                    }
+                }
+                continue;
+            }
             if m.get("name").and_then(Value::as_str) != Some("service-ips") {
                 continue;
             }

@@ -90,8 +90,17 @@ fn assert_v4_cluster(n: &ServiceNames) {
     let ep2 = Some(sa("10.180.0.2:80"));
     assert_eq!(n.name(svc2, ep2, TCP), Some("ns2/svc2:p80"));
     assert_eq!(n.name(None, ep2, TCP), Some("ns1/svc1:p80"));
-    // A Service address not in the rules (a NodePort on the node's own address) falls back to
-    // the backend; a NodePort is never taken for a Service address.
+    // Through ns2/svc2's NodePort on the node's own address: that Service, not the first name.
+    assert_eq!(
+        n.name(Some(sa("192.168.0.2:3001")), ep2, TCP),
+        Some("ns2/svc2:p80")
+    );
+    // A Service address not in the rules falls back to the backend; a NodePort is never taken
+    // for a Service address.
+    assert_eq!(
+        n.name(Some(sa("192.168.0.2:3002")), ep2, TCP),
+        Some("ns1/svc1:p80")
+    );
     assert_eq!(
         n.name(Some(sa("192.168.0.2:3001")), Some(sa("10.180.0.1:80")), TCP),
         Some("ns1/svc1:p80")
@@ -276,10 +285,12 @@ fn the_index_is_bounded() {
     parse_iptables_save(IPT4, &mut b);
     let n = b.finish();
     let (_, addrs, endpoints) = n.counts();
-    assert_eq!(addrs + n.backends.values().map(Vec::len).sum::<usize>(), 5);
+    let backends: usize = n.backends.values().map(Vec::len).sum();
+    let nodeports: usize = n.nodeports.values().map(Vec::len).sum();
+    assert_eq!(addrs + backends + nodeports, 5);
     assert!(endpoints <= 5);
-    // 7 addresses and 6 endpoint names in the fixture (10.180.0.2:80 has two).
-    assert_eq!(n.over_limit, 7 + 6 - 5);
+    // 7 addresses, 6 endpoint names (10.180.0.2:80 has two) and a NodePort in the fixture.
+    assert_eq!(n.over_limit, 7 + 6 + 1 - 5);
 }
 
 #[test]
