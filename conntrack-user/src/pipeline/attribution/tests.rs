@@ -516,3 +516,80 @@ fn invalid_packets_and_attributions_carry_the_service_name() {
         );
     }
 }
+
+/// Lost entries and table pressure are named too: by the lost entry's Service address when it
+/// is known (the backend here also serves another Service, which comes first in order), by the
+/// refused packet's destination, else by the packet's backend.
+#[test]
+fn lost_entries_and_table_pressure_carry_the_service_name() {
+    use crate::node::services::{parse_iptables_save, Builder, ServiceLookup};
+    let save = "\
+-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment \"shop/web:http cluster IP\" -m tcp --dport 80 -j KUBE-SVC-AAAAAAAAAAAAAAAA
+-A KUBE-SERVICES -d 10.96.0.99/32 -p tcp -m comment --comment \"aaa/other:x cluster IP\" -m tcp --dport 80 -j KUBE-SVC-CCCCCCCCCCCCCCCC
+-A KUBE-SVC-AAAAAAAAAAAAAAAA -j KUBE-SEP-BBBBBBBBBBBBBBBB
+-A KUBE-SVC-CCCCCCCCCCCCCCCC -j KUBE-SEP-DDDDDDDDDDDDDDDD
+-A KUBE-SEP-BBBBBBBBBBBBBBBB -p tcp -m tcp -j DNAT --to-destination 10.0.2.2:8080
+-A KUBE-SEP-DDDDDDDDDDDDDDDD -p tcp -m tcp -j DNAT --to-destination 10.0.2.2:8080
+";
+    let mut b = Builder::default();
+    parse_iptables_save(save, &mut b);
+    let mut c = Correlator::new(ctx());
+    c.service_names = Some(ServiceLookup::fixed(b.finish()));
+    let mut out = Output::default();
+    let now = Instant::now();
+
+    // A midstream reply whose entry was deleted, and the reset it caused.
+    c.event(midstream_of(0xaa, 1_000), now, &mut out);
+    let mut r = caused_reset(0xaa, 1);
+    r.cause.cause = Cause::EntryLost as u8;
+    c.event(Event::Reset(Kind::RstSent, r), now, &mut out);
+    c.gone(vec![gone_for(How::Deleted)], &mut out);
+    // An evicted entry.
+    c.gone(vec![gone_for(How::Evicted)], &mut out);
+    // A new flow refused by a full table: client -> Service.
+    let mut p = conntrack_common::Pressure {
+        skb: 0xbb,
+        entries: 40,
+        ..Default::default()
+    };
+    p.header.kind = Kind::TableFull as u8;
+    p.packet = packet();
+    p.packet.saddr[..4].copy_from_slice(&[10, 0, 1, 2]);
+    p.packet.daddr[..4].copy_from_slice(&[10, 96, 0, 10]);
+    (p.packet.sport, p.packet.dport) = (40001, 80);
+    c.event(Event::Pressure(Kind::TableFull, p), now, &mut out);
+    // A midstream reply whose lost entry ct-trace never saw: only the backend is known.
+    let mut m = midstream_of(0xac, 2_000);
+    if let Event::Pressure(_, p) = &mut m {
+        p.packet.dport = 40002;
+    }
+    c.event(m, now, &mut out);
+    c.tick(now + FATE_WAIT, false, &mut out);
+
+    assert_eq!(
+        kinds(&out),
+        [
+            "midstream",
+            "rst_sent",
+            "attribution",
+            "evicted",
+            "table_full",
+            "midstream"
+        ]
+    );
+    let names: Vec<Option<&str>> = out
+        .reports
+        .iter()
+        .map(|r| match r {
+            Report::Midstream(m) => m.service_name.as_deref(),
+            Report::Attribution(a) => a.service_name.as_deref(),
+            Report::Evicted(e) => e.service_name.as_deref(),
+            Report::TableFull(t) => t.service_name.as_deref(),
+            _ => None,
+        })
+        .collect();
+    let web = Some("shop/web:http");
+    assert_eq!(names, [web, None, web, web, web, Some("aaa/other:x")]);
+    let text = out.reports[4].text();
+    assert!(text.ends_with(" service_name=shop/web:http"), "{text}");
+}
