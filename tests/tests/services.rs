@@ -7,7 +7,11 @@
 //! The harness's own DNAT rules are replaced by kube-proxy's, so the name comes from the very
 //! rules that carry the traffic. Traffic stays in the namespaces the tests create.
 
-use integration_tests::{bin, need_root, python, scripts, CtTrace, Output, Topology, CLIENT};
+use std::time::{Duration, Instant};
+
+use integration_tests::{
+    bin, in_vm, need_root, python, scripts, Background, CtTrace, Output, Topology, CLIENT, SERVICE,
+};
 use serde_json::Value;
 
 /// The Service port the rules name (`ServicePortName.String()`).
@@ -321,4 +325,73 @@ fn without_kube_proxy_rules_the_events_come_unnamed() {
     let d = doctor(&t);
     assert_eq!(d["kube_proxy"], serde_json::json!([]), "{d}");
     assert_eq!(d["services"], 0, "{d}");
+}
+
+/// A flow whose entry was deleted is picked up mid-stream without the Service's NAT: its
+/// `midstream` event and the `entry_lost` attribution of its reset name the Service (from the
+/// lost entry's Service address).
+#[test]
+fn lost_entries_through_kube_proxy_rules_are_named() {
+    if !need_root("lost_entries_through_kube_proxy_rules_are_named") {
+        return;
+    }
+    const FLOWS: usize = 4;
+    let t = topology(Rules::Iptables);
+    let ct = CtTrace::start(Some(&t.node), &[]);
+    let held = scripts().join("held.py");
+    // The backend speaks after the entries were deleted (TCG is slow to run `conntrack -D`).
+    let speak_after = if in_vm() { 6.0 } else { 1.5 };
+    let server = Background::start(
+        &t.server,
+        &format!(
+            "{} {} server 8080 {FLOWS} {speak_after}",
+            python(),
+            held.display()
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let ready = std::env::temp_dir().join(format!("ct-trace-held-{}", t.client.name));
+    let _ = std::fs::remove_file(&ready);
+    let client = Background::start(
+        &t.client,
+        &format!(
+            "{} {} client {SERVICE} 80 {FLOWS} {} {}",
+            python(),
+            held.display(),
+            speak_after + 3.0,
+            ready.display()
+        ),
+    );
+    let t0 = Instant::now();
+    while !ready.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "connections not up after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_file(&ready);
+    t.node
+        .exec("conntrack -D -p tcp --orig-dst 10.96.0.10 --dport 80 >/dev/null 2>&1");
+    let ports: Vec<u64> = client
+        .wait(Duration::from_secs(30))
+        .split_whitespace()
+        .map(|p| p.parse().expect("port"))
+        .collect();
+    server.wait(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    let out = ct.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(ports.len(), FLOWS);
+    let mids = out.of_kind("midstream");
+    let attributions = out.of_kind("attribution");
+    assert_eq!(mids.len(), FLOWS, "{mids:#?}");
+    assert_eq!(attributions.len(), FLOWS, "{attributions:#?}");
+    for e in mids.iter().chain(attributions.iter()) {
+        assert_eq!(e["service_name"], NAME, "{e}");
+    }
+    for a in &attributions {
+        assert_eq!(a["cause"], "entry_lost", "{a}");
+    }
+    eprintln!("midstream: {}\nattribution: {}", mids[0], attributions[0]);
 }
