@@ -200,7 +200,11 @@ fn topology(rules: Rules) -> Topology {
 /// `n` out-of-window replies through the Service (SEQ 2^30 past the window, each on a fresh
 /// connection), with ct-trace in the node; returns the client ports and what ct-trace printed.
 fn replies(t: &Topology, n: usize, v6: bool) -> (Vec<u64>, Output) {
-    let ct = CtTrace::start(Some(&t.node), &[]);
+    replies_to(t, CtTrace::start(Some(&t.node), &[]), n, v6)
+}
+
+/// [`replies`] with a ct-trace already running.
+fn replies_to(t: &Topology, ct: CtTrace, n: usize, v6: bool) -> (Vec<u64>, Output) {
     let out = t.server.exec(&format!(
         "{} {} seq_over {} n={n} {}",
         python(),
@@ -394,4 +398,32 @@ fn lost_entries_through_kube_proxy_rules_are_named() {
         assert_eq!(a["cause"], "entry_lost", "{a}");
     }
     eprintln!("midstream: {}\nattribution: {}", mids[0], attributions[0]);
+}
+
+/// kube-proxy programs its rules while ct-trace runs: within one refresh (2 s) the events name
+/// the Service.
+#[test]
+fn rules_written_after_start_are_read_within_a_refresh() {
+    if !need_root("rules_written_after_start_are_read_within_a_refresh") {
+        return;
+    }
+    let t = topology(Rules::None);
+    let ct = CtTrace::start(Some(&t.node), &[]);
+    // kube-proxy's first sync replaces the plain DNAT.
+    let f = std::env::temp_dir().join(format!("ctt-kube-proxy-{}-late", t.node.name));
+    std::fs::write(&f, iptables_rules(&V4)).unwrap();
+    t.node.exec(&format!(
+        "iptables -t nat -F PREROUTING && iptables-restore --noflush < {}",
+        f.display()
+    ));
+    let _ = std::fs::remove_file(&f);
+    // One refresh period and a margin for the reading itself.
+    std::thread::sleep(Duration::from_millis(if in_vm() { 8000 } else { 3000 }));
+    let (ports, out) = replies_to(&t, ct, 3, false);
+    assert!(
+        out.stderr.contains("no kube-proxy rules in this namespace"),
+        "at start there were none: {}",
+        out.stderr
+    );
+    assert_named(&out, &ports, Some(NAME), CLIENT);
 }
