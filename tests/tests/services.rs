@@ -205,6 +205,19 @@ fn replies(t: &Topology, n: usize, v6: bool) -> (Vec<u64>, Output) {
 
 /// [`replies`] with a ct-trace already running.
 fn replies_to(t: &Topology, ct: CtTrace, n: usize, v6: bool) -> (Vec<u64>, Output) {
+    let (ports, out, _) = replies_scraped(t, ct, n, v6, None);
+    (ports, out)
+}
+
+/// [`replies_to`], then (before ct-trace stops) the text of its `--metrics` address, scraped
+/// until it has the line wanted (at most 10 s): `scrape` is (address, line).
+fn replies_scraped(
+    t: &Topology,
+    ct: CtTrace,
+    n: usize,
+    v6: bool,
+    scrape: Option<(&str, &str)>,
+) -> (Vec<u64>, Output, String) {
     let out = t.server.exec(&format!(
         "{} {} seq_over {} n={n} {}",
         python(),
@@ -220,9 +233,24 @@ fn replies_to(t: &Topology, ct: CtTrace, n: usize, v6: bool) -> (Vec<u64>, Outpu
         })
         .collect();
     assert_eq!(ports.len(), n, "{out}");
+    let mut metrics = String::new();
+    if let Some((addr, line)) = scrape {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            metrics = t.node.exec(&format!(
+                "{} {} get http://{addr}/metrics",
+                python(),
+                scripts().join("prom.py").display()
+            ));
+            if metrics.lines().any(|l| l == line) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     let out = ct.stop();
     assert!(out.status.success(), "{}", out.stderr);
-    (ports, out)
+    (ports, out, metrics)
 }
 
 /// One attribution per reply, each (and every INVALID event) with `service_name` `want`.
@@ -272,13 +300,23 @@ fn kube_proxy_iptables_rules_name_every_attribution_and_invalid_event() {
         return;
     }
     let t = topology(Rules::Iptables);
-    let (ports, out) = replies(&t, 5, false);
+    let addr = "127.0.0.1:19469";
+    // The metrics count the attributed resets under the Service's name.
+    let series = format!(
+        "ct_trace_attributed_resets_total{{cause=\"invalid_packet\",service=\"{NAME}\"}} 5"
+    );
+    let ct = CtTrace::start(Some(&t.node), &["--metrics", addr]);
+    let (ports, out, metrics) = replies_scraped(&t, ct, 5, false, Some((addr, &series)));
     assert!(
         out.stderr.contains("kube-proxy iptables mode"),
         "{}",
         out.stderr
     );
     assert_named(&out, &ports, Some(NAME), CLIENT);
+    assert!(
+        metrics.lines().any(|l| l == series),
+        "{series} in\n{metrics}"
+    );
     let (ports, out) = replies(&t, 3, true);
     assert_named(&out, &ports, Some(NAME), "fd77:1::2");
     let d = doctor(&t);
