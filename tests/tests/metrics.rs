@@ -223,6 +223,14 @@ fn prometheus_sees_the_kernels_invalid_count_and_the_attributed_resets_by_servic
     );
     assert!(om.ends_with("# EOF\n"), "{om}");
     assert!(om.contains("ct_trace_build_info{"), "{om}");
+    for l in om.lines().filter(|l| {
+        !l.starts_with('#')
+            && (l.contains("invalid_packets")
+                || l.contains("attributed")
+                || l.contains("resets_total"))
+    }) {
+        eprintln!("scrape: {l}");
+    }
 
     drop(prometheus);
     drop(chatter);
