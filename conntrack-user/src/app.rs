@@ -64,6 +64,7 @@ pub fn exit_code(e: &anyhow::Error) -> ExitCode {
 pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Doctor { args }) => doctor::run(args),
+        Some(Command::Lab { action }) => crate::lab::run(action),
         None => trace(&cli),
     }
 }

@@ -176,6 +176,12 @@ pub enum Command {
         #[command(flatten)]
         args: DoctorArgs,
     },
+    /// Reproduce the failure in namespaces of its own and prove a fix (root): `lab run`,
+    /// `lab compare`, `lab cleanup`.
+    Lab {
+        #[command(subcommand)]
+        action: crate::lab::LabAction,
+    },
 }
 
 /// `ct-trace doctor`'s flags.

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod cli;
 pub mod kernel;
+pub mod lab;
 pub mod node;
 pub mod output;
 pub mod pipeline;

@@ -1,0 +1,343 @@
+//! What the lab does to its live connections (`--scenario`), the mitigation it applies in its
+//! node namespace (`--fix`), and what each combination is expected to show.
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddrV4},
+    time::Duration,
+};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
+};
+use netlink_packet_netfilter::{
+    conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple},
+    NetfilterHeader, NetfilterMessage, NetfilterProtoFamily,
+};
+use netlink_sys::{protocols::NETLINK_NETFILTER, SocketAddr};
+use serde::Serialize;
+
+use super::{
+    craft::{self, RawSocket, Segment, ACK, PSH},
+    topology::{exec_in, in_netns, Lab, CLIENT_IP, SERVER_IP, SERVER_PORT, SERVICE},
+    workload::LongConn,
+    LabError,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// No fault: the workload alone (expects no reset).
+    Clean,
+    /// One segment from the server with SEQ 2^30 past the client's window on a live
+    /// connection: INVALID ("SEQ is over upper bound"), passed without the Service's NAT.
+    OutOfWindow,
+    /// The live flows' conntrack entries deleted (ctnetlink), then the server speaks: its reply
+    /// is picked up mid-stream without the NAT (cause entry_lost).
+    LostEntry,
+    /// The write-ups' boom-server packet: data 100000 below the window. Linux 6.1+ only
+    /// IGNOREs it (not INVALID, no reset).
+    BoomServer,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Clean => "clean",
+            Self::OutOfWindow => "out-of-window",
+            Self::LostEntry => "lost-entry",
+            Self::BoomServer => "boom-server",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fix {
+    /// No mitigation (kube-proxy before 1.15, tcp_be_liberal 0).
+    None,
+    /// net.netfilter.nf_conntrack_tcp_be_liberal=1 in the lab's node namespace.
+    Liberal,
+    /// iptables -A FORWARD -m conntrack --ctstate INVALID -j DROP in the lab's node namespace.
+    DropInvalid,
+}
+
+impl Fix {
+    pub const ALL: [Fix; 3] = [Fix::None, Fix::Liberal, Fix::DropInvalid];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Liberal => "liberal",
+            Self::DropInvalid => "drop-invalid",
+        }
+    }
+}
+
+const LIBERAL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
+
+/// Applies the fix inside the node namespace only (the lab's rules already loaded conntrack
+/// there, so its per-namespace sysctl exists).
+pub fn apply_fix(lab: &Lab, fix: Fix) -> Result<(), LabError> {
+    match fix {
+        Fix::None => Ok(()),
+        Fix::Liberal => {
+            // /proc/sys/net is the opening thread's namespace: written and read back from
+            // inside the node namespace.
+            let got = in_netns(&lab.node, || -> io::Result<String> {
+                std::fs::write(LIBERAL, "1")?;
+                std::fs::read_to_string(LIBERAL)
+            })
+            .and_then(|r| r)
+            .map_err(|e| LabError::Workload(format!("setting {LIBERAL} in the node: {e}")))?;
+            if got.trim() != "1" {
+                return Err(LabError::Workload(format!(
+                    "{LIBERAL} reads {} in the node after writing 1",
+                    got.trim()
+                )));
+            }
+            Ok(())
+        }
+        Fix::DropInvalid => exec_in(
+            &lab.node,
+            &[
+                "iptables",
+                "-w",
+                "-A",
+                "FORWARD",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "INVALID",
+                "-j",
+                "DROP",
+            ],
+        )
+        .map(drop),
+    }
+}
+
+/// The packet a scenario forged, as the verdict reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Forged {
+    pub src: String,
+    pub dst: String,
+    pub flags: String,
+    pub seq: u32,
+    pub ack: u32,
+    pub len: usize,
+    /// The server's `snd_nxt` / `rcv_nxt` read with TCP_REPAIR.
+    pub server_snd_next: u32,
+    pub server_rcv_next: u32,
+    pub what: &'static str,
+}
+
+/// What the scenario did, for the verdict.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Trigger {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packet: Option<Forged>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deleted_entries: Vec<String>,
+}
+
+/// Does the scenario's fault to the live long connections.
+pub fn trigger(lab: &Lab, s: Scenario, long: &[LongConn]) -> Result<Trigger, LabError> {
+    match s {
+        Scenario::Clean => Ok(Trigger::default()),
+        Scenario::OutOfWindow => forge(
+            lab,
+            &long[0],
+            1 << 30,
+            0,
+            ACK,
+            "SEQ 2^30 past the client's window (INVALID: SEQ is over upper bound)",
+        ),
+        Scenario::BoomServer => forge(
+            lab,
+            &long[0],
+            0u32.wrapping_sub(100_000),
+            10,
+            PSH | ACK,
+            "data SEQ 100000 below the client's window (boom-server; IGNORE on 6.1+)",
+        ),
+        Scenario::LostEntry => lose_entries(lab, long),
+    }
+}
+
+fn forge(
+    lab: &Lab,
+    conn: &LongConn,
+    seq_offset: u32,
+    len: usize,
+    flags: u8,
+    what: &'static str,
+) -> Result<Trigger, LabError> {
+    let st = craft::read_seq(&conn.server).map_err(|e| {
+        LabError::Workload(format!(
+            "reading the server's sequence numbers (TCP_REPAIR): {e}"
+        ))
+    })?;
+    let seg = Segment {
+        src: SocketAddrV4::new(SERVER_IP, SERVER_PORT),
+        dst: SocketAddrV4::new(CLIENT_IP, conn.cport),
+        seq: st.snd_next.wrapping_add(seq_offset),
+        ack: st.rcv_next,
+        flags,
+        window: 502,
+        payload: vec![b'b'; len],
+    };
+    in_netns(&lab.server, || RawSocket::open().and_then(|s| s.send(&seg)))
+        .and_then(|r| r)
+        .map_err(|e| {
+            LabError::Workload(format!(
+                "sending the forged segment from the server namespace: {e}"
+            ))
+        })?;
+    Ok(Trigger {
+        packet: Some(Forged {
+            src: seg.src.to_string(),
+            dst: seg.dst.to_string(),
+            flags: seg.flag_names(),
+            seq: seg.seq,
+            ack: seg.ack,
+            len,
+            server_snd_next: st.snd_next,
+            server_rcv_next: st.rcv_next,
+            what,
+        }),
+        deleted_entries: Vec::new(),
+    })
+}
+
+/// Deletes every long connection's conntrack entry in the node (ctnetlink, as `conntrack -D`
+/// does), then lets the server speak on each.
+fn lose_entries(lab: &Lab, long: &[LongConn]) -> Result<Trigger, LabError> {
+    let mut deleted = Vec::new();
+    for c in long {
+        in_netns(&lab.node, || delete_entry(c.cport))
+            .and_then(|r| r)
+            .map_err(|e| {
+                LabError::Workload(format!(
+                    "deleting the entry of {CLIENT_IP}:{} in the node (ctnetlink): {e}",
+                    c.cport
+                ))
+            })?;
+        deleted.push(format!("{CLIENT_IP}:{} -> {SERVICE}", c.cport));
+    }
+    for c in long {
+        use std::io::Write as _;
+        // The reply the client never gets: it goes out un-NATed and is reset.
+        let _ = (&c.server).write_all(b"hello after the entry went\n");
+    }
+    Ok(Trigger {
+        packet: None,
+        deleted_entries: deleted,
+    })
+}
+
+/// `IPCTNL_MSG_CT_DELETE` of the entry whose original tuple is client:cport -> Service, in the
+/// calling thread's namespace; waits for the kernel's ACK.
+fn delete_entry(cport: u16) -> io::Result<()> {
+    let tuple = vec![
+        Tuple::Ip(vec![
+            IPTuple::SourceAddress(IpAddr::V4(CLIENT_IP)),
+            IPTuple::DestinationAddress(IpAddr::V4(*SERVICE.ip())),
+        ]),
+        Tuple::Proto(vec![
+            ProtoTuple::Protocol(Protocol::Tcp),
+            ProtoTuple::SourcePort(cport),
+            ProtoTuple::DestinationPort(SERVICE.port()),
+        ]),
+    ];
+    let msg = NetfilterMessage::new(
+        NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+        ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(tuple)]),
+    );
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    header.sequence_number = u32::from(cport);
+    let mut nl = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+    nl.finalize();
+    let mut buf = vec![0; nl.buffer_len()];
+    nl.serialize(&mut buf);
+
+    let sock = netlink_sys::Socket::new(NETLINK_NETFILTER)?;
+    let tv = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 0,
+    };
+    // SAFETY: a live socket and a timeval of the length given.
+    let rc = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    sock.send_to(&buf, &SocketAddr::new(0, 0), 0)?;
+    let mut rbuf = vec![0u8; 8192];
+    let n = sock.recv(&mut &mut rbuf[..], 0)?;
+    let ack = NetlinkMessage::<NetfilterMessage>::deserialize(&rbuf[..n])
+        .map_err(|e| io::Error::other(format!("undecodable answer: {e}")))?;
+    match ack.payload {
+        NetlinkPayload::Error(e) if e.code.is_none() => Ok(()),
+        NetlinkPayload::Error(e) => Err(e.to_io()),
+        _ => Err(io::Error::other("no ACK from ctnetlink")),
+    }
+}
+
+/// How long after the fault the connections are checked: the forged packet, the client's
+/// RST and the server's reaction take well under this.
+pub const SETTLE: Duration = Duration::from_millis(400);
+
+/// What a run of `scenario` with `fix` should show, in words and as a check of the tallies
+/// (`resets` sent in the lab, `attributed` resets of the scenario's cause, INVALID verdicts,
+/// connections lost). `old_kernel`: before 6.1, where the boom-server packet is INVALID.
+pub fn expectation(s: Scenario, fix: Fix, old_kernel: bool) -> (&'static str, fn(&Tally) -> bool) {
+    match (s, fix) {
+        (Scenario::Clean, _) => ("no reset, no INVALID verdict, no connection lost", |t| {
+            t.resets == 0 && t.invalid == 0 && t.lost == 0
+        }),
+        (Scenario::OutOfWindow, Fix::None) => (
+            "the segment is INVALID, passed without NAT; the client resets the server's connection (attributed: invalid_packet)",
+            |t| t.invalid >= 1 && t.attributed_invalid >= 1 && t.lost >= 1,
+        ),
+        (Scenario::OutOfWindow, Fix::Liberal) => (
+            "be_liberal accepts the segment with its NAT: no INVALID verdict, no reset",
+            |t| t.invalid == 0 && t.resets == 0 && t.lost == 0,
+        ),
+        (Scenario::OutOfWindow, Fix::DropInvalid) => (
+            "the segment is INVALID and dropped at the node: no reset",
+            |t| t.invalid >= 1 && t.resets == 0 && t.lost == 0,
+        ),
+        (Scenario::LostEntry, _) => (
+            "no fix brings a lost entry back: the replies are picked up mid-stream without NAT and reset (attributed: entry_lost)",
+            |t| t.attributed_lost >= 1 && t.lost >= 1,
+        ),
+        (Scenario::BoomServer, Fix::None) if old_kernel => (
+            "before 6.1 the packet is INVALID and passed: a reset",
+            |t| t.invalid >= 1 && t.resets >= 1,
+        ),
+        (Scenario::BoomServer, _) => (
+            "6.1+ only IGNOREs data below the window: not INVALID, no reset",
+            |t| t.invalid == 0 && t.resets == 0 && t.lost == 0,
+        ),
+    }
+}
+
+/// The numbers `expectation` checks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tally {
+    pub resets: u64,
+    pub attributed_invalid: u64,
+    pub attributed_lost: u64,
+    pub invalid: u64,
+    pub lost: u32,
+}
