@@ -124,6 +124,13 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         .metrics
         .map(|a| metrics::http::bind(a).with_context(|| format!("--metrics: cannot listen on {a}")))
         .transpose()?;
+    // Created before anything is attached: an unwritable file fails the run cleanly.
+    let pcap = cli
+        .pcap
+        .as_deref()
+        .map(crate::output::pcap::PcapWriter::create)
+        .transpose()
+        .context("--pcap")?;
     log::debug!(
         "memory at start (peak, now KiB): {:?}",
         preflight::memory_kib()
@@ -250,6 +257,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
                 rst_names,
             )
         }),
+        pcap,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

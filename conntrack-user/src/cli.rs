@@ -80,6 +80,13 @@ pub struct Cli {
     #[arg(long, value_parser = crate::output::metrics::http::parse_listen, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Also write the packet of every event that carries one (invalid, ignored, rst_sent,
+    /// rst_received, midstream, table_full) to FILE as pcapng, with the event's JSON line as
+    /// its comment. Packets are rebuilt from the events' header fields (headers only), whatever
+    /// stdout shows (`--summary`, `--kind`, `-c`).
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+
     /// More detail on stderr (-v: debug, shows verifier logs inline; -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,

@@ -73,6 +73,9 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     "buildah",
     "python3-venv",
+    // tests/tests/pcap.rs reads `--pcap` files with tshark. Under DEBIAN_FRONTEND=noninteractive
+    // its debconf question (setuid dumpcap for non-root capture) takes its default, no.
+    "tshark",
 ];
 
 #[derive(Parser)]

@@ -1,10 +1,11 @@
 //! What ct-trace prints: every report type, text and JSON (`report`), the output stage that
 //! counts and prints them (`sink`), ct-trace's kernel counters and their notices (`counters`),
 //! the exit summary with its tallies (`summary`, `table`), and the Prometheus families
-//! (`metrics`).
+//! (`metrics`), and `--pcap`'s packets (`pcap`).
 
 pub mod counters;
 pub mod metrics;
+pub mod pcap;
 pub mod report;
 pub mod sink;
 pub mod summary;

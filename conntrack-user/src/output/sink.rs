@@ -32,6 +32,8 @@ pub(crate) struct Sink<'a, W: io::Write> {
     pub(crate) broken_pipe: bool,
     /// `--metrics`: every report is counted there too.
     pub(crate) metrics: Option<crate::output::metrics::Metrics>,
+    /// `--pcap`: the packet of every report that carries one, printed or not.
+    pub(crate) pcap: Option<crate::output::pcap::PcapWriter>,
 }
 
 impl<W: io::Write> Sink<'_, W> {
@@ -40,6 +42,9 @@ impl<W: io::Write> Sink<'_, W> {
             let kind = r.kind();
             if let Some(m) = &mut self.metrics {
                 m.report(&r);
+            }
+            if let Some(p) = &mut self.pcap {
+                p.report(&r).map_err(io::Error::other)?;
             }
             *self.tally.shown.entry(kind).or_default() += 1;
             if self.cli.summary {
@@ -67,6 +72,9 @@ impl<W: io::Write> Sink<'_, W> {
             if self.cli.count.is_some_and(|n| self.tally.printed >= n) {
                 self.closed = true;
             }
+        }
+        if let Some(p) = &mut self.pcap {
+            p.flush().map_err(io::Error::other)?;
         }
         match self.writer.flush() {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {

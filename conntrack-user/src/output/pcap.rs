@@ -1,0 +1,456 @@
+//! `--pcap FILE`: the packet of every report that carries one (`invalid`, `ignored`, `rst_sent`,
+//! `rst_received`, `midstream`, `table_full`), as pcapng that Wireshark, tshark and tcpdump read.
+//!
+//! The programs send a packet's header fields, not its bytes (conntrack-common `Packet`), so each
+//! packet is rebuilt from its report: an IPv4 or IPv6 header and the TCP (or UDP) header, without
+//! options or payload. The IP total length says what was written (the headers), so every
+//! checksum is right for the bytes in the file; the Enhanced Packet Block's original length is
+//! the packet's real size (headers + `len`), so tools show a truncated capture of the real
+//! packet. What the events do not carry is a fixed placeholder: TTL/hop limit 64, IP ID 0, TCP
+//! window 0; an `rst_received` has no sequence numbers (0). Each packet's first comment is its
+//! event's JSON line, exactly as `-o json` prints it; the second says it was reconstructed.
+//!
+//! One Interface Description Block per observation point, family and namespace (`netfilter
+//! ipv4/prerouting netns 4026532246`, `tcp:tcp_send_reset ipv4 netns ...`, `skb:kfree_skb ipv6
+//! netns ...`), with nanosecond timestamps: the report's `time` (the kernel's CLOCK_BOOTTIME
+//! turned into wall-clock time by the correlator), so a packet and its JSON line agree to the
+//! nanosecond. The link type is raw IP without a link layer, as LINKTYPE_IPV4 / LINKTYPE_IPV6
+//! rather than LINKTYPE_RAW: libpcap (tcpdump; 1.10.3 at least) refuses a file with a second
+//! LINKTYPE_RAW interface (it compares the first one's DLT_RAW, 12, with the next one's 101), and
+//! supports one link type per file, so tcpdump reads any file whose packets are of one family;
+//! Wireshark and tshark read every file.
+//!
+//! Only reports already made are written, so ordinary packets cost nothing. The file is
+//! buffered and flushed once per batch of reports (as stdout is), and at exit. It grows with
+//! the events (about 1 KiB each, mostly the comment); the event budget (`--event-budget`)
+//! bounds their rate.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    fs::File,
+    io::{self, BufWriter, Write},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, UNIX_EPOCH},
+};
+
+use pcap_file::{
+    pcapng::{
+        blocks::{
+            enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption},
+            interface_description::{
+                InterfaceDescriptionBlock, InterfaceDescriptionOption, InterfaceTsResolution,
+            },
+            opt_common::CommonOption,
+            section_header::{SectionHeaderBlock, SectionHeaderOption},
+        },
+        PcapNgWriteError, PcapNgWriter,
+    },
+    DataLink, Endianness,
+};
+
+use crate::report::Report;
+
+/// The second comment of every packet.
+pub const RECONSTRUCTED: &str = "reconstructed by ct-trace from the event above (headers only: \
+     no IP or TCP options, no payload; TTL 64, IP ID 0 and TCP window 0 are placeholders)";
+
+/// Placeholder TTL / hop limit: the events do not carry it.
+const TTL: u8 = 64;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PcapError {
+    #[error("cannot create {}", path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing {}", path.display())]
+    Format {
+        path: PathBuf,
+        #[source]
+        source: PcapNgWriteError,
+    },
+}
+
+/// A packet as a report describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fields<'a> {
+    /// The report's `time` (RFC 3339, nanoseconds).
+    pub time: &'a str,
+    /// Where it was seen, without the namespace (`netfilter ipv4/prerouting`).
+    pub point: String,
+    pub netns: u32,
+    pub proto: u8,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+    /// TCP flags as reports spell them (`RST|ACK`).
+    pub flags: Option<&'a str>,
+    pub seq: Option<u32>,
+    pub ack: Option<u32>,
+    /// Transport payload bytes.
+    pub len: Option<u16>,
+}
+
+/// `ipv4` or `ipv6`: the IP header [`build`] writes for these addresses.
+fn family(src: IpAddr, dst: IpAddr) -> &'static str {
+    if src.is_ipv4() && dst.is_ipv4() {
+        "ipv4"
+    } else {
+        "ipv6"
+    }
+}
+
+/// The packet a report carries; `None` for the kinds without one (`attribution`, `evicted`,
+/// counters, flows, the summary) and for records whose headers could not be read.
+pub fn fields(r: &Report) -> Option<Fields<'_>> {
+    let f = match r {
+        Report::Invalid(v) | Report::Ignored(v) => Fields {
+            time: &v.time,
+            point: format!("netfilter {}/{}", family(v.src, v.dst), v.hook),
+            netns: v.netns,
+            proto: v.proto,
+            src: v.src,
+            dst: v.dst,
+            sport: v.sport,
+            dport: v.dport,
+            flags: v.flags.as_deref(),
+            seq: v.seq,
+            ack: v.ack,
+            len: v.len,
+        },
+        Report::RstSent(s) | Report::RstReceived(s) => {
+            let tp = if matches!(r, Report::RstSent(_)) {
+                "tcp:tcp_send_reset"
+            } else {
+                "tcp:tcp_receive_reset"
+            };
+            let (src, dst) = (s.src?, s.dst?);
+            Fields {
+                time: &s.time,
+                point: format!("{tp} {}", family(src, dst)),
+                netns: s.netns,
+                proto: IPPROTO_TCP,
+                src,
+                dst,
+                sport: s.sport,
+                dport: s.dport,
+                flags: s.flags.as_deref(),
+                seq: s.seq,
+                ack: s.ack,
+                len: Some(0),
+            }
+        }
+        Report::Midstream(m) => Fields {
+            time: &m.time,
+            point: format!("netfilter {}/{}", family(m.src, m.dst), m.hook),
+            netns: m.netns,
+            proto: IPPROTO_TCP,
+            src: m.src,
+            dst: m.dst,
+            sport: Some(m.sport),
+            dport: Some(m.dport),
+            flags: Some(&m.flags),
+            seq: Some(m.seq),
+            ack: Some(m.ack),
+            len: Some(m.len),
+        },
+        // Seen where netfilter freed it (its hook is not known).
+        Report::TableFull(t) => Fields {
+            time: &t.time,
+            point: format!("skb:kfree_skb {}", family(t.src, t.dst)),
+            netns: t.netns,
+            proto: t.proto,
+            src: t.src,
+            dst: t.dst,
+            sport: t.sport,
+            dport: t.dport,
+            flags: t.flags.as_deref(),
+            seq: None,
+            ack: None,
+            len: None,
+        },
+        _ => return None,
+    };
+    // A record without headers decodes to 0.0.0.0 > 0.0.0.0.
+    (!(f.src.is_unspecified() && f.dst.is_unspecified())).then_some(f)
+}
+
+/// TCP flag names as reports spell them (`SYN|ACK`, `none`) to the header's flags byte.
+pub fn flag_bits(s: &str) -> u8 {
+    use conntrack_common::tcp_flags::{ACK, CWR, ECE, FIN, PSH, RST, SYN, URG};
+    s.split('|')
+        .map(|n| match n {
+            "FIN" => FIN,
+            "SYN" => SYN,
+            "RST" => RST,
+            "PSH" => PSH,
+            "ACK" => ACK,
+            "URG" => URG,
+            "ECE" => ECE,
+            "CWR" => CWR,
+            _ => 0,
+        })
+        .fold(0, |a, b| a | b)
+}
+
+/// The Internet checksum (RFC 1071) of the concatenated parts (each of even length but the
+/// last).
+fn checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for p in parts {
+        for c in p.chunks(2) {
+            let w = u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]);
+            sum += u32::from(w);
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The packet's headers as bytes, and its length on the wire (headers + payload).
+pub fn build(f: &Fields<'_>) -> (Vec<u8>, u32) {
+    let mut l4 = Vec::new();
+    let ports = f.sport.zip(f.dport);
+    match (f.proto, ports) {
+        (IPPROTO_TCP, Some((sp, dp))) => {
+            l4.extend_from_slice(&sp.to_be_bytes());
+            l4.extend_from_slice(&dp.to_be_bytes());
+            l4.extend_from_slice(&f.seq.unwrap_or(0).to_be_bytes());
+            l4.extend_from_slice(&f.ack.unwrap_or(0).to_be_bytes());
+            // Data offset 5 words: no options.
+            l4.push(5 << 4);
+            l4.push(f.flags.map_or(0, flag_bits));
+            // Window, checksum, urgent pointer.
+            l4.extend_from_slice(&[0; 6]);
+        }
+        (IPPROTO_UDP, Some((sp, dp))) => {
+            l4.extend_from_slice(&sp.to_be_bytes());
+            l4.extend_from_slice(&dp.to_be_bytes());
+            l4.extend_from_slice(&8u16.to_be_bytes());
+            l4.extend_from_slice(&[0; 2]);
+        }
+        // ICMP and the rest: the events carry no more than the IP header.
+        _ => {}
+    }
+    let l4_len = l4.len() as u16;
+    let mut pkt = Vec::with_capacity(40 + l4.len());
+    let pseudo: Vec<u8> = match (f.src, f.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let total = 20 + l4_len;
+            let mut h = [0u8; 20];
+            h[0] = 0x45;
+            h[2..4].copy_from_slice(&total.to_be_bytes());
+            h[8] = TTL;
+            h[9] = f.proto;
+            h[12..16].copy_from_slice(&s.octets());
+            h[16..20].copy_from_slice(&d.octets());
+            let c = checksum(&[&h]);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            pkt.extend_from_slice(&h);
+            [
+                &s.octets()[..],
+                &d.octets(),
+                &[0, f.proto],
+                &l4_len.to_be_bytes(),
+            ]
+            .concat()
+        }
+        (s, d) => {
+            let (s, d) = (to_v6(s), to_v6(d));
+            pkt.push(0x60);
+            pkt.extend_from_slice(&[0; 3]);
+            pkt.extend_from_slice(&l4_len.to_be_bytes());
+            pkt.push(f.proto);
+            pkt.push(TTL);
+            pkt.extend_from_slice(&s.octets());
+            pkt.extend_from_slice(&d.octets());
+            [
+                &s.octets()[..],
+                &d.octets(),
+                &u32::from(l4_len).to_be_bytes(),
+                &[0, 0, 0, f.proto],
+            ]
+            .concat()
+        }
+    };
+    let at = match f.proto {
+        IPPROTO_TCP => 16,
+        _ => 6,
+    };
+    if !l4.is_empty() {
+        let mut c = checksum(&[&pseudo, &l4]);
+        // UDP: a computed 0 is sent as all ones (0 means "no checksum").
+        if f.proto == IPPROTO_UDP && c == 0 {
+            c = 0xffff;
+        }
+        l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    pkt.extend_from_slice(&l4);
+    let payload = if l4.is_empty() { 0 } else { f.len.unwrap_or(0) };
+    let wire = pkt.len() as u32 + u32::from(payload);
+    (pkt, wire)
+}
+
+fn to_v6(a: IpAddr) -> std::net::Ipv6Addr {
+    match a {
+        IpAddr::V6(a) => a,
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+    }
+}
+
+/// Nanoseconds since the epoch of a report's `time`.
+fn timestamp(time: &str) -> Duration {
+    humantime::parse_rfc3339(time)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .unwrap_or_default()
+}
+
+/// Writes the packets of reports to a pcapng file.
+pub struct PcapWriter<W: Write = File> {
+    out: PcapNgWriter<BufWriter<W>>,
+    path: PathBuf,
+    /// Interface ids by observation point and namespace.
+    interfaces: HashMap<(String, u32), u32>,
+    /// Packets written since the last flush.
+    dirty: bool,
+    /// Packets written.
+    pub packets: u64,
+}
+
+impl PcapWriter<File> {
+    /// Creates (or truncates) `path` and writes the section header to it.
+    pub fn create(path: &Path) -> Result<Self, PcapError> {
+        let f = File::create(path).map_err(|source| PcapError::Create {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::new(f, path)
+    }
+}
+
+impl<W: Write> PcapWriter<W> {
+    /// Writes the section header to `out` and flushes it, so an unwritable file fails before
+    /// anything is attached. `path` names it in errors.
+    pub fn new(out: W, path: &Path) -> Result<Self, PcapError> {
+        let path = path.to_path_buf();
+        let shb = SectionHeaderBlock {
+            endianness: Endianness::native(),
+            major_version: 1,
+            minor_version: 0,
+            section_length: -1,
+            options: vec![SectionHeaderOption::UserApplication(Cow::Owned(format!(
+                "ct-trace {}",
+                env!("CARGO_PKG_VERSION")
+            )))],
+        };
+        let out = BufWriter::with_capacity(64 * 1024, out);
+        let out = PcapNgWriter::with_section_header(out, shb).map_err(|e| error(&path, e))?;
+        let mut w = Self {
+            out,
+            path,
+            interfaces: HashMap::new(),
+            dirty: true,
+            packets: 0,
+        };
+        w.flush()?;
+        Ok(w)
+    }
+
+    /// Writes the packet of `r`, if it carries one; says whether it did.
+    pub fn report(&mut self, r: &Report) -> Result<bool, PcapError> {
+        let Some(f) = fields(r) else {
+            return Ok(false);
+        };
+        let linktype = match family(f.src, f.dst) {
+            "ipv4" => DataLink::IPV4,
+            _ => DataLink::IPV6,
+        };
+        let interface_id = self.interface(&f.point, f.netns, linktype)?;
+        let (data, original_len) = build(&f);
+        let epb = EnhancedPacketBlock {
+            interface_id,
+            timestamp: timestamp(f.time),
+            original_len,
+            data: Cow::Owned(data),
+            options: vec![
+                EnhancedPacketOption::Common(CommonOption::Comment(Cow::Owned(r.json()))),
+                EnhancedPacketOption::Common(CommonOption::Comment(Cow::Borrowed(RECONSTRUCTED))),
+            ],
+        };
+        self.out
+            .write_pcapng_block(epb)
+            .map_err(|e| error(&self.path, e))?;
+        self.dirty = true;
+        self.packets += 1;
+        Ok(true)
+    }
+
+    fn interface(&mut self, point: &str, netns: u32, linktype: DataLink) -> Result<u32, PcapError> {
+        let key = (point.to_string(), netns);
+        if let Some(id) = self.interfaces.get(&key) {
+            return Ok(*id);
+        }
+        let idb = InterfaceDescriptionBlock {
+            linktype,
+            snaplen: 0,
+            options: vec![
+                InterfaceDescriptionOption::IfName(Cow::Owned(format!("{point} netns {netns}"))),
+                InterfaceDescriptionOption::IfDescription(Cow::Borrowed(
+                    "packets of ct-trace events, rebuilt from their header fields",
+                )),
+                InterfaceDescriptionOption::IfTsResol(InterfaceTsResolution::NANO),
+            ],
+        };
+        self.out
+            .write_pcapng_block(idb)
+            .map_err(|e| error(&self.path, e))?;
+        let id = self.interfaces.len() as u32;
+        self.interfaces.insert(key, id);
+        Ok(id)
+    }
+
+    /// Flushes what was written since the last flush to the file.
+    pub fn flush(&mut self) -> Result<(), PcapError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        self.out.get_mut().flush().map_err(|source| PcapError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+fn error(path: &Path, e: PcapNgWriteError) -> PcapError {
+    match e {
+        PcapNgWriteError::Io(source) => PcapError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        source => PcapError::Format {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;
