@@ -21,10 +21,9 @@ use crate::{
     attribution::{Context, Correlator, Output},
     btf::KernelBtf,
     cli::{Cli, Command, Resets},
-    destroy::Watcher,
     doctor,
     enrich::{Enricher, IfNames},
-    events, kstat, load,
+    kstat, load,
     output::{
         counters::Counters,
         metrics,
@@ -33,7 +32,7 @@ use crate::{
     },
     preflight::{self, PreflightError},
     report::{Format, Report, Writer},
-    table::{self, CtMax},
+    table::CtMax,
 };
 
 /// Records handled per batch before the reports are written: bounds the memory a burst takes.
@@ -42,10 +41,6 @@ const BATCH: usize = 2048;
 const BATCHES_PER_WAKE: usize = 32;
 /// How often the counters are read for `lost`/`suppressed` notices in the stream.
 const NOTICE_EVERY: Duration = Duration::from_secs(1);
-/// ctnetlink lookups for verdicts per second at most (attributions' lookups are not limited):
-/// in a storm of INVALID packets, looking each one up would keep a core busy for entries that
-/// mostly do not exist; beyond this the verdicts go out with `enrichment: "skipped"`.
-const LOOKUPS_PER_SEC: u32 = 2000;
 
 /// Exit codes: 0 success, 1 runtime failure, 2 the user must change something (privileges).
 pub fn exit_code(e: &anyhow::Error) -> ExitCode {
@@ -271,7 +266,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         rx
     });
-    let mut pipe = Pipe {
+    let mut pipe = crate::pipeline::pipe::Pipe {
         corr: &mut corr,
         enricher: enricher.as_ref(),
         watcher: watcher.as_ref(),
@@ -338,85 +333,11 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The stages between the ring buffer and the output.
-struct Pipe<'a> {
-    corr: &'a mut Correlator,
-    enricher: Option<&'a Enricher>,
-    watcher: Option<&'a Watcher>,
-    ct_max: &'a mut CtMax,
-    out: Output,
-    decode_errors: u64,
-    /// Verdict lookups sent in the current second, and when it began.
-    lookups: (u32, Instant),
-}
-
-impl Pipe<'_> {
-    /// Decodes and correlates up to `max` records; returns how many there were.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>, max: usize, now: Instant) -> usize {
-        let mut n = 0;
-        while n < max {
-            let Some(item) = ring.next() else {
-                break;
-            };
-            n += 1;
-            match events::decode(&item) {
-                Ok(ev) => self.corr.event(ev, now, &mut self.out),
-                Err(e) => {
-                    self.decode_errors += 1;
-                    log::debug!("undecodable record: {e}");
-                }
-            }
-        }
-        self.settle(now, false);
-        n
-    }
-
-    /// Sends the lookups (a full queue is answered "skipped" at once), applies the answers
-    /// that are in, and ages what waits.
-    fn settle(&mut self, now: Instant, flush: bool) {
-        let lookups = std::mem::take(&mut self.out.lookups);
-        for r in lookups {
-            if !r.urgent {
-                if now.duration_since(self.lookups.1) >= Duration::from_secs(1) {
-                    self.lookups = (0, now);
-                }
-                if self.lookups.0 >= LOOKUPS_PER_SEC {
-                    self.corr.answer(r.token, None, &mut self.out);
-                    continue;
-                }
-                self.lookups.0 += 1;
-            }
-            let queued = self.enricher.is_some_and(|e| e.request(r));
-            if !queued {
-                self.corr.answer(r.token, None, &mut self.out);
-            }
-        }
-        if let Some(e) = self.enricher {
-            let mut answers = Vec::new();
-            if flush {
-                // Give the lookups in flight a moment to come back.
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            e.answers(&mut answers);
-            self.corr.answers(answers, &mut self.out);
-        }
-        self.corr.entries_now = table::read_count();
-        if let Some(w) = self.watcher {
-            let mut gone = Vec::new();
-            w.take(&mut gone);
-            if !gone.is_empty() {
-                self.corr.gone(gone, &mut self.out);
-            }
-        }
-        self.corr.tick(now, flush, &mut self.out);
-    }
-}
-
 /// The event loop; returns the ring buffer when it is time to stop.
 async fn run<W: io::Write>(
     cli: &Cli,
     ring: RingBuf<MapData>,
-    pipe: &mut Pipe<'_>,
+    pipe: &mut crate::pipeline::pipe::Pipe<'_>,
     counters: &mut Counters,
     sink: &mut Sink<'_, W>,
     mut scrapes: Option<tokio::sync::mpsc::Receiver<metrics::http::Scrape>>,

@@ -1,0 +1,94 @@
+//! The stages between the ring buffer and the output, as the event loop drives them: decode and
+//! correlate a bounded batch, then settle what waits (ctnetlink lookups and answers, destroyed
+//! entries, the table's count, ageing).
+
+use std::time::{Duration, Instant};
+
+use aya::maps::{MapData, RingBuf};
+
+use crate::{
+    attribution::{Correlator, Output},
+    destroy::Watcher,
+    enrich::Enricher,
+    events,
+    table::{self, CtMax},
+};
+
+/// ctnetlink lookups for verdicts per second at most (attributions' lookups are not limited):
+/// in a storm of INVALID packets, looking each one up would keep a core busy for entries that
+/// mostly do not exist; beyond this the verdicts go out with `enrichment: "skipped"`.
+pub(crate) const LOOKUPS_PER_SEC: u32 = 2000;
+
+/// The stages between the ring buffer and the output.
+pub(crate) struct Pipe<'a> {
+    pub(crate) corr: &'a mut Correlator,
+    pub(crate) enricher: Option<&'a Enricher>,
+    pub(crate) watcher: Option<&'a Watcher>,
+    pub(crate) ct_max: &'a mut CtMax,
+    pub(crate) out: Output,
+    pub(crate) decode_errors: u64,
+    /// Verdict lookups sent in the current second, and when it began.
+    pub(crate) lookups: (u32, Instant),
+}
+
+impl Pipe<'_> {
+    /// Decodes and correlates up to `max` records; returns how many there were.
+    pub(crate) fn drain(&mut self, ring: &mut RingBuf<MapData>, max: usize, now: Instant) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(item) = ring.next() else {
+                break;
+            };
+            n += 1;
+            match events::decode(&item) {
+                Ok(ev) => self.corr.event(ev, now, &mut self.out),
+                Err(e) => {
+                    self.decode_errors += 1;
+                    log::debug!("undecodable record: {e}");
+                }
+            }
+        }
+        self.settle(now, false);
+        n
+    }
+
+    /// Sends the lookups (a full queue is answered "skipped" at once), applies the answers
+    /// that are in, and ages what waits.
+    pub(crate) fn settle(&mut self, now: Instant, flush: bool) {
+        let lookups = std::mem::take(&mut self.out.lookups);
+        for r in lookups {
+            if !r.urgent {
+                if now.duration_since(self.lookups.1) >= Duration::from_secs(1) {
+                    self.lookups = (0, now);
+                }
+                if self.lookups.0 >= LOOKUPS_PER_SEC {
+                    self.corr.answer(r.token, None, &mut self.out);
+                    continue;
+                }
+                self.lookups.0 += 1;
+            }
+            let queued = self.enricher.is_some_and(|e| e.request(r));
+            if !queued {
+                self.corr.answer(r.token, None, &mut self.out);
+            }
+        }
+        if let Some(e) = self.enricher {
+            let mut answers = Vec::new();
+            if flush {
+                // Give the lookups in flight a moment to come back.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            e.answers(&mut answers);
+            self.corr.answers(answers, &mut self.out);
+        }
+        self.corr.entries_now = table::read_count();
+        if let Some(w) = self.watcher {
+            let mut gone = Vec::new();
+            w.take(&mut gone);
+            if !gone.is_empty() {
+                self.corr.gone(gone, &mut self.out);
+            }
+        }
+        self.corr.tick(now, flush, &mut self.out);
+    }
+}
