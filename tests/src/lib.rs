@@ -295,6 +295,26 @@ impl Topology {
         (server, client)
     }
 
+    /// Crafts `n` segments of `mode` from the server (`tests/scripts/segment.py`: `seq_over`,
+    /// `ack_over`, `bad_flags`, `rst_out`, `ignore`), each on a fresh client connection through
+    /// the Service (over IPv6 with `v6`); returns what segment.py printed for each (the client
+    /// port, the crafted seq/ack, whether the server's connection was reset).
+    pub fn segments(&self, mode: &str, n: usize, v6: bool) -> Vec<serde_json::Value> {
+        let out = self.server.exec(&format!(
+            "{} {} {mode} {} n={n} {}",
+            python(),
+            scripts().join("segment.py").display(),
+            self.client.name,
+            if v6 { "v6" } else { "" }
+        ));
+        let segs: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("segment.py prints JSON lines"))
+            .collect();
+        assert_eq!(segs.len(), n, "{out}");
+        segs
+    }
+
     /// The fix kube-proxy applies from 1.15: drop what conntrack marks INVALID.
     pub fn drop_invalid(&self) {
         self.node

@@ -8,28 +8,17 @@
 use std::{collections::HashSet, time::Duration};
 
 use integration_tests::{
-    bin, in_vm, need_root, python, scripts, CtTrace, Output, Topology, CLIENT, SERVER, SERVICE,
+    bin, in_vm, need_root, python, CtTrace, Output, Topology, CLIENT, SERVER, SERVICE,
 };
 use serde_json::Value;
 
 /// Peak RSS ct-trace may reach, at start-up or in a flood (KiB).
 const MAX_RSS_KIB: u64 = 64 * 1024;
 
-/// Crafts `n` out-of-window replies (SEQ 2^30 past the window), each on a fresh client
-/// connection through the Service; returns what segment.py printed for each.
+/// `n` out-of-window replies (SEQ 2^30 past the window), each on a fresh client connection
+/// through the Service; returns what segment.py printed for each.
 fn out_of_window_replies(t: &Topology, n: usize) -> Vec<Value> {
-    let out = t.server.exec(&format!(
-        "{} {} seq_over {} n={n}",
-        python(),
-        scripts().join("segment.py").display(),
-        t.client.name
-    ));
-    let segs: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("segment.py prints JSON lines"))
-        .collect();
-    assert_eq!(segs.len(), n, "{out}");
-    segs
+    t.segments("seq_over", n, false)
 }
 
 /// Every crafted reply has exactly one attribution naming its client port, the Service and

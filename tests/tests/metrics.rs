@@ -133,13 +133,7 @@ fn prometheus_sees_the_kernels_invalid_count_and_the_attributed_resets_by_servic
 
     let (server, client) = t.bulk(30);
     std::thread::sleep(Duration::from_millis(500));
-    let out = t.server.exec(&format!(
-        "{} {} seq_over {} n=10",
-        python(),
-        scripts().join("segment.py").display(),
-        t.client.name
-    ));
-    assert_eq!(out.lines().count(), 10, "{out}");
+    t.segments("seq_over", 10, false);
     drop((client, server));
     let kernel_delta = t.node.kernel_invalid() - kernel_before;
     assert!(kernel_delta >= 10, "the kernel counted {kernel_delta}");

@@ -7,7 +7,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use conntrack_user::report::rfc3339;
-use integration_tests::{need_root, python, scripts, CtTrace, Topology, CLIENT, SERVER};
+use integration_tests::{need_root, CtTrace, Topology, CLIENT, SERVER};
 use serde_json::Value;
 
 /// The kinds whose events carry a packet.
@@ -32,13 +32,7 @@ fn pcap_path(name: &str) -> PathBuf {
 
 /// Ten out-of-window replies through the Service, each on a fresh connection.
 fn out_of_window_replies(t: &Topology) {
-    let out = t.server.exec(&format!(
-        "{} {} seq_over {} n=10",
-        python(),
-        scripts().join("segment.py").display(),
-        t.client.name
-    ));
-    assert_eq!(out.lines().count(), 10, "{out}");
+    t.segments("seq_over", 10, false);
 }
 
 /// tshark's reading of the file: one JSON object of fields per packet.

@@ -218,21 +218,11 @@ fn replies_scraped(
     v6: bool,
     scrape: Option<(&str, &str)>,
 ) -> (Vec<u64>, Output, String) {
-    let out = t.server.exec(&format!(
-        "{} {} seq_over {} n={n} {}",
-        python(),
-        scripts().join("segment.py").display(),
-        t.client.name,
-        if v6 { "v6" } else { "" }
-    ));
-    let ports: Vec<u64> = out
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).expect("segment.py prints JSON lines");
-            v["cport"].as_u64().expect("cport")
-        })
+    let ports: Vec<u64> = t
+        .segments("seq_over", n, v6)
+        .iter()
+        .map(|v| v["cport"].as_u64().expect("cport"))
         .collect();
-    assert_eq!(ports.len(), n, "{out}");
     let mut metrics = String::new();
     if let Some((addr, line)) = scrape {
         let t0 = Instant::now();
