@@ -24,9 +24,9 @@
 //! name is also followed from the KUBE-SERVICES rule through the chains that jump to its
 //! KUBE-SEP-* chain. The comments of the KUBE-SERVICES rules are always written.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 
-use super::{host_addr, proto_number, Builder, Key};
+use super::{host_addr, proto_number, reach, Builder, Key};
 
 /// The suffixes kube-proxy appends to a name in the comments of KUBE-SERVICES rules.
 const SERVICE_SUFFIXES: [&str; 3] = [" cluster IP", " external IP", " loadbalancer IP"];
@@ -38,8 +38,6 @@ const SERVICE_CHAINS: [&str; 5] = [
     "KUBE-FW-",
     "KUBE-SEP-",
 ];
-/// How deep a name is followed (KUBE-SERVICES -> FW -> EXT -> SVC -> SEP is four jumps).
-const MAX_DEPTH: usize = 6;
 
 /// Splits a rule into words, keeping quoted strings whole (`"a \"b\""` -> `a "b"`).
 /// Unbalanced quotes end the rule where the line ends.
@@ -212,21 +210,7 @@ pub fn parse_iptables_save(save: &str, b: &mut Builder) {
     }
     // Each endpoint chain's names: its own comment when kube-proxy wrote one, else the names
     // that reach it through the jumps (breadth first, bounded).
-    let mut reached: HashMap<&str, BTreeSet<&str>> = HashMap::new();
-    let mut queue: VecDeque<(&str, &str, usize)> = VecDeque::new();
-    for (chain, names) in &seeds {
-        for n in names {
-            queue.push_back((chain, n, 0));
-        }
-    }
-    while let Some((chain, name, depth)) = queue.pop_front() {
-        if !reached.entry(chain).or_default().insert(name) || depth >= MAX_DEPTH {
-            continue;
-        }
-        for next in jumps.get(chain).into_iter().flatten() {
-            queue.push_back((next, name, depth + 1));
-        }
-    }
+    let reached = reach(&seeds, &jumps);
     let mut endpoints: Vec<(&String, &Key)> = dnat.iter().collect();
     // Rule order does not matter to the result; sorting keeps the bound's cut deterministic.
     endpoints.sort();

@@ -235,6 +235,38 @@ impl Builder {
     }
 }
 
+/// How deep a name is followed along jumps (KUBE-SERVICES -> FW -> EXT -> SVC -> SEP is four).
+const MAX_DEPTH: usize = 6;
+
+/// Each chain's names, in both modes: the names seeded on a chain (from kube-proxy's comments
+/// or chain names) flow along its jumps to the chains it reaches, breadth first, at most
+/// [`MAX_DEPTH`] jumps deep (a loop or a very deep ruleset ends there).
+pub(crate) fn reach<'a, K, J>(
+    seeds: &'a HashMap<K, BTreeSet<String>>,
+    jumps: &'a HashMap<K, Vec<J>>,
+) -> HashMap<&'a str, BTreeSet<&'a str>>
+where
+    K: AsRef<str> + std::borrow::Borrow<str> + Eq + std::hash::Hash,
+    J: AsRef<str>,
+{
+    let mut reached: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    let mut queue: std::collections::VecDeque<(&str, &str, usize)> = Default::default();
+    for (chain, names) in seeds {
+        for n in names {
+            queue.push_back((chain.as_ref(), n, 0));
+        }
+    }
+    while let Some((chain, name, depth)) = queue.pop_front() {
+        if !reached.entry(chain).or_default().insert(name) || depth >= MAX_DEPTH {
+            continue;
+        }
+        for next in jumps.get(chain).into_iter().flatten() {
+            queue.push_back((next.as_ref(), name, depth + 1));
+        }
+    }
+    reached
+}
+
 fn listed(names: Option<&Vec<Arc<str>>>, name: &str) -> bool {
     names.is_some_and(|v| v.iter().any(|n| &**n == name))
 }

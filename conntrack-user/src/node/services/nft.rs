@@ -30,19 +30,18 @@
 //! pretty-printing, and the text form's sets and comments would need a second grammar.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeSet, HashMap},
     net::IpAddr,
 };
 
 use serde_json::Value;
 
-use super::{proto_number, Builder, Key};
+use super::{proto_number, reach, Builder, Key};
 
 /// Prefixes of the chains of one Service port (`service-`: cluster policy, `local-`: local
 /// policy, `external-`, `firewall-`) and of one endpoint.
 const SERVICE_PREFIXES: [&str; 4] = ["service-", "local-", "external-", "firewall-"];
 const ENDPOINT_PREFIX: &str = "endpoint-";
-const MAX_DEPTH: usize = 6;
 
 /// `namespace/name:portname` from a chain name, when it is whole.
 pub(super) fn name_of_chain(chain: &str) -> Option<String> {
@@ -233,21 +232,7 @@ pub fn parse_nft_json(json: &[u8], b: &mut Builder) {
         }
     }
     // Names reach an endpoint chain from the map elements that name its Service.
-    let mut reached: HashMap<&str, BTreeSet<&str>> = HashMap::new();
-    let mut queue: VecDeque<(&str, &str, usize)> = VecDeque::new();
-    for (chain, names) in &seeds {
-        for n in names {
-            queue.push_back((chain, n, 0));
-        }
-    }
-    while let Some((chain, name, depth)) = queue.pop_front() {
-        if !reached.entry(chain).or_default().insert(name) || depth >= MAX_DEPTH {
-            continue;
-        }
-        for next in jumps.get(chain).into_iter().flatten() {
-            queue.push_back((next, name, depth + 1));
-        }
-    }
+    let reached = reach(&seeds, &jumps);
     dnat.sort();
     for (chain, key) in dnat {
         match reached.get(chain) {
