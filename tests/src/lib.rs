@@ -295,6 +295,65 @@ impl Topology {
         (server, client)
     }
 
+    /// Opens `flows` connections client -> Service (`tests/scripts/held.py`); the backend speaks `speak_after` seconds after
+    /// the last one is accepted. `lose` runs in between (it must make the entries go). Returns the
+    /// client ports and what ct-trace (running in the node) printed.
+    pub fn held_flows(
+        &self,
+        ct: CtTrace,
+        flows: usize,
+        speak_after: f64,
+        lose: impl FnOnce(&Topology),
+    ) -> (Vec<u16>, Output) {
+        let t = self;
+        let held = scripts().join("held.py");
+        let server = Background::start(
+            &t.server,
+            &format!(
+                "{} {} server 8080 {flows} {speak_after}",
+                python(),
+                held.display()
+            ),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let ready = std::env::temp_dir().join(format!(
+            "ct-trace-held-{}-{}",
+            std::process::id(),
+            t.client.name
+        ));
+        let _ = std::fs::remove_file(&ready);
+        let client = Background::start(
+            &t.client,
+            &format!(
+                "{} {} client {SERVICE} 80 {flows} {} {}",
+                python(),
+                held.display(),
+                speak_after + 3.0,
+                ready.display()
+            ),
+        );
+        // The client writes its ports once every connection is up.
+        let t0 = std::time::Instant::now();
+        while !ready.exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "connections not up after 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_file(&ready);
+        lose(t);
+        let ports: Vec<u16> = client
+            .wait(Duration::from_secs(30))
+            .split_whitespace()
+            .map(|p| p.parse().expect("port"))
+            .collect();
+        server.wait(Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(ports.len(), flows);
+        (ports, ct.stop())
+    }
+
     /// Crafts `n` segments of `mode` from the server (`tests/scripts/segment.py`: `seq_over`,
     /// `ack_over`, `bad_flags`, `rst_out`, `ignore`), each on a fresh client connection through
     /// the Service (over IPv6 with `v6`); returns what segment.py printed for each (the client

@@ -9,68 +9,10 @@
 use std::{collections::HashSet, time::Duration};
 
 use integration_tests::{
-    in_vm, need_root, python, scripts, Background, CtTrace, Output, Topology, CLIENT, SERVER,
-    SERVICE,
+    in_vm, need_root, python, Background, CtTrace, Output, Topology, CLIENT, SERVER, SERVICE,
 };
 
 const FLOWS: usize = 10;
-
-/// Opens `FLOWS` connections client -> Service; the backend speaks `speak_after` seconds after
-/// the last one is accepted. `lose` runs in between (it must make the entries go). Returns the
-/// client ports and what ct-trace (running in the node) printed.
-fn held_flows(
-    t: &Topology,
-    ct: CtTrace,
-    speak_after: f64,
-    lose: impl FnOnce(&Topology),
-) -> (Vec<u16>, Output) {
-    let held = scripts().join("held.py");
-    let server = Background::start(
-        &t.server,
-        &format!(
-            "{} {} server 8080 {FLOWS} {speak_after}",
-            python(),
-            held.display()
-        ),
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let ready = std::env::temp_dir().join(format!(
-        "ct-trace-held-{}-{}",
-        std::process::id(),
-        t.client.name
-    ));
-    let _ = std::fs::remove_file(&ready);
-    let client = Background::start(
-        &t.client,
-        &format!(
-            "{} {} client {SERVICE} 80 {FLOWS} {} {}",
-            python(),
-            held.display(),
-            speak_after + 3.0,
-            ready.display()
-        ),
-    );
-    // The client writes its ports once every connection is up.
-    let t0 = std::time::Instant::now();
-    while !ready.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "connections not up after 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = std::fs::remove_file(&ready);
-    lose(t);
-    let ports: Vec<u16> = client
-        .wait(Duration::from_secs(30))
-        .split_whitespace()
-        .map(|p| p.parse().expect("port"))
-        .collect();
-    server.wait(Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(ports.len(), FLOWS);
-    (ports, ct.stop())
-}
 
 /// Every flow has one `midstream` (lost `how`) and one `entry_lost` attribution naming client,
 /// Service and backend; the counts reconcile.
@@ -147,7 +89,7 @@ fn ten_entries_deleted_with_conntrack_are_ten_entry_lost_attributions() {
     let _bulk = t.bulk(8);
     // The backend speaks after the deletion (TCG is slow to run `conntrack -D`).
     let speak_after = if in_vm() { 6.0 } else { 1.5 };
-    let (ports, out) = held_flows(&t, ct, speak_after, |t| {
+    let (ports, out) = t.held_flows(ct, FLOWS, speak_after, |t| {
         t.node
             .exec("conntrack -D -p tcp --orig-dst 10.96.0.10 --dport 80 >/dev/null 2>&1");
     });
@@ -167,7 +109,7 @@ fn ten_entries_that_expired_while_idle_are_ten_entry_lost_attributions() {
     t.node
         .exec("sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_established=1");
     let ct = CtTrace::start(Some(&t.node), &[]);
-    let (ports, out) = held_flows(&t, ct, 3.0, |_| {});
+    let (ports, out) = t.held_flows(ct, FLOWS, 3.0, |_| {});
     assert_each_lost(&out, &ports, "expired");
 }
 

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    bin, in_vm, need_root, python, scripts, Background, CtTrace, Output, Topology, CLIENT, SERVICE,
+    bin, in_vm, need_root, python, scripts, CtTrace, Output, Topology, CLIENT,
 };
 use serde_json::Value;
 
@@ -370,49 +370,12 @@ fn lost_entries_through_kube_proxy_rules_are_named() {
     const FLOWS: usize = 4;
     let t = topology(Rules::Iptables);
     let ct = CtTrace::start(Some(&t.node), &[]);
-    let held = scripts().join("held.py");
     // The backend speaks after the entries were deleted (TCG is slow to run `conntrack -D`).
     let speak_after = if in_vm() { 6.0 } else { 1.5 };
-    let server = Background::start(
-        &t.server,
-        &format!(
-            "{} {} server 8080 {FLOWS} {speak_after}",
-            python(),
-            held.display()
-        ),
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let ready = std::env::temp_dir().join(format!("ct-trace-held-{}", t.client.name));
-    let _ = std::fs::remove_file(&ready);
-    let client = Background::start(
-        &t.client,
-        &format!(
-            "{} {} client {SERVICE} 80 {FLOWS} {} {}",
-            python(),
-            held.display(),
-            speak_after + 3.0,
-            ready.display()
-        ),
-    );
-    let t0 = Instant::now();
-    while !ready.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "connections not up after 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = std::fs::remove_file(&ready);
-    t.node
-        .exec("conntrack -D -p tcp --orig-dst 10.96.0.10 --dport 80 >/dev/null 2>&1");
-    let ports: Vec<u64> = client
-        .wait(Duration::from_secs(30))
-        .split_whitespace()
-        .map(|p| p.parse().expect("port"))
-        .collect();
-    server.wait(Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(300));
-    let out = ct.stop();
+    let (ports, out) = t.held_flows(ct, FLOWS, speak_after, |t| {
+        t.node
+            .exec("conntrack -D -p tcp --orig-dst 10.96.0.10 --dport 80 >/dev/null 2>&1");
+    });
     assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(ports.len(), FLOWS);
     let mids = out.of_kind("midstream");
