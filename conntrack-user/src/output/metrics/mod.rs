@@ -60,6 +60,8 @@ pub(crate) struct Metrics {
     suppressed: Family<Labels, Counter>,
     lost: Family<Labels, Counter>,
     services: HashSet<String>,
+    /// The series of `invalid` by (hook, fate, reason class): a bounded set of static words.
+    invalid_series: HashMap<(&'static str, &'static str, &'static str), Counter>,
     /// `enum sk_rst_reason` names by value (empty before 6.10).
     rst_names: HashMap<u32, String>,
     /// Records ct-trace could not decode (userspace's share of `lost`).
@@ -188,6 +190,7 @@ impl Metrics {
             suppressed,
             lost,
             services: HashSet::new(),
+            invalid_series: HashMap::new(),
             rst_names,
             undecodable: 0,
         };
@@ -217,12 +220,21 @@ impl Metrics {
     pub(crate) fn report(&mut self, r: &Report) {
         match r {
             Report::Invalid(v) => {
-                self.invalid
-                    .get_or_create(&labels([
-                        ("hook", v.hook),
-                        ("fate", v.fate.name()),
-                        ("reason", reason_class(&v.reason)),
-                    ]))
+                // Every label is a static word: the series is found without allocating, which
+                // matters in a storm of verdicts.
+                let key = (v.hook, v.fate.name(), reason_class(&v.reason));
+                let invalid = &self.invalid;
+                self.invalid_series
+                    .entry(key)
+                    .or_insert_with(|| {
+                        invalid
+                            .get_or_create(&labels([
+                                ("hook", key.0),
+                                ("fate", key.1),
+                                ("reason", key.2),
+                            ]))
+                            .clone()
+                    })
                     .inc();
             }
             Report::Attribution(a) => {
@@ -350,24 +362,33 @@ fn raise(c: &Counter, value: u64) {
 /// per packet). The message texts are those of nf_conntrack_proto_tcp.c's
 /// `nf_ct_l4proto_log_invalid()` calls.
 pub fn reason_class(reason: &str) -> &'static str {
-    let r = reason.to_ascii_lowercase();
-    if r.starts_with("unknown") {
+    // Case-insensitive, without allocating: this runs once per reported verdict.
+    let has = |needle: &str| {
+        reason
+            .as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    };
+    if reason
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("unknown"))
+    {
         "unknown"
-    } else if r.contains("seq is over") {
+    } else if has("seq is over") {
         "seq_over"
-    } else if r.contains("seq is under") {
+    } else if has("seq is under") {
         "seq_under"
-    } else if r.contains("ack is over") {
+    } else if has("ack is over") {
         "ack_over"
-    } else if r.contains("ack is under") {
+    } else if has("ack is under") {
         "ack_under"
-    } else if r.contains("flag") {
+    } else if has("flag") {
         "bad_flags"
-    } else if r.contains("invalid new") || r.contains("invalid state") {
+    } else if has("invalid new") || has("invalid state") {
         "invalid_new"
-    } else if r.contains("rst") {
+    } else if has("rst") {
         "rst_window"
-    } else if r.contains("ignored") || r.contains("ignore") {
+    } else if has("ignore") {
         "ignored"
     } else {
         "other"
