@@ -7,15 +7,9 @@ use std::{
     time::Duration,
 };
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
-};
-use netlink_packet_netfilter::{
-    conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple},
-    NetfilterHeader, NetfilterMessage, NetfilterProtoFamily,
-};
-use netlink_sys::{protocols::NETLINK_NETFILTER, SocketAddr};
 use serde::Serialize;
+
+use crate::netlink::{self, Conntrack};
 
 use super::{
     craft::{self, RawSocket, Segment, ACK, PSH},
@@ -236,61 +230,16 @@ fn lose_entries(lab: &Lab, long: &[LongConn]) -> Result<Trigger, LabError> {
     })
 }
 
-/// `IPCTNL_MSG_CT_DELETE` of the entry whose original tuple is client:cport -> Service, in the
-/// calling thread's namespace; waits for the kernel's ACK.
+/// Deletes the entry whose original tuple is client:cport -> Service, in the calling thread's
+/// namespace, over ctnetlink (waits for the kernel's ACK).
 fn delete_entry(cport: u16) -> io::Result<()> {
-    let tuple = vec![
-        Tuple::Ip(vec![
-            IPTuple::SourceAddress(IpAddr::V4(CLIENT_IP)),
-            IPTuple::DestinationAddress(IpAddr::V4(*SERVICE.ip())),
-        ]),
-        Tuple::Proto(vec![
-            ProtoTuple::Protocol(Protocol::Tcp),
-            ProtoTuple::SourcePort(cport),
-            ProtoTuple::DestinationPort(SERVICE.port()),
-        ]),
-    ];
-    let msg = NetfilterMessage::new(
-        NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
-        ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(tuple)]),
-    );
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_ACK;
-    header.sequence_number = u32::from(cport);
-    let mut nl = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-    nl.finalize();
-    let mut buf = vec![0; nl.buffer_len()];
-    nl.serialize(&mut buf);
-
-    let sock = netlink_sys::Socket::new(NETLINK_NETFILTER)?;
-    let tv = libc::timeval {
-        tv_sec: 1,
-        tv_usec: 0,
-    };
-    // SAFETY: a live socket and a timeval of the length given.
-    let rc = unsafe {
-        use std::os::fd::AsRawFd;
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    sock.send_to(&buf, &SocketAddr::new(0, 0), 0)?;
-    let mut rbuf = vec![0u8; 8192];
-    let n = sock.recv(&mut &mut rbuf[..], 0)?;
-    let ack = NetlinkMessage::<NetfilterMessage>::deserialize(&rbuf[..n])
-        .map_err(|e| io::Error::other(format!("undecodable answer: {e}")))?;
-    match ack.payload {
-        NetlinkPayload::Error(e) if e.code.is_none() => Ok(()),
-        NetlinkPayload::Error(e) => Err(e.to_io()),
-        _ => Err(io::Error::other("no ACK from ctnetlink")),
-    }
+    Conntrack::open()?.delete(&netlink::Tuple {
+        src: IpAddr::V4(CLIENT_IP),
+        sport: cport,
+        dst: IpAddr::V4(*SERVICE.ip()),
+        dport: SERVICE.port(),
+        proto: conntrack_common::IPPROTO_TCP,
+    })
 }
 
 /// How long after the fault the connections are checked: the forged packet, the client's

@@ -161,4 +161,20 @@ impl Conntrack {
             (e, dir)
         }))
     }
+
+    /// Deletes the entry whose original tuple is `t` (`IPCTNL_MSG_CT_DELETE`, what
+    /// `conntrack -D` sends) and waits for the kernel's ACK.
+    pub fn delete(&self, t: &Tuple) -> io::Result<()> {
+        let family = if t.src.is_ipv4() && t.dst.is_ipv4() {
+            NetfilterProtoFamily::IPv4
+        } else {
+            NetfilterProtoFamily::IPv6
+        };
+        let del = NetfilterMessage::new(
+            NetfilterHeader::new(family, 0, 0),
+            ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(to_ct_tuple(t))]),
+        );
+        let s = self.sock.request(del, NLM_F_ACK)?;
+        self.sock.answer(s, |_| {})
+    }
 }
