@@ -266,6 +266,8 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         rx
     });
+    // With a watcher, `midstream` records wait for it (see attribution::MIDSTREAM_WAIT).
+    corr.destroy_watermark = watcher.as_ref().map(|w| w.watermark());
     let mut pipe = crate::pipeline::pipe::Pipe {
         corr: &mut corr,
         enricher: enricher.as_ref(),

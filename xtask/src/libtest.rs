@@ -24,8 +24,17 @@ pub struct Counts {
     pub skip_lines: Vec<String>,
     /// The last `test NAME ... ` line's NAME: where a hung run stopped.
     pub last_started: Option<String>,
+    /// What each failed test said: its `panicked at` line and the message after it, at most
+    /// [`PANIC_LINES`] lines of [`PANIC_WIDTH`] characters each, so a run's closing summary
+    /// says why even when only its end survives (CI keeps the head and tail of the output).
+    pub panics: Vec<String>,
+    panic_left: usize,
     in_failures: bool,
 }
+
+/// Lines kept of one panic message, and characters kept of each line.
+const PANIC_LINES: usize = 8;
+const PANIC_WIDTH: usize = 240;
 
 impl Counts {
     pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Counts {
@@ -38,6 +47,26 @@ impl Counts {
 
     /// Feeds one output line: every count of `cargo xtask test` (host and VMs) comes from here.
     pub fn line(&mut self, line: &str) {
+        if self.panic_left > 0 {
+            // The message ends at a blank line or at libtest's backtrace hint.
+            if line.trim().is_empty()
+                || line.starts_with("note: run with")
+                || line.starts_with("stack backtrace:")
+            {
+                self.panic_left = 0;
+            } else if let Some(p) = self.panics.last_mut() {
+                p.push_str("\n    ");
+                p.push_str(clip(line.trim()));
+                self.panic_left -= 1;
+            }
+        }
+        if let Some(at) = line.find("thread '") {
+            if line[at..].contains("' panicked at ") {
+                self.panics.push(clip(line[at..].trim_end()).to_string());
+                self.panic_left = PANIC_LINES - 1;
+                return;
+            }
+        }
         if self.in_failures {
             // "failures:" then one indented test name a line, up to a blank line.
             let name = line.trim();
@@ -84,6 +113,7 @@ impl Counts {
         self.results += o.results;
         self.failures.extend(o.failures.iter().cloned());
         self.skip_lines.extend(o.skip_lines.iter().cloned());
+        self.panics.extend(o.panics.iter().cloned());
         self.last_started.clone_from(&o.last_started);
     }
 
@@ -101,6 +131,14 @@ impl Counts {
             self.ignored,
             self.skipped()
         )
+    }
+}
+
+/// At most [`PANIC_WIDTH`] characters of a line (on a character boundary).
+fn clip(line: &str) -> &str {
+    match line.char_indices().nth(PANIC_WIDTH) {
+        Some((i, _)) => &line[..i],
+        None => line,
     }
 }
 
@@ -164,9 +202,37 @@ test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; 
             ]
         );
         assert_eq!(c.summary(), "3 passed, 1 failed, 1 ignored, 2 skipped");
+        assert_eq!(
+            c.panics,
+            ["thread 'b' panicked at tests/tests/invalid.rs:1:1:\n    assertion failed"]
+        );
         let mut total = Counts::parse(RESETS.lines());
         total.add(&c);
         assert_eq!((total.passed, total.results), (5, 3));
+    }
+
+    /// A long panic message is kept to its first lines, each clipped; a console prefix before
+    /// `thread '` does not hide it.
+    #[test]
+    fn keeps_the_start_of_each_panic_message() {
+        let long = "x".repeat(1000);
+        let mut lines = vec!["[6.12/kprobe] thread 'lost' panicked at tests/tests/lost.rs:9:5:"];
+        lines.extend(std::iter::repeat_n(long.as_str(), 20));
+        lines.push("");
+        lines.push("test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.00s");
+        let c = Counts::parse(lines);
+        assert_eq!(c.panics.len(), 1);
+        let p = &c.panics[0];
+        assert!(
+            p.starts_with("thread 'lost' panicked at tests/tests/lost.rs:9:5:"),
+            "{p}"
+        );
+        assert_eq!(p.lines().count(), PANIC_LINES);
+        assert!(
+            p.lines().all(|l| l.chars().count() <= PANIC_WIDTH + 4),
+            "{p}"
+        );
+        assert_eq!(c.failed, 1);
     }
 
     /// The one rule for every run: `test result:` lines are summed, `SKIPPED: ` marker lines

@@ -465,6 +465,7 @@ fn test(a: &TestArgs) -> Result<()> {
         let (counts, status) = phase(&mut phases, "host tests", || host_tests(&bin, &a.args))?;
         if !status.success() {
             failures.push(format!("host: cargo test failed ({status})"));
+            failures.extend(counts.panics.iter().map(|p| format!("host: {p}")));
         }
         host = Some(counts);
         // Every part of `cargo xtask bench`, briefly; its storm must reconcile.

@@ -245,6 +245,7 @@ fn summarize(runs: &vm::Runs, binaries: usize, names: &[&str]) -> Report {
     };
     let mut table = Vec::new();
     let mut skips = Vec::new();
+    let mut panics = Vec::new();
     for r in &runs.results {
         let c = Counts::parse(r.console.iter().map(String::as_str));
         let why = verdict(r, &c, binaries);
@@ -262,6 +263,9 @@ fn summarize(runs: &vm::Runs, binaries: usize, names: &[&str]) -> Report {
         ]);
         if let Some(why) = why {
             report.failures.push(format!("{}: {why}", r.name()));
+            for p in &c.panics {
+                panics.push(format!("{}: {p}", r.name()));
+            }
         }
         for l in &c.skip_lines {
             skips.push(format!("{}: {l}", r.name()));
@@ -280,7 +284,7 @@ fn summarize(runs: &vm::Runs, binaries: usize, names: &[&str]) -> Report {
         ],
         &table,
     );
-    for l in skips.iter().chain(&report.failures) {
+    for l in skips.iter().chain(&panics).chain(&report.failures) {
         println!("{l}");
     }
     report

@@ -29,6 +29,8 @@ pub struct Watcher {
     pub overflows: Arc<AtomicU64>,
     /// Batches received so far (to tell when the kernel has gone quiet).
     batches: Arc<AtomicU64>,
+    /// See [`Watcher::watermark`].
+    watermark: Arc<AtomicU64>,
 }
 
 impl Watcher {
@@ -40,7 +42,13 @@ impl Watcher {
         let stop = Arc::new(AtomicBool::new(false));
         let overflows = Arc::new(AtomicU64::new(0));
         let batches = Arc::new(AtomicU64::new(0));
-        let (s, o, b) = (stop.clone(), overflows.clone(), batches.clone());
+        let watermark = Arc::new(AtomicU64::new(0));
+        let (s, o, b, w) = (
+            stop.clone(),
+            overflows.clone(),
+            batches.clone(),
+            watermark.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name("ct-trace-destroy".into())
             .spawn(move || {
@@ -53,16 +61,20 @@ impl Watcher {
                 let mut told = Vec::new();
                 loop {
                     let stopping = s.load(Ordering::Relaxed);
-                    match events.recv(&mut batch) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            o.fetch_add(1, Ordering::Relaxed);
+                    let drained_at = match events.recv(&mut batch, boot_now) {
+                        Ok(r) => {
+                            if r.overflowed {
+                                o.fetch_add(1, Ordering::Relaxed);
+                            }
+                            r.drained_at
                         }
                         Err(e) => {
                             log::warn!("conntrack destroy events stopped: {e}");
+                            // Nothing more will come: records stop waiting for it.
+                            w.store(u64::MAX, Ordering::Release);
                             return;
                         }
-                    }
+                    };
                     // Read after the events: the kernel moves the counter after it sends an
                     // evicted entry's event.
                     let stats = kstat::read().ok();
@@ -93,7 +105,13 @@ impl Watcher {
                         }
                         b.fetch_add(1, Ordering::Relaxed);
                     }
+                    // Past `drained_at` only when the classifier holds nothing back (entries
+                    // waiting for the early_drop counter are not handed over yet).
+                    if let Some(at) = drained_at.filter(|_| !classifier.holds()) {
+                        w.store(at, Ordering::Release);
+                    }
                     if stopping {
+                        w.store(u64::MAX, Ordering::Release);
                         return;
                     }
                 }
@@ -104,7 +122,14 @@ impl Watcher {
             thread: Some(thread),
             overflows,
             batches,
+            watermark,
         })
+    }
+
+    /// CLOCK_BOOTTIME up to which every destroy event the kernel sent is in the channel (read
+    /// it before [`Watcher::take`]); `u64::MAX` once the thread has stopped.
+    pub fn watermark(&self) -> u64 {
+        self.watermark.load(Ordering::Acquire)
     }
 
     /// Waits until no batch arrived for `quiet` (at most `max`): after detaching, the destroy

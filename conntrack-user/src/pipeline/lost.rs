@@ -240,6 +240,11 @@ impl Classifier {
         }
     }
 
+    /// Whether some destroyed entry waits to be told (for the counter to move for it).
+    pub fn holds(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Everything still waiting is told now (at exit).
     pub fn flush(&mut self, out: &mut Vec<(Destroyed, How, bool, u64)>) {
         while let Some((d, at)) = self.pending.pop_front() {

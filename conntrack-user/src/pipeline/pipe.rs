@@ -83,6 +83,8 @@ impl Pipe<'_> {
         }
         self.corr.entries_now = table::read_count();
         if let Some(w) = self.watcher {
+            // Before taking: everything up to the watermark is then in hand.
+            self.corr.destroy_watermark = Some(w.watermark());
             let mut gone = Vec::new();
             w.take(&mut gone);
             if !gone.is_empty() {

@@ -81,6 +81,16 @@ pub struct DestroyEvents {
     buf: Vec<u8>,
 }
 
+/// What one [`DestroyEvents::recv`] saw besides the events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// The socket overflowed (ENOBUFS): the kernel dropped events for this listener.
+    pub overflowed: bool,
+    /// The clock's reading before the receive that found the queue empty: every event sent
+    /// before it has been taken. None when the receive ended otherwise.
+    pub drained_at: Option<u64>,
+}
+
 /// Receive buffer asked for (SO_RCVBUFFORCE, root): a storm of expiries must not overflow it
 /// between two reads of the thread (an overflow is counted, never silent).
 const DESTROY_RCVBUF: i32 = 8 << 20;
@@ -105,17 +115,33 @@ impl DestroyEvents {
         })
     }
 
-    /// Waits up to 100 ms for events, then takes every one already queued. `Ok(false)` when
-    /// the socket overflowed (ENOBUFS: the kernel dropped events for this listener).
-    pub fn recv(&mut self, out: &mut Vec<Destroyed>) -> io::Result<bool> {
+    /// Waits up to 100 ms for events, then takes every one already queued.
+    pub fn recv(
+        &mut self,
+        out: &mut Vec<Destroyed>,
+        clock: impl Fn() -> u64,
+    ) -> io::Result<Received> {
         let mut flags = 0;
         loop {
+            // Read before the receive: if it finds the queue empty, every event the kernel
+            // sent before this instant has been taken (the kernel queues them in order).
+            let before = clock();
             match self.sock.recv(&mut self.buf, flags) {
                 Ok(b) => out.extend(frames(b).filter_map(parse_destroyed)),
                 Err(e) => {
                     return match e.raw_os_error() {
-                        Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(true),
-                        Some(libc::ENOBUFS) => Ok(false),
+                        Some(libc::EAGAIN) => Ok(Received {
+                            overflowed: false,
+                            drained_at: Some(before),
+                        }),
+                        Some(libc::EINTR) => Ok(Received {
+                            overflowed: false,
+                            drained_at: None,
+                        }),
+                        Some(libc::ENOBUFS) => Ok(Received {
+                            overflowed: true,
+                            drained_at: None,
+                        }),
                         _ => Err(e),
                     }
                 }

@@ -268,14 +268,33 @@ fn a_live_entry_is_looked_up_and_its_deletion_seen() {
             ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(to_ct_tuple(&orig))]),
             0,
         );
+        // The kernel sent the event before it acknowledged the deletion: the receive that
+        // takes it says it drained the queue at a later instant.
+        let clock = || {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes the timespec it is given.
+            unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+            ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+        };
+        let deleted = clock();
         let mut gone = Vec::new();
+        let mut drained = None;
         for _ in 0..20 {
-            assert!(events.recv(&mut gone).unwrap());
+            let r = events.recv(&mut gone, clock).unwrap();
+            assert!(!r.overflowed);
             if !gone.is_empty() {
+                drained = r.drained_at;
                 break;
             }
         }
         assert_eq!(gone.len(), 1, "{gone:?}");
+        assert!(
+            drained.is_some_and(|d| d > deleted),
+            "{drained:?} after {deleted}"
+        );
         assert_eq!(
             (gone[0].entry.orig, gone[0].entry.tcp_state),
             (orig, Some(3))

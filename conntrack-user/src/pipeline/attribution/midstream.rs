@@ -91,10 +91,16 @@ impl Correlator {
                 self.finish_mid(old, LostReport::unknown(), out);
             }
         }
+        let wait = if self.destroy_watermark.is_some() {
+            MIDSTREAM_WAIT
+        } else {
+            FATE_WAIT
+        };
         let pending = PendingMid {
             report,
             tuple,
-            deadline: now + FATE_WAIT,
+            ts_ns: p.header.ts_ns,
+            deadline: now + wait,
             resets: Vec::new(),
         };
         self.mids.insert(id, pending);

@@ -37,6 +37,15 @@ use crate::{
 /// only covers the reader's lag.
 pub const FATE_WAIT: Duration = Duration::from_millis(50);
 
+/// How long a `midstream` record waits at most for the destroy event of the entry its flow
+/// lost, when the destroy watcher runs. It normally goes as soon as the watcher has handed over
+/// every event up to the record's time (`destroy_watermark`); this bound covers a stalled
+/// watcher. The kernel sends the event of an entry that expired in this very lookup before it
+/// creates the new one (`nf_ct_gc_expired()` in `__nf_conntrack_find_get()`,
+/// net/netfilter/nf_conntrack_core.c), but the watcher is another thread reading another
+/// socket: on a loaded (or emulated) CPU it can lag far behind the ring buffer.
+pub const MIDSTREAM_WAIT: Duration = Duration::from_secs(1);
+
 /// Verdicts remembered after they were reported, to describe a reset that arrives later.
 pub const RECENT: usize = 4096;
 /// Verdicts waiting for their fate at once (at 300k verdicts/s for 50 ms: 15k). Beyond this the
@@ -159,10 +168,14 @@ pub struct Correlator {
     pub flows: HashMap<(String, String, String), FlowStats>,
     /// Entries seen going (ctnetlink destroy events), for `midstream` and `entry_lost`.
     pub lost: LostEntries,
-    /// `midstream` records waiting (at most [`FATE_WAIT`]) for the destroy event of the entry
+    /// `midstream` records waiting (until the watcher is past them, at most [`MIDSTREAM_WAIT`]) for the destroy event of the entry
     /// their flow lost, and the resets they caused meanwhile.
     mids: HashMap<VerdictId, PendingMid>,
     mid_order: VecDeque<VerdictId>,
+    /// CLOCK_BOOTTIME up to which the destroy watcher has handed over every event (the caller
+    /// sets it before it passes on what the watcher took); None without a watcher, when a
+    /// `midstream` record waits [`FATE_WAIT`] only.
+    pub destroy_watermark: Option<u64>,
     /// What reported `midstream` records found, for resets that arrive later.
     mid_recent: HashMap<VerdictId, LostReport>,
     mid_recent_order: VecDeque<VerdictId>,
@@ -182,6 +195,9 @@ pub struct Correlator {
 struct PendingMid {
     report: MidstreamReport,
     tuple: Tuple,
+    /// The packet's time (CLOCK_BOOTTIME): once the watcher is past it, no destroy event that
+    /// could name the lost entry is still to come.
+    ts_ns: u64,
     deadline: Instant,
     resets: Vec<(Reset, ResetReport)>,
 }
@@ -243,6 +259,7 @@ impl Correlator {
             lost: LostEntries::default(),
             mids: HashMap::new(),
             mid_order: VecDeque::new(),
+            destroy_watermark: None,
             mid_recent: HashMap::new(),
             mid_recent_order: VecDeque::new(),
             ct_max: None,
@@ -385,8 +402,9 @@ impl Correlator {
                 self.release_held(h, None, true, out);
             }
         }
+        let watermark = self.destroy_watermark;
         for id in due(&mut self.mid_order, &self.mids, |m| {
-            flush || m.deadline <= now
+            flush || m.deadline <= now || watermark.is_some_and(|w| w >= m.ts_ns)
         }) {
             self.finish_mid(id, LostReport::unknown(), out);
         }

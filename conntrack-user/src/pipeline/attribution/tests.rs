@@ -471,6 +471,49 @@ fn a_midstream_without_a_lost_entry_goes_out_unknown_after_the_wait() {
     assert_eq!(m.lost.how, How::Unknown);
 }
 
+/// With the destroy watcher running, a midstream record waits for it beyond the fixed wait (a
+/// slow watcher thread must not turn a known lost entry into `unknown`), and goes as soon as
+/// the watcher is past the packet's time.
+#[test]
+fn with_a_watcher_a_midstream_waits_until_the_watcher_is_past_it() {
+    let mut c = Correlator::new(ctx());
+    let mut out = Output::default();
+    let now = Instant::now();
+    c.destroy_watermark = Some(900);
+    c.event(midstream_of(0xaa, 1_000), now, &mut out);
+    // Another flow (another client port).
+    let mut other = midstream_of(0xab, 2_000);
+    if let Event::Pressure(_, p) = &mut other {
+        p.packet.dport += 1;
+    }
+    c.event(other, now, &mut out);
+    c.tick(now + FATE_WAIT * 4, false, &mut out);
+    assert!(out.reports.is_empty(), "the watcher is behind both");
+    // The watcher caught up to 1 500 and brought the first flow's entry.
+    c.destroy_watermark = Some(1_500);
+    c.gone(vec![gone_for(How::Expired)], &mut out);
+    c.tick(now + FATE_WAIT * 4, false, &mut out);
+    assert_eq!(kinds(&out), ["midstream"]);
+    let Report::Midstream(m) = &out.reports[0] else {
+        panic!()
+    };
+    assert_eq!((m.lost.how, m.lost.certain), (How::Expired, true));
+    // Past the second one with nothing for it: it goes at once, unknown ...
+    c.destroy_watermark = Some(2_500);
+    c.tick(now + FATE_WAIT * 4, false, &mut out);
+    assert_eq!(kinds(&out), ["midstream", "midstream"]);
+    // ... and a stalled watcher holds none longer than MIDSTREAM_WAIT.
+    let mut third = midstream_of(0xac, 3_000);
+    if let Event::Pressure(_, p) = &mut third {
+        p.packet.dport += 2;
+    }
+    c.event(third, now, &mut out);
+    c.tick(now + MIDSTREAM_WAIT - FATE_WAIT, false, &mut out);
+    assert_eq!(out.reports.len(), 2);
+    c.tick(now + MIDSTREAM_WAIT, false, &mut out);
+    assert_eq!(out.reports.len(), 3);
+}
+
 /// kube-proxy's rules name the backend 10.0.2.2:8080: the INVALID verdict (no entry known, its
 /// source is the backend) and its attribution carry the name; without rules, neither does.
 #[test]
