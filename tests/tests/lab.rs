@@ -147,6 +147,107 @@ fn out_of_window_is_reset_without_a_fix_and_with_neither_fix() {
     );
 }
 
+/// An out-of-window RST is INVALID and passed (dropped with the fix), but nobody answers a RST:
+/// no reset, nothing attributed to it, no connection lost.
+#[test]
+fn an_out_of_window_rst_is_invalid_and_harms_nothing() {
+    if !need_root("an_out_of_window_rst_is_invalid_and_harms_nothing") {
+        return;
+    }
+    for (fix, fate) in [("none", "passed"), ("drop-invalid", "dropped")] {
+        let (events, v) = run("invalid-rst", fix);
+        assert_eq!(v["as_expected"], true, "{v}");
+        let p = &v["packet"];
+        assert_eq!(p["flags"], "RST", "{v}");
+        let invalid: Vec<_> = events
+            .iter()
+            .filter(|e| e["kind"] == "invalid" && e["seq"] == p["seq"])
+            .collect();
+        assert_eq!(invalid.len(), 1, "{events:#?}");
+        assert_eq!(invalid[0]["flags"], "RST", "{}", invalid[0]);
+        assert_eq!(invalid[0]["fate"], fate, "{}", invalid[0]);
+        assert_eq!(n(&v, "resets"), 0, "{v}");
+        assert_eq!(v["attributed"], serde_json::json!({}), "{v}");
+        assert_eq!(n(&v, "connections_lost"), 0, "{v}");
+    }
+}
+
+/// `lab run --pcap`: tshark reads the file; it holds one packet per event that carries one
+/// (the forged segment among them, its event as the comment), in the events' order.
+#[test]
+fn lab_run_writes_the_offending_packets_as_pcapng() {
+    if !need_root("lab_run_writes_the_offending_packets_as_pcapng") {
+        return;
+    }
+    let path = std::env::temp_dir().join(format!("ct-trace-lab-{}.pcapng", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let (pid, out) = lab(&[
+        "run",
+        "--scenario",
+        "out-of-window",
+        "-o",
+        "json",
+        "--pcap",
+        path.to_str().expect("utf-8 temp dir"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_no_lab_namespace(pid);
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    let verdict = lines.last().expect("verdict");
+    let with_packet: Vec<&Value> = lines
+        .iter()
+        .filter(|e| {
+            [
+                "invalid",
+                "ignored",
+                "rst_sent",
+                "rst_received",
+                "midstream",
+                "table_full",
+            ]
+            .contains(&e["kind"].as_str().unwrap_or_default())
+                && !e["src"].is_null()
+        })
+        .collect();
+    let t = Command::new("tshark")
+        .arg("-r")
+        .arg(&path)
+        .args(["-T", "fields", "-E", "separator=|"])
+        .args(["-e", "ip.src", "-e", "tcp.srcport", "-e", "tcp.seq_raw"])
+        .args(["-e", "tcp.flags.str", "-e", "frame.comment"])
+        .output()
+        .expect("tshark");
+    let _ = std::fs::remove_file(&path);
+    assert!(t.status.success(), "tshark: {t:?}");
+    let rows: Vec<Vec<String>> = String::from_utf8_lossy(&t.stdout)
+        .lines()
+        .map(|l| l.splitn(5, '|').map(String::from).collect())
+        .collect();
+    assert_eq!(rows.len(), with_packet.len(), "{rows:#?}\n{with_packet:#?}");
+    for (r, e) in rows.iter().zip(&with_packet) {
+        assert_eq!(r[0], e["src"].as_str().unwrap(), "{r:?} {e}");
+        assert_eq!(r[1], e["sport"].to_string(), "{r:?} {e}");
+        // A received reset's tracepoint has no sequence numbers (null; 0 in the file).
+        if !e["seq"].is_null() {
+            assert_eq!(r[2], e["seq"].to_string(), "{r:?} {e}");
+        }
+        assert!(
+            r[4].contains(&format!("\"kind\":{}", e["kind"])),
+            "{r:?} {e}"
+        );
+    }
+    let forged = &verdict["packet"];
+    assert!(
+        rows.iter().any(|r| r[0] == "10.78.2.2"
+            && r[2] == forged["seq"].to_string()
+            && r[4].contains("\"kind\":\"invalid\"")),
+        "the forged segment is in the file as INVALID: {rows:#?}"
+    );
+}
+
 #[test]
 fn lost_entries_are_attributed_entry_lost() {
     if !need_root("lost_entries_are_attributed_entry_lost") {

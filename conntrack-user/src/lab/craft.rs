@@ -19,7 +19,7 @@ const TCP_SEND_QUEUE: i32 = 2;
 /// Leaves repair mode without sending a window probe (`TCP_REPAIR_OFF_NO_WP`).
 const TCP_REPAIR_OFF_NO_WP: i32 = -1;
 
-pub use conntrack_common::tcp_flags::{ACK, PSH};
+pub use conntrack_common::tcp_flags::{ACK, PSH, RST};
 
 /// The sequence numbers of one side of a connection, as its socket knows them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// one `lab_verdict` object).
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     pub output: Format,
+    /// Also write the run's offending packets as pcapng (what `ct-trace --pcap` writes: each
+    /// packet with its event as a comment).
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -184,7 +188,7 @@ fn lab(action: LabAction) -> Result<ExitCode, LabError> {
             Ok(ExitCode::SUCCESS)
         }
         LabAction::Run(a) => {
-            let (v, events) = run_once(a.scenario, a.fix)?;
+            let (v, events) = run_once(a.scenario, a.fix, a.pcap.as_deref())?;
             let mut out = std::io::stdout().lock();
             match a.output {
                 Format::Json => {
@@ -206,7 +210,7 @@ fn lab(action: LabAction) -> Result<ExitCode, LabError> {
             let mut rows = Vec::new();
             for fix in Fix::ALL {
                 log::info!("lab: {} with fix {}", a.scenario.name(), fix.name());
-                rows.push(run_once(a.scenario, fix)?.0);
+                rows.push(run_once(a.scenario, fix, None)?.0);
             }
             let mut out = std::io::stdout().lock();
             let _ = match a.output {
@@ -219,7 +223,11 @@ fn lab(action: LabAction) -> Result<ExitCode, LabError> {
 }
 
 /// One lab: build, trace, workload, fault, check, stop, tear down.
-fn run_once(scenario: Scenario, fix: Fix) -> Result<(Verdict, Vec<Value>), LabError> {
+fn run_once(
+    scenario: Scenario,
+    fix: Fix,
+    pcap: Option<&std::path::Path>,
+) -> Result<(Verdict, Vec<Value>), LabError> {
     interrupted()?;
     let mut lab = Lab::build()?;
     let netns: Vec<u64> = [&lab.client, &lab.node, &lab.server]
@@ -234,7 +242,7 @@ fn run_once(scenario: Scenario, fix: Fix) -> Result<(Verdict, Vec<Value>), LabEr
         lab.server,
         fix.name()
     );
-    let tracer = tracer::Tracer::start(&lab.node)?;
+    let tracer = tracer::Tracer::start(&lab.node, pcap)?;
     let listener = workload::listen(&lab)?;
     let long = workload::open_long(&lab, &listener)?;
     let shorts = workload::Shorts::start(&lab, listener)?;

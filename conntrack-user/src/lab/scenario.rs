@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::netlink::{self, Conntrack};
 
 use super::{
-    craft::{self, RawSocket, Segment, ACK, PSH},
+    craft::{self, RawSocket, Segment, ACK, PSH, RST},
     topology::{exec_in, in_netns, Lab, CLIENT_IP, SERVER_IP, SERVER_PORT, SERVICE},
     workload::LongConn,
     LabError,
@@ -32,6 +32,10 @@ pub enum Scenario {
     /// The write-ups' boom-server packet: data 100000 below the window. Linux 6.1+ only
     /// IGNOREs it (not INVALID, no reset).
     BoomServer,
+    /// A RST from the server with SEQ 2^30 past the client's window: INVALID ("invalid rst" /
+    /// out of window), passed without NAT; the client owns no such connection and answers no
+    /// RST (RFC 793): an INVALID verdict that costs nothing, which ct-trace must not blame.
+    InvalidRst,
 }
 
 impl Scenario {
@@ -41,6 +45,7 @@ impl Scenario {
             Self::OutOfWindow => "out-of-window",
             Self::LostEntry => "lost-entry",
             Self::BoomServer => "boom-server",
+            Self::InvalidRst => "invalid-rst",
         }
     }
 }
@@ -154,6 +159,14 @@ pub fn trigger(lab: &Lab, s: Scenario, long: &[LongConn]) -> Result<Trigger, Lab
             10,
             PSH | ACK,
             "data SEQ 100000 below the client's window (boom-server; IGNORE on 6.1+)",
+        ),
+        Scenario::InvalidRst => forge(
+            lab,
+            &long[0],
+            1 << 30,
+            0,
+            RST,
+            "RST with SEQ 2^30 past the client's window (INVALID; nobody answers a RST)",
         ),
         Scenario::LostEntry => lose_entries(lab, long),
     }
@@ -269,6 +282,14 @@ pub fn expectation(s: Scenario, fix: Fix, old_kernel: bool) -> (&'static str, fn
         (Scenario::LostEntry, _) => (
             "no fix brings a lost entry back: the replies are picked up mid-stream without NAT and reset (attributed: entry_lost)",
             |t| t.attributed_lost >= 1 && t.lost >= 1,
+        ),
+        (Scenario::InvalidRst, Fix::Liberal) => (
+            "be_liberal lets the RST through with its NAT; the client drops a RST outside its window: no reset, no connection lost",
+            |t| t.resets == 0 && t.lost == 0,
+        ),
+        (Scenario::InvalidRst, _) => (
+            "the RST is INVALID (passed, or dropped by the fix) and harms nothing: no reset, nothing attributed, no connection lost",
+            |t| t.invalid >= 1 && t.resets == 0 && t.attributed_invalid == 0 && t.lost == 0,
         ),
         (Scenario::BoomServer, Fix::None) if old_kernel => (
             "before 6.1 the packet is INVALID and passed: a reset",

@@ -43,7 +43,7 @@ fn reader(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
 
 impl Tracer {
     /// Starts ct-trace in `node` and waits until it has attached every program.
-    pub fn start(node: &str) -> Result<Self, LabError> {
+    pub fn start(node: &str, pcap: Option<&std::path::Path>) -> Result<Self, LabError> {
         let exe = std::env::current_exe()
             .map_err(|e| LabError::Tracer(format!("finding this executable: {e}")))?;
         let ready = std::env::temp_dir().join(format!("{node}.ready"));
@@ -59,6 +59,9 @@ impl Tracer {
             .stderr(Stdio::piped())
             // Its own process group: a Ctrl-C at the terminal reaches the lab, which stops it.
             .process_group(0);
+        if let Some(p) = pcap {
+            cmd.arg("--pcap").arg(p);
+        }
         if let Ok(m) = std::env::var("CT_TRACE_MODE") {
             cmd.args(["--attach", &m]);
         }
