@@ -11,6 +11,7 @@ use std::{
 };
 
 mod ct_trace;
+pub mod lab;
 pub use ct_trace::{mode, CtTrace, Output};
 
 /// Whether the tests run inside one of `cargo xtask test`'s VMs (TCG: several times slower than

@@ -5,79 +5,16 @@
 //! killed outright (then `ct-trace lab cleanup` removes what it left).
 
 use std::{
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use integration_tests::{bin, need_root};
+use integration_tests::{
+    bin,
+    lab::{assert_no_lab_namespace, host_state, lab, lab_namespaces, n, run},
+    need_root,
+};
 use serde_json::Value;
-
-/// Runs `ct-trace lab ARGS`; returns its pid (its namespaces' names carry it) and output.
-fn lab(args: &[&str]) -> (u32, Output) {
-    let child = Command::new(bin())
-        .arg("lab")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run ct-trace lab");
-    let pid = child.id();
-    let out = child.wait_with_output().expect("wait");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    (pid, out)
-}
-
-/// `lab run ... -o json`: ct-trace's events and the verdict (the last line).
-fn run(scenario: &str, fix: &str) -> (Vec<Value>, Value) {
-    let (pid, out) = lab(&["run", "--scenario", scenario, "--fix", fix, "-o", "json"]);
-    assert!(out.status.success(), "lab run failed: {out:?}");
-    let mut lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
-    let verdict = lines.pop().expect("a verdict");
-    assert_eq!(verdict["kind"], "lab_verdict", "{verdict}");
-    assert_eq!(verdict["scenario"], scenario, "{verdict}");
-    assert_eq!(verdict["fix"], fix, "{verdict}");
-    assert_eq!(
-        lines.last().map(|s| &s["kind"]),
-        Some(&Value::from("summary")),
-        "ct-trace's own summary precedes the verdict"
-    );
-    assert_no_lab_namespace(pid);
-    (lines, verdict)
-}
-
-fn n(v: &Value, k: &str) -> u64 {
-    v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"))
-}
-
-fn lab_namespaces(pid: u32) -> Vec<String> {
-    let prefix = format!("ctt-lab-{pid}-");
-    std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn assert_no_lab_namespace(pid: u32) {
-    let left = lab_namespaces(pid);
-    assert!(left.is_empty(), "lab namespaces left behind: {left:?}");
-}
-
-fn host_state() -> (String, String) {
-    let liberal = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
-        .unwrap_or_default();
-    let forward = Command::new("iptables")
-        .args(["-w", "-S", "FORWARD"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    (liberal, forward)
-}
 
 #[test]
 fn clean_lab_has_no_reset() {
@@ -239,10 +176,10 @@ fn lab_run_writes_the_offending_packets_as_pcapng() {
             "{r:?} {e}"
         );
     }
-    let forged = &verdict["packet"];
+    let forged_seq = verdict["packet"]["seq"].to_string();
     assert!(
         rows.iter().any(|r| r[0] == "10.78.2.2"
-            && r[2] == forged["seq"].to_string()
+            && r[2] == forged_seq
             && r[4].contains("\"kind\":\"invalid\"")),
         "the forged segment is in the file as INVALID: {rows:#?}"
     );

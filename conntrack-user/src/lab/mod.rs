@@ -11,6 +11,7 @@
 mod craft;
 mod report;
 mod scenario;
+mod sysctl;
 mod topology;
 mod tracer;
 mod workload;
@@ -36,7 +37,7 @@ pub enum LabAction {
     /// Build the lab, run the workload, do the scenario's fault, trace it, print the events
     /// and a verdict, tear down.
     Run(RunArgs),
-    /// Run a scenario once per fix (none, liberal, drop-invalid) and print a table.
+    /// Run a scenario once per fix (none, liberal, drop-invalid, bigger-table) and print a table.
     Compare(CompareArgs),
     /// Remove namespaces left by labs that were killed (SIGKILL) before they could tear down.
     Cleanup,
@@ -58,6 +59,11 @@ pub struct RunArgs {
     /// packet with its event as a comment).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<std::path::PathBuf>,
+    /// Allow the global sysctls `table-full` changes (`nf_conntrack_max`,
+    /// `nf_conntrack_buckets`: every namespace's table, the host's too, for the few seconds of
+    /// the run; restored after it). Meant for a throwaway VM or a test box.
+    #[arg(long)]
+    pub allow_host_sysctl: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,6 +73,9 @@ pub struct CompareArgs {
     /// Output format: text (the table) or json (one `lab_compare` object).
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     pub output: Format,
+    /// See `lab run --allow-host-sysctl`.
+    #[arg(long)]
+    pub allow_host_sysctl: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +86,8 @@ pub enum LabError {
     MissingTool(&'static str),
     #[error("network namespace {0} already exists: is another lab running? (`ct-trace lab cleanup` removes those of labs that are gone)")]
     Exists(String),
+    #[error("scenario {0} changes global sysctls (nf_conntrack_max bounds every namespace's table, the host's too): run it in a throwaway VM, or pass --allow-host-sysctl")]
+    NeedsHostSysctl(&'static str),
     #[error("`{cmd}` failed: {detail}")]
     Command { cmd: String, detail: String },
     #[error("workload: {0}")]
@@ -90,7 +101,9 @@ pub enum LabError {
 impl LabError {
     fn exit_code(&self) -> ExitCode {
         match self {
-            Self::NotRoot | Self::MissingTool(_) | Self::Exists(_) => ExitCode::from(2),
+            Self::NotRoot | Self::MissingTool(_) | Self::Exists(_) | Self::NeedsHostSysctl(_) => {
+                ExitCode::from(2)
+            }
             Self::Interrupted(sig) => ExitCode::from(128 + *sig as u8),
             _ => ExitCode::FAILURE,
         }
@@ -171,7 +184,19 @@ pub fn run(action: LabAction) -> anyhow::Result<ExitCode> {
 }
 
 fn lab(action: LabAction) -> Result<ExitCode, LabError> {
+    let (scenario, allowed) = match &action {
+        LabAction::Run(a) => (Some(a.scenario), a.allow_host_sysctl),
+        LabAction::Compare(a) => (Some(a.scenario), a.allow_host_sysctl),
+        LabAction::Cleanup => (None, false),
+    };
+    if let Some(s) = scenario.filter(|s| s.global() && !allowed) {
+        return Err(LabError::NeedsHostSysctl(s.name()));
+    }
     preflight()?;
+    let me = std::process::id();
+    for r in sysctl::restore_stale(|pid| pid != me && topology::lab_alive(pid)) {
+        log::info!("lab: restored {r} left by a lab that is gone");
+    }
     let stale = topology::remove_stale()?;
     if !stale.is_empty() {
         log::info!(
@@ -247,7 +272,8 @@ fn run_once(
     let long = workload::open_long(&lab, &listener)?;
     let shorts = workload::Shorts::start(&lab, listener)?;
     pause(Duration::from_millis(100))?;
-    let trigger = scenario::trigger(&lab, scenario, &long)?;
+    // Held to the end of the run: the global sysctls are restored when it drops.
+    let (trigger, _table_limit) = scenario::trigger(&lab, scenario, fix, &long)?;
     pause(scenario::SETTLE)?;
     let checks: Vec<_> = long.iter().map(workload::check_long).collect();
     let mut apps = workload::tally_long(&checks);

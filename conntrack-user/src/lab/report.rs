@@ -29,6 +29,11 @@ pub struct Verdict {
     pub invalid: u64,
     pub ignored: u64,
     pub midstream: u64,
+    /// New flows conntrack had no room for (ct-trace's count), and the kernel's `drop` counter
+    /// of the node over the same run.
+    pub table_full: u64,
+    pub kernel_drop: u64,
+    pub evicted: u64,
     #[serde(flatten)]
     pub trigger: Trigger,
     pub expected: &'static str,
@@ -62,12 +67,20 @@ impl Verdict {
         let invalid = summary
             .and_then(|s| s["invalid"]["counted"].as_u64())
             .unwrap_or_else(|| of("invalid").count() as u64);
+        let table = summary.map(|s| &s["table"]);
+        let table_full = table
+            .and_then(|t| t["table_full"]["counted"].as_u64())
+            .unwrap_or_else(|| of("table_full").count() as u64);
+        let kernel_drop = table.and_then(|t| t["kernel_drop"].as_u64()).unwrap_or(0);
         let tally = Tally {
             resets,
             attributed_invalid: attributed.get("invalid_packet").copied().unwrap_or(0),
             attributed_lost: attributed.get("entry_lost").copied().unwrap_or(0),
             invalid,
             lost: apps.lost(),
+            table_full,
+            kernel_drop,
+            refused: trigger.table.as_ref().map_or(0, |t| t.refused),
         };
         let (expected, check) = expectation;
         Self {
@@ -83,6 +96,9 @@ impl Verdict {
             invalid,
             ignored: of("ignored").count() as u64,
             midstream: of("midstream").count() as u64,
+            table_full,
+            kernel_drop,
+            evicted: of("evicted").count() as u64,
             trigger,
             expected,
             as_expected: check(&tally),
@@ -115,6 +131,18 @@ impl Verdict {
                 p.server_snd_next,
                 p.server_rcv_next,
                 p.what
+            );
+        }
+        if let Some(t) = &self.trigger.table {
+            let _ = writeln!(
+                s,
+                "  table:        nf_conntrack_max {} -> {} (the node had {} entries; restored after the run); {} new connections, {} could not open",
+                t.max_before, t.max, t.entries_before, t.attempted, t.refused
+            );
+            let _ = writeln!(
+                s,
+                "  table full:   {} new flows dropped (kernel drop counter {}), {} evicted",
+                self.table_full, self.kernel_drop, self.evicted
             );
         }
         for d in &self.trigger.deleted_entries {
@@ -201,6 +229,23 @@ pub fn digest(e: &Value) -> Option<String> {
             s("flags"),
             e["lost"]["how"].as_str().unwrap_or("-")
         ),
+        "table_full" => format!(
+            "{} {} no room: entries={} max={}",
+            flow(),
+            s("flags"),
+            s("entries"),
+            s("max")
+        ),
+        "evicted" => format!(
+            "{} > {} (reply {} > {}) {} evicted: entries={} max={}",
+            e["entry"]["orig_src"].as_str().unwrap_or("-"),
+            e["entry"]["orig_dst"].as_str().unwrap_or("-"),
+            e["entry"]["reply_src"].as_str().unwrap_or("-"),
+            e["entry"]["reply_dst"].as_str().unwrap_or("-"),
+            e["entry"]["tcp_state"].as_str().unwrap_or("-"),
+            s("entries"),
+            s("max")
+        ),
         _ => e.to_string(),
     };
     Some(format!("{:<13}{line}", e["kind"].as_str()?))
@@ -211,18 +256,19 @@ pub fn table(scenario: Scenario, rows: &[Verdict]) -> String {
     let mut s = format!("lab compare: scenario {}\n", scenario.name());
     let _ = writeln!(
         s,
-        "{:<14}{:>8}{:>12}{:>9}{:>18}  verdict",
-        "fix", "resets", "attributed", "invalid", "connections lost"
+        "{:<14}{:>8}{:>12}{:>9}{:>18}{:>12}  verdict",
+        "fix", "resets", "attributed", "invalid", "connections lost", "table full"
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "{:<14}{:>8}{:>12}{:>9}{:>18}  {}",
+            "{:<14}{:>8}{:>12}{:>9}{:>18}{:>12}  {}",
             r.fix.name(),
             r.resets,
             r.attributed_total(),
             r.invalid,
             r.connections_lost,
+            r.table_full,
             if r.as_expected {
                 "as expected"
             } else {
@@ -242,6 +288,7 @@ struct CompareRow {
     invalid: u64,
     connections: u32,
     connections_lost: u32,
+    table_full: u64,
     as_expected: bool,
 }
 
@@ -256,6 +303,7 @@ pub fn table_json(scenario: Scenario, rows: &[Verdict]) -> Value {
             invalid: r.invalid,
             connections: r.connections,
             connections_lost: r.connections_lost,
+            table_full: r.table_full,
             as_expected: r.as_expected,
         })
         .collect();

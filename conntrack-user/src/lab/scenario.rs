@@ -13,8 +13,9 @@ use crate::netlink::{self, Conntrack};
 
 use super::{
     craft::{self, RawSocket, Segment, ACK, PSH, RST},
+    sysctl::TableLimit,
     topology::{exec_in, in_netns, Lab, CLIENT_IP, SERVER_IP, SERVER_PORT, SERVICE},
-    workload::LongConn,
+    workload::{short_request, ConnResult, LongConn},
     LabError,
 };
 
@@ -36,6 +37,10 @@ pub enum Scenario {
     /// out of window), passed without NAT; the client owns no such connection and answers no
     /// RST (RFC 793): an INVALID verdict that costs nothing, which ct-trace must not blame.
     InvalidRst,
+    /// The write-ups' shrunk table: `nf_conntrack_max` set to the node's entries plus 8 (a
+    /// global sysctl: needs `--allow-host-sysctl`), then 16 more connections to the Service;
+    /// conntrack has no room for the excess, netfilter drops their SYNs and they time out.
+    TableFull,
 }
 
 impl Scenario {
@@ -46,7 +51,13 @@ impl Scenario {
             Self::LostEntry => "lost-entry",
             Self::BoomServer => "boom-server",
             Self::InvalidRst => "invalid-rst",
+            Self::TableFull => "table-full",
         }
+    }
+
+    /// Whether the scenario changes global sysctls (`--allow-host-sysctl`).
+    pub fn global(self) -> bool {
+        self == Self::TableFull
     }
 }
 
@@ -59,16 +70,20 @@ pub enum Fix {
     Liberal,
     /// iptables -A FORWARD -m conntrack --ctstate INVALID -j DROP in the lab's node namespace.
     DropInvalid,
+    /// A table with room to spare: `table-full` shrinks it to the entries plus 128 instead of
+    /// plus 8. Other scenarios do not shrink the table, so it changes nothing there.
+    BiggerTable,
 }
 
 impl Fix {
-    pub const ALL: [Fix; 3] = [Fix::None, Fix::Liberal, Fix::DropInvalid];
+    pub const ALL: [Fix; 4] = [Fix::None, Fix::Liberal, Fix::DropInvalid, Fix::BiggerTable];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "none",
             Self::Liberal => "liberal",
             Self::DropInvalid => "drop-invalid",
+            Self::BiggerTable => "bigger-table",
         }
     }
 }
@@ -79,7 +94,8 @@ const LIBERAL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
 /// there, so its per-namespace sysctl exists).
 pub fn apply_fix(lab: &Lab, fix: Fix) -> Result<(), LabError> {
     match fix {
-        Fix::None => Ok(()),
+        // Applied by the table-full scenario itself, when it sizes the table.
+        Fix::None | Fix::BiggerTable => Ok(()),
         Fix::Liberal => {
             // /proc/sys/net is the opening thread's namespace: written and read back from
             // inside the node namespace.
@@ -138,11 +154,36 @@ pub struct Trigger {
     pub packet: Option<Forged>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deleted_entries: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<TableFill>,
 }
 
-/// Does the scenario's fault to the live long connections.
-pub fn trigger(lab: &Lab, s: Scenario, long: &[LongConn]) -> Result<Trigger, LabError> {
-    match s {
+/// What `table-full` did to the table, and what the connections it then opened saw.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TableFill {
+    /// The node's entries before, and the limit set (global, restored after the run).
+    pub entries_before: u64,
+    pub max: u64,
+    pub max_before: u64,
+    /// Connections opened to the Service once the limit was set, and how many of them could
+    /// not be opened within the workload's patience.
+    pub attempted: u32,
+    pub refused: u32,
+}
+
+/// Does the scenario's fault to the live long connections. `table-full` returns the guard
+/// that restores the global sysctls, to hold until the run ends.
+pub fn trigger(
+    lab: &Lab,
+    s: Scenario,
+    fix: Fix,
+    long: &[LongConn],
+) -> Result<(Trigger, Option<TableLimit>), LabError> {
+    if s == Scenario::TableFull {
+        return fill_table(lab, fix).map(|(t, g)| (t, Some(g)));
+    }
+    let t = match s {
+        Scenario::TableFull => unreachable!("handled above"),
         Scenario::Clean => Ok(Trigger::default()),
         Scenario::OutOfWindow => forge(
             lab,
@@ -169,7 +210,63 @@ pub fn trigger(lab: &Lab, s: Scenario, long: &[LongConn]) -> Result<Trigger, Lab
             "RST with SEQ 2^30 past the client's window (INVALID; nobody answers a RST)",
         ),
         Scenario::LostEntry => lose_entries(lab, long),
-    }
+    }?;
+    Ok((t, None))
+}
+
+/// Entries the table keeps free in `table-full`, without and with `bigger-table`, and the
+/// connections it then opens.
+const ROOM: u64 = 8;
+const BIGGER_ROOM: u64 = 128;
+const FILL: u32 = 16;
+/// A small hash, as in the write-ups' reproduction: `early_drop()` scans a few buckets
+/// (NF_CT_EVICTION_RANGE, nf_conntrack_core.c) for an entry it may evict.
+const BUCKETS: u64 = 16;
+
+fn fill_table(lab: &Lab, fix: Fix) -> Result<(Trigger, TableLimit), LabError> {
+    let count = in_netns(&lab.node, || {
+        std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+    })
+    .and_then(|r| r)
+    .map_err(|e| LabError::Workload(format!("reading the node's entry count: {e}")))?;
+    let entries_before: u64 = count.trim().parse().unwrap_or(0);
+    let max_before = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let room = if fix == Fix::BiggerTable {
+        BIGGER_ROOM
+    } else {
+        ROOM
+    };
+    let max = entries_before + room;
+    let guard = TableLimit::set(max, Some(BUCKETS))?;
+    // All at once, as a burst of clients would. A finished request's entry stays in the table
+    // (TIME_WAIT, 120 s; ASSURED, so early_drop() may not evict it): the table stays full.
+    let handles: Vec<_> = (0..FILL)
+        .map(|_| {
+            let ns = lab.client.clone();
+            std::thread::spawn(move || in_netns(&ns, short_request).unwrap_or(ConnResult::Failed))
+        })
+        .collect();
+    let refused = handles
+        .into_iter()
+        .map(|h| h.join().unwrap_or(ConnResult::Failed))
+        .filter(|r| *r != ConnResult::Ok)
+        .count() as u32;
+    Ok((
+        Trigger {
+            table: Some(TableFill {
+                entries_before,
+                max,
+                max_before,
+                attempted: FILL,
+                refused,
+            }),
+            ..Default::default()
+        },
+        guard,
+    ))
 }
 
 fn forge(
@@ -214,6 +311,7 @@ fn forge(
             what,
         }),
         deleted_entries: Vec::new(),
+        table: None,
     })
 }
 
@@ -240,6 +338,7 @@ fn lose_entries(lab: &Lab, long: &[LongConn]) -> Result<Trigger, LabError> {
     Ok(Trigger {
         packet: None,
         deleted_entries: deleted,
+        table: None,
     })
 }
 
@@ -267,7 +366,7 @@ pub fn expectation(s: Scenario, fix: Fix, old_kernel: bool) -> (&'static str, fn
         (Scenario::Clean, _) => ("no reset, no INVALID verdict, no connection lost", |t| {
             t.resets == 0 && t.invalid == 0 && t.lost == 0
         }),
-        (Scenario::OutOfWindow, Fix::None) => (
+        (Scenario::OutOfWindow, Fix::None | Fix::BiggerTable) => (
             "the segment is INVALID, passed without NAT; the client resets the server's connection (attributed: invalid_packet)",
             |t| t.invalid >= 1 && t.attributed_invalid >= 1 && t.lost >= 1,
         ),
@@ -291,7 +390,15 @@ pub fn expectation(s: Scenario, fix: Fix, old_kernel: bool) -> (&'static str, fn
             "the RST is INVALID (passed, or dropped by the fix) and harms nothing: no reset, nothing attributed, no connection lost",
             |t| t.invalid >= 1 && t.resets == 0 && t.attributed_invalid == 0 && t.lost == 0,
         ),
-        (Scenario::BoomServer, Fix::None) if old_kernel => (
+        (Scenario::TableFull, Fix::BiggerTable) => (
+            "a table with room: every connection of the burst opens, nothing is dropped",
+            |t| t.table_full == 0 && t.kernel_drop == 0 && t.refused == 0 && t.lost == 0,
+        ),
+        (Scenario::TableFull, _) => (
+            "no room for the burst's new connections: netfilter drops their SYNs (one table_full per kernel drop) and they time out; no INVALID fix helps",
+            |t| t.table_full >= 1 && t.table_full == t.kernel_drop && t.refused >= 1,
+        ),
+        (Scenario::BoomServer, Fix::None | Fix::BiggerTable) if old_kernel => (
             "before 6.1 the packet is INVALID and passed: a reset",
             |t| t.invalid >= 1 && t.resets >= 1,
         ),
@@ -310,4 +417,9 @@ pub struct Tally {
     pub attributed_lost: u64,
     pub invalid: u64,
     pub lost: u32,
+    /// `table_full` events ct-trace counted, and the kernel's `drop` counter over the run.
+    pub table_full: u64,
+    pub kernel_drop: u64,
+    /// `table-full`'s connections that could not be opened.
+    pub refused: u32,
 }

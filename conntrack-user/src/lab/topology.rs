@@ -219,7 +219,7 @@ pub fn owner_pid(name: &str) -> Option<u32> {
 }
 
 /// Whether `pid` is a live ct-trace (a PID reused by another program does not count).
-fn lab_alive(pid: u32) -> bool {
+pub fn lab_alive(pid: u32) -> bool {
     let comm = |p: &str| std::fs::read_to_string(format!("/proc/{p}/comm")).ok();
     match (comm(&pid.to_string()), comm("self")) {
         (Some(theirs), Some(ours)) => theirs == ours,

@@ -64,7 +64,7 @@ impl Outcome {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ConnResult {
+pub(super) enum ConnResult {
     Ok,
     Reset,
     Failed,
@@ -303,7 +303,8 @@ impl Drop for Shorts {
     }
 }
 
-fn short_request() -> ConnResult {
+/// One request/response through the Service from the calling thread's namespace.
+pub(super) fn short_request() -> ConnResult {
     let s = match TcpStream::connect_timeout(&SERVICE.into(), PATIENCE) {
         Ok(s) => s,
         Err(e) => return classify(&e),

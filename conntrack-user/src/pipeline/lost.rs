@@ -100,7 +100,7 @@ pub struct TableFullReport {
     pub time: String,
     pub netns: u32,
     /// Entries in the namespace's table: read by the program at the drop (`entries_source:
-    /// "kernel"`), or by ct-trace within 20 ms of it (`"ct-trace"`, Linux 5.19+).
+    /// "kernel"`), or by ct-trace as it took the event (`"ct-trace"`, Linux 5.19+).
     pub entries: Option<u32>,
     pub entries_source: &'static str,
     pub max: Option<u32>,

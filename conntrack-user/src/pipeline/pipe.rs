@@ -39,6 +39,13 @@ impl Pipe<'_> {
             let Some(item) = ring.next() else {
                 break;
             };
+            if n == 0 {
+                // The table's count and limit for this batch's events (two small /proc reads
+                // a batch): read after the events happened, so a table that filled in a burst
+                // since the last tick is not shown with the count and limit from before it.
+                self.corr.entries_now = table::read_count();
+                self.corr.ct_max = self.ct_max.refresh();
+            }
             n += 1;
             match events::decode(&item) {
                 Ok(ev) => self.corr.event(ev, now, &mut self.out),

@@ -181,7 +181,7 @@ pub struct Correlator {
     mid_recent_order: VecDeque<VerdictId>,
     /// `nf_conntrack_max` as last read (the caller refreshes it).
     pub ct_max: Option<u32>,
-    /// The namespace's entry count as last read by the caller (at most 20 ms old), for events
+    /// The namespace's entry count as the caller read it when it took this batch of events, for events
     /// whose program could not read it: said so with `entries_source: "ct-trace"`.
     pub entries_now: Option<u32>,
     /// `evicted` events that were inferred, not certain (how many there were in all is the

@@ -1,0 +1,134 @@
+//! `ct-trace lab --scenario table-full`: the write-ups' shrunk table, which needs the global
+//! `nf_conntrack_max` (hence `--allow-host-sysctl`), and `--fix bigger-table`. Its own test
+//! binary, its tests one at a time: while the limit is shrunk it bounds every namespace's
+//! table, so no other lab may run meanwhile. Host only (the host kernel allows all of it).
+
+use std::{
+    process::{Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    bin,
+    lab::{assert_no_lab_namespace, lab, n, run_with},
+    need_root,
+};
+
+/// One lab at a time in this binary.
+static ONE: Mutex<()> = Mutex::new(());
+
+const SYSCTLS: [&str; 2] = [
+    "/proc/sys/net/netfilter/nf_conntrack_max",
+    "/proc/sys/net/netfilter/nf_conntrack_buckets",
+];
+
+fn sysctls() -> Vec<String> {
+    SYSCTLS
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn table_full_needs_allow_host_sysctl() {
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let before = sysctls();
+    let out = Command::new(bin())
+        .args(["lab", "run", "--scenario", "table-full"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--allow-host-sysctl"), "{err}");
+    assert_eq!(sysctls(), before);
+}
+
+/// Without a fix (or with a fix for INVALID) the burst overflows the table: every refused SYN
+/// is a `table_full` event naming the client and the Service, as many as the kernel's `drop`
+/// counter; with `bigger-table` nothing is dropped. The global sysctls are back after each.
+#[test]
+fn a_full_table_refuses_the_burst_and_bigger_table_fixes_it() {
+    if !need_root("a_full_table_refuses_the_burst_and_bigger_table_fixes_it") {
+        return;
+    }
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let before = sysctls();
+    let (events, v) = run_with("table-full", "none", &["--allow-host-sysctl"]);
+    assert_eq!(sysctls(), before, "sysctls restored");
+    assert_eq!(v["as_expected"], true, "{v}");
+    let table = &v["table"];
+    assert!(n(table, "refused") >= 1, "{v}");
+    assert_eq!(n(table, "max"), n(table, "entries_before") + 8, "{v}");
+    let full: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "table_full")
+        .collect();
+    assert!(!full.is_empty(), "{v}");
+    assert_eq!(full.len() as u64, n(&v, "kernel_drop"), "{full:#?}");
+    assert_eq!(n(&v, "table_full"), n(&v, "kernel_drop"), "{v}");
+    for e in &full {
+        assert_eq!(e["src"], "10.78.1.2", "{e}");
+        assert_eq!(e["dst"], "10.96.0.10", "{e}");
+        assert_eq!(e["dport"], 80, "{e}");
+        assert_eq!(e["flags"], "SYN", "{e}");
+        assert_eq!(e["max"], table["max"], "{e}");
+        assert_eq!(e["service_name"], "ctt-lab/web:http", "{e}");
+    }
+
+    let (events, v) = run_with("table-full", "bigger-table", &["--allow-host-sysctl"]);
+    assert_eq!(sysctls(), before, "sysctls restored");
+    assert_eq!(v["as_expected"], true, "{v}");
+    assert_eq!(n(&v["table"], "refused"), 0, "{v}");
+    assert_eq!(n(&v, "kernel_drop"), 0, "{v}");
+    assert!(
+        !events.iter().any(|e| e["kind"] == "table_full"),
+        "{events:#?}"
+    );
+}
+
+/// A table-full lab killed outright (SIGKILL) cannot restore the limit; `lab cleanup` does,
+/// from the values the lab saved first.
+#[test]
+fn a_killed_table_full_lab_has_its_sysctls_restored_by_cleanup() {
+    if !need_root("a_killed_table_full_lab_has_its_sysctls_restored_by_cleanup") {
+        return;
+    }
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let before = sysctls();
+    let mut child = Command::new(bin())
+        .args([
+            "lab",
+            "run",
+            "--scenario",
+            "table-full",
+            "--allow-host-sysctl",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn lab");
+    let pid = child.id();
+    let state = format!("/run/ctt-lab-{pid}.sysctl");
+    let t0 = Instant::now();
+    while sysctls() == before {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the lab never shrank the table"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(std::path::Path::new(&state).exists(), "{state}");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    let (_, out) = lab(&["cleanup"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(sysctls(), before, "cleanup restored the sysctls");
+    assert!(!std::path::Path::new(&state).exists(), "{state}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("restored"),
+        "cleanup says what it restored"
+    );
+    assert_no_lab_namespace(pid);
+}
