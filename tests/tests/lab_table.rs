@@ -88,8 +88,9 @@ fn a_full_table_refuses_the_burst_and_bigger_table_fixes_it() {
     );
 }
 
-/// A table-full lab killed outright (SIGKILL) cannot restore the limit; `lab cleanup` does,
-/// from the values the lab saved first.
+/// While a table-full lab has the limit shrunk, another lab refuses to start (one line, exit
+/// 2). Killed outright (SIGKILL), it cannot restore the limit; `lab cleanup` does, from the
+/// values the lab saved first.
 #[test]
 fn a_killed_table_full_lab_has_its_sysctls_restored_by_cleanup() {
     if !need_root("a_killed_table_full_lab_has_its_sysctls_restored_by_cleanup") {
@@ -120,6 +121,14 @@ fn a_killed_table_full_lab_has_its_sysctls_restored_by_cleanup() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(std::path::Path::new(&state).exists(), "{state}");
+    let (_, other) = lab(&["run", "--scenario", "clean"]);
+    assert_eq!(other.status.code(), Some(2), "{other:?}");
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("table-full lab (PID {pid})")),
+        "{err}"
+    );
     child.kill().expect("SIGKILL");
     child.wait().expect("wait");
     let (_, out) = lab(&["cleanup"]);

@@ -30,7 +30,7 @@ use self::{
     report::Verdict,
     topology::{Lab, SERVICE},
 };
-use crate::report::Format;
+use crate::{cli::AttachMode, report::Format};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum LabAction {
@@ -64,6 +64,9 @@ pub struct RunArgs {
     /// the run; restored after it). Meant for a throwaway VM or a test box.
     #[arg(long)]
     pub allow_host_sysctl: bool,
+    /// How the ct-trace the lab runs attaches (as `ct-trace --attach`).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub attach: Option<AttachMode>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +79,9 @@ pub struct CompareArgs {
     /// See `lab run --allow-host-sysctl`.
     #[arg(long)]
     pub allow_host_sysctl: bool,
+    /// How the ct-trace the lab runs attaches (as `ct-trace --attach`).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub attach: Option<AttachMode>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +94,8 @@ pub enum LabError {
     Exists(String),
     #[error("scenario {0} changes global sysctls (nf_conntrack_max bounds every namespace's table, the host's too): run it in a throwaway VM, or pass --allow-host-sysctl")]
     NeedsHostSysctl(&'static str),
+    #[error("{0}")]
+    Busy(String),
     #[error("`{cmd}` failed: {detail}")]
     Command { cmd: String, detail: String },
     #[error("workload: {0}")]
@@ -101,9 +109,11 @@ pub enum LabError {
 impl LabError {
     fn exit_code(&self) -> ExitCode {
         match self {
-            Self::NotRoot | Self::MissingTool(_) | Self::Exists(_) | Self::NeedsHostSysctl(_) => {
-                ExitCode::from(2)
-            }
+            Self::NotRoot
+            | Self::MissingTool(_)
+            | Self::Exists(_)
+            | Self::NeedsHostSysctl(_)
+            | Self::Busy(_) => ExitCode::from(2),
             Self::Interrupted(sig) => ExitCode::from(128 + *sig as u8),
             _ => ExitCode::FAILURE,
         }
@@ -197,6 +207,22 @@ fn lab(action: LabAction) -> Result<ExitCode, LabError> {
     for r in sysctl::restore_stale(|pid| pid != me && topology::lab_alive(pid)) {
         log::info!("lab: restored {r} left by a lab that is gone");
     }
+    // Labs run side by side in their own namespaces, except beside one that shrank the global
+    // table limit (it bounds every namespace's table).
+    if scenario.is_some() {
+        if let Some(pid) = sysctl::owners().into_iter().find(|&p| p != me) {
+            return Err(LabError::Busy(format!(
+                "a table-full lab (PID {pid}) has shrunk the global conntrack table: wait for it to end"
+            )));
+        }
+    }
+    if scenario.is_some_and(Scenario::global) {
+        if let Some(pid) = topology::other_labs().first() {
+            return Err(LabError::Busy(format!(
+                "another lab (PID {pid}) is running: table-full shrinks every namespace's table, its too; wait for it to end"
+            )));
+        }
+    }
     let stale = topology::remove_stale()?;
     if !stale.is_empty() {
         log::info!(
@@ -213,7 +239,11 @@ fn lab(action: LabAction) -> Result<ExitCode, LabError> {
             Ok(ExitCode::SUCCESS)
         }
         LabAction::Run(a) => {
-            let (v, events) = run_once(a.scenario, a.fix, a.pcap.as_deref())?;
+            let opts = tracer::Opts {
+                pcap: a.pcap.as_deref(),
+                attach: a.attach,
+            };
+            let (v, events) = run_once(a.scenario, a.fix, &opts)?;
             let mut out = std::io::stdout().lock();
             match a.output {
                 Format::Json => {
@@ -235,7 +265,11 @@ fn lab(action: LabAction) -> Result<ExitCode, LabError> {
             let mut rows = Vec::new();
             for fix in Fix::ALL {
                 log::info!("lab: {} with fix {}", a.scenario.name(), fix.name());
-                rows.push(run_once(a.scenario, fix, None)?.0);
+                let opts = tracer::Opts {
+                    pcap: None,
+                    attach: a.attach,
+                };
+                rows.push(run_once(a.scenario, fix, &opts)?.0);
             }
             let mut out = std::io::stdout().lock();
             let _ = match a.output {
@@ -251,7 +285,7 @@ fn lab(action: LabAction) -> Result<ExitCode, LabError> {
 fn run_once(
     scenario: Scenario,
     fix: Fix,
-    pcap: Option<&std::path::Path>,
+    opts: &tracer::Opts,
 ) -> Result<(Verdict, Vec<Value>), LabError> {
     interrupted()?;
     let mut lab = Lab::build()?;
@@ -267,7 +301,7 @@ fn run_once(
         lab.server,
         fix.name()
     );
-    let tracer = tracer::Tracer::start(&lab.node, pcap)?;
+    let tracer = tracer::Tracer::start(&lab.node, opts)?;
     let listener = workload::listen(&lab)?;
     let long = workload::open_long(&lab, &listener)?;
     let shorts = workload::Shorts::start(&lab, listener)?;

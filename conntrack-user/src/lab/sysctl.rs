@@ -73,6 +73,24 @@ impl Drop for TableLimit {
     }
 }
 
+/// The PIDs of labs whose state file is here: labs that changed the global sysctls (live or
+/// gone).
+pub fn owners() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(STATE_DIR) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix(PREFIX)?
+                .strip_suffix(".sysctl")?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
 /// Restores the sysctls of labs that are gone (their PID is no longer a ct-trace); returns
 /// what it restored, as `path=value`.
 pub fn restore_stale(alive: impl Fn(u32) -> bool) -> Vec<String> {

@@ -227,6 +227,21 @@ pub fn lab_alive(pid: u32) -> bool {
     }
 }
 
+/// The PIDs of the other live labs (by their namespaces).
+pub fn other_labs() -> Vec<u32> {
+    let me = std::process::id();
+    let mut pids: Vec<u32> = std::fs::read_dir(NETNS_DIR)
+        .map(|d| {
+            d.filter_map(|e| owner_pid(e.ok()?.file_name().to_str()?))
+                .filter(|&p| p != me && lab_alive(p))
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
 /// Deletes lab namespaces whose lab is gone (killed before it could tear down), and those
 /// named after this very process (a PID reused since); returns their names.
 pub fn remove_stale() -> Result<Vec<String>, LabError> {

@@ -15,11 +15,20 @@ use std::{
 use serde_json::Value;
 
 use super::{interrupted, topology::LAB_PREFIX, LabError};
+use crate::cli::AttachMode;
 
 /// A bound in case the lab never stops it (the lab itself was killed: the child also gets
 /// SIGTERM as its parent-death signal).
 const MAX_RUN: &str = "120";
 const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// What the lab's user asked of the ct-trace it runs.
+pub struct Opts<'a> {
+    /// `--pcap FILE`.
+    pub pcap: Option<&'a std::path::Path>,
+    /// `--attach MODE`; without it, `CT_TRACE_MODE` (the VM matrix's mode), else auto.
+    pub attach: Option<AttachMode>,
+}
 
 pub struct Tracer {
     child: Option<Child>,
@@ -43,7 +52,7 @@ fn reader(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
 
 impl Tracer {
     /// Starts ct-trace in `node` and waits until it has attached every program.
-    pub fn start(node: &str, pcap: Option<&std::path::Path>) -> Result<Self, LabError> {
+    pub fn start(node: &str, opts: &Opts) -> Result<Self, LabError> {
         let exe = std::env::current_exe()
             .map_err(|e| LabError::Tracer(format!("finding this executable: {e}")))?;
         let ready = std::env::temp_dir().join(format!("{node}.ready"));
@@ -59,10 +68,12 @@ impl Tracer {
             .stderr(Stdio::piped())
             // Its own process group: a Ctrl-C at the terminal reaches the lab, which stops it.
             .process_group(0);
-        if let Some(p) = pcap {
+        if let Some(p) = opts.pcap {
             cmd.arg("--pcap").arg(p);
         }
-        if let Ok(m) = std::env::var("CT_TRACE_MODE") {
+        if let Some(m) = opts.attach {
+            cmd.args(["--attach", m.name()]);
+        } else if let Ok(m) = std::env::var("CT_TRACE_MODE") {
             cmd.args(["--attach", &m]);
         }
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
