@@ -84,6 +84,43 @@ fn out_of_window_is_reset_without_a_fix_and_with_neither_fix() {
     );
 }
 
+/// The write-ups' boom-server packet (data 100000 below the window): conntrack only IGNOREs it
+/// on 6.1+ (commit 6e250dcbff1d), so the classic reproduction shows nothing there; before 6.1
+/// it is INVALID and costs a reset. The verdict follows the kernel it ran on.
+#[test]
+fn boom_server_follows_the_kernel() {
+    if !need_root("boom_server_follows_the_kernel") {
+        return;
+    }
+    let (events, v) = run("boom-server", "none");
+    assert_eq!(v["as_expected"], true, "{v}");
+    let p = &v["packet"];
+    assert_eq!(p["flags"], "PSH|ACK", "{v}");
+    assert_eq!(n(p, "len"), 10, "{v}");
+    assert_eq!(
+        n(p, "seq"),
+        n(p, "server_snd_next").wrapping_sub(100_000) & 0xffff_ffff,
+        "{v}"
+    );
+    let invalid_packet = events
+        .iter()
+        .any(|e| e["kind"] == "invalid" && e["seq"] == p["seq"]);
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut ver = release
+        .trim()
+        .split(['.', '-'])
+        .map(|x| x.parse::<u32>().unwrap_or(0));
+    if (ver.next().unwrap_or(0), ver.next().unwrap_or(0)) >= (6, 1) {
+        assert!(!invalid_packet, "6.1+ IGNOREs it: {events:#?}");
+        assert_eq!(n(&v, "invalid"), 0, "{v}");
+        assert_eq!(n(&v, "resets"), 0, "{v}");
+        assert_eq!(n(&v, "connections_lost"), 0, "{v}");
+    } else {
+        assert!(invalid_packet, "INVALID before 6.1: {events:#?}");
+        assert!(n(&v, "resets") >= 1, "{v}");
+    }
+}
+
 /// An out-of-window RST is INVALID and passed (dropped with the fix), but nobody answers a RST:
 /// no reset, nothing attributed to it, no connection lost.
 #[test]

@@ -55,7 +55,18 @@ fn a_full_table_refuses_the_burst_and_bigger_table_fixes_it() {
     }
     let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let before = sysctls();
-    let (events, v) = run_with("table-full", "none", &["--allow-host-sysctl"]);
+    let pcap =
+        std::env::temp_dir().join(format!("ct-trace-lab-table-{}.pcapng", std::process::id()));
+    let _ = std::fs::remove_file(&pcap);
+    let (events, v) = run_with(
+        "table-full",
+        "none",
+        &[
+            "--allow-host-sysctl",
+            "--pcap",
+            pcap.to_str().expect("utf-8 temp dir"),
+        ],
+    );
     assert_eq!(sysctls(), before, "sysctls restored");
     assert_eq!(v["as_expected"], true, "{v}");
     let table = &v["table"];
@@ -66,8 +77,16 @@ fn a_full_table_refuses_the_burst_and_bigger_table_fixes_it() {
         .filter(|e| e["kind"] == "table_full")
         .collect();
     assert!(!full.is_empty(), "{v}");
-    assert_eq!(full.len() as u64, n(&v, "kernel_drop"), "{full:#?}");
-    assert_eq!(n(&v, "table_full"), n(&v, "kernel_drop"), "{v}");
+    // One table_full per kernel drop, short only by runs of the kfree_skb program the kernel
+    // skipped (recursion protection: a softirq's drop while it ran on that CPU), which ct-trace
+    // reports.
+    let (drop, missed) = (n(&v, "kernel_drop"), n(&v, "missed_runs"));
+    assert_eq!(full.len() as u64, n(&v, "table_full"), "{v}");
+    assert!(
+        full.len() as u64 <= drop && drop - full.len() as u64 <= missed,
+        "{} table_full for {drop} kernel drops, {missed} missed runs: {v}",
+        full.len()
+    );
     for e in &full {
         assert_eq!(e["src"], "10.78.1.2", "{e}");
         assert_eq!(e["dst"], "10.96.0.10", "{e}");
@@ -76,6 +95,36 @@ fn a_full_table_refuses_the_burst_and_bigger_table_fixes_it() {
         assert_eq!(e["max"], table["max"], "{e}");
         assert_eq!(e["service_name"], "ctt-lab/web:http", "{e}");
     }
+    // The refused SYNs are in the pcapng file, one per table_full event, in their order.
+    let t = Command::new("tshark")
+        .arg("-r")
+        .arg(&pcap)
+        .args(["-Y", "frame.comment contains \"table_full\""])
+        .args(["-T", "fields", "-E", "separator=|"])
+        .args([
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "tcp.dstport",
+        ])
+        .args(["-e", "tcp.flags.str"])
+        .output()
+        .expect("tshark");
+    let _ = std::fs::remove_file(&pcap);
+    assert!(t.status.success(), "tshark: {t:?}");
+    let rows: Vec<String> = String::from_utf8_lossy(&t.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    let want: Vec<String> = full
+        .iter()
+        .map(|e| format!("10.78.1.2|10.96.0.10|{}|80|··········S·", e["sport"]))
+        .collect();
+    assert_eq!(rows, want);
 
     let (events, v) = run_with("table-full", "bigger-table", &["--allow-host-sysctl"]);
     assert_eq!(sysctls(), before, "sysctls restored");

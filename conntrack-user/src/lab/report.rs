@@ -34,6 +34,9 @@ pub struct Verdict {
     pub table_full: u64,
     pub kernel_drop: u64,
     pub evicted: u64,
+    /// Runs of ct-trace's kprobe and tracepoint programs the kernel skipped (ct-trace's
+    /// `missed_runs`, summed): each may be an event ct-trace could not see.
+    pub missed_runs: u64,
     #[serde(flatten)]
     pub trigger: Trigger,
     pub expected: &'static str,
@@ -72,6 +75,9 @@ impl Verdict {
             .and_then(|t| t["table_full"]["counted"].as_u64())
             .unwrap_or_else(|| of("table_full").count() as u64);
         let kernel_drop = table.and_then(|t| t["kernel_drop"].as_u64()).unwrap_or(0);
+        let missed_runs = summary
+            .and_then(|s| s["missed_runs"].as_object())
+            .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
         let tally = Tally {
             resets,
             attributed_invalid: attributed.get("invalid_packet").copied().unwrap_or(0),
@@ -80,6 +86,7 @@ impl Verdict {
             lost: apps.lost(),
             table_full,
             kernel_drop,
+            missed_runs,
             refused: trigger.table.as_ref().map_or(0, |t| t.refused),
         };
         let (expected, check) = expectation;
@@ -99,6 +106,7 @@ impl Verdict {
             table_full,
             kernel_drop,
             evicted: of("evicted").count() as u64,
+            missed_runs,
             trigger,
             expected,
             as_expected: check(&tally),
@@ -141,8 +149,15 @@ impl Verdict {
             );
             let _ = writeln!(
                 s,
-                "  table full:   {} new flows dropped (kernel drop counter {}), {} evicted",
-                self.table_full, self.kernel_drop, self.evicted
+                "  table full:   {} new flows dropped (kernel drop counter {}), {} evicted{}",
+                self.table_full,
+                self.kernel_drop,
+                self.evicted,
+                if self.missed_runs > 0 {
+                    format!("; {} program runs skipped by the kernel", self.missed_runs)
+                } else {
+                    String::new()
+                }
             );
         }
         for d in &self.trigger.deleted_entries {

@@ -35,20 +35,25 @@ impl Pipe<'_> {
     /// Decodes and correlates up to `max` records; returns how many there were.
     pub(crate) fn drain(&mut self, ring: &mut RingBuf<MapData>, max: usize, now: Instant) -> usize {
         let mut n = 0;
+        let mut fresh = false;
         while n < max {
             let Some(item) = ring.next() else {
                 break;
             };
-            if n == 0 {
-                // The table's count and limit for this batch's events (two small /proc reads
-                // a batch): read after the events happened, so a table that filled in a burst
-                // since the last tick is not shown with the count and limit from before it.
-                self.corr.entries_now = table::read_count();
-                self.corr.ct_max = self.ct_max.refresh();
-            }
             n += 1;
             match events::decode(&item) {
-                Ok(ev) => self.corr.event(ev, now, &mut self.out),
+                Ok(ev) => {
+                    if !fresh && matches!(ev, events::Event::Pressure(..)) {
+                        // The table's count and limit for this batch's table-pressure events
+                        // (two small /proc reads a batch that has some): read after the
+                        // events happened, so a table that filled in a burst since the last
+                        // tick is not shown with the count and limit from before it.
+                        self.corr.entries_now = table::read_count();
+                        self.corr.ct_max = self.ct_max.refresh();
+                        fresh = true;
+                    }
+                    self.corr.event(ev, now, &mut self.out)
+                }
                 Err(e) => {
                     self.decode_errors += 1;
                     log::debug!("undecodable record: {e}");
