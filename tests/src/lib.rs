@@ -214,29 +214,15 @@ impl Topology {
             node: Netns::new("node"),
             server: Netns::new("srv"),
         };
-        let (c, n, s) = (&t.client.name, &t.node.name, &t.server.name);
-        sh(&format!(
-            "ip -n {n} link add eth1 type veth peer name eth0 netns {c}"
-        ));
-        sh(&format!(
-            "ip -n {n} link add eth2 type veth peer name eth0 netns {s}"
-        ));
-        for (ns, dev, v4, v6) in [
-            (n, "eth1", "10.77.1.1/24", "fd77:1::1/64"),
-            (n, "eth2", "10.77.2.1/24", "fd77:2::1/64"),
-            (c, "eth0", "10.77.1.2/24", "fd77:1::2/64"),
-            (s, "eth0", "10.77.2.2/24", "fd77:2::2/64"),
-        ] {
-            sh(&format!("ip -n {ns} addr add {v4} dev {dev}"));
-            sh(&format!("ip -n {ns} addr add {v6} dev {dev} nodad"));
-            sh(&format!("ip -n {ns} link set {dev} up"));
-        }
-        t.client
-            .exec("ip route add default via 10.77.1.1 && ip -6 route add default via fd77:1::1");
-        t.server
-            .exec("ip route add default via 10.77.2.1 && ip -6 route add default via fd77:2::1");
-        t.node
-            .exec("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1");
+        // The lab's wiring (one implementation), on 10.77 / fd77 beside the lab's 10.78.
+        conntrack_user::lab::wire(&conntrack_user::lab::Wiring {
+            client: &t.client.name,
+            node: &t.node.name,
+            server: &t.server.name,
+            v4: "10.77",
+            v6: Some("fd77"),
+        })
+        .unwrap_or_else(|e| panic!("wiring the test topology: {e}"));
         // kube-proxy's iptables mode in one rule per family: the service address is DNATed to
         // the backend; nothing drops INVALID (the vulnerable default before kube-proxy 1.15).
         t.node.exec("iptables -t nat -A PREROUTING -d 10.96.0.10 -p tcp --dport 80 -j DNAT --to-destination 10.77.2.2:8080");

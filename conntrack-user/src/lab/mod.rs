@@ -25,10 +25,13 @@ use std::{
 
 use serde_json::Value;
 
-pub use self::scenario::{Fix, Scenario};
 use self::{
     report::Verdict,
     topology::{Lab, SERVICE},
+};
+pub use self::{
+    scenario::{Fix, Scenario},
+    topology::{wire, Wiring},
 };
 use crate::{cli::AttachMode, report::Format};
 

@@ -65,6 +65,74 @@ pub fn exec_in(ns: &str, args: &[&str]) -> Result<String, LabError> {
     run(Command::new("ip").args(["netns", "exec", ns]).args(args))
 }
 
+/// The links of a client -- node -- server topology in three existing namespaces: the node's
+/// `eth1` to the client's `eth0` on `V4.1.0/24` (node `.1`, client `.2`), its `eth2` to the
+/// server's `eth0` on `V4.2.0/24`, default routes through the node, forwarding on in the node;
+/// with `v6`, also `V6:1::/64` and `V6:2::/64` the same way (without duplicate address
+/// detection, which would hold the addresses back for seconds). The one implementation: the
+/// lab, `tests/scripts/demo.sh` (the lab) and the integration tests build on it, each with the
+/// rules it needs in the node.
+pub struct Wiring<'a> {
+    pub client: &'a str,
+    pub node: &'a str,
+    pub server: &'a str,
+    /// The first two octets, e.g. `10.78`.
+    pub v4: &'a str,
+    /// The first group, e.g. `fd77`.
+    pub v6: Option<&'a str>,
+}
+
+pub fn wire(w: &Wiring) -> Result<(), LabError> {
+    let (c, n, s) = (w.client, w.node, w.server);
+    ip(&[
+        "-n", n, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", c,
+    ])?;
+    ip(&[
+        "-n", n, "link", "add", "eth2", "type", "veth", "peer", "name", "eth0", "netns", s,
+    ])?;
+    for (ns, dev, net, host) in [
+        (n, "eth1", 1, 1),
+        (n, "eth2", 2, 1),
+        (c, "eth0", 1, 2),
+        (s, "eth0", 2, 2),
+    ] {
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}.{net}.{host}/24", w.v4),
+            "dev",
+            dev,
+        ])?;
+        if let Some(v6) = w.v6 {
+            let a = format!("{v6}:{net}::{host}/64");
+            ip(&["-n", ns, "addr", "add", &a, "dev", dev, "nodad"])?;
+        }
+        ip(&["-n", ns, "link", "set", dev, "up"])?;
+    }
+    for (ns, net) in [(c, 1), (s, 2)] {
+        ip(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("{}.{net}.1", w.v4),
+        ])?;
+        if let Some(v6) = w.v6 {
+            let via = format!("{v6}:{net}::1");
+            ip(&["-n", ns, "-6", "route", "add", "default", "via", &via])?;
+        }
+    }
+    exec_in(n, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    if w.v6.is_some() {
+        exec_in(n, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+    }
+    Ok(())
+}
+
 impl Lab {
     /// Builds the topology for this process. Refuses when one of its names is taken.
     pub fn build() -> Result<Self, LabError> {
@@ -86,25 +154,13 @@ impl Lab {
             lab.created.push(ns.clone());
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
-        let (c, n, s) = (&lab.client, &lab.node, &lab.server);
-        ip(&[
-            "-n", n, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", c,
-        ])?;
-        ip(&[
-            "-n", n, "link", "add", "eth2", "type", "veth", "peer", "name", "eth0", "netns", s,
-        ])?;
-        for (ns, dev, addr) in [
-            (n, "eth1", "10.78.1.1/24"),
-            (n, "eth2", "10.78.2.1/24"),
-            (c, "eth0", "10.78.1.2/24"),
-            (s, "eth0", "10.78.2.2/24"),
-        ] {
-            ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
-        }
-        ip(&["-n", c, "route", "add", "default", "via", "10.78.1.1"])?;
-        ip(&["-n", s, "route", "add", "default", "via", "10.78.2.1"])?;
-        exec_in(n, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        wire(&Wiring {
+            client: &lab.client,
+            node: &lab.node,
+            server: &lab.server,
+            v4: "10.78",
+            v6: None,
+        })?;
         lab.kube_proxy_rules()?;
         Ok(lab)
     }
