@@ -20,6 +20,21 @@ pub fn in_vm() -> bool {
     std::env::var_os("CT_TRACE_VM").is_some()
 }
 
+/// The kinds of events that carry a packet (`--pcap` writes one for each).
+pub const WITH_PACKET: [&str; 6] = [
+    "invalid",
+    "ignored",
+    "rst_sent",
+    "rst_received",
+    "midstream",
+    "table_full",
+];
+
+/// Whether `--pcap` writes a packet for this event (a kind of [`WITH_PACKET`] with addresses).
+pub fn carries_packet(e: &serde_json::Value) -> bool {
+    WITH_PACKET.contains(&e["kind"].as_str().unwrap_or_default()) && !e["src"].is_null()
+}
+
 /// Prints the one marker `cargo xtask test` counts as a skip.
 pub fn skip(test: &str, why: &str) {
     println!("SKIPPED: {test}: {why}");

@@ -10,7 +10,7 @@ use std::{
 };
 
 use integration_tests::{
-    bin,
+    bin, carries_packet,
     lab::{assert_no_lab_namespace, host_state, lab, lab_namespaces, n, run},
     need_root,
 };
@@ -171,21 +171,7 @@ fn lab_run_writes_the_offending_packets_as_pcapng() {
         .map(|l| serde_json::from_str(l).expect("JSON"))
         .collect();
     let verdict = lines.last().expect("verdict");
-    let with_packet: Vec<&Value> = lines
-        .iter()
-        .filter(|e| {
-            [
-                "invalid",
-                "ignored",
-                "rst_sent",
-                "rst_received",
-                "midstream",
-                "table_full",
-            ]
-            .contains(&e["kind"].as_str().unwrap_or_default())
-                && !e["src"].is_null()
-        })
-        .collect();
+    let with_packet: Vec<&Value> = lines.iter().filter(|e| carries_packet(e)).collect();
     let t = Command::new("tshark")
         .arg("-r")
         .arg(&path)

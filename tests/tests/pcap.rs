@@ -7,22 +7,10 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use conntrack_user::report::rfc3339;
-use integration_tests::{need_root, CtTrace, Topology, CLIENT, SERVER};
+use integration_tests::{
+    carries_packet, need_root, CtTrace, Topology, CLIENT, SERVER, WITH_PACKET,
+};
 use serde_json::Value;
-
-/// The kinds whose events carry a packet.
-const WITH_PACKET: [&str; 6] = [
-    "invalid",
-    "ignored",
-    "rst_sent",
-    "rst_received",
-    "midstream",
-    "table_full",
-];
-
-fn carries_packet(e: &Value) -> bool {
-    WITH_PACKET.contains(&e["kind"].as_str().unwrap_or_default()) && !e["src"].is_null()
-}
 
 fn pcap_path(name: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("ct-trace-{name}-{}.pcapng", std::process::id()));
