@@ -20,6 +20,16 @@ pub fn in_vm() -> bool {
     std::env::var_os("CT_TRACE_VM").is_some()
 }
 
+/// Whether the running kernel is at least `major.minor`.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut it = rel
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|v| v.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0)) >= (major, minor)
+}
+
 /// The kinds of events that carry a packet (`--pcap` writes one for each).
 pub const WITH_PACKET: [&str; 6] = [
     "invalid",
@@ -297,9 +307,10 @@ impl Topology {
         (server, client)
     }
 
-    /// Opens `flows` connections client -> Service (`tests/scripts/held.py`); the backend speaks `speak_after` seconds after
-    /// the last one is accepted. `lose` runs in between (it must make the entries go). Returns the
-    /// client ports and what ct-trace (running in the node) printed.
+    /// Opens `flows` connections client -> Service (`tests/scripts/held.py`); the backend
+    /// speaks `speak_after` seconds after the last one is accepted. `lose` runs in between (it
+    /// must make the entries go). Returns the client ports and what ct-trace (running in the
+    /// node) printed.
     pub fn held_flows(
         &self,
         ct: CtTrace,

@@ -6,8 +6,8 @@
 //! `invalid` counter delta for the node namespace over the same interval.
 
 use integration_tests::{
-    need_root, python, scripts, CtTrace, Output, Topology, CLIENT, CLIENT6, SERVER, SERVER6,
-    SERVICE,
+    kernel_at_least, need_root, python, scripts, CtTrace, Output, Topology, CLIENT, CLIENT6,
+    SERVER, SERVER6, SERVICE,
 };
 use serde_json::Value;
 
@@ -17,15 +17,6 @@ struct Run {
     seg: Value,
     kernel_delta: u64,
     v6: bool,
-}
-
-fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let mut it = rel
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|v| v.parse::<u32>().unwrap_or(0));
-    (it.next().unwrap(), it.next().unwrap()) >= (major, minor)
 }
 
 fn scenario(mode: &str, v6: bool, drop_rule: bool) -> Run {

@@ -13,7 +13,8 @@ use std::{
 };
 
 use integration_tests::{
-    in_vm, need_root, python, scripts, Background, CtTrace, Netns, Topology, SERVICE,
+    in_vm, kernel_at_least, need_root, python, scripts, Background, CtTrace, Netns, Topology,
+    SERVICE,
 };
 use serde_json::Value;
 
@@ -170,11 +171,7 @@ fn prometheus_sees_the_kernels_invalid_count_and_the_attributed_resets_by_servic
     assert!(sent.is_some_and(|v| v >= 10.0), "resets sent: {sent:?}");
     // The kernel says why it sent a reset from 6.10 on: the clients had no socket for the
     // backend's address.
-    let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut v = rel
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse::<u32>().ok());
-    if (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 10) {
+    if kernel_at_least(6, 10) {
         let no_socket = query(
             &t.node,
             "ct_trace_resets_total{direction=\"sent\", reason=\"no_socket\"}",

@@ -266,12 +266,12 @@ fn lab(action: LabAction) -> Result<ExitCode, LabError> {
         }
         LabAction::Compare(a) => {
             let mut rows = Vec::new();
+            let opts = tracer::Opts {
+                pcap: None,
+                attach: a.attach,
+            };
             for fix in Fix::ALL {
                 log::info!("lab: {} with fix {}", a.scenario.name(), fix.name());
-                let opts = tracer::Opts {
-                    pcap: None,
-                    attach: a.attach,
-                };
                 rows.push(run_once(a.scenario, fix, &opts)?.0);
             }
             let mut out = std::io::stdout().lock();

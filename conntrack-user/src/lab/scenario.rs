@@ -179,11 +179,8 @@ pub fn trigger(
     fix: Fix,
     long: &[LongConn],
 ) -> Result<(Trigger, Option<TableLimit>), LabError> {
-    if s == Scenario::TableFull {
-        return fill_table(lab, fix).map(|(t, g)| (t, Some(g)));
-    }
     let t = match s {
-        Scenario::TableFull => unreachable!("handled above"),
+        Scenario::TableFull => return fill_table(lab, fix).map(|(t, g)| (t, Some(g))),
         Scenario::Clean => Ok(Trigger::default()),
         Scenario::OutOfWindow => forge(
             lab,
@@ -230,17 +227,13 @@ fn fill_table(lab: &Lab, fix: Fix) -> Result<(Trigger, TableLimit), LabError> {
     .and_then(|r| r)
     .map_err(|e| LabError::Workload(format!("reading the node's entry count: {e}")))?;
     let entries_before: u64 = count.trim().parse().unwrap_or(0);
-    let max_before = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
     let room = if fix == Fix::BiggerTable {
         BIGGER_ROOM
     } else {
         ROOM
     };
     let max = entries_before + room;
-    let guard = TableLimit::set(max, Some(BUCKETS))?;
+    let guard = TableLimit::set(max, BUCKETS)?;
     // All at once, as a burst of clients would. A finished request's entry stays in the table
     // (TIME_WAIT, 120 s; ASSURED, so early_drop() may not evict it): the table stays full.
     let handles: Vec<_> = (0..FILL)
@@ -259,7 +252,7 @@ fn fill_table(lab: &Lab, fix: Fix) -> Result<(Trigger, TableLimit), LabError> {
             table: Some(TableFill {
                 entries_before,
                 max,
-                max_before,
+                max_before: guard.max_before(),
                 attempted: FILL,
                 refused,
             }),

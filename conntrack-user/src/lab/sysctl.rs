@@ -25,6 +25,24 @@ fn state_file(pid: u32) -> PathBuf {
     PathBuf::from(STATE_DIR).join(format!("{PREFIX}{pid}.sysctl"))
 }
 
+/// The PID in a state file's name (`ctt-lab-PID.sysctl`).
+fn owner(name: &str) -> Option<u32> {
+    name.strip_prefix(PREFIX)?
+        .strip_suffix(".sysctl")?
+        .parse()
+        .ok()
+}
+
+/// The state files here, with their PIDs.
+fn state_files() -> Vec<(PathBuf, u32)> {
+    let Ok(dir) = std::fs::read_dir(STATE_DIR) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| Some((e.path(), owner(e.file_name().to_str()?)?)))
+        .collect()
+}
+
 fn read(path: &str) -> io::Result<String> {
     Ok(std::fs::read_to_string(path)?.trim().to_string())
 }
@@ -38,9 +56,9 @@ fn write(path: &str, value: &str) -> Result<(), LabError> {
 }
 
 impl TableLimit {
-    /// Sets `nf_conntrack_max` to `max` and, when given, `nf_conntrack_buckets` to `buckets`,
-    /// after saving both (in memory and in the state file).
-    pub fn set(max: u64, buckets: Option<u64>) -> Result<Self, LabError> {
+    /// Sets `nf_conntrack_max` to `max` and `nf_conntrack_buckets` to `buckets`, after saving
+    /// both (in memory and in the state file).
+    pub fn set(max: u64, buckets: u64) -> Result<Self, LabError> {
         let io = |what: &str| {
             let what = what.to_string();
             move |e: io::Error| LabError::Workload(format!("{what}: {e}"))
@@ -53,11 +71,18 @@ impl TableLimit {
         let text: String = saved.iter().map(|(p, v)| format!("{p} {v}\n")).collect();
         std::fs::write(&state, text).map_err(io(&state.display().to_string()))?;
         let me = Self { saved, state };
-        if let Some(b) = buckets {
-            write(BUCKETS, &b.to_string())?;
-        }
+        write(BUCKETS, &buckets.to_string())?;
         write(MAX, &max.to_string())?;
         Ok(me)
+    }
+
+    /// `nf_conntrack_max` as it was before.
+    pub fn max_before(&self) -> u64 {
+        self.saved
+            .iter()
+            .find(|(p, _)| *p == MAX)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -76,52 +101,29 @@ impl Drop for TableLimit {
 /// The PIDs of labs whose state file is here: labs that changed the global sysctls (live or
 /// gone).
 pub fn owners() -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir(STATE_DIR) else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_prefix(PREFIX)?
-                .strip_suffix(".sysctl")?
-                .parse()
-                .ok()
-        })
-        .collect()
+    state_files().into_iter().map(|(_, pid)| pid).collect()
 }
 
 /// Restores the sysctls of labs that are gone (their PID is no longer a ct-trace); returns
 /// what it restored, as `path=value`.
 pub fn restore_stale(alive: impl Fn(u32) -> bool) -> Vec<String> {
     let mut restored = Vec::new();
-    let Ok(dir) = std::fs::read_dir(STATE_DIR) else {
-        return restored;
-    };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(PREFIX)
-            .and_then(|r| r.strip_suffix(".sysctl"))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for (path, pid) in state_files() {
         if alive(pid) {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(e.path()) else {
+        let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
         for line in text.lines() {
             // Only the two files this module writes.
-            if let Some((path, value)) = line.split_once(' ') {
-                if [MAX, BUCKETS].contains(&path) && std::fs::write(path, value).is_ok() {
-                    restored.push(format!("{path}={value}"));
+            if let Some((sysctl, value)) = line.split_once(' ') {
+                if [MAX, BUCKETS].contains(&sysctl) && std::fs::write(sysctl, value).is_ok() {
+                    restored.push(format!("{sysctl}={value}"));
                 }
             }
         }
-        let _ = std::fs::remove_file(e.path());
+        let _ = std::fs::remove_file(&path);
     }
     restored
 }

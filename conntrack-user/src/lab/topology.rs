@@ -283,25 +283,8 @@ pub fn lab_alive(pid: u32) -> bool {
     }
 }
 
-/// The PIDs of the other live labs (by their namespaces).
-pub fn other_labs() -> Vec<u32> {
-    let me = std::process::id();
-    let mut pids: Vec<u32> = std::fs::read_dir(NETNS_DIR)
-        .map(|d| {
-            d.filter_map(|e| owner_pid(e.ok()?.file_name().to_str()?))
-                .filter(|&p| p != me && lab_alive(p))
-                .collect()
-        })
-        .unwrap_or_default();
-    pids.sort_unstable();
-    pids.dedup();
-    pids
-}
-
-/// Deletes lab namespaces whose lab is gone (killed before it could tear down), and those
-/// named after this very process (a PID reused since); returns their names.
-pub fn remove_stale() -> Result<Vec<String>, LabError> {
-    let me = std::process::id();
+/// The lab namespaces there are, with the PID in their names.
+fn lab_namespaces() -> Result<Vec<(String, u32)>, LabError> {
     let entries = match std::fs::read_dir(NETNS_DIR) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -312,12 +295,37 @@ pub fn remove_stale() -> Result<Vec<String>, LabError> {
             })
         }
     };
-    let mut stale: Vec<String> = entries
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| match owner_pid(n) {
-            Some(pid) => pid == me || !lab_alive(pid),
-            None => false,
+    Ok(entries
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let pid = owner_pid(&name)?;
+            Some((name, pid))
         })
+        .collect())
+}
+
+/// The PIDs of the other live labs (by their namespaces).
+pub fn other_labs() -> Vec<u32> {
+    let me = std::process::id();
+    let mut pids: Vec<u32> = lab_namespaces()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, pid)| pid)
+        .filter(|&p| p != me && lab_alive(p))
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// Deletes lab namespaces whose lab is gone (killed before it could tear down), and those
+/// named after this very process (a PID reused since); returns their names.
+pub fn remove_stale() -> Result<Vec<String>, LabError> {
+    let me = std::process::id();
+    let mut stale: Vec<String> = lab_namespaces()?
+        .into_iter()
+        .filter(|&(_, pid)| pid == me || !lab_alive(pid))
+        .map(|(name, _)| name)
         .collect();
     stale.sort();
     for ns in &stale {

@@ -168,8 +168,9 @@ pub struct Correlator {
     pub flows: HashMap<(String, String, String), FlowStats>,
     /// Entries seen going (ctnetlink destroy events), for `midstream` and `entry_lost`.
     pub lost: LostEntries,
-    /// `midstream` records waiting (until the watcher is past them, at most [`MIDSTREAM_WAIT`]) for the destroy event of the entry
-    /// their flow lost, and the resets they caused meanwhile.
+    /// `midstream` records waiting for the destroy event of the entry their flow lost (until
+    /// the watcher is past them, at most [`MIDSTREAM_WAIT`]), and the resets they caused
+    /// meanwhile.
     mids: HashMap<VerdictId, PendingMid>,
     mid_order: VecDeque<VerdictId>,
     /// CLOCK_BOOTTIME up to which the destroy watcher has handed over every event (the caller
@@ -181,8 +182,8 @@ pub struct Correlator {
     mid_recent_order: VecDeque<VerdictId>,
     /// `nf_conntrack_max` as last read (the caller refreshes it).
     pub ct_max: Option<u32>,
-    /// The namespace's entry count as the caller read it when it took this batch of events, for events
-    /// whose program could not read it: said so with `entries_source: "ct-trace"`.
+    /// The namespace's entry count as the caller read it when it took this batch of events,
+    /// for events whose program could not read it: said so with `entries_source: "ct-trace"`.
     pub entries_now: Option<u32>,
     /// `evicted` events that were inferred, not certain (how many there were in all is the
     /// output stage's count of the kind).
