@@ -276,6 +276,9 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         out: Output::default(),
         decode_errors: 0,
         lookups: (0, Instant::now()),
+        order: Default::default(),
+        ready: Vec::new(),
+        ring_read_to: 0,
     };
     let mut ring = rt
         .block_on(run(cli, ring, &mut pipe, &mut counters, &mut sink, scrapes))
@@ -301,7 +304,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     pipe.settle(Instant::now(), true);
     counters.notices(pipe.corr, &mut pipe.out.reports);
     let decode_errors = pipe.decode_errors;
-    sink.put(&mut pipe.out.reports).context("writing events")?;
+    sink.put(pipe.ordered_all()).context("writing events")?;
     sink.tally.decode_errors = decode_errors;
 
     let flows = corr.summary();
@@ -370,7 +373,7 @@ async fn run<W: io::Write>(
             } => {
                 // What the ring buffer holds first, so the scrape shows what the kernel counted.
                 pipe.drain(afd.get_mut(), usize::MAX, Instant::now());
-                sink.put(&mut pipe.out.reports)?;
+                sink.put(pipe.ordered())?;
                 if let Some(m) = &mut sink.metrics {
                     m.undecodable = pipe.decode_errors;
                     m.refresh(counters, pipe.corr.entries_now.map(u64::from), pipe.ct_max.last.map(u64::from));
@@ -382,7 +385,7 @@ async fn run<W: io::Write>(
                 // Records below the wake-up threshold come without a wake-up: collect them.
                 for _ in 0..BATCHES_PER_WAKE {
                     let n = pipe.drain(afd.get_mut(), BATCH, now);
-                    sink.put(&mut pipe.out.reports)?;
+                    sink.put(pipe.ordered())?;
                     if n < BATCH {
                         break;
                     }
@@ -405,7 +408,7 @@ async fn run<W: io::Write>(
                 let mut empty = false;
                 for _ in 0..BATCHES_PER_WAKE {
                     let n = pipe.drain(guard.get_inner_mut(), BATCH, Instant::now());
-                    sink.put(&mut pipe.out.reports)?;
+                    sink.put(pipe.ordered())?;
                     if n < BATCH {
                         empty = true;
                         break;
@@ -418,7 +421,7 @@ async fn run<W: io::Write>(
                 }
             }
         }
-        sink.put(&mut pipe.out.reports)?;
+        sink.put(pipe.ordered())?;
         if sink.closed && (sink.broken_pipe || cli.count.is_some()) {
             break;
         }

@@ -32,7 +32,7 @@ use std::{
     io::{self, BufWriter, Write},
     net::IpAddr,
     path::{Path, PathBuf},
-    time::{Duration, UNIX_EPOCH},
+    time::Duration,
 };
 
 use pcap_file::{
@@ -50,7 +50,7 @@ use pcap_file::{
     DataLink, Endianness,
 };
 
-use crate::report::Report;
+use crate::report::{Report, Time};
 
 /// The second comment of every packet.
 pub const RECONSTRUCTED: &str = "reconstructed by ct-trace from the event above (headers only: \
@@ -86,8 +86,8 @@ pub enum PcapError {
 /// A packet as a report describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fields<'a> {
-    /// The report's `time` (RFC 3339, nanoseconds).
-    pub time: &'a str,
+    /// The report's `time`.
+    pub time: Time,
     /// Where it was seen, without the namespace (`netfilter ipv4/prerouting`).
     pub point: String,
     pub netns: u32,
@@ -118,7 +118,7 @@ fn family(src: IpAddr, dst: IpAddr) -> &'static str {
 pub fn fields(r: &Report) -> Option<Fields<'_>> {
     let f = match r {
         Report::Invalid(v) | Report::Ignored(v) => Fields {
-            time: &v.time,
+            time: v.time,
             point: format!("netfilter {}/{}", family(v.src, v.dst), v.hook),
             netns: v.netns,
             proto: v.proto,
@@ -139,7 +139,7 @@ pub fn fields(r: &Report) -> Option<Fields<'_>> {
             };
             let (src, dst) = (s.src?, s.dst?);
             Fields {
-                time: &s.time,
+                time: s.time,
                 point: format!("{tp} {}", family(src, dst)),
                 netns: s.netns,
                 proto: IPPROTO_TCP,
@@ -154,7 +154,7 @@ pub fn fields(r: &Report) -> Option<Fields<'_>> {
             }
         }
         Report::Midstream(m) => Fields {
-            time: &m.time,
+            time: m.time,
             point: format!("netfilter {}/{}", family(m.src, m.dst), m.hook),
             netns: m.netns,
             proto: IPPROTO_TCP,
@@ -169,7 +169,7 @@ pub fn fields(r: &Report) -> Option<Fields<'_>> {
         },
         // Seen where netfilter freed it (its hook is not known).
         Report::TableFull(t) => Fields {
-            time: &t.time,
+            time: t.time,
             point: format!("skb:kfree_skb {}", family(t.src, t.dst)),
             netns: t.netns,
             proto: t.proto,
@@ -313,14 +313,6 @@ fn to_v6(a: IpAddr) -> std::net::Ipv6Addr {
     }
 }
 
-/// Nanoseconds since the epoch of a report's `time`.
-fn timestamp(time: &str) -> Duration {
-    humantime::parse_rfc3339(time)
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .unwrap_or_default()
-}
-
 /// Writes the packets of reports to a pcapng file.
 pub struct PcapWriter<W: Write = File> {
     out: PcapNgWriter<BufWriter<W>>,
@@ -385,7 +377,7 @@ impl<W: Write> PcapWriter<W> {
         let (data, original_len) = build(&f);
         let epb = EnhancedPacketBlock {
             interface_id,
-            timestamp: timestamp(f.time),
+            timestamp: Duration::from_nanos(f.time.0),
             original_len,
             data: Cow::Owned(data),
             options: vec![

@@ -20,7 +20,7 @@ pub struct Trigger {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ResetReport {
-    pub time: String,
+    pub time: Time,
     pub netns: u32,
     /// The reset's direction: from the host that sent it to its peer.
     pub src: Option<IpAddr>,
@@ -41,10 +41,16 @@ pub struct ResetReport {
     /// True when the triggering packet had been marked INVALID by conntrack on its way.
     pub caused_by_invalid: bool,
     /// What conntrack did to the triggering packet on its way, when it let it through without
-    /// its NAT: `invalid_packet` (the same as `caused_by_invalid`) or `entry_lost` (picked up
-    /// mid-stream after its flow's entry went).
+    /// its NAT: `invalid_packet` (marked INVALID) or `entry_lost` (picked up mid-stream after
+    /// its flow's entry went), each with an `attribution`; or `stray` when nothing shows that
+    /// the packet belonged to a flow conntrack was tracking (a port scan, a segment of a
+    /// long-gone flow): harmless, not attributed, shown only with `--resets all`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<&'static str>,
+    /// `skipped` on a `stray` whose entry lookup could not be made in time: nothing showed the
+    /// flow was tracked, so nothing is blamed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrichment: Option<&'static str>,
 }
 
 /// One direction's TCP window as conntrack tracks it (`struct ip_ct_tcp_state`,
@@ -94,7 +100,7 @@ pub struct ConntrackReport {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct InvalidReport {
-    pub time: String,
+    pub time: Time,
     pub netns: u32,
     pub hook: &'static str,
     pub in_iface: Option<String>,
@@ -121,6 +127,12 @@ pub struct InvalidReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drop_reason: Option<String>,
     pub conntrack: Option<ConntrackReport>,
+    /// Whether the packet belonged to a flow conntrack was tracking: a confirmed entry had its
+    /// tuple (the kernel's entry at the refusal, or the ctnetlink lookup just after). `false`
+    /// for port scans (SYN|FIN, NULL, XMAS, FIN segments to closed ports) and strays of long-gone
+    /// flows: they reset nothing anyone cares about. `null` when it could not be told
+    /// (`enrichment: skipped`, not TCP, no ctnetlink).
+    pub tracked: Option<bool>,
     /// `skipped` when the ctnetlink lookup of the entry could not be made in time (the lookup
     /// queue was full, or the answer came too late): `conntrack` is then null.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -133,7 +145,7 @@ pub struct InvalidReport {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct AttributionReport {
-    pub time: String,
+    pub time: Time,
     /// The host whose connection was reset: the original source of the conntrack entry.
     pub client: Option<String>,
     /// The address the client connected to (conntrack original destination, before DNAT).
@@ -148,7 +160,7 @@ pub struct AttributionReport {
     pub invalid_netns: u32,
     pub invalid_hook: &'static str,
     pub invalid_reason: String,
-    pub invalid_time: String,
+    pub invalid_time: Time,
     pub seq: u32,
     pub ack: u32,
     pub delay_us: u64,
@@ -209,7 +221,7 @@ pub enum Direction {
 /// a failure, or suppressed by the event budget. Nothing is lost or suppressed silently.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct CounterReport {
-    pub time: String,
+    pub time: Time,
     /// The counter (`lost_invalid`, `suppressed_reset`, `read_failed`, ...; see README).
     pub counter: &'static str,
     pub count: u64,
@@ -223,8 +235,8 @@ pub struct FlowReport {
     pub backend: String,
     pub resets: u64,
     pub reasons: Vec<String>,
-    pub first: String,
-    pub last: String,
+    pub first: Time,
+    pub last: Time,
 }
 
 /// INVALID verdicts over the run: `counted` (in the kernel, at the moment of each verdict) ==
@@ -256,7 +268,7 @@ pub struct InvalidTally {
 /// The last line of `-o json` at exit.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct SummaryReport {
-    pub time: String,
+    pub time: Time,
     pub duration_s: f64,
     /// The namespace whose INVALID verdicts were watched.
     pub netns: u32,
@@ -274,6 +286,9 @@ pub struct SummaryReport {
     pub filtered: std::collections::BTreeMap<&'static str, u64>,
     /// Events that went out without their ctnetlink lookup (see `enrichment`).
     pub enrichment_skipped: u64,
+    /// Resets of packets of no flow conntrack was tracking (scans, strays): `cause: "stray"`,
+    /// never attributed; by what conntrack did with the packet.
+    pub stray_resets: crate::attribution::StrayTally,
     /// Runs of ct-trace's programs the kernel skipped (recursion protection), by program;
     /// empty when none.
     pub missed_runs: std::collections::BTreeMap<String, u64>,
@@ -319,6 +334,25 @@ impl Report {
         }
     }
 
+    /// A reset of a packet of no flow conntrack was tracking (see [`ResetReport::cause`]).
+    pub fn is_stray(&self) -> bool {
+        matches!(self, Self::RstSent(r) if r.cause == Some("stray"))
+    }
+
+    /// When it happened; `None` for the flow rows and the summary, which are made at exit.
+    pub fn time(&self) -> Option<Time> {
+        Some(match self {
+            Self::RstSent(r) | Self::RstReceived(r) => r.time,
+            Self::Invalid(r) | Self::Ignored(r) => r.time,
+            Self::Attribution(r) => r.time,
+            Self::TableFull(r) => r.time,
+            Self::Evicted(r) => r.time,
+            Self::Midstream(r) => r.time,
+            Self::Lost(r) | Self::Suppressed(r) => r.time,
+            Self::Flow(_) | Self::Summary(_) => return None,
+        })
+    }
+
     pub fn json(&self) -> String {
         // Serialising plain structs of strings, numbers and maps with string keys cannot fail.
         serde_json::to_string(self).unwrap_or_default()
@@ -346,6 +380,7 @@ impl Report {
                 );
                 match r.cause {
                     Some("entry_lost") => s.push_str(" caused_by=entry_lost"),
+                    Some("stray") => s.push_str(" caused_by=stray"),
                     Some(_) => s.push_str(" caused_by=invalid"),
                     None => {}
                 }
@@ -519,8 +554,35 @@ pub fn endpoint_of(a: Option<IpAddr>, p: Option<u16>) -> String {
 
 /// Nanoseconds since the epoch as RFC 3339 with nanoseconds (`2026-11-22T03:21:07.123456789Z`).
 pub fn rfc3339(epoch_ns: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(epoch_ns);
-    humantime::format_rfc3339_nanos(t).to_string()
+    Time(epoch_ns).to_string()
+}
+
+/// A moment of an event: nanoseconds since the epoch. Kept as a number through the pipeline
+/// (events are ordered by it, pcapng takes it as it is) and rendered as RFC 3339 with
+/// nanoseconds only when printed (`Display`, and serde as a string).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Time(pub u64);
+
+impl std::fmt::Display for Time {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(self.0);
+        write!(f, "{}", humantime::format_rfc3339_nanos(t))
+    }
+}
+
+/// Tests write times as people read them.
+#[cfg(test)]
+impl From<&str> for Time {
+    fn from(s: &str) -> Self {
+        let t = humantime::parse_rfc3339(s).expect("an RFC 3339 time");
+        Time(t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64)
+    }
+}
+
+impl Serialize for Time {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 #[cfg(test)]
@@ -535,7 +597,7 @@ mod tests {
     #[test]
     fn json_has_the_documented_fields() {
         let r = Report::RstSent(ResetReport {
-            time: rfc3339(0),
+            time: Time(0),
             netns: 4026531840,
             src: Some("10.0.0.1".parse().unwrap()),
             sport: Some(80),
@@ -550,6 +612,7 @@ mod tests {
             socket: Some(false),
             caused_by_invalid: false,
             cause: None,
+            enrichment: None,
         });
         let v: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
         assert_eq!(v["kind"], "rst_sent");

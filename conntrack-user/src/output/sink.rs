@@ -1,10 +1,10 @@
 //! The output stage: every report is counted by kind, and printed unless `--summary`, `--kind`,
-//! `-c` or a closed stdout says otherwise.
+//! `--resets caused` (for strays), `-c` or a closed stdout says otherwise.
 
 use std::{collections::BTreeMap, io};
 
 use crate::{
-    cli::Cli,
+    cli::{Cli, Resets},
     report::{Report, Writer},
 };
 
@@ -42,6 +42,13 @@ impl<W: io::Write> Sink<'_, W> {
             let kind = r.kind();
             if let Some(m) = &mut self.metrics {
                 m.report(&r);
+            }
+            if self.cli.resets == Resets::Caused && r.is_stray() {
+                // `--resets caused` shows what conntrack broke; a stray (a scan's reset) is
+                // counted as filtered, like the resets the kernel keeps back.
+                *self.tally.shown.entry(kind).or_default() += 1;
+                *self.tally.filtered.entry(kind).or_default() += 1;
+                continue;
             }
             if let Some(p) = &mut self.pcap {
                 p.report(&r).map_err(io::Error::other)?;

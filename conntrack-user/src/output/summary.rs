@@ -100,6 +100,7 @@ pub(crate) fn summarize(
         lost,
         filtered,
         enrichment_skipped: corr.enrichment_skipped,
+        stray_resets: corr.strays,
         missed_runs: missed_runs.clone(),
         counters: c,
         table: TableTally::default(),
@@ -270,6 +271,13 @@ pub(crate) fn print_summary(
         eprintln!(
             "ct-trace: {} events went out without their conntrack lookup (enrichment: skipped)",
             s.enrichment_skipped
+        );
+    }
+    let strays = s.stray_resets.invalid + s.stray_resets.midstream;
+    if strays > 0 {
+        eprintln!(
+            "ct-trace: {strays} resets answered packets of no flow conntrack was tracking (scans, strays; not attributed): {} INVALID, {} picked up mid-stream",
+            s.stray_resets.invalid, s.stray_resets.midstream
         );
     }
     if corr.reasons_unmatched > 0 {

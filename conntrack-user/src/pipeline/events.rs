@@ -29,6 +29,19 @@ pub enum Event {
     Pressure(Kind, Pressure),
 }
 
+impl Event {
+    /// The record's CLOCK_BOOTTIME, as the program read it.
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Event::Reset(_, r) => r.header.ts_ns,
+            Event::Invalid(v) => v.header.ts_ns,
+            Event::Drop(d) => d.header.ts_ns,
+            Event::Reason(r) => r.header.ts_ns,
+            Event::Pressure(_, p) => p.header.ts_ns,
+        }
+    }
+}
+
 fn read<T: Copy>(b: &[u8], kind: Kind) -> Result<T, DecodeError> {
     let want = std::mem::size_of::<T>();
     if b.len() < want {

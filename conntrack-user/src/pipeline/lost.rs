@@ -13,14 +13,14 @@
 use std::{
     collections::{HashMap, VecDeque},
     fmt::Write as _,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
 };
 
 use serde::Serialize;
 
 use crate::{
     netlink::{tcp_state_name, Destroyed, Entry, Tuple, IPS_ASSURED},
-    report::{endpoint, endpoint_of, service_name_text},
+    report::{endpoint, endpoint_of, service_name_text, Time},
 };
 
 /// Lost entries remembered for `midstream` and `entry_lost` attributions: at most this many ...
@@ -45,29 +45,49 @@ pub enum How {
 }
 
 /// A conntrack entry: both tuples, so the Service (original destination) and the backend
-/// (reply source) are named.
+/// (reply source) are named. Endpoints print as `addr:port` (`[addr]:port` for IPv6).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct FlowEntry {
     pub proto: u8,
-    pub orig_src: String,
-    pub orig_dst: String,
-    pub reply_src: String,
-    pub reply_dst: String,
+    #[serde(serialize_with = "as_text")]
+    pub orig_src: SocketAddr,
+    #[serde(serialize_with = "as_text")]
+    pub orig_dst: SocketAddr,
+    #[serde(serialize_with = "as_text")]
+    pub reply_src: SocketAddr,
+    #[serde(serialize_with = "as_text")]
+    pub reply_dst: SocketAddr,
     pub tcp_state: Option<&'static str>,
     pub assured: bool,
+}
+
+fn as_text<S: serde::Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(a)
 }
 
 impl FlowEntry {
     pub fn of(e: &Entry) -> Self {
         Self {
             proto: e.orig.proto,
-            orig_src: endpoint(e.orig.src, e.orig.sport),
-            orig_dst: endpoint(e.orig.dst, e.orig.dport),
-            reply_src: endpoint(e.reply.src, e.reply.sport),
-            reply_dst: endpoint(e.reply.dst, e.reply.dport),
+            orig_src: SocketAddr::new(e.orig.src, e.orig.sport),
+            orig_dst: SocketAddr::new(e.orig.dst, e.orig.dport),
+            reply_src: SocketAddr::new(e.reply.src, e.reply.sport),
+            reply_dst: SocketAddr::new(e.reply.dst, e.reply.dport),
             tcp_state: e.tcp_state.map(tcp_state_name),
             assured: e.status & IPS_ASSURED != 0,
         }
+    }
+
+    /// Whether conntrack translated the flow (a Service's DNAT, an SNAT): only then does losing
+    /// the entry change its packets.
+    pub fn nat(&self) -> bool {
+        self.reply_src != self.orig_dst || self.reply_dst != self.orig_src
+    }
+
+    /// Whether a packet from `src` to `dst` is the flow's answer (backend -> client) as it
+    /// travels without the entry, i.e. untranslated.
+    pub fn is_reply(&self, src: SocketAddr, dst: SocketAddr) -> bool {
+        src == self.reply_src && dst == self.reply_dst
     }
 }
 
@@ -78,7 +98,7 @@ pub struct LostReport {
     /// False when `how` was inferred (see the module doc) or is `unknown`.
     pub certain: bool,
     /// When ct-trace saw it go (null when unknown).
-    pub time: Option<String>,
+    pub time: Option<Time>,
     /// The entry as it was (null when unknown).
     pub entry: Option<FlowEntry>,
 }
@@ -97,7 +117,7 @@ impl LostReport {
 /// `table_full`: conntrack had no room for this packet's new entry, and netfilter dropped it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct TableFullReport {
-    pub time: String,
+    pub time: Time,
     pub netns: u32,
     /// Entries in the namespace's table: read by the program at the drop (`entries_source:
     /// "kernel"`), or by ct-trace as it took the event (`"ct-trace"`, Linux 5.19+).
@@ -120,7 +140,7 @@ pub struct TableFullReport {
 /// `evicted`: an entry removed by `early_drop` to make room.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct EvictedReport {
-    pub time: String,
+    pub time: Time,
     pub netns: u32,
     /// Entries / max of the table when ct-trace read them, right after the eviction.
     pub entries: Option<u64>,
@@ -140,7 +160,7 @@ pub struct EvictedReport {
 /// with it the Service's NAT. The new entry's original tuple is the packet's.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct MidstreamReport {
-    pub time: String,
+    pub time: Time,
     pub netns: u32,
     pub hook: &'static str,
     pub entries: Option<u32>,

@@ -1,12 +1,13 @@
 //! From ring-buffer records to reports: decoding (`events`), the correlation core
 //! (`attribution`), conntrack's log line and entry (`reason`), ctnetlink lookups beside the event
 //! path (`enrich`), lost entries with the destroy-event thread (`lost`, `destroy`),
-//! and the stages as the event loop drives them (`pipe`).
+//! the stages as the event loop drives them (`pipe`), and reports put in time order (`order`).
 
 pub mod attribution;
 pub mod destroy;
 pub mod enrich;
 pub mod events;
 pub mod lost;
+pub mod order;
 pub mod pipe;
 pub mod reason;

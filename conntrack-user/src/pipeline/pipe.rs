@@ -1,6 +1,6 @@
 //! The stages between the ring buffer and the output, as the event loop drives them: decode and
 //! correlate a bounded batch, then settle what waits (ctnetlink lookups and answers, destroyed
-//! entries, the table's count, ageing).
+//! entries, the table's count, ageing), and hand the reports on in time order.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,8 @@ use crate::{
     destroy::Watcher,
     enrich::Enricher,
     events,
+    pipeline::order::{Reorder, MARGIN_NS},
+    report::{Report, Time},
     table::{self, CtMax},
 };
 
@@ -29,6 +31,13 @@ pub(crate) struct Pipe<'a> {
     pub(crate) decode_errors: u64,
     /// Verdict lookups sent in the current second, and when it began.
     pub(crate) lookups: (u32, Instant),
+    /// Reports waiting for their turn (see `order`), and those whose turn came.
+    pub(crate) order: Reorder,
+    pub(crate) ready: Vec<Report>,
+    /// CLOCK_BOOTTIME that every record still to come from the ring buffer was read at or
+    /// after (less [`MARGIN_NS`]): the time before a read that found it empty, or the time of
+    /// the last record read (records are in the order they were reserved).
+    pub(crate) ring_read_to: u64,
 }
 
 impl Pipe<'_> {
@@ -36,13 +45,16 @@ impl Pipe<'_> {
     pub(crate) fn drain(&mut self, ring: &mut RingBuf<MapData>, max: usize, now: Instant) -> usize {
         let mut n = 0;
         let mut fresh = false;
+        let started = crate::app::boot_now();
         while n < max {
             let Some(item) = ring.next() else {
+                self.ring_read_to = self.ring_read_to.max(started);
                 break;
             };
             n += 1;
             match events::decode(&item) {
                 Ok(ev) => {
+                    self.ring_read_to = self.ring_read_to.max(ev.ts_ns());
                     if !fresh && matches!(ev, events::Event::Pressure(..)) {
                         // The table's count and limit for this batch's table-pressure events
                         // (two small /proc reads a batch that has some): read after the
@@ -104,5 +116,29 @@ impl Pipe<'_> {
             }
         }
         self.corr.tick(now, flush, &mut self.out);
+    }
+
+    /// The reports that are due, in time order: those older than everything still in flight
+    /// (held by the correlator, unread in the ring buffer, not yet handed over by the destroy
+    /// watcher). The caller writes them and leaves the vector empty.
+    pub(crate) fn ordered(&mut self) -> &mut Vec<Report> {
+        self.order.push(&mut self.out.reports);
+        let mut bound = self.corr.time(self.ring_read_to);
+        if let Some(w) = self.watcher {
+            bound = bound.min(self.corr.time(w.watermark()));
+        }
+        if let Some(held) = self.corr.held_since() {
+            bound = bound.min(held);
+        }
+        let bound = Time(bound.0.saturating_sub(MARGIN_NS));
+        self.order.release(Some(bound), &mut self.ready);
+        &mut self.ready
+    }
+
+    /// Every report, in time order (at exit, after the last `settle`).
+    pub(crate) fn ordered_all(&mut self) -> &mut Vec<Report> {
+        self.order.push(&mut self.out.reports);
+        self.order.release(None, &mut self.ready);
+        &mut self.ready
     }
 }

@@ -54,19 +54,23 @@ pub(crate) struct Metrics {
     invalid: Family<Labels, Counter>,
     resets: Family<Labels, Counter>,
     attributed: Family<Labels, Counter>,
+    strays: Family<Labels, Counter>,
     ct_events: Family<Labels, Counter>,
     entries: Gauge,
     limit: Gauge,
     suppressed: Family<Labels, Counter>,
     lost: Family<Labels, Counter>,
     services: HashSet<String>,
-    /// The series of `invalid` by (hook, fate, reason class): a bounded set of static words.
-    invalid_series: HashMap<(&'static str, &'static str, &'static str), Counter>,
+    /// The series of `invalid` by (hook, fate, reason class, flow): a bounded set of static
+    /// words.
+    invalid_series: HashMap<InvalidKey, Counter>,
     /// `enum sk_rst_reason` names by value (empty before 6.10).
     rst_names: HashMap<u32, String>,
     /// Records ct-trace could not decode (userspace's share of `lost`).
     pub(crate) undecodable: u64,
 }
+
+type InvalidKey = (&'static str, &'static str, &'static str, &'static str);
 
 /// The kernel counters behind each `(family, labels)` series that comes from them.
 const INVALID_NOT_SENT: [K; 3] = [K::SuppressedInvalid, K::LostInvalid, K::FilteredInvalid];
@@ -103,9 +107,10 @@ impl Metrics {
         registry.register(
             "ct_trace_invalid_packets",
             "Packets conntrack marked INVALID in the watched network namespace, by hook, fate \
-             (passed: went on without its NAT reversed) and reason class. The sum equals the \
-             kernel's `invalid` counter; records the kernel counted but did not send are under \
-             hook, fate and reason `unknown`",
+             (passed: went on without its NAT reversed), reason class and flow (tracked: the \
+             packet belonged to a flow conntrack was tracking; untracked: scans and strays; \
+             unknown: not looked up). The sum equals the kernel's `invalid` counter; records \
+             the kernel counted but did not send are under hook, fate, reason and flow `unknown`",
             invalid.clone(),
         );
         let resets = Family::<Labels, Counter>::default();
@@ -123,6 +128,14 @@ impl Metrics {
              entry_lost) and Service (namespace/name:port from kube-proxy's rules, else the \
              Service address; `other` beyond 256 Services)",
             attributed.clone(),
+        );
+        let strays = Family::<Labels, Counter>::default();
+        registry.register(
+            "ct_trace_stray_resets",
+            "Resets of packets conntrack let through without NAT that belonged to no flow it \
+             was tracking (port scans, strays of long-gone flows), by what conntrack did with the \
+             packet (invalid, midstream): harmless, never attributed to a Service",
+            strays.clone(),
         );
         let ct_events = Family::<Labels, Counter>::default();
         registry.register(
@@ -184,6 +197,7 @@ impl Metrics {
             invalid,
             resets,
             attributed,
+            strays,
             ct_events,
             entries,
             limit,
@@ -204,6 +218,9 @@ impl Metrics {
         for (k, _) in CT_EVENTS {
             let _ = m.ct_events.get_or_create(&labels([("kind", k)]));
         }
+        for p in ["invalid", "midstream"] {
+            let _ = m.strays.get_or_create(&labels([("packet", p)]));
+        }
         let _ = m.ct_events.get_or_create(&labels([("kind", "evicted")]));
         for (k, _) in SUPPRESSED {
             let _ = m.suppressed.get_or_create(&labels([("kind", k)]));
@@ -222,7 +239,12 @@ impl Metrics {
             Report::Invalid(v) => {
                 // Every label is a static word: the series is found without allocating, which
                 // matters in a storm of verdicts.
-                let key = (v.hook, v.fate.name(), reason_class(&v.reason));
+                let flow = match v.tracked {
+                    Some(true) => "tracked",
+                    Some(false) => "untracked",
+                    None => "unknown",
+                };
+                let key = (v.hook, v.fate.name(), reason_class(&v.reason), flow);
                 let invalid = &self.invalid;
                 self.invalid_series
                     .entry(key)
@@ -232,9 +254,20 @@ impl Metrics {
                                 ("hook", key.0),
                                 ("fate", key.1),
                                 ("reason", key.2),
+                                ("flow", key.3),
                             ]))
                             .clone()
                     })
+                    .inc();
+            }
+            Report::RstSent(r) if r.cause == Some("stray") => {
+                let packet = if r.caused_by_invalid {
+                    "invalid"
+                } else {
+                    "midstream"
+                };
+                self.strays
+                    .get_or_create(&labels([("packet", packet)]))
                     .inc();
             }
             Report::Attribution(a) => {
@@ -347,6 +380,7 @@ fn not_sent_labels() -> Labels {
         ("hook", "unknown"),
         ("fate", "unknown"),
         ("reason", "unknown"),
+        ("flow", "unknown"),
     ])
 }
 

@@ -28,6 +28,7 @@ fn invalid(src: &str, dst: &str) -> Report {
         fate: Fate::Passed,
         drop_reason: None,
         conntrack: None,
+        tracked: None,
         enrichment: None,
         service_name: None,
     })
@@ -50,6 +51,7 @@ fn reset(sent: bool, known: bool) -> Report {
         socket: None,
         caused_by_invalid: sent,
         cause: None,
+        enrichment: None,
     };
     if sent {
         Report::RstSent(r)
@@ -177,8 +179,8 @@ fn written_file_reads_back_with_interfaces_comments_lengths_and_checksums() {
         assert_eq!(comments, [r.json().as_str(), RECONSTRUCTED]);
         let f = fields(r).unwrap();
         assert_eq!(
-            crate::report::rfc3339(p.timestamp.as_nanos() as u64),
-            f.time,
+            p.timestamp.as_nanos() as u64,
+            f.time.0,
             "the packet's time is the event's"
         );
     }

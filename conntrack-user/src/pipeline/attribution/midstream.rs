@@ -1,7 +1,7 @@
 //! Table pressure and lost entries: `table_full` reports, `midstream` records waiting for the
 //! destroy event of the entry their flow lost, and the `entry_lost` attributions of their resets.
 
-use std::time::Instant;
+use std::{net::SocketAddr, time::Instant};
 
 use conntrack_common::{Pressure, Reset, IPPROTO_TCP, IPPROTO_UDP};
 
@@ -204,6 +204,11 @@ impl Correlator {
         self.lost_attribution(r, report, lost, out);
     }
 
+    /// A reset of a packet picked up mid-stream: attributed to the lost entry only when one
+    /// was found, it had NAT (losing an untranslated flow's entry changes none of its packets),
+    /// and the packet was that flow's answer travelling without it (the backend's reply
+    /// reaching the client from the backend's address). Anything else - an ACK scan to a port,
+    /// a segment of a flow nothing shows was tracked - is a stray.
     pub(super) fn lost_attribution(
         &mut self,
         r: Reset,
@@ -211,6 +216,18 @@ impl Correlator {
         lost: LostReport,
         out: &mut Output,
     ) {
+        let (src, dst) = addrs(&r.packet);
+        let blamed = lost.entry.as_ref().is_some_and(|e| {
+            e.nat()
+                && e.is_reply(
+                    SocketAddr::new(src, r.packet.sport),
+                    SocketAddr::new(dst, r.packet.dport),
+                )
+        });
+        if !blamed {
+            self.stray(rep, false, out);
+            return;
+        }
         let reason = format!(
             "entry lost ({}): conntrack picked the flow up mid-stream without the Service's NAT",
             how_name(lost.how)

@@ -27,8 +27,8 @@ use crate::{
     netlink::Tuple,
     node::services::ServiceLookup,
     report::{
-        endpoint, endpoint_of, rfc3339, AttributionReport, ConntrackReport, Direction, Fate,
-        FlowReport, InvalidReport, Report, ResetReport, Trigger,
+        endpoint_of, AttributionReport, ConntrackReport, Fate, FlowReport, InvalidReport, Report,
+        ResetReport, Time, Trigger,
     },
 };
 
@@ -122,6 +122,7 @@ struct PendingReason {
 /// What a reset arriving after its verdict was reported needs of it.
 struct Recent {
     conntrack: Option<ConntrackReport>,
+    tracked: Option<bool>,
     reason: String,
     fate: Fate,
 }
@@ -131,6 +132,19 @@ struct ReasonInfo {
     text: String,
     missed_by: Option<u32>,
     conntrack: Option<ConntrackReport>,
+    /// Whether conntrack refused the packet with a confirmed entry of its flow in hand (`None`:
+    /// it refused it before looking one up).
+    tracked: Option<bool>,
+}
+
+/// Resets that answered a packet conntrack let through without NAT, but of no flow conntrack
+/// was tracking (scans, strays): counted apart from attributions, never blamed on a Service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StrayTally {
+    /// The packet was INVALID (e.g. SYN|FIN, NULL, XMAS or FIN to a closed port).
+    pub invalid: u64,
+    /// The packet was picked up mid-stream with no lost entry behind it (e.g. an ACK scan).
+    pub midstream: u64,
 }
 
 /// A verdict within this long after a reason for the same `sk_buff` is about the same packet
@@ -142,8 +156,8 @@ const REASON_MAX_AGE_NS: u64 = 100_000_000;
 pub struct FlowStats {
     pub resets: u64,
     pub reasons: Vec<String>,
-    pub first: String,
-    pub last: String,
+    pub first: Time,
+    pub last: Time,
 }
 
 pub struct Correlator {
@@ -165,6 +179,8 @@ pub struct Correlator {
     pub reasons_unmatched: u64,
     /// Reports that went out without their lookup's answer.
     pub enrichment_skipped: u64,
+    /// Resets of packets of no tracked flow (see [`StrayTally`]).
+    pub strays: StrayTally,
     pub flows: HashMap<(String, String, String), FlowStats>,
     /// Entries seen going (ctnetlink destroy events), for `midstream` and `entry_lost`.
     pub lost: LostEntries,
@@ -256,6 +272,7 @@ impl Correlator {
             now: Instant::now(),
             reasons_unmatched: 0,
             enrichment_skipped: 0,
+            strays: StrayTally::default(),
             flows: HashMap::new(),
             lost: LostEntries::default(),
             mids: HashMap::new(),
@@ -311,13 +328,13 @@ impl Correlator {
         }
     }
 
-    /// The name of the Service of a lost entry (its endpoints as strings).
+    /// The name of the Service of a lost entry.
     pub(super) fn entry_service_name(&self, e: &FlowEntry) -> Option<String> {
-        self.service_name(e.orig_dst.parse().ok(), e.reply_src.parse().ok(), e.proto)
+        self.service_name(Some(e.orig_dst), Some(e.reply_src), e.proto)
     }
 
-    pub fn time(&self, boot_ns: u64) -> String {
-        rfc3339((boot_ns as i128 + self.ctx.boot_to_epoch_ns).max(0) as u64)
+    pub fn time(&self, boot_ns: u64) -> Time {
+        Time((boot_ns as i128 + self.ctx.boot_to_epoch_ns).max(0) as u64)
     }
 
     fn token(&mut self) -> u64 {
@@ -367,7 +384,10 @@ impl Correlator {
         };
         p.lookup = None;
         match entry {
-            Some(e) => p.report.conntrack = e,
+            Some(e) => {
+                p.report.tracked = Some(e.is_some());
+                p.report.conntrack = e;
+            }
             None => {
                 p.report.enrichment = Some("skipped");
                 self.enrichment_skipped += 1;
@@ -409,6 +429,31 @@ impl Correlator {
         }) {
             self.finish_mid(id, LostReport::unknown(), out);
         }
+    }
+
+    /// The time of the oldest report still held here (a verdict waiting for its fate or
+    /// lookup, a reason for its verdict, a reset for its lookup, a `midstream` record for its
+    /// lost entry): no report this correlator makes later is older, up to the disorder of
+    /// arrival (see `order`).
+    pub fn held_since(&mut self) -> Option<Time> {
+        fn front<K: Copy + Eq + std::hash::Hash, V>(
+            order: &mut VecDeque<K>,
+            map: &HashMap<K, V>,
+        ) -> Option<K> {
+            while let Some(k) = order.front() {
+                if map.contains_key(k) {
+                    return Some(*k);
+                }
+                order.pop_front();
+            }
+            None
+        }
+        let verdict = front(&mut self.order, &self.pending).map(|id| self.pending[&id].report.time);
+        let held = front(&mut self.held_order, &self.held).map(|t| self.held[&t].report.time);
+        let mid = front(&mut self.mid_order, &self.mids).map(|id| self.mids[&id].report.time);
+        let reason = front(&mut self.reason_order, &self.reasons)
+            .map(|skb| self.time(self.reasons[&skb].reason.header.ts_ns));
+        [verdict, held, mid, reason].into_iter().flatten().min()
     }
 
     fn tick_reasons(&mut self, now: Instant, flush: bool, limit: Option<usize>, out: &mut Output) {

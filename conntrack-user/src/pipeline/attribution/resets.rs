@@ -1,6 +1,8 @@
 //! Resets: matched in the kernel to the packet that caused them, reported with their
 //! attribution (client -> Service -> backend) and summed per flow.
 
+use std::net::SocketAddr;
+
 use conntrack_common::{flags, Cause, Kind, Reset, IPPROTO_TCP};
 
 use super::*;
@@ -16,19 +18,33 @@ pub(super) struct Known {
 }
 
 impl Correlator {
-    /// Reports a reset and its attribution; when the entry behind it is not known, first
-    /// looks it up (urgently: attributions come before verdicts) and holds both until the
-    /// answer, or [`FATE_WAIT`].
+    /// Reports a reset caused by an INVALID packet and, when that packet belonged to a flow
+    /// conntrack was tracking, its attribution; when that is not known yet, first looks the
+    /// entry up (urgently: attributions come before verdicts) and holds both until the answer,
+    /// or [`FATE_WAIT`]. A reset of a packet of no tracked flow is a stray, never blamed.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn attribution(
         &mut self,
         raw: Reset,
         rep: ResetReport,
         ct: Option<ConntrackReport>,
+        tracked: Option<bool>,
         reason: String,
         fate: Fate,
         out: &mut Output,
     ) {
-        if ct.is_some() || !self.ctx.lookups || raw.packet.family == 0 {
+        let tracked = match tracked {
+            Some(t) => Some(t),
+            // The lookup found an entry, or there is no way to look one up.
+            None if ct.is_some() => Some(true),
+            None if !self.ctx.lookups || raw.packet.family == 0 => Some(false),
+            None => None,
+        };
+        if let Some(tracked) = tracked {
+            if !tracked {
+                self.stray(rep, false, out);
+                return;
+            }
             let known = Known {
                 reason,
                 fate,
@@ -72,6 +88,19 @@ impl Correlator {
             },
         );
         self.held_order.push_back(token);
+    }
+
+    /// A reset of a packet conntrack let through without NAT that belonged to no flow it was
+    /// tracking (or nothing shows it did): reported as such, counted, not attributed.
+    pub(super) fn stray(&mut self, mut rep: ResetReport, skipped: bool, out: &mut Output) {
+        if rep.caused_by_invalid {
+            self.strays.invalid += 1;
+        } else {
+            self.strays.midstream += 1;
+        }
+        rep.cause = Some("stray");
+        rep.enrichment = skipped.then_some("skipped");
+        out.reports.push(Report::RstSent(rep));
     }
 
     pub(super) fn reset_report(&mut self, kind: Kind, r: &Reset) -> ResetReport {
@@ -126,6 +155,7 @@ impl Correlator {
                 socket: Some(r.flags & flags::NO_SOCKET == 0),
                 caused_by_invalid: caused && !lost,
                 cause: caused.then_some(if lost { "entry_lost" } else { "invalid_packet" }),
+                enrichment: None,
             }
         } else {
             ResetReport {
@@ -144,6 +174,7 @@ impl Correlator {
                 socket: None,
                 caused_by_invalid: false,
                 cause: None,
+                enrichment: None,
             }
         }
     }
@@ -174,8 +205,9 @@ impl Correlator {
             return;
         }
         if let Some(v) = self.recent.get(&id) {
-            let (ct, reason, fate) = (v.conntrack.clone(), v.reason.clone(), v.fate);
-            self.attribution(r, report, ct, reason, fate, out);
+            let (ct, tracked, reason, fate) =
+                (v.conntrack.clone(), v.tracked, v.reason.clone(), v.fate);
+            self.attribution(r, report, ct, tracked, reason, fate, out);
             return;
         }
         // The verdict was not shown: the budget suppressed it, or its record was lost. The
@@ -186,9 +218,12 @@ impl Correlator {
             "unknown (the verdict's record did not arrive)"
         }
         .to_string();
-        self.attribution(r, report, None, reason, Fate::Passed, out);
+        self.attribution(r, report, None, None, reason, Fate::Passed, out);
     }
 
+    /// A held reset with its lookup's answer: attributed to the entry found; a stray when none
+    /// was found, or when the lookup could not be made in time (nothing then shows the flow was
+    /// tracked: `enrichment: "skipped"` on the reset says so).
     pub(super) fn release_held(
         &mut self,
         h: Held,
@@ -196,6 +231,10 @@ impl Correlator {
         skipped: bool,
         out: &mut Output,
     ) {
+        if entry.is_none() {
+            self.stray(h.report, skipped, out);
+            return;
+        }
         let known = Known {
             reason: h.reason,
             fate: h.fate,
@@ -222,29 +261,32 @@ impl Correlator {
         } = known;
         let p = &r.packet;
         let (src, dst) = addrs(p);
-        // The INVALID packet went backend -> client; the entry's original tuple is
-        // client -> service. Without an entry, the packet's own destination is the client.
+        // Who was who comes from the flow's entry (the lost one, or the one conntrack had),
+        // never from the reset's direction: client = original source, Service = original
+        // destination (before DNAT), backend = reply source. Only a verdict on a kernel with
+        // neither ctnetlink nor an entry in the reason record has none: its packet's ends.
         let (client, service, backend) = match (ct, lost.as_ref().and_then(|l| l.entry.as_ref())) {
-            (_, Some(e)) => (
-                Some(e.orig_src.clone()),
-                Some(e.orig_dst.clone()),
-                e.reply_src.clone(),
+            (_, Some(e)) => (Some(e.orig_src), Some(e.orig_dst), e.reply_src),
+            (Some(c), _) => (
+                Some(SocketAddr::new(c.orig_src, c.orig_sport)),
+                Some(SocketAddr::new(c.orig_dst, c.orig_dport)),
+                SocketAddr::new(c.reply_src, c.reply_sport),
             ),
-            (Some(c), _) if c.direction == Direction::Reply => (
-                Some(endpoint(c.orig_src, c.orig_sport)),
-                Some(endpoint(c.orig_dst, c.orig_dport)),
-                endpoint(src, p.sport),
+            _ => (
+                Some(SocketAddr::new(dst, p.dport)),
+                None,
+                SocketAddr::new(src, p.sport),
             ),
-            _ => (Some(endpoint(dst, p.dport)), None, endpoint(src, p.sport)),
         };
         // Attributions are TCP: the reset answers a TCP packet.
-        let service_name = self.service_name(
-            service.as_deref().and_then(|s| s.parse().ok()),
-            backend.parse().ok(),
-            conntrack_common::IPPROTO_TCP,
+        let service_name = self.service_name(service, Some(backend), conntrack_common::IPPROTO_TCP);
+        let (client, service, backend) = (
+            client.map(|a| a.to_string()),
+            service.map(|a| a.to_string()),
+            backend.to_string(),
         );
         let a = AttributionReport {
-            time: reset.time.clone(),
+            time: reset.time,
             client: client.clone(),
             service: service.clone(),
             backend: backend.clone(),
@@ -282,10 +324,10 @@ impl Correlator {
         if !f.reasons.contains(&invalid_reason) && f.reasons.len() < 16 {
             f.reasons.push(invalid_reason);
         }
-        if f.first.is_empty() {
-            f.first = a.time.clone();
+        if f.resets == 1 {
+            f.first = a.time;
         }
-        f.last = a.time.clone();
+        f.last = a.time;
         a
     }
 
@@ -300,8 +342,8 @@ impl Correlator {
                 backend: backend.clone(),
                 resets: s.resets,
                 reasons: s.reasons.clone(),
-                first: s.first.clone(),
-                last: s.last.clone(),
+                first: s.first,
+                last: s.last,
             })
             .collect();
         v.sort_by(|a, b| {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::report::Direction;
 use conntrack_common::{
     flags, Cause, Drop, Header, InvalidSeen, Packet, Verdict, IPPROTO_TCP, WIRE_VERSION,
 };
@@ -93,6 +94,42 @@ fn caused_reset(skb: u64, shown: u8) -> Reset {
         _pad: 0,
     };
     r
+}
+
+/// The entry conntrack had for `packet()`'s flow with the client on `client_port`: client ->
+/// Service 10.96.0.10:80, DNATed to the backend 10.0.2.2:8080 (the packet is its reply).
+fn entry(client_port: u16) -> ConntrackReport {
+    ConntrackReport {
+        source: "ctnetlink",
+        direction: Direction::Reply,
+        orig_src: "10.0.1.2".parse().unwrap(),
+        orig_sport: client_port,
+        orig_dst: "10.96.0.10".parse().unwrap(),
+        orig_dport: 80,
+        reply_src: "10.0.2.2".parse().unwrap(),
+        reply_sport: 8080,
+        reply_dst: "10.0.1.2".parse().unwrap(),
+        reply_dport: client_port,
+        tcp_state: Some("ESTABLISHED"),
+        assured: true,
+        original_window: None,
+        reply_window: None,
+    }
+}
+
+/// A correlator that looks entries up (as ct-trace does with ctnetlink).
+fn looking_up() -> Correlator {
+    let mut cx = ctx();
+    cx.lookups = true;
+    Correlator::new(cx)
+}
+
+/// Answers every lookup asked so far as ctnetlink would: the entry of the flow, or none.
+fn answer_all(c: &mut Correlator, out: &mut Output, found: bool) {
+    for r in std::mem::take(&mut out.lookups) {
+        let e = found.then(|| entry(r.tuple.dport));
+        c.answer(r.token, Some(e), out);
+    }
 }
 
 fn kinds(out: &Output) -> Vec<&'static str> {
@@ -204,7 +241,7 @@ fn a_netfilter_drop_of_the_same_packet_makes_it_dropped() {
 
 #[test]
 fn a_reset_caused_by_an_invalid_packet_is_attributed_once() {
-    let mut c = Correlator::new(ctx());
+    let mut c = looking_up();
     let t0 = Instant::now();
     let mut out = Output::default();
     c.event(Event::Invalid(verdict(7)), t0, &mut out);
@@ -213,12 +250,19 @@ fn a_reset_caused_by_an_invalid_packet_is_attributed_once() {
         t0,
         &mut out,
     );
+    assert!(out.reports.is_empty(), "the verdict waits for its entry");
+    answer_all(&mut c, &mut out, true);
     assert_eq!(kinds(&out), ["invalid", "rst_sent", "attribution"]);
+    let Report::Invalid(v) = &out.reports[0] else {
+        unreachable!()
+    };
+    assert_eq!(v.tracked, Some(true));
     let Report::Attribution(a) = &out.reports[2] else {
         unreachable!()
     };
     assert_eq!(a.backend, "10.0.2.2:8080");
     assert_eq!(a.client.as_deref(), Some("10.0.1.2:40000"));
+    assert_eq!(a.service.as_deref(), Some("10.96.0.10:80"));
     assert_eq!(a.delay_us, 2);
     assert_eq!(a.fate, Fate::Passed);
     let Report::RstSent(rs) = &out.reports[1] else {
@@ -231,13 +275,58 @@ fn a_reset_caused_by_an_invalid_packet_is_attributed_once() {
     // Nothing more comes out later.
     c.tick(t0 + FATE_WAIT * 2, true, &mut out);
     assert_eq!(out.reports.len(), 3);
+    assert_eq!(c.strays, StrayTally::default());
+}
+
+/// A port scan: a SYN|FIN (or NULL, XMAS, FIN) segment to a closed port is INVALID, no entry
+/// has its tuple, and the host resets it. That reset is a stray: reported with its own cause,
+/// counted, never attributed, and `client`/`service` are never made up from its direction.
+#[test]
+fn a_reset_of_an_invalid_packet_of_no_tracked_flow_is_a_stray() {
+    let mut c = looking_up();
+    let t0 = Instant::now();
+    let mut out = Output::default();
+    for skb in 0..10u64 {
+        let mut v = verdict(skb);
+        v.packet.tcp_flags = 0x03; // SYN|FIN
+        c.event(Event::Invalid(v), t0, &mut out);
+        c.event(
+            Event::Reset(Kind::RstSent, caused_reset(skb, 1)),
+            t0,
+            &mut out,
+        );
+    }
+    answer_all(&mut c, &mut out, false);
+    c.tick(t0 + FATE_WAIT * 2, true, &mut out);
+    assert!(kinds(&out).iter().all(|k| *k != "attribution"), "{:?}", kinds(&out));
+    let strays: Vec<_> = out.reports.iter().filter(|r| r.is_stray()).collect();
+    assert_eq!(strays.len(), 10);
+    for r in &out.reports {
+        if let Report::Invalid(v) = r {
+            assert_eq!(v.tracked, Some(false));
+        }
+    }
+    assert_eq!(c.strays, StrayTally { invalid: 10, midstream: 0 });
+    assert!(c.summary().is_empty(), "no flow is blamed");
+    // The kernel said so itself: a refusal with an entry this packet was only about to create
+    // (unconfirmed, e.g. "invalid new") needs no lookup and is no tracked flow either.
+    let mut out = Output::default();
+    let mut r = reason(20, "invalid new", 0);
+    r.has_ct = 1;
+    r.ct_status = 0;
+    c.event(Event::Reason(r), t0, &mut out);
+    c.event(Event::Invalid(verdict(20)), t0, &mut out);
+    c.event(Event::Reset(Kind::RstSent, caused_reset(20, 1)), t0, &mut out);
+    assert!(out.lookups.is_empty(), "{:?}", out.lookups);
+    assert_eq!(kinds(&out), ["invalid", "rst_sent"]);
+    assert!(out.reports[1].is_stray());
 }
 
 #[test]
 fn ten_resets_in_a_row_on_reused_buffers_are_ten_attributions() {
     // The same sk_buff address serves packet after packet: each verdict is told apart by
     // its time, and every reset finds its own.
-    let mut c = Correlator::new(ctx());
+    let mut c = looking_up();
     let t0 = Instant::now();
     let mut out = Output::default();
     for i in 0..10u64 {
@@ -250,6 +339,7 @@ fn ten_resets_in_a_row_on_reused_buffers_are_ten_attributions() {
         r.header.ts_ns = v.header.ts_ns + 500;
         r.packet.dport = 40_000 + i as u16;
         c.event(Event::Reset(Kind::RstSent, r), t0, &mut out);
+        answer_all(&mut c, &mut out, true);
     }
     c.tick(t0 + FATE_WAIT * 2, true, &mut out);
     let clients: Vec<_> = out
@@ -285,23 +375,7 @@ fn a_reset_of_a_suppressed_verdict_is_still_attributed_with_its_lookup() {
     };
     let token = req.token;
     assert_eq!(req.tuple.sport, 8080);
-    let entry = ConntrackReport {
-        source: "ctnetlink",
-        direction: Direction::Reply,
-        orig_src: "10.0.1.2".parse().unwrap(),
-        orig_sport: 40000,
-        orig_dst: "10.96.0.10".parse().unwrap(),
-        orig_dport: 80,
-        reply_src: "10.0.2.2".parse().unwrap(),
-        reply_sport: 8080,
-        reply_dst: "10.0.1.2".parse().unwrap(),
-        reply_dport: 40000,
-        tcp_state: Some("ESTABLISHED"),
-        assured: true,
-        original_window: None,
-        reply_window: None,
-    };
-    c.answer(token, Some(Some(entry)), &mut out);
+    c.answer(token, Some(Some(entry(40000))), &mut out);
     assert_eq!(kinds(&out), ["rst_sent", "attribution"]);
     let Report::Attribution(a) = &out.reports[1] else {
         unreachable!()
@@ -312,7 +386,8 @@ fn a_reset_of_a_suppressed_verdict_is_still_attributed_with_its_lookup() {
         "{}",
         a.invalid_reason
     );
-    // Unanswered, it goes out at the deadline, saying so.
+    // Unanswered, nothing shows the flow was tracked: at the deadline it goes out as a
+    // stray, saying why, and nothing is blamed.
     let mut out = Output::default();
     c.event(
         Event::Reset(Kind::RstSent, caused_reset(8, 0)),
@@ -320,12 +395,12 @@ fn a_reset_of_a_suppressed_verdict_is_still_attributed_with_its_lookup() {
         &mut out,
     );
     c.tick(t0 + FATE_WAIT * 2, false, &mut out);
-    let Report::Attribution(a) = &out.reports[1] else {
+    let [Report::RstSent(r)] = &out.reports[..] else {
         panic!("{:?}", out.reports)
     };
-    assert_eq!(a.enrichment, Some("skipped"));
-    assert_eq!(a.client.as_deref(), Some("10.0.1.2:40000"));
+    assert_eq!((r.cause, r.enrichment), (Some("stray"), Some("skipped")));
     assert_eq!(c.enrichment_skipped, 1);
+    assert_eq!(c.strays.invalid, 1);
 }
 
 #[test]
@@ -354,13 +429,13 @@ fn a_verdict_waits_for_its_lookup_then_its_reset_follows() {
     let urgent = out.lookups.last().expect("an urgent lookup");
     assert!(urgent.urgent);
     let token = urgent.token;
-    c.answer(token, Some(None), &mut out);
+    c.answer(token, Some(Some(entry(40000))), &mut out);
     assert_eq!(kinds(&out), ["invalid", "rst_sent", "attribution"]);
 }
 
 #[test]
 fn the_flow_summary_is_bounded() {
-    let mut c = Correlator::new(ctx());
+    let mut c = looking_up();
     let t0 = Instant::now();
     let mut out = Output::default();
     for i in 0..(MAX_FLOWS as u64 + 5) {
@@ -368,6 +443,7 @@ fn the_flow_summary_is_bounded() {
         r.packet.dport = (i % 60_000) as u16;
         r.packet.daddr[2] = (i / 60_000) as u8;
         c.event(Event::Reset(Kind::RstSent, r), t0, &mut out);
+        answer_all(&mut c, &mut out, true);
     }
     let flows = c.summary();
     assert_eq!(flows.len(), MAX_FLOWS + 1);
@@ -457,6 +533,60 @@ fn a_midstream_waits_for_its_lost_entry_and_its_reset_is_attributed_to_it() {
     assert_eq!(a.lost.as_ref().unwrap().how, How::Deleted);
 }
 
+/// An ACK scan: ACK segments to a port nothing was talking to are picked up mid-stream and
+/// reset by the host they went to. No lost entry is behind them (or only one whose flow the
+/// segment does not answer): strays, never `entry_lost` attributions.
+#[test]
+fn resets_of_midstream_packets_no_lost_entry_explains_are_strays() {
+    let mut c = Correlator::new(ctx());
+    let mut out = Output::default();
+    let now = Instant::now();
+    for i in 0..10u64 {
+        let mut m = midstream_of(0x100 + i, 1_000 + i);
+        let mut r = caused_reset(0x100 + i, 1);
+        r.cause.cause = Cause::EntryLost as u8;
+        r.cause.ts_ns = 1_000 + i;
+        // Half of them go client -> pod (the scan's direction: the lost entry's original
+        // direction after DNAT, not its reply).
+        if i % 2 == 1 {
+            for p in [
+                match &mut m {
+                    Event::Pressure(_, p) => &mut p.packet,
+                    _ => unreachable!(),
+                },
+                &mut r.packet,
+            ] {
+                std::mem::swap(&mut p.saddr, &mut p.daddr);
+                std::mem::swap(&mut p.sport, &mut p.dport);
+            }
+        }
+        c.event(m, now, &mut out);
+        c.event(Event::Reset(Kind::RstSent, r), now, &mut out);
+    }
+    // The entry of the even ones' flow... is not lost; an entry of another flow is.
+    let mut other = gone_for(How::Deleted);
+    other.destroyed.entry.orig.sport = 1;
+    other.destroyed.entry.reply.dport = 1;
+    c.gone(vec![other], &mut out);
+    c.tick(now + MIDSTREAM_WAIT, true, &mut out);
+    assert!(kinds(&out).iter().all(|k| *k != "attribution"), "{:?}", kinds(&out));
+    assert_eq!(out.reports.iter().filter(|r| r.is_stray()).count(), 10);
+    assert_eq!(c.strays, StrayTally { invalid: 0, midstream: 10 });
+    // A lost entry of a flow without NAT: losing it changed nothing, so nothing is blamed.
+    let mut c = Correlator::new(ctx());
+    let mut out = Output::default();
+    let mut plain = gone_for(How::Expired);
+    plain.destroyed.entry.orig.dst = plain.destroyed.entry.reply.src;
+    plain.destroyed.entry.orig.dport = plain.destroyed.entry.reply.sport;
+    c.event(midstream_of(0xaa, 1_000), now, &mut out);
+    let mut r = caused_reset(0xaa, 1);
+    r.cause.cause = Cause::EntryLost as u8;
+    c.event(Event::Reset(Kind::RstSent, r), now, &mut out);
+    c.gone(vec![plain], &mut out);
+    assert_eq!(kinds(&out), ["midstream", "rst_sent"]);
+    assert!(out.reports[1].is_stray());
+}
+
 #[test]
 fn a_midstream_without_a_lost_entry_goes_out_unknown_after_the_wait() {
     let mut c = Correlator::new(ctx());
@@ -514,8 +644,8 @@ fn with_a_watcher_a_midstream_waits_until_the_watcher_is_past_it() {
     assert_eq!(out.reports.len(), 3);
 }
 
-/// kube-proxy's rules name the backend 10.0.2.2:8080: the INVALID verdict (no entry known, its
-/// source is the backend) and its attribution carry the name; without rules, neither does.
+/// kube-proxy's rules name the Service 10.96.0.10:80 and its backend 10.0.2.2:8080: the INVALID
+/// verdict and its attribution carry the name; without rules, neither does.
 #[test]
 fn invalid_packets_and_attributions_carry_the_service_name() {
     use crate::node::services::{parse_iptables_save, Builder, ServiceLookup};
@@ -533,7 +663,7 @@ fn invalid_packets_and_attributions_carry_the_service_name() {
         ),
         (None, None),
     ] {
-        let mut c = Correlator::new(ctx());
+        let mut c = looking_up();
         c.service_names = names;
         let t0 = Instant::now();
         let mut out = Output::default();
@@ -543,6 +673,7 @@ fn invalid_packets_and_attributions_carry_the_service_name() {
             t0,
             &mut out,
         );
+        answer_all(&mut c, &mut out, true);
         let [Report::Invalid(v), Report::RstSent(_), Report::Attribution(a)] = &out.reports[..]
         else {
             panic!("{:?}", kinds(&out));

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use conntrack_common::{flags, Drop, Reason, Verdict, IPPROTO_TCP, NO_REASON};
+use conntrack_common::{flags, ips, Drop, Reason, Verdict, IPPROTO_TCP, NO_REASON};
 
 use super::*;
 
@@ -33,13 +33,14 @@ impl Correlator {
         }
         let recent = Recent {
             conntrack: p.report.conntrack.clone(),
+            tracked: p.report.tracked,
             reason: p.report.reason.clone(),
             fate: p.report.fate,
         };
         out.reports.push(Report::Invalid(p.report));
         for (raw, rep) in p.resets {
             let (ct, reason) = (recent.conntrack.clone(), recent.reason.clone());
-            self.attribution(raw, rep, ct, reason, recent.fate, out);
+            self.attribution(raw, rep, ct, recent.tracked, reason, recent.fate, out);
         }
         self.recent.insert(id, recent);
         self.recent_order.push_back(id);
@@ -60,6 +61,9 @@ impl Correlator {
                 .ct_layout
                 .as_ref()
                 .and_then(|l| crate::reason::conntrack(r, l)),
+            // A refusal with an entry: was it one conntrack was already tracking, or one this
+            // very packet was about to create (e.g. "invalid new" for a stray FIN)?
+            tracked: (r.has_ct != 0).then_some(r.ct_status & ips::CONFIRMED != 0),
         }
     }
 
@@ -93,6 +97,7 @@ impl Correlator {
             fate: Fate::Accepted,
             drop_reason: None,
             conntrack: info.conntrack,
+            tracked: info.tracked,
             enrichment: None,
             service_name: None,
         };
@@ -110,16 +115,18 @@ impl Correlator {
             }
             _ => None,
         };
-        let (reason, missed_by, kernel_ct) = match (info, &self.ctx.reason_unknown) {
-            (Some(i), _) => (i.text, i.missed_by, i.conntrack),
-            (None, Some(why)) => (why.clone(), None, None),
+        let (reason, missed_by, kernel_ct, tracked) = match (info, &self.ctx.reason_unknown) {
+            (Some(i), _) => (i.text, i.missed_by, i.conntrack, i.tracked),
+            (None, Some(why)) => (why.clone(), None, None, None),
             (None, None) => (
                 "unknown (conntrack logged no reason for this packet: no entry was found or created for it)".to_string(),
                 None,
                 None,
+                None,
             ),
         };
-        let lookup = if kernel_ct.is_none() && tcp && self.ctx.lookups {
+        // Without the kernel's word on the entry, its lookup tells whether the flow was tracked.
+        let lookup = if tracked.is_none() && tcp && self.ctx.lookups {
             let token = self.token();
             out.lookups.push(Request {
                 token,
@@ -160,6 +167,7 @@ impl Correlator {
             },
             drop_reason: None,
             conntrack: kernel_ct,
+            tracked,
             enrichment: None,
             service_name: None,
         };
