@@ -485,6 +485,10 @@ pub struct Offsets {
     pub sk_v6_rcv_saddr: u32,
     pub sk_dport: u32,
     pub sk_num: u32,
+    /// `inet_sock.inet_sport`: a full socket's local port, kept when `skc_num` is cleared (a
+    /// socket closed with an abort: `tcp_set_state(TCP_CLOSE)` -> `inet_put_port()` zeroes
+    /// `inet_num` before `tcp_send_active_reset()`, net/ipv4/inet_hashtables.c).
+    pub sk_sport: u32,
     pub state_hook: u32,
     pub state_pf: u32,
     pub state_in: u32,
@@ -535,7 +539,7 @@ const _: () = assert!(core::mem::size_of::<Pressure>() == 16 + 64 + 16);
 const _: () = assert!(core::mem::size_of::<PendingDrop>() == 16);
 const _: () = assert!(core::mem::size_of::<Budget>() == 16);
 const _: () = assert!(core::mem::size_of::<Filter>() == 28);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 25 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 26 * 4);
 const _: () = assert!(core::mem::size_of::<CtOffsets>() == 16);
 const _: () = assert!(
     core::mem::size_of::<Reason>()

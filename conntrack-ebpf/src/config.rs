@@ -22,6 +22,7 @@ static OFFSETS: Offsets = Offsets {
     sk_v6_rcv_saddr: 0,
     sk_dport: 0,
     sk_num: 0,
+    sk_sport: 0,
     state_hook: 0,
     state_pf: 0,
     state_in: 0,

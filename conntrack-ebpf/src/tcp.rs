@@ -23,6 +23,9 @@ use crate::{
 };
 
 const AF_INET: u16 = 2;
+/// `sk_state` of the sockets that are not full sockets (include/net/tcp_states.h).
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_NEW_SYN_RECV: u8 = 12;
 const AF_INET6: u16 = 10;
 
 /// Fills the tuple of a socket, seen as a packet from the peer to this socket.
@@ -43,6 +46,13 @@ fn read_sock(sk: *const u8, o: &Offsets, p: &mut Packet) {
         p.proto = IPPROTO_TCP;
         p.sport = u16::from_be(read::<u16>(sk, o.sk_dport).unwrap_or(0));
         p.dport = read::<u16>(sk, o.sk_num).unwrap_or(0);
+        // A socket that sends an active reset as it closes (TCP_ABORT_ON_CLOSE, TCP_STATE) has
+        // already given its port back (`inet_put_port()` zeroes `inet_num`); a full socket
+        // still has it in `inet_sport`. Time-wait and request sockets are no `inet_sock`.
+        let state = read::<u8>(sk, o.sk_state).unwrap_or(0);
+        if p.dport == 0 && state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV {
+            p.dport = u16::from_be(read::<u16>(sk, o.sk_sport).unwrap_or(0));
+        }
         let net = read::<u64>(sk, o.sk_net).unwrap_or(0) as *const u8;
         p.netns = netns_inum(net, o);
     }

@@ -113,6 +113,11 @@ fn filter(cli: &Cli) -> Filter {
 /// the kernel counters must be read at exact points between them.
 fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     preflight::check_caps(preflight::effective_caps())?;
+    if let Some(n) = cli.netns {
+        if !kstat::netns_exists(n) {
+            return Err(preflight::PreflightError::NoSuchNetns(n).into());
+        }
+    }
     let started = Instant::now();
     // Listening before anything is attached: a taken port fails the run cleanly.
     let listener = cli
@@ -240,6 +245,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         writer: Writer::new(io::stdout().lock(), cli.output),
         tally: Tally::default(),
         closed: false,
+        buffered: 0,
         broken_pipe: false,
         metrics: listener.as_ref().map(|_| {
             metrics::Metrics::new(
@@ -353,7 +359,12 @@ async fn run<W: io::Write>(
         .map_err(|e| io::Error::other(e.to_string()))?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let deadline = cli.duration.map(|d| tokio::time::Instant::now() + d);
+    // A closed terminal (or `kill -HUP`) ends the run like Ctrl-C: with the summary.
+    let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    // A duration beyond what the clock can add is as good as none.
+    let deadline = cli
+        .duration
+        .and_then(|d| tokio::time::Instant::now().checked_add(d));
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut last_notice = Instant::now();
     // A named namespace that is deleted while ct-trace watches it (`ip netns del`, a pod going
@@ -364,6 +375,7 @@ async fn run<W: io::Write>(
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => break,
             _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break,
             Some(reply) = async {
                 match scrapes.as_mut() {

@@ -215,3 +215,55 @@ fn with_summary_and_sigterm_the_file_still_gets_every_packet() {
     assert_eq!(packets.len() as u64, produced, "{}", out.summary());
     let _ = std::fs::remove_file(&path);
 }
+
+/// Events leave in time order, on stdout and in the file, although the pipeline holds some
+/// (a verdict waits for its fate and its entry) while others go on (resets of a scan beside
+/// them, with `--resets all`): capinfos calls the file strictly time-ordered.
+#[test]
+fn events_and_packets_are_in_time_order() {
+    if !need_root("events_and_packets_are_in_time_order") {
+        return;
+    }
+    let t = Topology::ipv4_only();
+    let path = pcap_path("order");
+    let ct = CtTrace::start(
+        Some(&t.node),
+        &["--resets", "all", "--pcap", path.to_str().unwrap()],
+    );
+    let scan = integration_tests::Background::start(
+        &t.client,
+        &format!(
+            "{} {} {SERVER} 8081,8083 n=10",
+            integration_tests::python(),
+            integration_tests::scripts().join("scan.py").display()
+        ),
+    );
+    out_of_window_replies(&t);
+    scan.wait(Duration::from_secs(120));
+    let out = ct.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let times: Vec<&str> = out
+        .events
+        .iter()
+        .filter(|e| e["kind"] != "summary")
+        .map(|e| e["time"].as_str().expect("every event has a time"))
+        .collect();
+    assert!(times.len() > 100, "{}", times.len());
+    // RFC 3339 with nanoseconds in UTC, always 30 characters: text order is time order.
+    assert!(times.iter().all(|t| t.len() == 30), "{times:?}");
+    for w in times.windows(2) {
+        assert!(w[0] <= w[1], "out of order: {} then {}", w[0], w[1]);
+    }
+    let info = Command::new("capinfos")
+        .arg("-o")
+        .arg(&path)
+        .output()
+        .expect("capinfos runs");
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with("Strict time order:") && l.trim_end().ends_with("True")),
+        "{info}"
+    );
+    let _ = std::fs::remove_file(&path);
+}

@@ -1,7 +1,10 @@
 //! Resets in namespaces the test creates appear in ct-trace's JSON stream with the right tuple,
 //! namespace and reason, whichever namespace ct-trace itself runs in.
 
-use integration_tests::{need_root, python, CtTrace, Topology, CLIENT, CLIENT6, SERVER, SERVER6};
+use integration_tests::{
+    kernel_at_least, need_root, python, Background, CtTrace, Topology, CLIENT, CLIENT6, SERVER,
+    SERVER6,
+};
 use serde_json::Value;
 
 fn connect(t: &Topology, addr: &str, port: u16) -> String {
@@ -138,6 +141,52 @@ fn an_aborted_established_connection_is_an_rst_received_by_the_peer() {
     assert_eq!(sent.len(), 1, "{:#?}", out.events);
     assert_eq!(sent[0]["socket"], true);
     assert_eq!(sent[0]["src"], CLIENT);
+    assert_eq!(sent[0]["sport"], cport);
     assert_eq!(sent[0]["dst"], SERVER);
     assert_eq!(sent[0]["dport"], 7000);
+}
+
+/// A socket that resets its own connection as it closes (TCP_STATE: SO_LINGER 0;
+/// TCP_ABORT_ON_CLOSE: closed with data unread) has given its port back by then (the kernel
+/// zeroes `inet_num` first): the reset still names its real local port.
+#[test]
+fn resets_a_closing_socket_sends_carry_its_real_ports() {
+    if !need_root("resets_a_closing_socket_sends_carry_its_real_ports") {
+        return;
+    }
+    let t = Topology::new();
+    let ct = CtTrace::start(None, &["--resets", "all"]);
+    // The server sends a byte on every connection, then waits for the client to go.
+    let server = Background::start(
+        &t.server,
+        &format!(
+            "{} -c \"import socket,time\nl=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); l.bind(('{SERVER}',7001)); l.listen(8)\nfor _ in range(2):\n  c,_=l.accept(); c.send(b'x'); time.sleep(0.2)\ntime.sleep(3)\"",
+            python()
+        ),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // First: SO_LINGER 0 (an abortive close). Second: closed with the byte unread.
+    let ports = t.client.exec(&format!(
+        "{} -c \"import socket,struct,time\na=socket.create_connection(('{SERVER}',7001),3); print(a.getsockname()[1]); time.sleep(0.1); a.recv(1)\na.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,struct.pack('ii',1,0)); a.close()\nb=socket.create_connection(('{SERVER}',7001),3); print(b.getsockname()[1]); time.sleep(0.3); b.close()\"",
+        python()
+    ));
+    let ports: Vec<u64> = ports
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    drop(server);
+    let out = ct.stop();
+    let sent = find(&out.events, "rst_sent", |e| e["netns"] == t.client.inode());
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+    for (r, port) in sent.iter().zip(&ports) {
+        assert_eq!(r["socket"], true, "{r}");
+        assert_eq!(r["src"], CLIENT, "{r}");
+        assert_eq!(r["sport"], *port, "the reset names its socket's port: {r}");
+        assert_eq!(r["dst"], SERVER, "{r}");
+        assert_eq!(r["dport"], 7001, "{r}");
+    }
+    if kernel_at_least(6, 10) {
+        assert_eq!(sent[0]["reason"], "TCP_STATE", "{}", sent[0]);
+        assert_eq!(sent[1]["reason"], "TCP_ABORT_ON_CLOSE", "{}", sent[1]);
+    }
 }

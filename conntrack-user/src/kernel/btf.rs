@@ -293,6 +293,7 @@ impl KernelBtf {
             sk_v6_rcv_saddr: self.offset("sock_common", "skc_v6_rcv_saddr")?,
             sk_dport: self.offset("sock_common", "skc_dport")?,
             sk_num: self.offset("sock_common", "skc_num")?,
+            sk_sport: self.offset("inet_sock", "inet_sport")?,
             state_hook: self.offset("nf_hook_state", "hook")?,
             state_pf: self.offset("nf_hook_state", "pf")?,
             state_in: self.offset("nf_hook_state", "in")?,

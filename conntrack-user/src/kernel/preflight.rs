@@ -6,6 +6,8 @@ use std::fs;
 pub enum PreflightError {
     #[error("missing {missing}: run it as root (sudo ct-trace) or grant them (setcap cap_bpf,cap_perfmon,cap_net_admin+ep)")]
     Capabilities { missing: String },
+    #[error("--netns {0}: no network namespace has this inode (no process is in it and no name in /run/netns gives it; `ls -l /proc/PID/ns/net` shows a process's)")]
+    NoSuchNetns(u32),
 }
 
 const CAP_NET_ADMIN: u32 = 12;

@@ -79,6 +79,30 @@ pub fn netns_name(inode: u32) -> Option<std::path::PathBuf> {
         .find(|p| fs::metadata(p).is_ok_and(|m| m.ino() as u32 == inode))
 }
 
+/// Whether a network namespace with this inode exists where one can be found: a process in it
+/// (`/proc/PID/ns/net`) or a name for it (`/run/netns`, Docker's `/run/docker/netns`). A
+/// namespace that is in neither (held only by an open file descriptor) is not found.
+pub fn netns_exists(inode: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let is_it = |p: &std::path::Path| fs::metadata(p).is_ok_and(|m| m.ino() as u32 == inode);
+    let named = [NETNS_DIR, "/run/docker/netns"].iter().any(|d| {
+        fs::read_dir(d)
+            .map(|rd| rd.filter_map(|e| e.ok()).any(|e| is_it(&e.path())))
+            .unwrap_or(false)
+    });
+    named
+        || fs::read_dir("/proc").is_ok_and(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| {
+                    e.file_name()
+                        .as_encoded_bytes()
+                        .iter()
+                        .all(u8::is_ascii_digit)
+                })
+                .any(|e| is_it(&e.path().join("ns/net")))
+        })
+}
+
 /// Whether a namespace name still names the namespace with this inode (false once `ip netns
 /// del` removed it).
 pub fn netns_still_named(path: &std::path::Path, inode: u32) -> bool {

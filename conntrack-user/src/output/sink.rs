@@ -19,6 +19,7 @@ pub(crate) struct Tally {
     /// Not printed because of `--kind`.
     pub(crate) filtered: BTreeMap<&'static str, u64>,
     pub(crate) decode_errors: u64,
+    /// Reports whose whole line reached stdout.
     pub(crate) printed: u64,
 }
 
@@ -29,6 +30,8 @@ pub(crate) struct Sink<'a, W: io::Write> {
     pub(crate) tally: Tally,
     /// Printing ended (`-c` reached, or stdout closed); reports are still counted.
     pub(crate) closed: bool,
+    /// Reports handed to the writer (for `-c`).
+    pub(crate) buffered: u64,
     pub(crate) broken_pipe: bool,
     /// `--metrics`: every report is counted there too.
     pub(crate) metrics: Option<crate::output::metrics::Metrics>,
@@ -65,31 +68,32 @@ impl<W: io::Write> Sink<'_, W> {
                 *self.tally.unprinted.entry(kind).or_default() += 1;
                 continue;
             }
-            match self.writer.write(&r) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                    self.closed = true;
-                    self.broken_pipe = true;
-                    *self.tally.unprinted.entry(kind).or_default() += 1;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-            self.tally.printed += 1;
-            if self.cli.count.is_some_and(|n| self.tally.printed >= n) {
+            self.writer.write(&r);
+            self.buffered += 1;
+            if self.cli.count.is_some_and(|n| self.buffered >= n) {
                 self.closed = true;
+            }
+            if self.writer.full() {
+                self.flush()?;
             }
         }
         if let Some(p) = &mut self.pcap {
             p.flush().map_err(io::Error::other)?;
         }
-        match self.writer.flush() {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                self.closed = true;
-                self.broken_pipe = true;
-                Ok(())
-            }
-            r => r,
+        self.flush()
+    }
+
+    /// Writes what the writer holds; what a closed stdout did not take is counted unprinted.
+    fn flush(&mut self) -> io::Result<()> {
+        let f = self.writer.flush()?;
+        self.tally.printed += f.printed;
+        for kind in f.unprinted {
+            *self.tally.unprinted.entry(kind).or_default() += 1;
         }
+        if f.closed {
+            self.closed = true;
+            self.broken_pipe = true;
+        }
+        Ok(())
     }
 }

@@ -62,6 +62,8 @@ pub(crate) fn summarize(
     for (k, v) in events.iter_mut() {
         *v -= unprinted(k) + kind_filtered(k);
     }
+    // Printed events only: a kind none of whose events reached stdout is not listed.
+    events.retain(|_, v| *v > 0);
     let mut lost = BTreeMap::from([
         ("invalid", get("lost_invalid")),
         ("reset", get("lost_reset")),

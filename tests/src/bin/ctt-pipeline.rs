@@ -82,14 +82,14 @@ fn main() {
         }
         corr.tick(now, false, &mut out);
         for r in out.reports.drain(..) {
-            w.write(&r).expect("stdout");
+            w.write(&r);
             written += 1;
         }
         w.flush().expect("stdout");
     }
     corr.tick(Instant::now(), true, &mut out);
     for r in out.reports.drain(..) {
-        w.write(&r).expect("stdout");
+        w.write(&r);
         written += 1;
     }
     w.flush().expect("stdout");

@@ -298,7 +298,11 @@ fn a_reset_of_an_invalid_packet_of_no_tracked_flow_is_a_stray() {
     }
     answer_all(&mut c, &mut out, false);
     c.tick(t0 + FATE_WAIT * 2, true, &mut out);
-    assert!(kinds(&out).iter().all(|k| *k != "attribution"), "{:?}", kinds(&out));
+    assert!(
+        kinds(&out).iter().all(|k| *k != "attribution"),
+        "{:?}",
+        kinds(&out)
+    );
     let strays: Vec<_> = out.reports.iter().filter(|r| r.is_stray()).collect();
     assert_eq!(strays.len(), 10);
     for r in &out.reports {
@@ -306,7 +310,13 @@ fn a_reset_of_an_invalid_packet_of_no_tracked_flow_is_a_stray() {
             assert_eq!(v.tracked, Some(false));
         }
     }
-    assert_eq!(c.strays, StrayTally { invalid: 10, midstream: 0 });
+    assert_eq!(
+        c.strays,
+        StrayTally {
+            invalid: 10,
+            midstream: 0
+        }
+    );
     assert!(c.summary().is_empty(), "no flow is blamed");
     // The kernel said so itself: a refusal with an entry this packet was only about to create
     // (unconfirmed, e.g. "invalid new") needs no lookup and is no tracked flow either.
@@ -316,7 +326,11 @@ fn a_reset_of_an_invalid_packet_of_no_tracked_flow_is_a_stray() {
     r.ct_status = 0;
     c.event(Event::Reason(r), t0, &mut out);
     c.event(Event::Invalid(verdict(20)), t0, &mut out);
-    c.event(Event::Reset(Kind::RstSent, caused_reset(20, 1)), t0, &mut out);
+    c.event(
+        Event::Reset(Kind::RstSent, caused_reset(20, 1)),
+        t0,
+        &mut out,
+    );
     assert!(out.lookups.is_empty(), "{:?}", out.lookups);
     assert_eq!(kinds(&out), ["invalid", "rst_sent"]);
     assert!(out.reports[1].is_stray());
@@ -569,9 +583,19 @@ fn resets_of_midstream_packets_no_lost_entry_explains_are_strays() {
     other.destroyed.entry.reply.dport = 1;
     c.gone(vec![other], &mut out);
     c.tick(now + MIDSTREAM_WAIT, true, &mut out);
-    assert!(kinds(&out).iter().all(|k| *k != "attribution"), "{:?}", kinds(&out));
+    assert!(
+        kinds(&out).iter().all(|k| *k != "attribution"),
+        "{:?}",
+        kinds(&out)
+    );
     assert_eq!(out.reports.iter().filter(|r| r.is_stray()).count(), 10);
-    assert_eq!(c.strays, StrayTally { invalid: 0, midstream: 10 });
+    assert_eq!(
+        c.strays,
+        StrayTally {
+            invalid: 0,
+            midstream: 10
+        }
+    );
     // A lost entry of a flow without NAT: losing it changed nothing, so nothing is blamed.
     let mut c = Correlator::new(ctx());
     let mut out = Output::default();
