@@ -266,10 +266,13 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         .context("starting the event loop")?;
     let scrapes = listener.map(|l| {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        rt.spawn(metrics::http::serve(l, tx));
-        if let Some(a) = cli.metrics {
-            info!("metrics at http://{a}/metrics");
+        // The address bound, not the one asked for: `:0` gets its port from the kernel, and
+        // `:PORT` may have fallen back to IPv4.
+        match l.local_addr() {
+            Ok(a) => info!("metrics at http://{a}/metrics"),
+            Err(e) => warn!("metrics: the address bound is unknown: {e}"),
         }
+        rt.spawn(metrics::http::serve(l, tx));
         rx
     });
     // With a watcher, `midstream` records wait for it (see attribution::MIDSTREAM_WAIT).

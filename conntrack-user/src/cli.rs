@@ -75,8 +75,9 @@ pub struct Cli {
     pub kind: Vec<&'static str>,
 
     /// Serve Prometheus/OpenMetrics metrics at http://ADDR:PORT/metrics while tracing
-    /// (`:PORT` for every address). Counts come from ct-trace's in-kernel counters, so they
-    /// equal the kernel's at any event rate. Combines with `-o json`, `--summary` and `-q`.
+    /// (`:PORT` for every address, IPv6 and IPv4; port 0: one the kernel picks, announced on
+    /// stderr). Counts come from ct-trace's in-kernel counters, so they equal the kernel's at
+    /// any event rate. Combines with `-o json`, `--summary` and `-q`.
     #[arg(long, value_parser = crate::output::metrics::http::parse_listen, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
 

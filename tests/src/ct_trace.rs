@@ -1,12 +1,14 @@
 //! The real `ct-trace` binary under test: started with `--ready-file` inside a namespace,
-//! its stdout and stderr read as it writes them, stopped with SIGINT, killed on drop; and what
-//! it printed, with the checks every test makes of its summary.
+//! its stdout and stderr read as it writes them (stderr also readable while it runs), stopped
+//! with SIGINT, killed on drop; and what it printed, with the checks every test makes of its
+//! summary.
 
 use std::{
     io::Read,
+    net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::atomic::Ordering,
+    sync::{atomic::Ordering, Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -33,16 +35,25 @@ pub struct CtTrace {
     /// stdout and stderr, read as ct-trace writes them (a flood of events must never fill a
     /// pipe and block it).
     readers: Option<(Reader, Reader)>,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    /// What ct-trace wrote on stderr so far.
+    stderr: Arc<Mutex<Vec<u8>>>,
 }
 
-type Reader = std::thread::JoinHandle<String>;
+type Reader = std::thread::JoinHandle<()>;
 
-fn reader(mut r: impl Read + Send + 'static) -> Reader {
+/// Reads `r` to its end into `into`, as it comes.
+fn reader(mut r: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> Reader {
     std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = r.read_to_string(&mut s);
-        s
+        let mut buf = [0u8; 64 * 1024];
+        while let Ok(n @ 1..) = r.read(&mut buf) {
+            into.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
     })
+}
+
+fn text(b: &Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&b.lock().unwrap()).into_owned()
 }
 
 /// What a finished ct-trace printed.
@@ -148,14 +159,17 @@ impl CtTrace {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn ct-trace");
+        let (stdout, stderr) = (Arc::default(), Arc::default());
         let readers = Some((
-            reader(child.stdout.take().expect("piped")),
-            reader(child.stderr.take().expect("piped")),
+            reader(child.stdout.take().expect("piped"), Arc::clone(&stdout)),
+            reader(child.stderr.take().expect("piped"), Arc::clone(&stderr)),
         ));
         let mut me = Self {
             child: Some(child),
             ready,
             readers,
+            stdout,
+            stderr,
         };
         let t0 = Instant::now();
         while !me.ready.exists() {
@@ -190,8 +204,9 @@ impl CtTrace {
         let mut child = self.child.take().unwrap();
         let status = child.wait().unwrap();
         let (o, e) = self.readers.take().expect("readers");
-        let out = o.join().expect("stdout reader");
-        let err = e.join().expect("stderr reader");
+        o.join().expect("stdout reader");
+        e.join().expect("stderr reader");
+        let (out, err) = (text(&self.stdout), text(&self.stderr));
         let events = out
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -200,6 +215,29 @@ impl CtTrace {
             events,
             stderr: err,
             status,
+        }
+    }
+
+    /// The address `--metrics` serves, as ct-trace announces it on stderr once it listens
+    /// (`metrics at http://ADDR:PORT/metrics`: the port the kernel gave for port 0). Waits
+    /// (bounded) for the line.
+    pub fn metrics_addr(&mut self) -> SocketAddr {
+        let t0 = Instant::now();
+        loop {
+            let err = text(&self.stderr);
+            let announced = err
+                .lines()
+                .find_map(|l| l.split("metrics at http://").nth(1))
+                .and_then(|r| r.strip_suffix("/metrics"))
+                .map(|a| a.parse().unwrap_or_else(|e| panic!("`{a}`: {e}")));
+            if let Some(a) = announced {
+                return a;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "ct-trace did not say where it serves metrics: {err}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -126,6 +126,30 @@ impl Netns {
         ))
     }
 
+    /// Runs `f` on a thread inside the namespace: the sockets it makes belong to the
+    /// namespace (and may be used from any thread afterwards). The test's own threads stay
+    /// where they are.
+    pub fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        use std::os::fd::AsRawFd;
+        let ns = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("netns file");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: moves only this thread, into a namespace whose file is held open.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(
+                    rc,
+                    0,
+                    "setns {}: {}",
+                    self.name,
+                    std::io::Error::last_os_error()
+                );
+                f()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
     /// Inode of the namespace: what ct-trace prints as `netns`.
     pub fn inode(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
