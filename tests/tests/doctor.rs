@@ -7,7 +7,8 @@ use std::{
 };
 
 use integration_tests::{
-    bin, need_root, python, Background, GlobalSysctl, Netns, Topology, CLIENT, SERVER,
+    bin, kernel_at_least, need_root, python, Background, GlobalSysctl, Netns, Topology, CLIENT,
+    SERVER,
 };
 use serde_json::Value;
 
@@ -71,15 +72,128 @@ fn doctor_verdicts_follow_liberal_tracking_and_drop_rules() {
     assert!(text.contains("verdict: protected-rule"), "{text}");
 }
 
+/// Runs doctor in `ns` as root but without CAP_NET_ADMIN (dropped from the bounding set, so
+/// the binary execs without it), which neither iptables-save nor nft can read rulesets without.
+fn doctor_without_net_admin(ns: &Netns, args: &str) -> String {
+    ns.exec(&format!(
+        "setpriv --inh-caps=-all --bounding-set=-net_admin {} doctor {args}",
+        bin().display()
+    ))
+}
+
+/// Regression: without CAP_NET_ADMIN doctor printed "INVALID drop rules none", "no kube-proxy
+/// rules" and (before that) `exposed`, for rulesets it had not been able to read. In a
+/// namespace that has an INVALID drop rule, it must say it could not read them, and why.
+#[test]
+fn doctor_without_cap_net_admin_says_it_could_not_read_the_rules() {
+    if !need_root("doctor_without_cap_net_admin_says_it_could_not_read_the_rules") {
+        return;
+    }
+    let ns = Netns::new("nocap");
+    ns.exec("iptables -A FORWARD -m conntrack --ctstate INVALID -j DROP");
+    ns.exec("ip6tables -A FORWARD -m conntrack --ctstate INVALID -j DROP");
+
+    let p: Value = serde_json::from_str(doctor_without_net_admin(&ns, "-o json --window 0").trim())
+        .expect("doctor prints one JSON object");
+    assert_eq!(p["cap_net_admin"], false, "{p:#}");
+    assert_eq!(
+        p["verdict"], "unknown",
+        "neither exposed nor protected: {p:#}"
+    );
+    assert_eq!(
+        p["drop_rules"],
+        Value::Null,
+        "unknown, not an empty list: {p:#}"
+    );
+    assert_eq!(p["rules_read"], "none", "{p:#}");
+    assert_eq!(p["kube_proxy"], "unknown", "{p:#}");
+    let rulesets = p["rulesets"].as_array().expect("rulesets");
+    assert_eq!(rulesets.len(), 3, "{p:#}");
+    for r in rulesets {
+        assert_eq!(r["read"], false, "{p:#}");
+        let e = r["error"].as_str().expect("why it was not read");
+        assert!(
+            e.contains("Permission denied") || e.contains("Operation not permitted"),
+            "{p:#}"
+        );
+    }
+    let names = &p["service_names"];
+    assert_eq!(names["kube_proxy"], Value::Null, "{names:#}");
+    assert_eq!(names["rules_read"], "none", "{names:#}");
+    assert!(!names["unread"].as_array().unwrap().is_empty(), "{names:#}");
+    let a = advice(&p);
+    assert!(a.contains("CAP_NET_ADMIN") && !a.contains("EXPOSED"), "{a}");
+
+    let text = doctor_without_net_admin(&ns, "--window 0");
+    assert!(
+        !text.contains("INVALID drop rules                   none"),
+        "{text}"
+    );
+    assert!(!text.contains("no kube-proxy rules"), "{text}");
+    for line in [
+        "INVALID drop rules                   unknown: could not read the rulesets (no CAP_NET_ADMIN: `iptables-save -c`, `ip6tables-save -c`, `nft list ruleset` failed)",
+        "rulesets read                        none: no CAP_NET_ADMIN; `iptables-save -c`: exit status: 4: ",
+        "service names                        unknown: kube-proxy's rules could not be read (no CAP_NET_ADMIN",
+        "kube-proxy                           unknown",
+        "verdict: unknown",
+    ] {
+        assert!(text.contains(line), "no `{line}`:\n{text}");
+    }
+
+    // The same namespace with the capability: the rule is there, in text and JSON.
+    let p = doctor(&ns, "--window 0");
+    assert_eq!(p["cap_net_admin"], true, "{p:#}");
+    assert_eq!(p["rules_read"], "all", "{p:#}");
+    assert_eq!(p["verdict"], "protected-rule", "{p:#}");
+    let rules = p["drop_rules"].as_array().expect("rules, read");
+    assert!(rules.iter().any(|r| r["family"] == "ipv4"), "{p:#}");
+    assert!(rules.iter().any(|r| r["family"] == "ipv6"), "{p:#}");
+    assert_eq!(
+        p["service_names"]["kube_proxy"],
+        serde_json::json!([]),
+        "{p:#}"
+    );
+    let text = ns.exec(&format!("{} doctor --window 0", bin().display()));
+    assert!(
+        text.contains("INVALID drop rule                    iptables ipv4: -A FORWARD -m conntrack --ctstate INVALID -j DROP"),
+        "{text}"
+    );
+    assert!(text.contains("verdict: protected-rule"), "{text}");
+}
+
 /// The table's sizing, timeouts and counter deltas were all read, as numbers.
 fn assert_numbers(table: &Value) {
     assert!(table["max_per_bucket"].as_f64().is_some(), "{table:#}");
+    // Both sizes for this RAM, each with the formula it comes from.
+    let (default, writeups) = (&table["kernel_default"], &table["writeups"]);
+    assert!(default["max"].as_u64().unwrap_or(0) >= 1024, "{table:#}");
     assert!(
-        table["recommended_max"].as_u64().unwrap_or(0) > 0,
+        default["buckets"].as_u64().unwrap_or(0) >= 1024,
+        "{table:#}"
+    );
+    assert!(writeups["max"].as_u64().unwrap_or(0) > 0, "{table:#}");
+    assert!(table["kernel"].as_str().is_some(), "{table:#}");
+    let expected = if kernel_at_least(5, 15) {
+        "Linux 5.15+"
+    } else {
+        "Linux <5.15"
+    };
+    assert!(
+        default["formula"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(expected),
         "{table:#}"
     );
     assert!(
-        ["below", "at", "above"].contains(&table["max_vs_ram"].as_str().unwrap_or("")),
+        writeups["formula"]
+            .as_str()
+            .unwrap_or("")
+            .contains("RAM/16384/(word bits/32)"),
+        "{table:#}"
+    );
+    assert!(
+        ["below", "at", "above"].contains(&table["max_vs_kernel_default"].as_str().unwrap_or("")),
         "{table:#}"
     );
     for state in [

@@ -10,15 +10,21 @@
 //!    packet is dropped and TCP retransmits; the nftables mode of kube-proxy does not add it.
 //! 3. A larger table (`nf_conntrack_max`, buckets) for table pressure: more kernel memory.
 //!
-//! The table's own posture (`table`): how full it is, how it is sized against the node's RAM and
-//! its hash buckets, the TCP timeouts that decide how long an idle flow keeps its entry (and its
+//! Rulesets it could not read (no CAP_NET_ADMIN, a tool missing) are reported as unread, with
+//! the command and its error, never as "no rules": the verdict is then `unknown` unless what
+//! was read (or `nf_conntrack_tcp_be_liberal`) already decides it.
+//!
+//! The table's own posture (`table`): how full it is, how it is sized against the kernel's own
+//! default for the node's RAM (`sizing`) and its hash buckets, the TCP timeouts that decide how long an idle flow keeps its entry (and its
 //! NAT), and the kernel's pressure counters over a short window (`--window`). A flow whose entry
 //! was dropped, evicted or timed out loses its NAT without any INVALID verdict on the way in.
 //!
 //! By file: `rules` (the INVALID drop rules in the rulesets), `table` (the table's posture and
-//! its advice), `text` (the report as text or JSON); `judge` here weighs them.
+//! its advice), `sizing` (the kernel's default table size and the write-ups' formula), `text`
+//! (the report as text or JSON); `judge` here weighs them.
 
 mod rules;
+mod sizing;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -33,15 +39,20 @@ use std::{
 use serde::Serialize;
 
 pub use self::{
-    rules::{iptables_drop_rules, nft_drop_rules, Rule},
+    rules::{iptables_drop_rules, nft_drop_rules, Rule, Ruleset},
+    sizing::{default_factor, kernel_default, writeups_max, Sizing},
     table::{
-        max_per_bucket, max_vs_ram, mem_total, pressure, recommended_max, table_advice,
-        table_verdict, utilisation, Deltas, MaxVsRam, Pressure, Table, TableVerdict, TcpTimeouts,
-        DEFAULT_MAX_PER_BUCKET, HIGH_UTILISATION, KEEPALIVE_S,
+        max_per_bucket, mem_total, pressure, table_advice, table_verdict, utilisation, vs_default,
+        Deltas, Pressure, Table, TableVerdict, TcpTimeouts, VsDefault, DEFAULT_MAX_PER_BUCKET,
+        HIGH_UTILISATION, KEEPALIVE_S,
     },
     text::run_doctor,
 };
-use crate::{cli::DoctorArgs, kstat};
+use crate::{
+    cli::DoctorArgs,
+    kstat,
+    node::tools::{self, RulesRead},
+};
 
 #[derive(Debug, Serialize)]
 pub struct Posture {
@@ -53,12 +64,19 @@ pub struct Posture {
     pub max: Option<u64>,
     pub buckets: Option<u64>,
     pub counters: BTreeMap<String, u64>,
-    pub drop_rules: Vec<Rule>,
-    /// `iptables`, `nftables`, or absent when no kube-proxy chains are visible.
+    /// The INVALID drop rules found; `None` (`null`: unknown) when none was found and some
+    /// ruleset could not be read. An empty list means every ruleset was read and has none.
+    pub drop_rules: Option<Vec<Rule>>,
+    /// `iptables` or `nftables` when kube-proxy's chains are seen; `unknown` when they are not
+    /// and some ruleset could not be read; absent when every ruleset was read and has none.
     pub kube_proxy: Option<&'static str>,
-    /// False when no ruleset could be read (iptables/nft missing, or no CAP_NET_ADMIN).
-    pub rules_read: bool,
-    /// `protected-liberal`, `protected-rule`, `exposed`, or `unknown` (rules unreadable).
+    /// `all`, `partial` or `none` of the rulesets were read.
+    pub rules_read: RulesRead,
+    /// Each ruleset read (or not, and why).
+    pub rulesets: Vec<Ruleset>,
+    /// Whether doctor had CAP_NET_ADMIN, without which no ruleset can be read.
+    pub cap_net_admin: bool,
+    /// `protected-liberal`, `protected-rule`, `exposed`, or `unknown` (rulesets unread).
     pub verdict: &'static str,
     /// The conntrack table's size, pressure and timeouts (its findings are in `advice` too).
     pub table: Table,
@@ -81,7 +99,9 @@ fn sysctl(name: &str) -> Option<u64> {
 pub fn inspect(window: Duration) -> Posture {
     let t0 = Instant::now();
     let before = kstat::read().ok();
-    let (drop_rules, kube_proxy, rules_read) = rules::read_rules();
+    let found = rules::read_rules();
+    let rules_read = rules::rules_read(&found.rulesets);
+    let known = rules_read == RulesRead::All;
     let deltas = table::sample(before.as_ref(), window, t0);
     let table = Table::read(deltas, window.as_secs_f64());
     let mut p = Posture {
@@ -101,10 +121,12 @@ pub fn inspect(window: Duration) -> Posture {
                     .collect()
             })
             .unwrap_or_default(),
-        drop_rules,
-        kube_proxy,
+        drop_rules: (known || !found.drop_rules.is_empty()).then_some(found.drop_rules),
+        kube_proxy: found.kube_proxy.or((!known).then_some("unknown")),
         rules_read,
-        verdict: "exposed",
+        rulesets: found.rulesets,
+        cap_net_admin: tools::has_cap_net_admin(),
+        verdict: "unknown",
         table,
         service_names: crate::node::services::NamesReport::read(),
         advice: vec![],
@@ -113,10 +135,31 @@ pub fn inspect(window: Duration) -> Posture {
     p
 }
 
-/// The verdicts (INVALID exposure, and the table's) and the advice, from the facts.
+/// The three fixes, for `exposed` and for an `unknown` that may be exposed.
+const FIXES: [&str; 3] = [
+    "1. sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal=1 (simplest; conntrack stops vouching for TCP windows)",
+    "2. iptables -A FORWARD -m conntrack --ctstate INVALID -j DROP (and ip6tables; kube-proxy >= 1.15 in iptables mode adds it, its nftables mode does not)",
+    "3. if the table is under pressure, a larger nf_conntrack_max (more kernel memory)",
+];
+
+/// Why some rulesets could not be read, in one clause: the missing capability when that is
+/// the cause (the text's rulesets row and `rulesets` in JSON carry each command's error), else
+/// each command and its error.
+fn unread_why(p: &Posture) -> String {
+    if p.cap_net_admin {
+        rules::unread(&p.rulesets).join("; ")
+    } else {
+        "doctor has no CAP_NET_ADMIN, which reading netfilter rulesets needs: run it as root or grant it".into()
+    }
+}
+
+/// The verdicts (INVALID exposure, and the table's) and the advice, from the facts. A rule
+/// found decides `protected-rule`; only rulesets that were all read can decide `exposed`.
 pub fn judge(p: &mut Posture) {
-    let v4_rule = p.drop_rules.iter().any(|r| r.family != "ipv6");
-    let v6_rule = p.drop_rules.iter().any(|r| r.family != "ipv4");
+    let found = p.drop_rules.as_deref().unwrap_or_default();
+    let v4_rule = found.iter().any(|r| r.family != "ipv6");
+    let v6_rule = found.iter().any(|r| r.family != "ipv4");
+    let read = rules::rules_read(&p.rulesets);
     p.advice.clear();
     if p.tcp_be_liberal == Some(1) {
         p.verdict = "protected-liberal";
@@ -127,23 +170,32 @@ pub fn judge(p: &mut Posture) {
         p.verdict = "protected-rule";
         p.advice.push(format!(
             "a rule drops packets conntrack marks INVALID ({}): they never leave un-NATed and TCP retransmits instead of resetting.",
-            p.drop_rules.iter().map(|r| format!("{} {}: {}", r.source, r.family, r.rule)).collect::<Vec<_>>().join("; ")
+            found.iter().map(|r| format!("{} {}: {}", r.source, r.family, r.rule)).collect::<Vec<_>>().join("; ")
         ));
-        if !v6_rule {
+        if !v6_rule && rules::family_read(&p.rulesets, "ipv6") {
             p.advice.push("no such rule for IPv6: dual-stack traffic is still exposed (ip6tables -A FORWARD -m conntrack --ctstate INVALID -j DROP).".into());
+        } else if !v6_rule {
+            p.advice.push(format!(
+                "whether IPv6 packets are dropped too is unknown: {}.",
+                unread_why(p)
+            ));
         }
-    } else if !p.rules_read {
+    } else if read != RulesRead::All {
         p.verdict = "unknown";
-        p.advice.push("the iptables and nftables rulesets could not be read (run as root, with iptables-save or nft installed): whether INVALID packets are dropped is unknown.".into());
+        let which = if read == RulesRead::Nothing {
+            "no ruleset could be read"
+        } else {
+            "no INVALID drop rule in the rulesets read, but not all could be read"
+        };
+        p.advice.push(format!(
+            "{which}: {}. Whether anything drops packets conntrack marks INVALID is unknown; if nothing does and tracking is strict, an out-of-window reply leaves un-NATed and the client resets the connection (Kubernetes issue 74839). The fixes:",
+            unread_why(p)
+        ));
+        p.advice.extend(FIXES.map(String::from));
     } else {
         p.verdict = "exposed";
         p.advice.push("EXPOSED: nothing drops packets conntrack marks INVALID and tracking is strict, so an out-of-window reply leaves with the pod's address instead of the Service's and the client resets the connection (Kubernetes issue 74839). Fixes:".into());
-        p.advice.push("1. sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal=1 (simplest; conntrack stops vouching for TCP windows)".into());
-        p.advice.push("2. iptables -A FORWARD -m conntrack --ctstate INVALID -j DROP (and ip6tables; kube-proxy >= 1.15 in iptables mode adds it, its nftables mode does not)".into());
-        p.advice.push(
-            "3. if the table is under pressure, a larger nf_conntrack_max (more kernel memory)"
-                .into(),
-        );
+        p.advice.extend(FIXES.map(String::from));
     }
     p.table.derive();
     p.advice.extend(table_advice(&p.table));

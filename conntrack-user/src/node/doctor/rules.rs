@@ -1,9 +1,10 @@
 //! The INVALID posture's rules: which iptables and nftables rules drop packets in ctstate
-//! INVALID, and whether kube-proxy's chains are there.
-
-use std::process::Command;
+//! INVALID, whether kube-proxy's chains are there, and which rulesets could be read at all (an
+//! unread ruleset is unknown, never "no rules").
 
 use serde::Serialize;
+
+use crate::node::tools::{self, RulesRead};
 
 #[derive(Debug, Serialize)]
 pub struct Rule {
@@ -12,17 +13,6 @@ pub struct Rule {
     pub rule: String,
     /// Packets the rule matched so far, when the tool reports counters.
     pub packets: Option<u64>,
-}
-
-/// stdout and stderr of a command that succeeded.
-fn command(cmd: &str, args: &[&str]) -> Option<(String, String)> {
-    let out = Command::new(cmd).args(args).output().ok()?;
-    out.status.success().then(|| {
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
 }
 
 /// Rules in `iptables-save -c` output that drop packets in ctstate INVALID.
@@ -93,27 +83,83 @@ pub fn nft_drop_rules(ruleset: &str, warnings: &str) -> Vec<Rule> {
     out
 }
 
-/// INVALID drop rules in every ruleset doctor can read, kube-proxy's mode, and whether any
-/// ruleset could be read.
-pub(super) fn read_rules() -> (Vec<Rule>, Option<&'static str>, bool) {
-    let mut drop_rules = vec![];
-    let mut kube_proxy = None;
-    let mut rules_read = false;
+/// One ruleset doctor reads, and whether it could.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ruleset {
+    /// The command that prints it: `iptables-save -c`, `ip6tables-save -c`, `nft list ruleset`.
+    pub command: String,
+    /// `ipv4`, `ipv6`, or `all` (nftables: every family).
+    pub family: &'static str,
+    pub read: bool,
+    /// Why it could not be read: not installed, or the command's exit status and first error
+    /// line ("Permission denied (you must be root)" without CAP_NET_ADMIN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the rulesets say: the INVALID drop rules found, kube-proxy's mode, and what was read.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub drop_rules: Vec<Rule>,
+    pub kube_proxy: Option<&'static str>,
+    pub rulesets: Vec<Ruleset>,
+}
+
+pub fn rules_read(rulesets: &[Ruleset]) -> RulesRead {
+    let read = rulesets.iter().filter(|r| r.read).count();
+    RulesRead::of(read, rulesets.len())
+}
+
+/// Whether every ruleset that could hold a rule for `family` (`ipv4`, `ipv6`) was read.
+pub fn family_read(rulesets: &[Ruleset], family: &str) -> bool {
+    (rulesets.iter())
+        .filter(|r| r.family == family || r.family == "all")
+        .all(|r| r.read)
+}
+
+/// `` `command`: why `` of each ruleset that could not be read.
+pub fn unread(rulesets: &[Ruleset]) -> Vec<String> {
+    (rulesets.iter())
+        .filter_map(|r| Some(format!("`{}`: {}", r.command, r.error.as_ref()?)))
+        .collect()
+}
+
+/// INVALID drop rules in every ruleset doctor can read, kube-proxy's mode, and which rulesets
+/// could be read.
+pub(super) fn read_rules() -> Found {
+    let mut found = Found::default();
+    let mut note = |cmd: &str, args: &[&str], family, r: &Result<tools::Reading, String>| {
+        found.rulesets.push(Ruleset {
+            command: format!("{cmd} {}", args.join(" ")),
+            family,
+            read: r.is_ok(),
+            error: r.as_ref().err().cloned(),
+        })
+    };
+    let mut readings = vec![];
     for (cmd, family) in [("iptables-save", "ipv4"), ("ip6tables-save", "ipv6")] {
-        if let Some((save, _)) = command(cmd, &["-c"]) {
-            rules_read = true;
-            if save.contains(":KUBE-SERVICES") {
-                kube_proxy = Some("iptables");
-            }
-            drop_rules.extend(iptables_drop_rules(&save, family, "iptables"));
-        }
+        let r = tools::run(cmd, &["-c"]);
+        note(cmd, &["-c"], family, &r);
+        readings.push((family, r));
     }
-    if let Some((rs, warnings)) = command("nft", &["list", "ruleset"]) {
-        rules_read = true;
+    let nft = tools::run("nft", &["list", "ruleset"]);
+    note("nft", &["list", "ruleset"], "all", &nft);
+    for (family, r) in readings {
+        let Ok(r) = r else { continue };
+        let save = String::from_utf8_lossy(&r.stdout);
+        if save.contains(":KUBE-SERVICES") {
+            found.kube_proxy = Some("iptables");
+        }
+        found
+            .drop_rules
+            .extend(iptables_drop_rules(&save, family, "iptables"));
+    }
+    if let Ok(r) = nft {
+        let rs = String::from_utf8_lossy(&r.stdout);
         if rs.contains("table ip kube-proxy") || rs.contains("table ip6 kube-proxy") {
-            kube_proxy = Some("nftables");
+            found.kube_proxy = Some("nftables");
         }
-        drop_rules.extend(nft_drop_rules(&rs, &warnings));
+        found.drop_rules.extend(nft_drop_rules(&rs, &r.stderr));
     }
-    (drop_rules, kube_proxy, rules_read)
+    found
 }

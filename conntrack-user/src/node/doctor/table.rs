@@ -1,5 +1,6 @@
-//! The table's posture: how full it is, its sizing against RAM and buckets, its TCP timeouts,
-//! the kernel's pressure counters over the window, and the advice that follows from them.
+//! The table's posture: how full it is, its size against the kernel's own default for this RAM
+//! and against its buckets, its TCP timeouts, the kernel's pressure counters over the window,
+//! and the advice that follows from them.
 
 use std::{
     collections::HashMap,
@@ -9,29 +10,30 @@ use std::{
 
 use serde::Serialize;
 
-use super::{sysctl, text::opt};
-use crate::kstat;
+use super::{
+    sizing::{self, Sizing},
+    sysctl,
+    text::opt,
+};
+use crate::{kstat, preflight};
 
 /// Utilisation at which the table is under pressure: the alert operators put on
 /// `node_nf_conntrack_entries / node_nf_conntrack_entries_limit`.
 pub const HIGH_UTILISATION: f64 = 0.75;
 
-/// `nf_conntrack_max / nf_conntrack_buckets` of the kernel's own sizing. Since Linux 5.15
-/// (commit d532bcd0b269 "netfilter: conntrack: sanitize table size default settings", in the
-/// stable trees too) `nf_conntrack_init_start()` in net/netfilter/nf_conntrack_core.c sets
-/// `nf_conntrack_max = max_factor * nf_conntrack_htable_size` with `max_factor = 1` when the
-/// kernel sized the hash itself (on every word size: 64-bit only raises the bucket cap to 262144
-/// above 4 GiB of RAM), and 8 when `hashsize=` was given; before 5.15 the default factor was 4.
-/// Each entry is hashed twice (original and reply tuple), so at factor 1 a full table averages
-/// two entries per chain: a larger ratio means longer chains walked by every packet's lookup.
+/// `nf_conntrack_max / nf_conntrack_buckets` of the kernel's own sizing since Linux 5.15 (4
+/// before; see [`sizing`]). Each entry is hashed twice (original and reply tuple), so at 1 a
+/// full table averages two entries per chain: a larger ratio means longer chains walked by
+/// every packet's lookup.
 pub const DEFAULT_MAX_PER_BUCKET: f64 = 1.0;
 
 /// Seconds an idle established entry must outlive: Linux's default `tcp_keepalive_time`
 /// (7200 s of idle before the first keepalive probe) plus four minutes of margin.
 pub const KEEPALIVE_S: u64 = 7440;
 
-/// How far `nf_conntrack_max` may be from the RAM formula's value and still be `at` it.
-const RAM_TOLERANCE: f64 = 0.10;
+/// How far `nf_conntrack_max` may be from the kernel's own default and still be `at` it: the
+/// RAM read now is not quite the RAM the kernel sized the table from (see [`sizing`]).
+const DEFAULT_TOLERANCE: f64 = 0.10;
 
 /// How full the namespace's table is (`entries / max`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -45,10 +47,10 @@ pub enum Pressure {
     Full,
 }
 
-/// `nf_conntrack_max` against what the node's RAM allows by the usual formula (within 10%: at).
+/// `nf_conntrack_max` against the kernel's own default for this RAM (within 10%: at).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum MaxVsRam {
+pub enum VsDefault {
     Below,
     At,
     Above,
@@ -168,9 +170,18 @@ pub struct Table {
     pub long_chains: Option<bool>,
     /// The node's RAM (`MemTotal`), which the kernel sizes the table from.
     pub ram_bytes: Option<u64>,
-    /// RAM / 16384 / (word bits / 32): the usual sizing for this node's RAM.
-    pub recommended_max: Option<u64>,
-    pub max_vs_ram: Option<MaxVsRam>,
+    /// The running kernel's release (`uname -r`), whose version decides its default sizing.
+    pub kernel: Option<String>,
+    /// Bytes a page, which the kernel rounds the buckets to (0: unknown, taken as 4096).
+    #[serde(skip)]
+    pub page_size: u64,
+    /// The table this kernel sizes for this RAM by itself, and the formula (by version).
+    pub kernel_default: Option<Sizing>,
+    /// `max` against `kernel_default`: `below` means something lowered it.
+    pub max_vs_kernel_default: Option<VsDefault>,
+    /// The incident write-ups' RAM / 16384 / (word bits / 32), for reference: not a default
+    /// of any kernel above 1 GiB of RAM.
+    pub writeups: Option<Sizing>,
     pub tcp_timeouts: TcpTimeouts,
     /// `nf_conntrack_tcp_loose`: whether a TCP flow without an entry is picked up mid-stream.
     pub tcp_loose: Option<u8>,
@@ -195,20 +206,14 @@ pub fn pressure(utilisation: f64) -> Pressure {
     }
 }
 
-/// The documented sizing for RAM (the write-up's formula, from the kernel's old conntrack
-/// documentation): one entry per 16 KiB on 32-bit, per 32 KiB on 64-bit.
-pub fn recommended_max(ram_bytes: u64, word_bits: u32) -> u64 {
-    ram_bytes / 16384 / u64::from((word_bits / 32).max(1))
-}
-
-pub fn max_vs_ram(max: u64, recommended: u64) -> MaxVsRam {
-    let (m, r) = (max as f64, recommended as f64);
-    if m < r * (1.0 - RAM_TOLERANCE) {
-        MaxVsRam::Below
-    } else if m > r * (1.0 + RAM_TOLERANCE) {
-        MaxVsRam::Above
+pub fn vs_default(max: u64, default: u64) -> VsDefault {
+    let (m, d) = (max as f64, default as f64);
+    if m < d * (1.0 - DEFAULT_TOLERANCE) {
+        VsDefault::Below
+    } else if m > d * (1.0 + DEFAULT_TOLERANCE) {
+        VsDefault::Above
     } else {
-        MaxVsRam::At
+        VsDefault::At
     }
 }
 
@@ -248,12 +253,21 @@ impl Table {
             ram_bytes: fs::read_to_string("/proc/meminfo")
                 .ok()
                 .and_then(|m| mem_total(&m)),
+            kernel: Some(preflight::kernel_release()).filter(|r| !r.is_empty()),
+            // SAFETY: sysconf reads a constant of the running system.
+            page_size: u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0),
             tcp_timeouts: TcpTimeouts::read(),
             tcp_loose: sysctl("nf_conntrack_tcp_loose").map(|v| v as u8),
             window_s,
             deltas,
             ..Self::default()
         }
+    }
+
+    /// The running kernel's (major, minor), when its release was read.
+    pub fn version(&self) -> Option<(u32, u32)> {
+        let v = preflight::parse_version(self.kernel.as_deref()?);
+        (v.0 > 0).then_some(v)
     }
 
     /// Fills in what follows from the facts read (entries, max, buckets, RAM, deltas).
@@ -268,14 +282,25 @@ impl Table {
             .zip(self.buckets)
             .and_then(|(m, b)| max_per_bucket(m, b));
         self.long_chains = self.max_per_bucket.map(|r| r > DEFAULT_MAX_PER_BUCKET);
-        self.recommended_max = self
+        let page = if self.page_size == 0 {
+            4096
+        } else {
+            self.page_size
+        };
+        // The kernel's word size is taken to be ct-trace's own: a 32-bit ct-trace on a 64-bit
+        // kernel is not a build anyone ships.
+        self.kernel_default = self
             .ram_bytes
-            .map(|r| recommended_max(r, usize::BITS))
-            .filter(|r| *r > 0);
-        self.max_vs_ram = self
+            .zip(self.version())
+            .map(|(r, v)| sizing::kernel_default(r, usize::BITS, page, v));
+        self.max_vs_kernel_default = self
             .max
-            .zip(self.recommended_max)
-            .map(|(m, r)| max_vs_ram(m, r));
+            .zip(self.kernel_default.as_ref())
+            .map(|(m, d)| vs_default(m, d.max));
+        self.writeups = self
+            .ram_bytes
+            .map(|r| sizing::writeups_max(r, usize::BITS))
+            .filter(|w| w.max > 0);
         self.verdict = table_verdict(self.pressure, self.deltas.as_ref());
     }
 }
@@ -283,6 +308,7 @@ impl Table {
 /// The table's findings in words, each with the fix that applies.
 pub fn table_advice(t: &Table) -> Vec<String> {
     let mut out = capacity_advice(t);
+    out.extend(below_default_advice(t));
     out.extend(chain_advice(t));
     out.extend(timeout_advice(t));
     out
@@ -311,25 +337,51 @@ fn capacity_advice(t: &Table) -> Vec<String> {
     vec![first, raise_advice(t)]
 }
 
-/// The fix for a table under pressure, by how `nf_conntrack_max` compares with the node's RAM.
+/// The fix for a table under pressure, by how `nf_conntrack_max` compares with the kernel's
+/// own default for this RAM. The write-ups' formula is offered as a labelled size only when
+/// the table is under pressure and already at its default, never as the default it falls short
+/// of.
 fn raise_advice(t: &Table) -> String {
     let scope =
         "nf_conntrack_max is set in the init namespace and limits each namespace's own entries";
-    match (t.max_vs_ram, t.recommended_max) {
-        (Some(MaxVsRam::Below), Some(r)) => format!(
-            "raise nf_conntrack_max and nf_conntrack_buckets to what this node's RAM allows (RAM/16384/(word bits/32) = {r}): sysctl -w net.netfilter.nf_conntrack_max={r} net.netfilter.nf_conntrack_buckets={r}; {scope}."
-        ),
-        (Some(_), Some(r)) => format!(
-            "nf_conntrack_max is already at or above what this node's RAM allows ({r}): raising it further costs kernel memory beyond the usual sizing; spread the busiest flows over nodes with more RAM or fewer replicas each, or shorten the timeouts of closing states (nf_conntrack_tcp_timeout_time_wait, _close_wait, _fin_wait)."
-        ),
-        _ => format!("raise nf_conntrack_max (and nf_conntrack_buckets to match); {scope}."),
+    let Some(d) = &t.kernel_default else {
+        return format!("raise nf_conntrack_max (and nf_conntrack_buckets to match); {scope}.");
+    };
+    if t.max_vs_kernel_default == Some(VsDefault::Below) {
+        return format!(
+            "raise nf_conntrack_max at least back to this kernel's own default for this RAM ({}): sysctl -w net.netfilter.nf_conntrack_max={}; {scope}.",
+            d.max, d.max
+        );
     }
+    let raise = match (&t.writeups, t.max) {
+        (Some(w), Some(m)) if w.max > m => format!(
+            "raise it (a few hundred bytes of kernel memory an entry), e.g. to {} ({}), with nf_conntrack_buckets to match; {scope}",
+            w.max, w.formula
+        ),
+        _ => format!("raise it further, with nf_conntrack_buckets to match; {scope}"),
+    };
+    format!(
+        "nf_conntrack_max is already at or above this kernel's own default for this RAM ({}): shorten the timeouts of closing states (nf_conntrack_tcp_timeout_time_wait, _close_wait, _fin_wait), spread the busiest flows over more nodes, or, if the load is real, {raise}.",
+        d.max
+    )
+}
+
+/// `nf_conntrack_max` below the kernel's own default for this RAM: something lowered it.
+pub(super) fn below_default_advice(t: &Table) -> Option<String> {
+    if t.max_vs_kernel_default != Some(VsDefault::Below) {
+        return None;
+    }
+    let d = t.kernel_default.as_ref()?;
+    Some(format!(
+        "nf_conntrack_max={} is below this kernel's own default for this RAM ({}: {}): something lowered it (a sysctl file, a container runtime, a test), so new flows are refused or evict unreplied ones sooner than by default. Unless that was meant: sysctl -w net.netfilter.nf_conntrack_max={}.",
+        t.max?, d.max, d.formula, d.max
+    ))
 }
 
 pub(super) fn chain_advice(t: &Table) -> Option<String> {
     let r = t.max_per_bucket.filter(|r| *r > DEFAULT_MAX_PER_BUCKET)?;
     Some(format!(
-        "nf_conntrack_max is {r:.1}x nf_conntrack_buckets (the kernel's own sizing is 1x since Linux 5.15): a full table averages {:.0} entries per hash chain instead of 2, walked by every packet's lookup; sysctl -w net.netfilter.nf_conntrack_buckets={} (8 bytes a bucket).",
+        "nf_conntrack_max is {r:.1}x nf_conntrack_buckets (the kernel's own sizing is 1x since Linux 5.15, 4x before): a full table averages {:.0} entries per hash chain instead of 2, walked by every packet's lookup; sysctl -w net.netfilter.nf_conntrack_buckets={} (8 bytes a bucket).",
         2.0 * r,
         t.max?
     ))

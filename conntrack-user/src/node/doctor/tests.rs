@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 
 use super::{
-    table::{chain_advice, timeout_advice},
+    table::{below_default_advice, chain_advice, timeout_advice},
     text::{name, write_table},
     *,
 };
@@ -28,6 +28,25 @@ fn finds_invalid_drop_rules_with_counters() {
     assert_eq!(nft_drop_rules(managed, "")[0].family, "ipv4");
 }
 
+/// The three rulesets doctor reads, each read or failing with `error`.
+fn rulesets(read: [bool; 3], error: &str) -> Vec<Ruleset> {
+    let cmds = [
+        ("iptables-save -c", "ipv4"),
+        ("ip6tables-save -c", "ipv6"),
+        ("nft list ruleset", "all"),
+    ];
+    (cmds.iter().zip(read))
+        .map(|((command, family), read)| Ruleset {
+            command: command.to_string(),
+            family,
+            read,
+            error: (!read).then(|| error.to_string()),
+        })
+        .collect()
+}
+
+const DENIED: &str = "exit status: 4: iptables-save v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied (you must be root)";
+
 fn posture() -> Posture {
     Posture {
         netns: 1,
@@ -38,9 +57,11 @@ fn posture() -> Posture {
         max: Some(100),
         buckets: Some(25),
         counters: Default::default(),
-        drop_rules: vec![],
+        drop_rules: Some(vec![]),
         kube_proxy: None,
-        rules_read: true,
+        rules_read: RulesRead::All,
+        rulesets: rulesets([true; 3], ""),
+        cap_net_admin: true,
         verdict: "",
         table: Table {
             entries: Some(10),
@@ -66,11 +87,11 @@ fn verdicts_follow_the_fixes() {
     judge(&mut p);
     assert_eq!(p.verdict, "protected-liberal");
     p.tcp_be_liberal = Some(0);
-    p.drop_rules = iptables_drop_rules(
+    p.drop_rules = Some(iptables_drop_rules(
         "[0:0] -A FORWARD -m conntrack --ctstate INVALID -j DROP",
         "ipv4",
         "iptables",
-    );
+    ));
     judge(&mut p);
     assert_eq!(p.verdict, "protected-rule");
     assert!(
@@ -83,6 +104,73 @@ fn verdicts_follow_the_fixes() {
     assert_eq!(p.verdict, "protected-rule", "the table does not change it");
     assert_eq!(p.table.verdict, TableVerdict::Pressure);
     assert!(p.advice.iter().any(|a| a.contains("80%")), "{:?}", p.advice);
+}
+
+#[test]
+fn unread_rulesets_decide_nothing() {
+    // No CAP_NET_ADMIN: nothing read, so neither exposed nor protected by a rule.
+    let mut p = posture();
+    p.drop_rules = None;
+    p.rulesets = rulesets([false; 3], DENIED);
+    p.cap_net_admin = false;
+    judge(&mut p);
+    assert_eq!(p.verdict, "unknown");
+    let a = p.advice.join("\n");
+    assert!(
+        a.contains("no ruleset could be read") && a.contains("CAP_NET_ADMIN"),
+        "{a}"
+    );
+    assert!(!a.contains("EXPOSED"), "{a}");
+    assert!(
+        a.contains("1. sysctl"),
+        "the fixes still apply if nothing drops: {a}"
+    );
+    // With the capability but a tool failing: the command and its error are named.
+    p.cap_net_admin = true;
+    judge(&mut p);
+    let a = p.advice.join("\n");
+    assert!(a.contains("`iptables-save -c`: exit status: 4"), "{a}");
+    // iptables read and empty, nft not: still unknown, not exposed.
+    p.rulesets = rulesets([true, true, false], "nft is not installed");
+    p.drop_rules = None;
+    judge(&mut p);
+    assert_eq!(p.verdict, "unknown");
+    assert!(
+        p.advice[0].contains("not all could be read"),
+        "{:?}",
+        p.advice
+    );
+    assert!(
+        p.advice[0].contains("nft is not installed"),
+        "{:?}",
+        p.advice
+    );
+    // A rule found in what was read protects; IPv6 is unknown, not "no such rule".
+    p.rulesets = rulesets([true, false, false], DENIED);
+    p.drop_rules = Some(iptables_drop_rules(
+        "[0:0] -A FORWARD -m conntrack --ctstate INVALID -j DROP",
+        "ipv4",
+        "iptables",
+    ));
+    judge(&mut p);
+    assert_eq!(p.verdict, "protected-rule");
+    let a = p.advice.join("\n");
+    assert!(
+        a.contains("whether IPv6 packets are dropped too is unknown"),
+        "{a}"
+    );
+    assert!(!a.contains("no such rule for IPv6"), "{a}");
+    // Liberal tracking decides without any rule.
+    p.tcp_be_liberal = Some(1);
+    p.drop_rules = None;
+    judge(&mut p);
+    assert_eq!(p.verdict, "protected-liberal");
+    // JSON: an unknown list is null, and each ruleset says why it was not read.
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(json["drop_rules"], serde_json::Value::Null);
+    assert_eq!(json["rulesets"][1]["read"], false);
+    assert_eq!(json["rulesets"][1]["error"], DENIED);
+    assert!(json["rulesets"][0].get("error").is_none());
 }
 
 #[test]
@@ -103,20 +191,70 @@ fn utilisation_classifies_at_the_alert_and_the_limit() {
 }
 
 #[test]
-fn ram_formula_and_its_band() {
-    // 16 GiB: 1 entry per 16 KiB on 32-bit, per 32 KiB on 64-bit.
-    let ram = 16u64 << 30;
-    assert_eq!(recommended_max(ram, 32), 1 << 20);
-    assert_eq!(recommended_max(ram, 64), 1 << 19);
-    assert_eq!(recommended_max(0, 64), 0);
-    assert_eq!(max_vs_ram(1000, 1000), MaxVsRam::At);
-    assert_eq!(max_vs_ram(901, 1000), MaxVsRam::At);
-    assert_eq!(max_vs_ram(899, 1000), MaxVsRam::Below);
-    assert_eq!(max_vs_ram(1101, 1000), MaxVsRam::Above);
+fn max_against_the_kernels_own_default() {
+    assert_eq!(vs_default(1000, 1000), VsDefault::At);
+    assert_eq!(vs_default(901, 1000), VsDefault::At);
+    assert_eq!(vs_default(899, 1000), VsDefault::Below);
+    assert_eq!(vs_default(1101, 1000), VsDefault::Above);
     let meminfo = "MemTotal:       24684092 kB\nMemFree:         1000 kB\n";
     assert_eq!(mem_total(meminfo), Some(24684092 * 1024));
     assert_eq!(mem_total("MemFree: 1 kB\n"), None);
     assert_eq!(mem_total("MemTotal: lots kB\n"), None);
+    // This build machine: 23.5 GiB, 6.18, max 262144. The kernel's own default, not "below"
+    // the write-ups' 771377.
+    let mut t = Table {
+        max: Some(262_144),
+        buckets: Some(262_144),
+        ram_bytes: Some(24684092 * 1024),
+        kernel: Some("6.18.44-fc".into()),
+        ..Default::default()
+    };
+    t.derive();
+    assert_eq!(t.version(), Some((6, 18)));
+    assert_eq!(t.max_vs_kernel_default, Some(VsDefault::At));
+    let d = t.kernel_default.as_ref().unwrap();
+    assert_eq!((d.max, d.buckets), (262_144, Some(262_144)));
+    assert!(d.formula.starts_with("Linux 5.15+"), "{}", d.formula);
+    let w = t.writeups.as_ref().unwrap();
+    assert_eq!(w.max, 771_377);
+    assert!(
+        w.formula.contains("RAM/16384/(word bits/32)"),
+        "{}",
+        w.formula
+    );
+    assert!(below_default_advice(&t).is_none());
+    assert!(table_advice(&t).is_empty(), "{:?}", table_advice(&t));
+    let mut out = vec![];
+    write_table(&mut out, &t).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("262144 is at this kernel's own default for 23.5 GiB of RAM on 6.18.44-fc: max 262144, buckets 262144 (Linux 5.15+"),
+        "{text}"
+    );
+    assert!(text.contains("771377 (the write-ups' formula"), "{text}");
+    assert!(!text.contains("below"), "{text}");
+    // The same node on 5.10: 65536 buckets, max 4x; the ratio is that kernel's own.
+    t.kernel = Some("5.10.0-32-amd64".into());
+    t.buckets = Some(65_536);
+    t.derive();
+    assert_eq!(t.max_vs_kernel_default, Some(VsDefault::At));
+    assert_eq!(t.kernel_default.as_ref().unwrap().buckets, Some(65_536));
+    // Lowered below the kernel's own default: said, with the default to go back to.
+    t.kernel = Some("6.1.0".into());
+    t.max = Some(65_536);
+    t.buckets = Some(262_144);
+    t.derive();
+    assert_eq!(t.max_vs_kernel_default, Some(VsDefault::Below));
+    let a = below_default_advice(&t).unwrap();
+    assert!(a.contains("nf_conntrack_max=65536 is below this kernel's own default for this RAM (262144: Linux 5.15+"), "{a}");
+    // Kernel or RAM unknown: no default, no judgement.
+    t.kernel = None;
+    t.derive();
+    assert_eq!(
+        (t.kernel_default.as_ref(), t.max_vs_kernel_default),
+        (None, None)
+    );
+    assert!(below_default_advice(&t).is_none());
 }
 
 #[test]
@@ -194,35 +332,49 @@ fn advice_names_the_fix_that_applies() {
         max: Some(10000),
         buckets: Some(10000),
         ram_bytes: Some(8 * gib),
+        kernel: Some("6.12.0".into()),
         ..Default::default()
     };
     t.derive();
     assert_eq!(t.verdict, TableVerdict::Ok);
-    assert!(table_advice(&t).is_empty(), "{:?}", table_advice(&t));
-    // Nearly full, and below what 8 GiB allows (262144 on 64-bit): raise it to that.
+    // Roomy, but lowered below the kernel's own default for 8 GiB: that is said.
+    assert_eq!(table_advice(&t).len(), 1, "{:?}", table_advice(&t));
+    // Nearly full, and below the kernel's own default for 8 GiB (262144 on 64-bit since
+    // 5.15): raise it back to that.
     t.entries = Some(9000);
     t.derive();
-    assert_eq!(t.max_vs_ram, Some(MaxVsRam::Below));
+    assert_eq!(t.max_vs_kernel_default, Some(VsDefault::Below));
     let a = table_advice(&t).join("\n");
     assert!(a.contains("90%") && a.contains("75% alert"), "{a}");
+    assert!(
+        a.contains("at least back to this kernel's own default for this RAM (262144)"),
+        "{a}"
+    );
     assert!(a.contains("nf_conntrack_max=262144"), "{a}");
     // Full by the counters alone, with max already what the RAM allows: no higher max.
     t.entries = Some(10);
+    t.ram_bytes = Some(16 * gib);
     t.max = Some(262144);
     t.buckets = Some(262144);
     t.window_s = 1.0;
     t.deltas = Some(Deltas::between(&counters(0, 0, 0), &counters(20, 60, 0)));
     t.derive();
     assert_eq!(
-        (t.verdict, t.max_vs_ram),
-        (TableVerdict::Full, Some(MaxVsRam::At))
+        (t.verdict, t.max_vs_kernel_default),
+        (TableVerdict::Full, Some(VsDefault::At))
     );
     let a = table_advice(&t).join("\n");
     assert!(
         a.contains("the table is full") && a.contains("dropped 20"),
         "{a}"
     );
-    assert!(a.contains("already at or above"), "{a}");
+    // The kernel's default is not "too small": a larger size is offered only because the
+    // table is full, labelled with the formula it comes from.
+    assert!(
+        a.contains("already at or above this kernel's own default"),
+        "{a}"
+    );
+    assert!(a.contains("e.g. to 524288 (the write-ups' formula"), "{a}");
     // Nothing readable: no advice, no panic.
     let mut t = Table::default();
     t.derive();

@@ -8,8 +8,9 @@
 //! table ip|ip6 kube-proxy`, its nftables mode). What either mode looks like is written beside
 //! its parser, with the kube-proxy source it follows.
 //!
-//! A missing binary, a missing table or an unreadable ruleset means "no names", never an
-//! error: ct-trace runs on nodes without kube-proxy too.
+//! A missing table means "no names", never an error: ct-trace runs on nodes without kube-proxy
+//! too. A missing binary or an unreadable ruleset means no names from it either, but it is
+//! reported as such (`unread`), never as "no kube-proxy rules".
 
 mod iptables;
 mod nft;
@@ -19,7 +20,6 @@ mod tests;
 use std::{
     collections::{BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
-    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc, RwLock,
@@ -31,6 +31,7 @@ use std::{
 use serde::Serialize;
 
 pub use self::{iptables::parse_iptables_save, nft::parse_nft_json};
+use super::tools::{self, RulesRead};
 
 /// Index entries at most (Service addresses plus backend names): a cluster with more is named
 /// partially, and the excess is counted ([`ServiceNames::over_limit`]) and warned about once.
@@ -99,6 +100,8 @@ pub struct ServiceNames {
     /// Entries left out because the index was full.
     pub over_limit: u64,
     pub modes: Modes,
+    /// The rulesets that could not be read, `` `command`: why `` (their names are missing).
+    pub unread: Vec<String>,
 }
 
 impl ServiceNames {
@@ -277,25 +280,18 @@ fn insert_sorted(names: &mut Vec<Arc<str>>, n: Arc<str>) {
     names.insert(at, n);
 }
 
-/// stdout of a command that succeeded; `None` (logged at debug) when it is missing or failed.
-fn output(cmd: &str, args: &[&str]) -> Option<Vec<u8>> {
-    match Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-    {
-        Ok(o) if o.status.success() => Some(o.stdout),
-        Ok(o) => {
-            log::debug!(
-                "service names: `{cmd} {}` exited {}",
-                args.join(" "),
-                o.status
-            );
-            None
-        }
+/// stdout of a ruleset command; `None` when the table is not there (kube-proxy does not run in
+/// that mode here) or when it could not be read, which is added to `unread`.
+fn output(cmd: &str, args: &[&str], unread: &mut Vec<String>) -> Option<Vec<u8>> {
+    match tools::run(cmd, args) {
+        Ok(r) => Some(r.stdout),
+        // `nft list table ip kube-proxy` where there is no such table: "Error: No such file or
+        // directory" (older nft: "Error: Could not process rule: No such file or directory").
+        Err(e) if cmd == "nft" && e.contains("No such file or directory") => None,
         Err(e) => {
-            log::debug!("service names: `{cmd}` not run: {e}");
+            let why = format!("{}: {e}", tools::shown(cmd, args));
+            log::debug!("service names: {why}");
+            unread.push(why);
             None
         }
     }
@@ -306,21 +302,31 @@ fn output(cmd: &str, args: &[&str]) -> Option<Vec<u8>> {
 pub struct Rulesets {
     pub iptables: [Option<Vec<u8>>; 2],
     pub nft: [Option<Vec<u8>>; 2],
+    /// The readings that failed, `` `command`: why `` (a table that is not there is no failure).
+    pub unread: Vec<String>,
 }
 
 impl Rulesets {
+    /// How many readings [`Rulesets::read`] makes.
+    pub const READINGS: usize = 4;
+
     /// Runs `iptables-save -t nat`, `ip6tables-save -t nat` and `nft -j list table ip|ip6
     /// kube-proxy` in this process's network namespace.
     pub fn read() -> Self {
+        let mut unread = vec![];
+        let mut o = |cmd: &str, args: &[&str]| output(cmd, args, &mut unread);
+        let iptables = [
+            o("iptables-save", &["-t", "nat"]),
+            o("ip6tables-save", &["-t", "nat"]),
+        ];
+        let nft = [
+            o("nft", &["-j", "list", "table", "ip", "kube-proxy"]),
+            o("nft", &["-j", "list", "table", "ip6", "kube-proxy"]),
+        ];
         Self {
-            iptables: [
-                output("iptables-save", &["-t", "nat"]),
-                output("ip6tables-save", &["-t", "nat"]),
-            ],
-            nft: [
-                output("nft", &["-j", "list", "table", "ip", "kube-proxy"]),
-                output("nft", &["-j", "list", "table", "ip6", "kube-proxy"]),
-            ],
+            iptables,
+            nft,
+            unread,
         }
     }
 
@@ -332,7 +338,9 @@ impl Rulesets {
         for out in self.nft.iter().flatten() {
             parse_nft_json(out, &mut b);
         }
-        b.finish()
+        let mut names = b.finish();
+        names.unread.clone_from(&self.unread);
+        names
     }
 }
 
@@ -404,15 +412,21 @@ impl Refresher {
             log::debug!("service names: the first reading is late; events are named once it is in");
         } else {
             let r = NamesReport::of(&lookup.snapshot());
-            if r.kube_proxy.is_empty() {
-                log::info!("service names: no kube-proxy rules in this namespace");
-            } else {
-                log::info!(
+            match &r.kube_proxy {
+                Some(modes) if !modes.is_empty() => log::info!(
                     "service names: {} Service ports, {} endpoints (kube-proxy {} mode, re-read every {} s)",
                     r.services,
                     r.endpoints,
-                    r.kube_proxy.join(" and "),
+                    modes.join(" and "),
                     REFRESH.as_secs()
+                ),
+                Some(_) => log::info!("service names: no kube-proxy rules in this namespace"),
+                None => {}
+            }
+            if !r.unread.is_empty() {
+                log::warn!(
+                    "service names: could not read {}; flows of the Services there carry no service_name",
+                    r.unread.join("; ")
                 );
             }
         }
@@ -474,32 +488,41 @@ fn refresh_loop(lookup: &ServiceLookup, stop: &AtomicBool, mut first: Option<mps
 /// What doctor reports of the names.
 #[derive(Debug, Serialize)]
 pub struct NamesReport {
-    /// Modes whose rules were found: `iptables`, `nftables` (empty: no kube-proxy rules here).
-    pub kube_proxy: Vec<&'static str>,
+    /// Modes whose rules were found: `iptables`, `nftables`; empty: no kube-proxy rules here;
+    /// `None` (`null`): none found, but some ruleset could not be read (`unread`).
+    pub kube_proxy: Option<Vec<&'static str>>,
     /// Distinct Service ports named (`namespace/name:port`).
     pub services: usize,
     /// Service addresses (cluster, external and load-balancer IPs, by port and protocol).
     pub addresses: usize,
     pub endpoints: usize,
     pub over_limit: u64,
+    /// `all`, `partial` or `none` of the rulesets were read.
+    pub rules_read: RulesRead,
+    /// The rulesets that could not be read, `` `command`: why ``.
+    pub unread: Vec<String>,
 }
 
 impl NamesReport {
     pub fn of(names: &ServiceNames) -> Self {
         let (services, addresses, endpoints) = names.counts();
-        let mut kube_proxy = vec![];
+        let mut modes = vec![];
         if names.modes.iptables {
-            kube_proxy.push("iptables");
+            modes.push("iptables");
         }
         if names.modes.nftables {
-            kube_proxy.push("nftables");
+            modes.push("nftables");
         }
+        let read = Rulesets::READINGS.saturating_sub(names.unread.len());
+        let rules_read = RulesRead::of(read, Rulesets::READINGS);
         Self {
-            kube_proxy,
+            kube_proxy: (!modes.is_empty() || rules_read == RulesRead::All).then_some(modes),
             services,
             addresses,
             endpoints,
             over_limit: names.over_limit,
+            rules_read,
+            unread: names.unread.clone(),
         }
     }
 

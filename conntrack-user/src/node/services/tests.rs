@@ -275,8 +275,34 @@ fn no_rules_no_names() {
     assert!(n.is_empty());
     assert_eq!(n.modes, Modes::default());
     let r = NamesReport::of(&n);
-    assert!(r.kube_proxy.is_empty());
+    assert_eq!(r.kube_proxy, Some(vec![]), "every ruleset read: none here");
+    assert_eq!(r.rules_read, RulesRead::All);
     assert_eq!((r.services, r.addresses, r.endpoints), (0, 0, 0));
+}
+
+#[test]
+fn unreadable_rules_are_unknown_names_not_none() {
+    let why = "`iptables-save -t nat`: exit status: 4: Permission denied (you must be root)";
+    let mut rules = Rulesets {
+        unread: vec![why.to_string(); Rulesets::READINGS],
+        ..Default::default()
+    };
+    let r = NamesReport::of(&rules.parse(MAX_ENTRIES));
+    assert_eq!(
+        r.kube_proxy, None,
+        "nothing read: unknown, not an empty list"
+    );
+    assert_eq!(r.rules_read, RulesRead::Nothing);
+    assert_eq!(r.unread.len(), Rulesets::READINGS);
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["kube_proxy"], serde_json::Value::Null);
+    assert_eq!(json["rules_read"], "none");
+    // iptables read (and naming Services), nft not: what was found stands.
+    rules.unread.truncate(2);
+    rules.iptables[0] = Some(IPT4.as_bytes().to_vec());
+    let r = NamesReport::of(&rules.parse(MAX_ENTRIES));
+    assert_eq!(r.kube_proxy, Some(vec!["iptables"]));
+    assert_eq!(r.rules_read, RulesRead::Partial);
 }
 
 #[test]
