@@ -124,13 +124,21 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         .metrics
         .map(|a| metrics::http::bind(a).with_context(|| format!("--metrics: cannot listen on {a}")))
         .transpose()?;
-    // Created before anything is attached: an unwritable file fails the run cleanly.
+    // Created, and the ready file's place checked, before anything is attached: an unusable
+    // file fails the run cleanly. The ready file is removed when `ready` drops, however the
+    // run ends after this.
     let pcap = cli
         .pcap
         .as_deref()
         .map(crate::output::pcap::PcapWriter::create)
         .transpose()
         .context("--pcap")?;
+    let mut ready = cli
+        .ready_file
+        .as_deref()
+        .map(crate::private::ReadyFile::check)
+        .transpose()
+        .context("--ready-file")?;
     log::debug!(
         "memory at start (peak, now KiB): {:?}",
         preflight::memory_kib()
@@ -234,9 +242,9 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         preflight::memory_kib()
     );
 
-    if let Some(path) = &cli.ready_file {
-        std::fs::write(path, format!("{}\n", std::process::id()))
-            .with_context(|| format!("writing the ready file {}", path.display()))?;
+    if let Some(r) = &mut ready {
+        r.create(&format!("{}\n", std::process::id()))
+            .context("--ready-file")?;
     }
     info!("tracing; press Ctrl-C to stop");
 

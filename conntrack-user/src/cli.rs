@@ -27,8 +27,9 @@ pub struct Cli {
     #[arg(short, long, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
 
-    /// Write this file once every program is attached (for scripts and tests that must not
-    /// start traffic before ct-trace can see it).
+    /// Create this file once every program is attached, and remove it at exit (for scripts and
+    /// tests that must not start traffic before ct-trace can see it). It must not exist
+    /// beforehand: its existence is the signal.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
 
@@ -84,7 +85,8 @@ pub struct Cli {
     /// Also write the packet of every event that carries one (invalid, ignored, rst_sent,
     /// rst_received, midstream, table_full) to FILE as pcapng, with the event's JSON line as
     /// its comment. Packets are rebuilt from the events' header fields (headers only), whatever
-    /// stdout shows (`--summary`, `--kind`, `-c`).
+    /// stdout shows (`--summary`, `--kind`, `-c`). Created with mode 0600; a link or another
+    /// user's file is refused.
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
 

@@ -2,7 +2,8 @@
 //!
 //! Folders by concept: `kernel/` (what the kernel offers, the attach plan, loading),
 //! `pipeline/` (decode, correlate, enrich: records to reports), `output/` (report types, text,
-//! JSON, the summary's tallies), `node/` (ctnetlink, the kernel's counters, the doctor).
+//! JSON, the summary's tallies), `node/` (ctnetlink, the kernel's counters, the doctor, the
+//! private directories every file ct-trace creates goes in).
 //! `app` only wires them together; `cli` is the command line.
 
 pub mod app;
@@ -16,7 +17,7 @@ pub mod pipeline;
 // Every module by its own name as well (`crate::kstat`, `crate::report`, ...): the folders
 // group them, the short paths keep the code that uses them readable.
 pub use kernel::{btf, load, netfilter, preflight, verifier};
-pub use node::{doctor, kstat, netlink};
+pub use node::{doctor, kstat, netlink, private};
 pub use output::{report, table};
 pub use pipeline::{attribution, destroy, enrich, events, lost, reason};
 

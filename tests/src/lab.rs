@@ -32,6 +32,12 @@ pub fn run_with(scenario: &str, fix: &str, extra: &[&str]) -> (Vec<Value>, Value
     let mut args = vec!["run", "--scenario", scenario, "--fix", fix, "-o", "json"];
     args.extend_from_slice(extra);
     let (pid, out) = lab(&args);
+    verdict(pid, &out, scenario, fix)
+}
+
+/// What `lab run ... -o json` (pid `pid`) printed: ct-trace's events and the verdict, checked to
+/// be the run's, and that none of its namespaces is left.
+pub fn verdict(pid: u32, out: &Output, scenario: &str, fix: &str) -> (Vec<Value>, Value) {
     assert!(out.status.success(), "lab run failed: {out:?}");
     let mut lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()

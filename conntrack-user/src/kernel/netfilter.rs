@@ -26,10 +26,11 @@ pub enum NetfilterError {
     NoProgram(String),
     #[error("relocating `{0}`")]
     Relocate(String, #[source] aya_obj::relocation::EbpfRelocationError),
-    #[error("the kernel rejected `{program}` ({source}); verifier log in {log_path}")]
+    #[error("the kernel rejected `{program}` ({source}); verifier log {log_at}")]
     Verifier {
         program: String,
-        log_path: String,
+        /// `in PATH`, or why it was not written.
+        log_at: String,
         log: String,
         #[source]
         source: io::Error,
@@ -180,7 +181,7 @@ impl NetfilterProgram {
                     .to_string();
                 return Err(NetfilterError::Verifier {
                     program: name.to_string(),
-                    log_path: crate::verifier::write_log(name, &text),
+                    log_at: crate::verifier::write_log(name, &text),
                     log: text,
                     source: err,
                 });

@@ -7,6 +7,10 @@
 //! applications saw, stops ct-trace and compares the two (`report`). The namespaces are
 //! deleted at the end, on error, and on SIGINT/SIGTERM; those of a lab killed outright are
 //! removed by the next run or `ct-trace lab cleanup`.
+//!
+//! The lab's files (ct-trace's ready file, the saved sysctls) live in `/run/ct-trace/lab`
+//! (`lab_dir`), a directory only root can use (`node::private`): no other user can plant,
+//! redirect or forge them.
 
 mod craft;
 mod report;
@@ -33,7 +37,17 @@ pub use self::{
     scenario::{Fix, Scenario},
     topology::{wire, Wiring},
 };
-use crate::{cli::AttachMode, report::Format};
+use crate::{
+    cli::AttachMode,
+    private::{FileError, PrivateDir},
+    report::Format,
+};
+
+/// Opens (or makes) the lab's own directory, `/run/ct-trace/lab` (root's, 0700, checked at
+/// every open).
+pub(crate) fn lab_dir() -> Result<PrivateDir, LabError> {
+    Ok(PrivateDir::in_run("lab")?)
+}
 
 #[derive(Debug, clap::Subcommand)]
 pub enum LabAction {
@@ -107,6 +121,15 @@ pub enum LabError {
     Tracer(String),
     #[error("interrupted by {}: the lab's namespaces were removed", signal_name(*.0))]
     Interrupted(i32),
+    /// The lab's directory or a file in it (with its cause: lab errors print on one line).
+    #[error("{0}")]
+    Files(String),
+}
+
+impl From<FileError> for LabError {
+    fn from(e: FileError) -> Self {
+        Self::Files(e.one_line())
+    }
 }
 
 impl LabError {
@@ -207,13 +230,16 @@ fn lab(action: LabAction) -> Result<ExitCode, LabError> {
     }
     preflight()?;
     let me = std::process::id();
-    for r in sysctl::restore_stale(|pid| pid != me && topology::lab_alive(pid)) {
+    let dir = lab_dir()?;
+    let gone = |pid: u32| pid == me || !topology::lab_alive(pid);
+    for r in sysctl::restore_stale(&dir, gone) {
         log::info!("lab: restored {r} left by a lab that is gone");
     }
+    tracer::remove_stale(&dir, gone);
     // Labs run side by side in their own namespaces, except beside one that shrank the global
     // table limit (it bounds every namespace's table).
     if scenario.is_some() {
-        if let Some(pid) = sysctl::owners().into_iter().find(|&p| p != me) {
+        if let Some(pid) = sysctl::owners(&dir).into_iter().find(|&p| p != me) {
             return Err(LabError::Busy(format!(
                 "a table-full lab (PID {pid}) has shrunk the global conntrack table: wait for it to end"
             )));

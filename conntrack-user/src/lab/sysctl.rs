@@ -4,25 +4,27 @@
 //! namespace's table; `nf_conntrack_buckets` sizes the one hash all namespaces share; see
 //! `nf_conntrack_standalone.c`). Each value is restored when its guard drops (end, error,
 //! SIGINT/SIGTERM unwind). For SIGKILL, the original values are first written to
-//! `/run/ctt-lab-PID.sysctl`; the next lab run or `ct-trace lab cleanup` restores those of labs
-//! that are gone.
+//! `/run/ct-trace/lab/ctt-lab-PID.sysctl` (the lab's root-only directory); the next lab run or
+//! `ct-trace lab cleanup` restores those of labs that are gone, reading only root's regular
+//! files there, never through a link, and writing only the two sysctls this module changes.
 
-use std::{io, path::PathBuf};
+use std::io;
 
 use super::{topology::PREFIX, LabError};
+use crate::private::PrivateDir;
 
-const STATE_DIR: &str = "/run";
 const MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 const BUCKETS: &str = "/proc/sys/net/netfilter/nf_conntrack_buckets";
 
 /// The global sysctls a `table-full` lab shrinks, restored on drop.
 pub struct TableLimit {
     saved: Vec<(&'static str, String)>,
-    state: PathBuf,
+    dir: PrivateDir,
+    state: String,
 }
 
-fn state_file(pid: u32) -> PathBuf {
-    PathBuf::from(STATE_DIR).join(format!("{PREFIX}{pid}.sysctl"))
+fn state_file(pid: u32) -> String {
+    format!("{PREFIX}{pid}.sysctl")
 }
 
 /// The PID in a state file's name (`ctt-lab-PID.sysctl`).
@@ -33,13 +35,15 @@ fn owner(name: &str) -> Option<u32> {
         .ok()
 }
 
-/// The state files here, with their PIDs.
-fn state_files() -> Vec<(PathBuf, u32)> {
-    let Ok(dir) = std::fs::read_dir(STATE_DIR) else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| Some((e.path(), owner(e.file_name().to_str()?)?)))
+/// The state files in `dir`, with their PIDs.
+fn state_files(dir: &PrivateDir) -> Vec<(String, u32)> {
+    dir.names()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|n| {
+            let pid = owner(&n)?;
+            Some((n, pid))
+        })
         .collect()
 }
 
@@ -67,10 +71,11 @@ impl TableLimit {
             (MAX, read(MAX).map_err(io(MAX))?),
             (BUCKETS, read(BUCKETS).map_err(io(BUCKETS))?),
         ];
+        let dir = super::lab_dir()?;
         let state = state_file(std::process::id());
         let text: String = saved.iter().map(|(p, v)| format!("{p} {v}\n")).collect();
-        std::fs::write(&state, text).map_err(io(&state.display().to_string()))?;
-        let me = Self { saved, state };
+        dir.write(&state, text.as_bytes())?;
+        let me = Self { saved, dir, state };
         write(BUCKETS, &buckets.to_string())?;
         write(MAX, &max.to_string())?;
         Ok(me)
@@ -94,36 +99,72 @@ impl Drop for TableLimit {
                 log::warn!("lab: could not restore {path} to {value}: {e}");
             }
         }
-        let _ = std::fs::remove_file(&self.state);
+        let _ = self.dir.remove(&self.state);
     }
 }
 
-/// The PIDs of labs whose state file is here: labs that changed the global sysctls (live or
+/// The PIDs of labs whose state file is in `dir`: labs that changed the global sysctls (live or
 /// gone).
-pub fn owners() -> Vec<u32> {
-    state_files().into_iter().map(|(_, pid)| pid).collect()
+pub fn owners(dir: &PrivateDir) -> Vec<u32> {
+    state_files(dir).into_iter().map(|(_, pid)| pid).collect()
 }
 
-/// Restores the sysctls of labs that are gone (their PID is no longer a ct-trace); returns
-/// what it restored, as `path=value`.
-pub fn restore_stale(alive: impl Fn(u32) -> bool) -> Vec<String> {
+/// Restores the sysctls of labs that are `gone`; returns what it restored, as `path=value`.
+pub fn restore_stale(dir: &PrivateDir, gone: impl Fn(u32) -> bool) -> Vec<String> {
     let mut restored = Vec::new();
-    for (path, pid) in state_files() {
-        if alive(pid) {
+    for (name, pid) in state_files(dir) {
+        if !gone(pid) {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        for line in text.lines() {
-            // Only the two files this module writes.
-            if let Some((sysctl, value)) = line.split_once(' ') {
-                if [MAX, BUCKETS].contains(&sysctl) && std::fs::write(sysctl, value).is_ok() {
-                    restored.push(format!("{sysctl}={value}"));
+        match dir.read(&name) {
+            Ok(text) => {
+                for line in text.lines() {
+                    // Only the two files this module writes.
+                    if let Some((sysctl, value)) = line.split_once(' ') {
+                        if [MAX, BUCKETS].contains(&sysctl) && std::fs::write(sysctl, value).is_ok()
+                        {
+                            restored.push(format!("{sysctl}={value}"));
+                        }
+                    }
                 }
             }
+            Err(e) => log::warn!("lab: not restoring from {}", e.one_line()),
         }
-        let _ = std::fs::remove_file(&path);
+        let _ = dir.remove(&name);
     }
     restored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_state_is_read_only_from_own_regular_files_and_removed() {
+        let scratch = PrivateDir::fresh(&std::env::temp_dir(), "ctt-unit-").unwrap();
+        let dir = PrivateDir::under(scratch.path(), &["lab"]).unwrap();
+        // Lines for other files than the two sysctls are never written anywhere.
+        let victim = scratch.join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        let line = format!("{} 1\n", victim.display());
+        dir.write(&state_file(4_000_001), line.as_bytes()).unwrap();
+        // A link in place of a state file is not read through. (Were it, the limit would be
+        // written as it is: a regression shows as something restored, and changes nothing.)
+        let elsewhere = scratch.join("elsewhere");
+        let same = read(MAX).map_or(line.clone(), |now| format!("{MAX} {now}\n"));
+        std::fs::write(&elsewhere, same).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join(&state_file(4_000_002))).unwrap();
+        dir.write("unrelated", b"").unwrap();
+        let mut pids = owners(&dir);
+        pids.sort();
+        assert_eq!(pids, [4_000_001, 4_000_002]);
+        assert!(restore_stale(&dir, |pid| pid == 4_000_003).is_empty());
+        assert_eq!(owners(&dir).len(), 2, "labs not gone are kept");
+        assert!(restore_stale(&dir, |_| true).is_empty());
+        assert!(owners(&dir).is_empty());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        assert!(elsewhere.exists());
+        assert_eq!(dir.names().unwrap(), ["unrelated"]);
+        std::fs::remove_dir_all(scratch.path()).unwrap();
+    }
 }

@@ -269,7 +269,7 @@ fn setns(f: &File) -> io::Result<()> {
     Ok(())
 }
 
-/// The PID in a lab namespace's name (`ctt-lab-PID-role`).
+/// The PID in a lab namespace's name (`ctt-lab-PID-role`), or its ready file's.
 pub fn owner_pid(name: &str) -> Option<u32> {
     name.strip_prefix(PREFIX)?.split('-').next()?.parse().ok()
 }

@@ -1,12 +1,13 @@
 //! ct-trace itself watching the lab: this very binary started in the node namespace
 //! (`ip netns exec NODE <exe> -o json --ready-file ...`), so the lab uses ct-trace's own
 //! programs and event path, exactly what a user runs on a node. The lab starts the workload
-//! only once ct-trace has attached, stops it with SIGINT, and reads its JSON events.
+//! only once ct-trace has attached, stops it with SIGINT, and reads its JSON events. Its ready
+//! file is in the lab's root-only directory (`/run/ct-trace/lab/ctt-lab-PID-node.ready`): no
+//! other user can say it is ready before it is, or make it write elsewhere.
 
 use std::{
     io::Read,
     os::unix::process::CommandExt as _,
-    path::PathBuf,
     process::{Child, Command, Stdio},
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -14,8 +15,12 @@ use std::{
 
 use serde_json::Value;
 
-use super::{interrupted, topology::LAB_PREFIX, LabError};
-use crate::cli::AttachMode;
+use super::{
+    interrupted,
+    topology::{owner_pid, LAB_PREFIX},
+    LabError,
+};
+use crate::{cli::AttachMode, private::PrivateDir};
 
 /// A bound in case the lab never stops it (the lab itself was killed: the child also gets
 /// SIGTERM as its parent-death signal).
@@ -32,7 +37,9 @@ pub struct Opts<'a> {
 
 pub struct Tracer {
     child: Option<Child>,
-    ready: PathBuf,
+    /// The lab's directory and the ready file's name in it.
+    dir: PrivateDir,
+    ready: String,
     readers: Option<(JoinHandle<String>, JoinHandle<String>)>,
 }
 
@@ -55,14 +62,16 @@ impl Tracer {
     pub fn start(node: &str, opts: &Opts) -> Result<Self, LabError> {
         let exe = std::env::current_exe()
             .map_err(|e| LabError::Tracer(format!("finding this executable: {e}")))?;
-        let ready = std::env::temp_dir().join(format!("{node}.ready"));
-        let _ = std::fs::remove_file(&ready);
+        let dir = super::lab_dir()?;
+        let ready = format!("{node}.ready");
+        // One left by a lab that had this PID and was killed together with its ct-trace.
+        let _ = dir.remove(&ready);
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", node])
             .arg(&exe)
             .args(["-o", "json", "--resets", "all", "--host", LAB_PREFIX])
             .args(["--duration", MAX_RUN, "--ready-file"])
-            .arg(&ready)
+            .arg(dir.join(&ready))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -94,11 +103,12 @@ impl Tracer {
         ));
         let mut me = Self {
             child: Some(child),
+            dir,
             ready,
             readers,
         };
         let t0 = Instant::now();
-        while !me.ready.exists() {
+        while !me.dir.holds(&me.ready) {
             if let Some(st) = me.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 let out = me.collect();
                 return Err(LabError::Tracer(format!(
@@ -128,7 +138,7 @@ impl Tracer {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        let _ = std::fs::remove_file(&self.ready);
+        let _ = self.dir.remove(&self.ready);
         Traced { events, stderr }
     }
 
@@ -172,6 +182,15 @@ impl Drop for Tracer {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = std::fs::remove_file(&self.ready);
+        let _ = self.dir.remove(&self.ready);
+    }
+}
+
+/// Removes the ready files of labs that are `gone` (killed together with their ct-trace).
+pub fn remove_stale(dir: &PrivateDir, gone: impl Fn(u32) -> bool) {
+    for name in dir.names().unwrap_or_default() {
+        if name.ends_with(".ready") && owner_pid(&name).is_some_and(&gone) {
+            let _ = dir.remove(&name);
+        }
     }
 }

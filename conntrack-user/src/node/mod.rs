@@ -1,10 +1,12 @@
 //! The node's own state, read directly: ctnetlink and hook dumps (`netlink`), the kernel's
-//! conntrack counters and namespaces (`kstat`), the posture report (`doctor`), and the
-//! Service names kube-proxy's rules give addresses (`services`); both read the rulesets with
-//! the node's own tools (`tools`).
+//! conntrack counters and namespaces (`kstat`), the posture report (`doctor`), the Service
+//! names kube-proxy's rules give addresses (`services`; both read the rulesets with the node's
+//! own tools, `tools`), and the files ct-trace creates on it (`private`: made so that no other
+//! user can redirect, pre-create or forge them).
 
 pub mod doctor;
 pub mod kstat;
 pub mod netlink;
+pub mod private;
 pub mod services;
 pub mod tools;

@@ -63,12 +63,8 @@ const IPPROTO_UDP: u8 = 17;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
-    #[error("cannot create {}", path.display())]
-    Create {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Create(#[from] crate::private::FileError),
     #[error("writing {}", path.display())]
     Io {
         path: PathBuf,
@@ -326,13 +322,10 @@ pub struct PcapWriter<W: Write = File> {
 }
 
 impl PcapWriter<File> {
-    /// Creates (or truncates) `path` and writes the section header to it.
+    /// Creates (mode 0600) or truncates `path` and writes the section header to it. A link,
+    /// another user's file or one with other hard links is refused (see `private::create_own`).
     pub fn create(path: &Path) -> Result<Self, PcapError> {
-        let f = File::create(path).map_err(|source| PcapError::Create {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::new(f, path)
+        Self::new(crate::private::create_own(path)?, path)
     }
 }
 
