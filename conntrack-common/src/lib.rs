@@ -36,6 +36,13 @@ pub mod tcp_flags {
 /// for `None`, which the verifier rejects ("R4 !read_ok").
 pub const NO_REASON: u32 = u32::MAX;
 
+/// The drop "reasons" ct-trace gives a freed packet on kernels whose `kfree_skb` tracepoint
+/// passes none (before 5.17, commit c504e5c2f964): where it was freed tells them apart.
+/// `nf_hook_slow()` frees what a netfilter rule (or conntrack) dropped with NF_DROP...
+pub const DROP_IN_NETFILTER: u32 = 0xffff_0001;
+/// ... and anything freed elsewhere was not dropped by netfilter.
+pub const DROP_ELSEWHERE: u32 = 0xffff_0002;
+
 /// Slots of the per-CPU `RST_REASONS` counters: resets sent, by `enum sk_rst_reason` value
 /// (6.10+). The last slot counts a reset whose reason the kernel did not give (before 6.10, or
 /// [`NO_REASON`]) or whose value is beyond the table, so the slots always sum to `rst_sent`.
@@ -512,6 +519,9 @@ pub struct CtOffsets {
     pub tuple_original: u32,
     pub tuple_reply: u32,
     pub proto_tcp: u32,
+    /// `ct_net.net`: the entry's namespace (0 when the kernel has no network namespaces).
+    pub net: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
@@ -540,7 +550,7 @@ const _: () = assert!(core::mem::size_of::<PendingDrop>() == 16);
 const _: () = assert!(core::mem::size_of::<Budget>() == 16);
 const _: () = assert!(core::mem::size_of::<Filter>() == 28);
 const _: () = assert!(core::mem::size_of::<Offsets>() == 26 * 4);
-const _: () = assert!(core::mem::size_of::<CtOffsets>() == 16);
+const _: () = assert!(core::mem::size_of::<CtOffsets>() == 24);
 const _: () = assert!(
     core::mem::size_of::<Reason>()
         == 16 + 64 + 8 + 8 + 16 + 8 + CT_TCP_BYTES + 2 * CT_TUPLE_BYTES + FMT_BYTES

@@ -11,6 +11,17 @@
 /// A kernel version, `(major, minor)`.
 pub type Version = (u32, u32);
 
+/// The oldest kernel ct-trace runs on: every program sends its records through a BPF ring
+/// buffer (commit 457f44363a88 "bpf: Implement BPF ring buffer and verifier support for it",
+/// Linux 5.8) and stamps them with `bpf_ktime_get_boot_ns()` (71d19214776e, 5.8). Below it
+/// ct-trace refuses to start, in one line; every row's `min_kernel` is at least this.
+pub const FLOOR: Version = (5, 8);
+
+/// Kernels without BTF for modules (module BTF came in 5.11, commit 36e68442d1af "bpf: Load
+/// and verify kernel module BTFs"): the prototypes of nf_conntrack's functions cannot be read there, so a row
+/// names the kernels whose source was read to have its prototype ([`Probe::vouched`]).
+pub const NO_MODULE_BTF: (Version, Version) = (FLOOR, (5, 10));
+
 /// Where the INVALID verdict comes from (`--attach`); one mode per run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -150,8 +161,12 @@ pub struct Probe {
     /// For [`Need::Prototype`]: the leading parameter names the running kernel's BTF must show
     /// (`...` for a variadic tail).
     pub params: &'static [&'static str],
-    /// Oldest kernel with this attach point.
+    /// Oldest kernel with this attach point (at least [`FLOOR`]).
     pub min_kernel: Version,
+    /// For [`Need::Prototype`]: the kernels (from, to) whose source was read to have
+    /// `prototype`, trusted when the running kernel's BTF does not describe the function at all
+    /// (a module's function before module BTF, [`NO_MODULE_BTF`]). `None`: only the BTF vouches.
+    pub vouched: Option<(Version, Version)>,
     pub role: Role,
     /// What else the row needs, in the order they are checked.
     pub needs: &'static [Need],
@@ -167,7 +182,8 @@ pub const PLAN: &[Probe] = &[
         attach: Attach::TpBtf("tcp_send_reset"),
         prototype: "include/trace/events/tcp.h: tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, const enum sk_rst_reason reason) (reason and the sk == NULL call site: 6.10)",
         params: &[],
-        min_kernel: (5, 5),
+        min_kernel: FLOOR,
+        vouched: None,
         role: Role::Always,
         needs: &[Need::Tracepoint],
         gives: Gives::Resets,
@@ -178,7 +194,8 @@ pub const PLAN: &[Probe] = &[
         attach: Attach::Kprobe("tcp_v4_send_reset"),
         prototype: "net/ipv4/tcp_ipv4.c: static void tcp_v4_send_reset(const struct sock *sk, struct sk_buff *skb)",
         params: &["sk", "skb"],
-        min_kernel: (5, 5),
+        min_kernel: FLOOR,
+        vouched: None,
         role: Role::OldResets(RST_COMPLETE),
         needs: &[Need::Kprobes, Need::Prototype],
         gives: Gives::Resets,
@@ -189,7 +206,8 @@ pub const PLAN: &[Probe] = &[
         attach: Attach::Kprobe("tcp_v6_send_reset"),
         prototype: "net/ipv6/tcp_ipv6.c: static void tcp_v6_send_reset(const struct sock *sk, struct sk_buff *skb)",
         params: &["sk", "skb"],
-        min_kernel: (5, 5),
+        min_kernel: FLOOR,
+        vouched: None,
         role: Role::OldResets(RST_COMPLETE),
         needs: &[Need::Kprobes, Need::Prototype],
         gives: Gives::Resets,
@@ -200,7 +218,8 @@ pub const PLAN: &[Probe] = &[
         attach: Attach::TpBtf("tcp_receive_reset"),
         prototype: "include/trace/events/tcp.h: tcp_receive_reset(struct sock *sk)",
         params: &[],
-        min_kernel: (5, 5),
+        min_kernel: FLOOR,
+        vouched: None,
         role: Role::Always,
         needs: &[Need::Tracepoint],
         gives: Gives::Resets,
@@ -212,6 +231,7 @@ pub const PLAN: &[Probe] = &[
         prototype: "include/linux/netfilter.h: struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; } at PRE_ROUTING and LOCAL_OUT, priority NF_IP_PRI_CONNTRACK + 1",
         params: &[],
         min_kernel: (6, 4),
+        vouched: None,
         role: Role::Verdict(Mode::Netfilter),
         needs: &[Need::NetfilterLink],
         gives: Gives::Verdicts,
@@ -224,7 +244,10 @@ pub const PLAN: &[Probe] = &[
         attach: Attach::Kretprobe("nf_conntrack_in"),
         prototype: "net/netfilter/nf_conntrack_core.c: unsigned int nf_conntrack_in(struct sk_buff *skb, const struct nf_hook_state *state); INVALID = returns with skb->_nfct == 0 and not NF_DROP",
         params: &["skb", "state"],
-        min_kernel: (4, 19),
+        min_kernel: FLOOR,
+        // Unchanged since 4.19 (93e66024b024 gave it the hook state); read in Debian's 5.10.262
+        // source, net/netfilter/nf_conntrack_core.c:1809.
+        vouched: Some(NO_MODULE_BTF),
         role: Role::Verdict(Mode::Kprobe),
         needs: &[Need::Kprobes, Need::Prototype],
         gives: Gives::Part,
@@ -235,7 +258,10 @@ pub const PLAN: &[Probe] = &[
         attach: Attach::Kprobe("nf_conntrack_in"),
         prototype: "net/netfilter/nf_conntrack_core.c: nf_conntrack_in(struct sk_buff *skb, const struct nf_hook_state *state): arguments kept on a per-CPU stack for the return probe",
         params: &["skb", "state"],
-        min_kernel: (4, 19),
+        min_kernel: FLOOR,
+        // Unchanged since 4.19 (93e66024b024 gave it the hook state); read in Debian's 5.10.262
+        // source, net/netfilter/nf_conntrack_core.c:1809.
+        vouched: Some(NO_MODULE_BTF),
         role: Role::Verdict(Mode::Kprobe),
         needs: &[Need::Kprobes, Need::ReturnProbe, Need::Prototype],
         gives: Gives::Verdicts,
@@ -246,7 +272,10 @@ pub const PLAN: &[Probe] = &[
         attach: Attach::Kprobe("nf_ct_l4proto_log_invalid"),
         prototype: "net/netfilter/nf_conntrack_proto.c: void nf_ct_l4proto_log_invalid(const struct sk_buff *skb, const struct nf_conn *ct, const struct nf_hook_state *state, const char *fmt, ...)",
         params: &["skb", "ct", "state", "fmt", "..."],
-        min_kernel: (5, 16),
+        // The hook state came with 62eec0d73393 ("netfilter: conntrack: pass hook state to log
+        // functions"), merged for 5.14.
+        min_kernel: (5, 14),
+        vouched: None,
         role: Role::Reason,
         needs: &[Need::Kprobes, Need::ConntrackLayout, Need::Prototype],
         gives: Gives::Reasons,
@@ -257,7 +286,37 @@ pub const PLAN: &[Probe] = &[
         attach: Attach::Kprobe("nf_l4proto_log_invalid"),
         prototype: "net/netfilter/nf_conntrack_proto.c: void nf_l4proto_log_invalid(const struct sk_buff *skb, const struct nf_hook_state *state, u8 protonum, const char *fmt, ...)",
         params: &["skb", "state", "protonum", "fmt", "..."],
-        min_kernel: (5, 16),
+        // The hook state came with 62eec0d73393 ("netfilter: conntrack: pass hook state to log
+        // functions"), merged for 5.14.
+        min_kernel: (5, 14),
+        vouched: None,
+        role: Role::Reason,
+        needs: &[Need::Kprobes, Need::ConntrackLayout, Need::Prototype],
+        gives: Gives::SomeReasons,
+        fallback: "the reason of packets refused before conntrack looked them up (bad flags, checksum) is unknown",
+    },
+    // The same helpers before the hook state was added to them (62eec0d73393, 5.14). Their BTF
+    // prototype tells the two forms apart from 5.11 on; on 5.8-5.10 (no module BTF) the
+    // version does.
+    Probe {
+        program: "ctt_ct_log5",
+        attach: Attach::Kprobe("nf_ct_l4proto_log_invalid"),
+        prototype: "net/netfilter/nf_conntrack_proto.c (before 5.14): void nf_ct_l4proto_log_invalid(const struct sk_buff *skb, const struct nf_conn *ct, const char *fmt, ...); the TCP window checks pass \"%s\" and the message (Debian 5.10.262: nf_conntrack_proto.c:66, nf_conntrack_proto_tcp.c:703)",
+        params: &["skb", "ct", "fmt", "..."],
+        min_kernel: FLOOR,
+        vouched: Some(NO_MODULE_BTF),
+        role: Role::Reason,
+        needs: &[Need::Kprobes, Need::ConntrackLayout, Need::Prototype],
+        gives: Gives::Reasons,
+        fallback: "the reason and the conntrack window of INVALID packets are unknown",
+    },
+    Probe {
+        program: "ctt_l4_log5",
+        attach: Attach::Kprobe("nf_l4proto_log_invalid"),
+        prototype: "net/netfilter/nf_conntrack_proto.c (before 5.14): void nf_l4proto_log_invalid(const struct sk_buff *skb, struct net *net, u16 pf, u8 protonum, const char *fmt, ...) (Debian 5.10.262: nf_conntrack_proto.c:47)",
+        params: &["skb", "net", "pf", "protonum", "fmt", "..."],
+        min_kernel: FLOOR,
+        vouched: Some(NO_MODULE_BTF),
         role: Role::Reason,
         needs: &[Need::Kprobes, Need::ConntrackLayout, Need::Prototype],
         gives: Gives::SomeReasons,
@@ -268,7 +327,8 @@ pub const PLAN: &[Probe] = &[
         attach: Attach::TpBtf("kfree_skb"),
         prototype: "include/trace/events/skb.h: kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk) (reason: 5.17, rx_sk: 6.12)",
         params: &[],
-        min_kernel: (5, 5),
+        min_kernel: FLOOR,
+        vouched: None,
         role: Role::Always,
         needs: &[Need::Tracepoint],
         gives: Gives::Fate,
@@ -276,11 +336,13 @@ pub const PLAN: &[Probe] = &[
     },
 ];
 
-// The kernel keeps 15 bytes of a program name.
+// The kernel keeps 15 bytes of a program name; no row claims a kernel below the floor.
 const _: () = {
     let mut i = 0;
     while i < PLAN.len() {
         assert!(PLAN[i].program.len() <= 15);
+        let (min, floor) = (PLAN[i].min_kernel, FLOOR);
+        assert!(min.0 > floor.0 || (min.0 == floor.0 && min.1 >= floor.1));
         i += 1;
     }
 };
@@ -401,12 +463,17 @@ mod tests {
 
     #[test]
     fn modes_follow_the_verdict_rows() {
-        assert_eq!(Mode::Kprobe.min_kernel(), (4, 19));
+        assert_eq!(Mode::Kprobe.min_kernel(), FLOOR);
+        assert_eq!(FLOOR, (5, 8));
         assert_eq!(Mode::Netfilter.min_kernel(), (6, 4));
-        assert_eq!(
-            modes(Capabilities::full((6, 1))),
-            ([Some(Mode::Kprobe), None], Some(Mode::Kprobe))
-        );
+        for v in [(5, 8), (5, 10), (6, 1)] {
+            assert_eq!(
+                modes(Capabilities::full(v)),
+                ([Some(Mode::Kprobe), None], Some(Mode::Kprobe))
+            );
+        }
+        // Below the floor nothing runs.
+        assert_eq!(modes(Capabilities::full((5, 4))), ([None, None], None));
         for v in [(6, 4), (6, 12), (7, 2)] {
             assert_eq!(
                 modes(Capabilities::full(v)),

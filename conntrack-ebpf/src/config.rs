@@ -40,6 +40,8 @@ static CT_OFFSETS: CtOffsets = CtOffsets {
     tuple_original: 0,
     tuple_reply: 0,
     proto_tcp: 0,
+    net: 0,
+    _pad: 0,
 };
 
 /// 1 when `tcp:tcp_send_reset` carries `enum sk_rst_reason` as its third argument (6.10+).
@@ -69,6 +71,12 @@ static EVENT_BUDGET: u32 = 0;
 /// `u32::MAX` when unknown: a drop with it is the fate `dropped`.
 #[unsafe(no_mangle)]
 static NETFILTER_DROP: u32 = u32::MAX;
+
+/// `[start, end)` of `nf_hook_slow()` in the kernel's text (kallsyms), on kernels whose
+/// `kfree_skb` passes no reason: a packet freed from there was dropped by netfilter. Zero when
+/// not used.
+#[unsafe(no_mangle)]
+static NF_HOOK_SLOW: [u64; 2] = [0; 2];
 
 /// Addresses of conntrack's hook functions (`ipv4_conntrack_in`, `ipv4_conntrack_local`,
 /// `ipv6_conntrack_in`, `ipv6_conntrack_local`, from kallsyms): finding one of them in a hook's
@@ -141,6 +149,12 @@ pub fn event_budget() -> u32 {
 pub fn netfilter_drop() -> u32 {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&NETFILTER_DROP) }
+}
+
+#[inline(always)]
+pub fn nf_hook_slow() -> [u64; 2] {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&NF_HOOK_SLOW) }
 }
 
 #[inline(always)]

@@ -1,14 +1,20 @@
 //! Kprobes on conntrack itself: why it refused a packet (its log helpers), and the INVALID
 //! verdict on kernels without netfilter BPF programs (a kretprobe on `nf_conntrack_in`).
 //!
-//! Log helpers (net/netfilter/nf_conntrack_proto.c, prototypes since 5.16 with the hook state,
-//! checked against the running kernel's BTF before attaching):
+//! Log helpers (net/netfilter/nf_conntrack_proto.c; with the hook state since 5.14, commit
+//! 62eec0d73393, and without it before: one program per prototype, the plan picks the one
+//! the running kernel's BTF - or, without module BTF, its version - shows):
 //! - `nf_ct_l4proto_log_invalid(skb, ct, state, fmt, ...)`: a tracker refused a packet of a known
 //!   entry. The TCP window checks reach it through `nf_tcp_log_invalid()` with the literal format
 //!   ("SEQ is over upper bound %u (over the window of the receiver)", ...) and its value as the
 //!   first variadic argument, also for the outcomes that only IGNORE the packet.
 //! - `nf_l4proto_log_invalid(skb, state, protonum, fmt, ...)`: refused before any entry
 //!   (`tcp_error()`: bad flags, truncated, checksum).
+//! - Before 5.14: `nf_ct_l4proto_log_invalid(skb, ct, fmt, ...)` and
+//!   `nf_l4proto_log_invalid(skb, net, pf, protonum, fmt, ...)`; no hook state, so the
+//!   namespace comes from the entry (or the `net` argument) and the hook is unknown. Before 6.1
+//!   the window checks log "%s" with the message as the first variadic argument (Debian's
+//!   5.10.262, nf_conntrack_proto_tcp.c:703), which is what is read then.
 //!
 //! Both return at once when `net.netfilter.nf_conntrack_log_invalid` is 0, but their entry runs:
 //! a kprobe there reads the reason with no sysctl change, and fires only for refused packets, so
@@ -34,13 +40,51 @@ use crate::{
 /// Whether a hook state belongs to the namespace ct-trace watches.
 #[inline(always)]
 fn watched(state: *const u8) -> bool {
-    let o = config::offsets();
-    // SAFETY: probe read of a kernel pointer.
-    let net = unsafe { read::<u64>(state, o.state_net) }.unwrap_or(0) as *const u8;
-    netns_inum(net, &o) == config::target_netns()
+    watched_net(state_net(state))
 }
 
-/// `nf_ct_l4proto_log_invalid(skb, ct, state, fmt, ...)`: the packet had a conntrack entry.
+/// `state->net`.
+#[inline(always)]
+fn state_net(state: *const u8) -> *const u8 {
+    let o = config::offsets();
+    // SAFETY: probe read of a kernel pointer.
+    unsafe { read::<u64>(state, o.state_net) }.unwrap_or(0) as *const u8
+}
+
+/// Whether a `struct net *` is the namespace ct-trace watches.
+#[inline(always)]
+fn watched_net(net: *const u8) -> bool {
+    netns_inum(net, &config::offsets()) == config::target_netns()
+}
+
+/// The namespace of a conntrack entry (`nf_ct_net(ct)`: `ct->ct_net.net`), or of the packet's
+/// device when the entry's field is not known.
+#[inline(always)]
+fn ct_net(ct: *const u8, skb: *const u8) -> *const u8 {
+    let c = config::ct_offsets();
+    let o = config::offsets();
+    // SAFETY: probe reads of kernel pointers.
+    unsafe {
+        if !ct.is_null() && c.net != 0 {
+            return read::<u64>(ct, c.net).unwrap_or(0) as *const u8;
+        }
+        let dev = read::<u64>(skb, o.skb_dev).unwrap_or(0) as *const u8;
+        if dev.is_null() {
+            return core::ptr::null();
+        }
+        read::<u64>(dev, o.dev_nd_net).unwrap_or(0) as *const u8
+    }
+}
+
+/// `state->hook`.
+#[inline(always)]
+fn state_hook(state: *const u8) -> u8 {
+    // SAFETY: probe read of a kernel pointer.
+    unsafe { read::<u8>(state, config::offsets().state_hook) }.unwrap_or(u8::MAX)
+}
+
+/// `nf_ct_l4proto_log_invalid(skb, ct, state, fmt, ...)` (5.14+): the packet had a conntrack
+/// entry.
 #[kprobe]
 pub fn ctt_ct_log(ctx: ProbeContext) -> u32 {
     let skb: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
@@ -48,24 +92,63 @@ pub fn ctt_ct_log(ctx: ProbeContext) -> u32 {
     let state: *const u8 = ctx.arg(2).unwrap_or(core::ptr::null());
     let fmt: *const u8 = ctx.arg(3).unwrap_or(core::ptr::null());
     let args = [ctx.arg(4).unwrap_or(0), ctx.arg(5).unwrap_or(0)];
-    log_reason(skb, ct, state, fmt, args);
+    if !state.is_null() {
+        log_reason(skb, ct, state_net(state), state_hook(state), fmt, args);
+    }
     0
 }
 
-/// `nf_l4proto_log_invalid(skb, state, protonum, fmt, ...)`: refused before any entry.
+/// `nf_l4proto_log_invalid(skb, state, protonum, fmt, ...)` (5.14+): refused before any entry.
 #[kprobe]
 pub fn ctt_l4_log(ctx: ProbeContext) -> u32 {
     let skb: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
     let state: *const u8 = ctx.arg(1).unwrap_or(core::ptr::null());
     let fmt: *const u8 = ctx.arg(3).unwrap_or(core::ptr::null());
     let args = [ctx.arg(4).unwrap_or(0), ctx.arg(5).unwrap_or(0)];
-    log_reason(skb, core::ptr::null(), state, fmt, args);
+    if !state.is_null() {
+        let (net, hook) = (state_net(state), state_hook(state));
+        log_reason(skb, core::ptr::null(), net, hook, fmt, args);
+    }
+    0
+}
+
+/// `nf_ct_l4proto_log_invalid(skb, ct, fmt, ...)` (before 5.14): no hook state; the entry names
+/// the namespace.
+#[kprobe]
+pub fn ctt_ct_log5(ctx: ProbeContext) -> u32 {
+    let skb: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
+    let ct: *const u8 = ctx.arg(1).unwrap_or(core::ptr::null());
+    let fmt: *const u8 = ctx.arg(2).unwrap_or(core::ptr::null());
+    let args = [ctx.arg(3).unwrap_or(0), ctx.arg(4).unwrap_or(0)];
+    if !skb.is_null() {
+        log_reason(skb, ct, ct_net(ct, skb), u8::MAX, fmt, args);
+    }
+    0
+}
+
+/// `nf_l4proto_log_invalid(skb, net, pf, protonum, fmt, ...)` (before 5.14): the fifth argument
+/// is the format, and the first variadic one (the message of a "%s") is the sixth, the last
+/// passed in a register on x86-64.
+#[kprobe]
+pub fn ctt_l4_log5(ctx: ProbeContext) -> u32 {
+    let skb: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
+    let net: *const u8 = ctx.arg(1).unwrap_or(core::ptr::null());
+    let fmt: *const u8 = ctx.arg(4).unwrap_or(core::ptr::null());
+    let args = [ctx.arg(5).unwrap_or(0), 0];
+    log_reason(skb, core::ptr::null(), net, u8::MAX, fmt, args);
     0
 }
 
 #[inline(always)]
-fn log_reason(skb: *const u8, ct: *const u8, state: *const u8, fmt: *const u8, args: [u64; 2]) {
-    if skb.is_null() || state.is_null() || fmt.is_null() || !watched(state) {
+fn log_reason(
+    skb: *const u8,
+    ct: *const u8,
+    net: *const u8,
+    hook: u8,
+    fmt: *const u8,
+    args: [u64; 2],
+) {
+    if skb.is_null() || net.is_null() || fmt.is_null() || !watched_net(net) {
         return;
     }
     // SAFETY: probe read of the format string's first bytes.
@@ -103,7 +186,7 @@ fn log_reason(skb: *const u8, ct: *const u8, state: *const u8, fmt: *const u8, a
         (*r).packet.netns = config::target_netns();
         (*r).skb = skb as u64;
         (*r).args = args;
-        (*r).hook = read::<u8>(state, o.state_hook).unwrap_or(u8::MAX);
+        (*r).hook = hook;
         (*r)._pad = 0;
         (*r)._pad2 = 0;
         (*r).fmt = [0; FMT_BYTES];

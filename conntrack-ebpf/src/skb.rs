@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use conntrack_common::{
-    Counter, Drop, Header, Kind, Offsets, Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-    NO_REASON, WIRE_VERSION,
+    Counter, Drop, Header, Kind, Offsets, Packet, DROP_ELSEWHERE, DROP_IN_NETFILTER, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, NO_REASON, WIRE_VERSION,
 };
 
 use crate::{
@@ -185,6 +185,26 @@ pub fn ctt_kfree_skb(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// Why the kernel freed the packet: the tracepoint's `enum skb_drop_reason` (5.17+), else where
+/// it was freed (`location`: in `nf_hook_slow()` or elsewhere, see [`DROP_IN_NETFILTER`]), else
+/// [`NO_REASON`].
+#[inline(always)]
+fn drop_reason(ctx: &BtfTracePointContext) -> u32 {
+    if config::kfree_has_reason() {
+        return ctx.arg::<u32>(2);
+    }
+    let [start, end] = config::nf_hook_slow();
+    if start == 0 {
+        return NO_REASON;
+    }
+    let location: u64 = ctx.arg(1);
+    if location >= start && location < end {
+        DROP_IN_NETFILTER
+    } else {
+        DROP_ELSEWHERE
+    }
+}
+
 #[inline(always)]
 fn try_kfree_skb(ctx: &BtfTracePointContext) {
     let skb: u64 = ctx.arg(0);
@@ -192,7 +212,8 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) {
     let seen = match unsafe { PENDING_DROP.get(skb) } {
         Some(p) => *p,
         None => {
-            if config::kfree_has_reason() && ctx.arg::<u32>(2) == config::netfilter_drop() {
+            let reason = drop_reason(ctx);
+            if reason != NO_REASON && reason == config::netfilter_drop() {
                 crate::pressure::on_netfilter_drop(skb as *const u8);
             }
             return;
@@ -205,11 +226,7 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) {
     if hdr.ts_ns.wrapping_sub(seen.ts_ns) > 1_000_000_000 {
         return;
     }
-    let reason = if config::kfree_has_reason() {
-        ctx.arg::<u32>(2)
-    } else {
-        NO_REASON
-    };
+    let reason = drop_reason(ctx);
     count(Counter::Drops);
     if reason != NO_REASON && reason == config::netfilter_drop() {
         count(Counter::InvalidDropped);

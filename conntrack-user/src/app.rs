@@ -113,6 +113,9 @@ fn filter(cli: &Cli) -> Filter {
 /// the kernel counters must be read at exact points between them.
 fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     preflight::check_caps(preflight::effective_caps())?;
+    let version = preflight::kernel_version();
+    preflight::check_kernel(version)?;
+    preflight::raise_memlock(version)?;
     if let Some(n) = cli.netns {
         if !kstat::netns_exists(n) {
             return Err(preflight::PreflightError::NoSuchNetns(n).into());
@@ -150,7 +153,6 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         "memory after BTF (peak, now KiB): {:?}",
         preflight::memory_kib()
     );
-    let version = preflight::kernel_version();
     let own_netns =
         kstat::netns_inode("self").context("reading this process's network namespace")?;
     let features = load::KernelFeatures::probe(&kbtf, version);
@@ -164,6 +166,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         budget_per_cpu: cli.event_budget.div_ceil(cpus),
         filter: filter(cli),
         ct_hook_fns,
+        nf_hook_slow: preflight::nf_hook_slow().unwrap_or_default(),
     };
     // The kernel's counter is read around attaching and detaching: `kernel` spans from before
     // the first program is attached to after the last is detached, `kernel_while_attached` from
@@ -222,6 +225,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     let ctx = correlator_context(
         &kbtf,
         fate,
+        globals.located_drops(&features),
         reasons,
         verdicts,
         own_netns,
@@ -334,7 +338,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         &corr,
         own_netns,
         kernel,
-        &missed_runs,
+        missed_runs.as_ref(),
         started.elapsed(),
     );
     summary.table = table_tally(
@@ -452,16 +456,22 @@ async fn run<W: io::Write>(
     Ok(afd.into_inner())
 }
 
-/// Runs the kernel skipped, by program (BPF recursion protection), where any.
-fn missed_runs(ebpf: &aya::Ebpf) -> BTreeMap<String, u64> {
+/// Runs the kernel skipped, by program (BPF recursion protection), where any; `None` when the
+/// kernel does not count them (before 5.12).
+fn missed_runs(ebpf: &aya::Ebpf) -> Option<BTreeMap<String, u64>> {
     use std::os::fd::AsFd as _;
-    ebpf.programs()
+    let mut known = true;
+    let runs = ebpf
+        .programs()
         .filter_map(|(name, p)| {
             let fd = p.fd().ok()?;
-            let n = kstat::recursion_misses(fd.as_fd())?;
+            let n = kstat::recursion_misses(fd.as_fd());
+            known &= n.is_some();
+            let n = n?;
             (n > 0).then(|| (name.to_string(), n))
         })
-        .collect()
+        .collect();
+    known.then_some(runs)
 }
 
 /// The start-up lines on stderr: what was attached, where INVALID verdicts and reasons come
@@ -498,7 +508,7 @@ fn announce(
         },
         match cli.resets {
             Resets::Caused => {
-                "those caused by a packet conntrack let through without its NAT (--resets all for every one)"
+                "those caused by a packet of a tracked flow that conntrack let through without its NAT (--resets all for every one, strays included)"
             }
             Resets::All => "all",
         }
@@ -506,19 +516,38 @@ fn announce(
 }
 
 /// What the correlator needs to know of the kernel and of this run.
+#[allow(clippy::too_many_arguments)]
 fn correlator_context(
     kbtf: &crate::btf::KernelFacts,
     fate: bool,
+    located_drops: bool,
     reasons: Result<(), String>,
     verdicts: bool,
     own_netns: u32,
     lookups: bool,
 ) -> Context {
-    let drop_reasons = kbtf.enum_names("skb_drop_reason");
-    let netfilter_drop = drop_reasons
-        .iter()
-        .find(|(_, n)| n.as_str() == "SKB_DROP_REASON_NETFILTER_DROP")
-        .map(|(v, _)| *v);
+    let (drop_reasons, netfilter_drop) = if located_drops {
+        // Before 5.17 the kernel gives no reason; the programs tell a netfilter drop by where
+        // the packet was freed (see conntrack_common::DROP_IN_NETFILTER).
+        let names = [
+            (conntrack_common::DROP_IN_NETFILTER, "NETFILTER_DROP"),
+            (
+                conntrack_common::DROP_ELSEWHERE,
+                "unknown (freed outside netfilter; kfree_skb has no reason before Linux 5.17)",
+            ),
+        ];
+        (
+            names.iter().map(|(v, n)| (*v, n.to_string())).collect(),
+            Some(conntrack_common::DROP_IN_NETFILTER),
+        )
+    } else {
+        let names = kbtf.enum_names("skb_drop_reason");
+        let nf = names
+            .iter()
+            .find(|(_, n)| n.as_str() == "SKB_DROP_REASON_NETFILTER_DROP")
+            .map(|(v, _)| *v);
+        (names, nf)
+    };
     let ct_layout = kbtf
         .ct_layout
         .clone()

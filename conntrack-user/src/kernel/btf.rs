@@ -157,6 +157,10 @@ impl KernelBtf {
             tuple_original: tuplehash + in_hash,
             tuple_reply: tuplehash + hash_size + in_hash,
             proto_tcp: self.offset("nf_conn", "proto.tcp")?,
+            // Without CONFIG_NET_NS there is one namespace and no field: the programs then
+            // take the packet's device's.
+            net: self.offset("nf_conn", "ct_net.net").unwrap_or(0),
+            _pad: 0,
         })
     }
 

@@ -8,6 +8,43 @@ pub enum PreflightError {
     Capabilities { missing: String },
     #[error("--netns {0}: no network namespace has this inode (no process is in it and no name in /run/netns gives it; `ls -l /proc/PID/ns/net` shows a process's)")]
     NoSuchNetns(u32),
+    #[error("this kernel is Linux {}.{}; ct-trace needs {}.{} or later (the BPF ring buffer every event goes through)", .kernel.0, .kernel.1, .floor.0, .floor.1)]
+    KernelTooOld {
+        kernel: (u32, u32),
+        floor: (u32, u32),
+    },
+    #[error("cannot raise RLIMIT_MEMLOCK (before Linux 5.11 BPF maps and programs are charged to it): run it as root or grant CAP_SYS_RESOURCE")]
+    Memlock(#[source] std::io::Error),
+}
+
+/// Refuses a kernel below the plan's floor.
+pub fn check_kernel(version: (u32, u32)) -> Result<(), PreflightError> {
+    let floor = conntrack_common::plan::FLOOR;
+    if version < floor {
+        return Err(PreflightError::KernelTooOld {
+            kernel: version,
+            floor,
+        });
+    }
+    Ok(())
+}
+
+/// Before Linux 5.11 the kernel charges BPF memory to RLIMIT_MEMLOCK (memcg accounting came
+/// with commits 80ee81e0403c and 3ac1f01b43b6), whose usual default (64 KiB or 8 MiB) is far
+/// below what the ring buffer and the maps take: lift it, or say in one line why it cannot be.
+pub fn raise_memlock(version: (u32, u32)) -> Result<(), PreflightError> {
+    if version >= (5, 11) {
+        return Ok(());
+    }
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit for setrlimit(2).
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        return Err(PreflightError::Memlock(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 const CAP_NET_ADMIN: u32 = 12;
@@ -97,6 +134,35 @@ pub fn conntrack_hook_fns() -> [u64; 4] {
         .unwrap_or_default()
 }
 
+/// `[start, end)` of a kernel function in `/proc/kallsyms` (its address to the next symbol's);
+/// `None` when it is not there or addresses are hidden (`kptr_restrict`).
+pub fn kallsyms_range(text: &str, name: &str) -> Option<[u64; 2]> {
+    fn addr(line: &str) -> Option<(u64, &str)> {
+        let mut f = line.split_whitespace();
+        Some((u64::from_str_radix(f.next()?, 16).ok()?, f.nth(1)?))
+    }
+    let start = text
+        .lines()
+        .filter_map(addr)
+        .find(|(_, n)| *n == name)
+        .map(|(a, _)| a)
+        .filter(|a| *a != 0)?;
+    let end = text
+        .lines()
+        .filter_map(addr)
+        .map(|(a, _)| a)
+        .filter(|a| *a > start)
+        .min()?;
+    Some([start, end])
+}
+
+/// Where `nf_hook_slow()` is (see [`kallsyms_range`]): a packet freed from there was dropped
+/// by netfilter, which is how a kernel whose `kfree_skb` passes no reason tells a drop.
+pub fn nf_hook_slow() -> Option<[u64; 2]> {
+    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
+    kallsyms_range(&text, "nf_hook_slow")
+}
+
 /// `addr type name [module]` lines: the addresses of `names`, in order.
 pub fn kallsyms_lookup(text: &str, names: &[&str; 4]) -> [u64; 4] {
     let mut out = [0u64; 4];
@@ -127,6 +193,21 @@ pub fn memory_kib() -> (u64, u64) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_function_ends_where_the_next_symbol_starts() {
+        let t = "ffffffff81a00000 T nf_hook_slow\nffffffff81a000f0 T nf_hook_slow_list\nffffffff81000000 T _stext\nffffffffc0a01000 t ipv6_conntrack_local\t[nf_conntrack]\n";
+        assert_eq!(
+            super::kallsyms_range(t, "nf_hook_slow"),
+            Some([0xffffffff81a00000, 0xffffffff81a000f0])
+        );
+        assert_eq!(super::kallsyms_range(t, "missing"), None);
+        // Hidden addresses (kptr_restrict) are all zero.
+        assert_eq!(
+            super::kallsyms_range("0000000000000000 T nf_hook_slow\n", "nf_hook_slow"),
+            None
+        );
+    }
+
     #[test]
     fn kallsyms_lines_give_addresses() {
         let t = "ffffffff81f3c5a0 t ipv4_conntrack_in\nffffffffc0a01000 t ipv6_conntrack_local\t[nf_conntrack]\nffffffff81000000 T _stext\n";

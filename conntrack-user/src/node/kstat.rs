@@ -42,7 +42,9 @@ pub fn netns_inode(pid: &str) -> io::Result<u32> {
 /// How many times the kernel skipped a BPF program instead of running it
 /// (`bpf_prog_info.recursion_misses`, Linux 5.12+): a kprobe or tracepoint program is not run
 /// when another BPF program is already running on the CPU (e.g. a softirq that interrupted one),
-/// so each miss may be an event that never happened for ct-trace. `None` when unknown.
+/// so each miss may be an event that never happened for ct-trace. `None` when unknown: the
+/// call failed, or the kernel's `bpf_prog_info` ends before the field (before 5.12, commit
+/// 9ed9e9ba2337: it writes back how much it filled in).
 pub fn recursion_misses(prog: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
     use std::os::fd::AsRawFd;
 
@@ -63,7 +65,9 @@ pub fn recursion_misses(prog: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
             std::mem::size_of::<bpf_attr>(),
         )
     };
-    (ret == 0).then_some(info.recursion_misses)
+    let filled = unsafe { attr.info.info_len } as usize;
+    let needed = std::mem::offset_of!(bpf_prog_info, recursion_misses) + 8;
+    (ret == 0 && filled >= needed).then_some(info.recursion_misses)
 }
 
 /// Where `ip netns` (and CNI plugins) name network namespaces.

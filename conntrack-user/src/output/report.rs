@@ -263,6 +263,10 @@ pub struct InvalidTally {
     /// INVALID verdict ct-trace never saw, so `kernel` may exceed `counted` by up to this many.
     /// Always 0 with the netfilter link, which the kernel calls directly.
     pub missed_runs: u64,
+    /// Whether the kernel counts skipped runs at all (`bpf_prog_info.recursion_misses`, 5.12+).
+    /// When false (Linux 5.8-5.11) `missed_runs` is 0 because nobody counted, not because
+    /// nothing was skipped.
+    pub missed_runs_known: bool,
 }
 
 /// The last line of `-o json` at exit.

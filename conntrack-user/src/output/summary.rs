@@ -33,7 +33,7 @@ pub(crate) fn summarize(
     corr: &Correlator,
     netns: u32,
     kernel: Option<KernelInvalid>,
-    missed_runs: &BTreeMap<String, u64>,
+    missed_runs: Option<&BTreeMap<String, u64>>,
     elapsed: Duration,
 ) -> SummaryReport {
     let c = counters.all();
@@ -56,7 +56,10 @@ pub(crate) fn summarize(
         filtered: get("filtered_invalid") + kind_filtered("invalid"),
         lost: get("lost_invalid"),
         unprinted: unprinted("invalid"),
-        missed_runs: missed_runs.get(VERDICT_RETURN_PROBE).copied().unwrap_or(0),
+        missed_runs: missed_runs
+            .and_then(|m| m.get(VERDICT_RETURN_PROBE).copied())
+            .unwrap_or(0),
+        missed_runs_known: missed_runs.is_some(),
     };
     let mut events = tally.shown.clone();
     for (k, v) in events.iter_mut() {
@@ -103,7 +106,7 @@ pub(crate) fn summarize(
         filtered,
         enrichment_skipped: corr.enrichment_skipped,
         stray_resets: corr.strays,
-        missed_runs: missed_runs.clone(),
+        missed_runs: missed_runs.cloned().unwrap_or_default(),
         counters: c,
         table: TableTally::default(),
     }
@@ -241,6 +244,11 @@ pub(crate) fn print_summary(
                 } else if (inner..=kernel).contains(&i.counted) {
                     format!(
                         "equal within the packets that arrived while ct-trace attached or detached (kernel {inner} while attached)"
+                    )
+                } else if !i.missed_runs_known && kernel > i.counted {
+                    format!(
+                        "DIFFERENT by {}: this kernel does not count the runs of BPF programs it skips (Linux 5.12+), so a skipped run of ct-trace's verdict kretprobe cannot be told from a lost verdict",
+                        kernel - i.counted
                     )
                 } else {
                     format!("DIFFERENT by {}", kernel as i64 - i.counted as i64)

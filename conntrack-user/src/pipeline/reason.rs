@@ -93,6 +93,31 @@ pub fn missed_by(fmt: &str, bound: u64, seq: u32, ack: u32) -> Option<u32> {
     Some(value.wrapping_sub(bound as u32))
 }
 
+/// [`missed_by`] for the messages that name no bound (before 6.1: "SEQ is over the upper bound
+/// (over the window of the receiver)", "ACK is over the upper bound (ACKed data not seen yet)",
+/// logged through "%s"), from the entry's windows: `tcp_in_window()` refuses a SEQ past the
+/// sender's `td_maxend` and an ACK past the receiver's `td_end` (Debian's 5.10.262,
+/// nf_conntrack_proto_tcp.c:648-703), the bounds 6.1 prints plus one.
+pub fn missed_by_window(
+    text: &str,
+    ct: Option<&ConntrackReport>,
+    seq: u32,
+    ack: u32,
+) -> Option<u32> {
+    let c = ct?;
+    let (sender, receiver) = match c.direction {
+        crate::report::Direction::Original => (c.original_window?, c.reply_window?),
+        crate::report::Direction::Reply => (c.reply_window?, c.original_window?),
+    };
+    if text.starts_with("SEQ is over the upper bound") {
+        Some(seq.wrapping_sub(sender.td_maxend.wrapping_add(1)))
+    } else if text.starts_with("ACK is over the upper bound") {
+        Some(ack.wrapping_sub(receiver.td_end.wrapping_add(1)))
+    } else {
+        None
+    }
+}
+
 fn u32_at(b: &[u8], off: u32) -> u32 {
     let o = off as usize;
     b.get(o..o + 4)
@@ -172,6 +197,54 @@ pub fn conntrack(r: &Reason, l: &CtLayout) -> Option<ConntrackReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 5.10 names no bound; the windows give the same figure 6.1 prints (the README's 6.12 run:
+    /// seq 598143538, reply window td_maxend 3819433266, bound 3819433267).
+    #[test]
+    fn the_windows_tell_by_how_much_a_packet_missed_when_the_message_names_no_bound() {
+        use crate::report::{Direction, WindowReport};
+        let w = |td_end, td_maxend| WindowReport {
+            td_end,
+            td_maxend,
+            td_maxwin: 0,
+            td_maxack: 0,
+            td_scale: 7,
+            liberal: false,
+        };
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let ct = ConntrackReport {
+            source: "kernel",
+            direction: Direction::Reply,
+            orig_src: a,
+            orig_sport: 1,
+            orig_dst: a,
+            orig_dport: 2,
+            reply_src: a,
+            reply_sport: 2,
+            reply_dst: a,
+            reply_dport: 1,
+            tcp_state: Some("ESTABLISHED"),
+            assured: true,
+            original_window: Some(w(3176641205, 3176706365)),
+            reply_window: Some(w(3819369010, 3819433266)),
+        };
+        let seq_over = "SEQ is over the upper bound (over the window of the receiver)";
+        assert_eq!(
+            missed_by_window(seq_over, Some(&ct), 598143538, 0),
+            missed_by("SEQ is over upper bound %u", 3819433267, 598143538, 0)
+        );
+        assert_eq!(
+            missed_by_window(seq_over, Some(&ct), 598143538, 0),
+            Some(1073677567)
+        );
+        let ack_over = "ACK is over the upper bound (ACKed data not seen yet)";
+        assert_eq!(
+            missed_by_window(ack_over, Some(&ct), 0, 3176641206 + 10),
+            Some(10)
+        );
+        assert_eq!(missed_by_window("invalid state", Some(&ct), 1, 1), None);
+        assert_eq!(missed_by_window(seq_over, None, 1, 1), None);
+    }
 
     #[test]
     fn renders_conntrack_messages_like_the_kernel() {

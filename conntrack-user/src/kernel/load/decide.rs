@@ -85,6 +85,27 @@ pub fn decide(
         let d = decide_row(plan, row, &rows, feat, mode)?;
         rows.push((row, d));
     }
+    // Rows that read one function in the prototypes of different kernels: the one that fits
+    // attaches, and the others say so rather than that what it gives is lost.
+    let attached: Vec<&'static Probe> = rows
+        .iter()
+        .filter(|(_, d)| *d == Decision::Attach)
+        .map(|(p, _)| *p)
+        .collect();
+    for (row, d) in rows.iter_mut() {
+        if *d == Decision::Attach {
+            continue;
+        }
+        let alternate = attached
+            .iter()
+            .find(|p| p.attach == row.attach && p.role == row.role);
+        if let (Some(alt), Some(func)) = (alternate, row.attach.function()) {
+            *d = Decision::Skip(format!(
+                "{} reads {func} in this kernel's prototype instead",
+                alt.program
+            ));
+        }
+    }
     Ok(Decided { mode, rows })
 }
 
@@ -229,6 +250,22 @@ mod tests {
         k
     }
 
+    /// Debian 11's 5.10: kprobes, no netfilter link, tcp_send_reset(sk, skb) and
+    /// kfree_skb(skb, location); no module BTF, so nf_conntrack's functions are in no BTF (the
+    /// reset functions are in vmlinux's), while `struct nf_conn` is in vmlinux's BTF.
+    fn debian_5_10() -> KernelFeatures {
+        let mut k = kernel((5, 10), true, false, 2);
+        k.tracepoint_args.insert("kfree_skb".into(), 2);
+        for f in [
+            "nf_conntrack_in",
+            "nf_ct_l4proto_log_invalid",
+            "nf_l4proto_log_invalid",
+        ] {
+            k.func_params.remove(f);
+        }
+        k
+    }
+
     /// The build host: a 6.18 sandbox kernel without kprobes.
     fn sandbox_6_18() -> KernelFeatures {
         KernelFeatures {
@@ -271,6 +308,47 @@ mod tests {
         "ctt_l4_log",
         "ctt_kfree_skb",
     ];
+
+    #[test]
+    fn debian_5_10_runs_the_kprobes_the_old_resets_and_the_old_log_helpers() {
+        let k = debian_5_10();
+        for wanted in [AttachMode::Auto, AttachMode::Kprobe] {
+            let d = decide(PLAN, &k, wanted).unwrap();
+            assert_eq!(d.mode, Some(Mode::Kprobe));
+            assert_eq!(
+                attached(&d),
+                [
+                    "ctt_rst_sent",
+                    "ctt_rst_v4",
+                    "ctt_rst_v6",
+                    "ctt_rst_recv",
+                    "ctt_ct_in_ret",
+                    "ctt_ct_in",
+                    "ctt_ct_log5",
+                    "ctt_l4_log5",
+                    "ctt_kfree_skb"
+                ]
+            );
+            assert_eq!(
+                skipped(&d, "ctt_ct_log"),
+                "ctt_ct_log5 reads nf_ct_l4proto_log_invalid in this kernel's prototype instead"
+            );
+            assert!(d.old_resets());
+            assert!(!k.has_form(RST_COMPLETE) && !k.has_form(KFREE_REASON));
+        }
+        assert_eq!(
+            mode_error(decide(PLAN, &k, AttachMode::Netfilter)),
+            "--attach netfilter: this kernel (5.10) has no netfilter BPF programs (Linux 6.4+); use --attach kprobe"
+        );
+        // The source vouches for nf_conntrack's prototypes on 5.8-5.10 only: a later kernel
+        // without the BTF that would show them gets no kprobe mode.
+        let mut k = debian_5_10();
+        k.version = (5, 11);
+        assert_eq!(
+            mode_error(decide(PLAN, &k, AttachMode::Kprobe)),
+            "--attach kprobe: cannot attach ctt_ct_in_ret: the kernel's BTF does not describe nf_conntrack_in (not loaded, or inlined)"
+        );
+    }
 
     #[test]
     fn debian_6_1_runs_the_kprobes_and_the_old_resets() {
@@ -376,6 +454,8 @@ mod tests {
                     "skipped ctt_ct_in: the INVALID verdict comes from the netfilter link (--attach netfilter) in this run",
                     "skipped ctt_ct_log: this kernel has no kprobes; the reason and the conntrack window of INVALID packets are unknown",
                     "skipped ctt_l4_log: this kernel has no kprobes; the reason of packets refused before conntrack looked them up (bad flags, checksum) is unknown",
+                    "skipped ctt_ct_log5: this kernel has no kprobes; the reason and the conntrack window of INVALID packets are unknown",
+                    "skipped ctt_l4_log5: this kernel has no kprobes; the reason of packets refused before conntrack looked them up (bad flags, checksum) is unknown",
                 ]
             );
         }
@@ -424,7 +504,7 @@ mod tests {
     }
 
     #[test]
-    fn reasons_need_kernel_5_16_and_conntracks_layout() {
+    fn reasons_need_their_prototype_and_conntracks_layout() {
         let mut k = debian_6_1();
         k.conntrack = Err("no nf_conn".into());
         let d = decide(PLAN, &k, AttachMode::Auto).unwrap();
@@ -433,10 +513,22 @@ mod tests {
             "conntrack's structures are not readable: no nf_conn; the reason and the conntrack window of INVALID packets are unknown"
         );
         assert!(attached(&d).contains(&"ctt_ct_in"));
-        let d = decide(PLAN, &kernel((5, 15), true, false, 2), AttachMode::Auto).unwrap();
+        let d = decide(PLAN, &kernel((5, 13), true, false, 2), AttachMode::Auto).unwrap();
         assert_eq!(
             skipped(&d, "ctt_l4_log"),
-            "needs Linux 5.16, this is 5.15; the reason of packets refused before conntrack looked them up (bad flags, checksum) is unknown"
+            "needs Linux 5.14, this is 5.13; the reason of packets refused before conntrack looked them up (bad flags, checksum) is unknown"
+        );
+        // A 5.13 with module BTF: the BTF shows the old prototype.
+        let mut k = kernel((5, 13), true, false, 2);
+        k.func_params.insert(
+            "nf_ct_l4proto_log_invalid".into(),
+            strings(&["skb", "ct", "fmt", "..."]),
+        );
+        let d = decide(PLAN, &k, AttachMode::Auto).unwrap();
+        assert!(attached(&d).contains(&"ctt_ct_log5"));
+        assert_eq!(
+            skipped(&d, "ctt_ct_log"),
+            "ctt_ct_log5 reads nf_ct_l4proto_log_invalid in this kernel's prototype instead"
         );
         let mut k = debian_6_1();
         k.func_params.remove("nf_ct_l4proto_log_invalid");

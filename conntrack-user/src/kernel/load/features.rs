@@ -59,11 +59,21 @@ impl KernelFeatures {
             .is_some_and(|&n| n >= form.args)
     }
 
-    fn prototype(&self, func: &str, want: &[&str]) -> Result<(), String> {
+    /// Whether the kernel's BTF shows the prototype `row` reads (its leading parameter names),
+    /// or, for a function the BTF does not describe at all, whether this kernel is one whose
+    /// source was read to have it ([`Probe::vouched`]: modules had no BTF before 5.11).
+    fn prototype(&self, row: &Probe) -> Result<(), String> {
+        let Some(func) = row.attach.function() else {
+            return Ok(());
+        };
+        let want = row.params;
         match self.func_params.get(func) {
-            None => Err(format!(
-                "the kernel's BTF does not describe {func} (not loaded, or inlined)"
-            )),
+            None => match row.vouched {
+                Some((from, to)) if (from..=to).contains(&self.version) => Ok(()),
+                _ => Err(format!(
+                    "the kernel's BTF does not describe {func} (not loaded, or inlined)"
+                )),
+            },
             Some(have)
                 if have.len() >= want.len() && have.iter().zip(want).all(|(h, w)| h == w) =>
             {
@@ -93,7 +103,7 @@ impl KernelFeatures {
                 (!self.types.contains(&format!("btf_trace_{tp}")))
                     .then(|| format!("this kernel has no tracepoint {tp}"))
             }
-            Need::Prototype => self.prototype(row.attach.function()?, row.params).err(),
+            Need::Prototype => self.prototype(row).err(),
             Need::ConntrackLayout => self
                 .conntrack
                 .as_ref()

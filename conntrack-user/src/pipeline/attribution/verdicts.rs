@@ -53,14 +53,17 @@ impl Correlator {
             .ct_layout
             .as_ref()
             .and_then(|l| crate::reason::tcp_state(r, l));
+        let conntrack = self
+            .ctx
+            .ct_layout
+            .as_ref()
+            .and_then(|l| crate::reason::conntrack(r, l));
+        let (seq, ack) = (r.packet.seq, r.packet.ack);
         ReasonInfo {
             text: crate::reason::render(&fmt, r.args, state),
-            missed_by: crate::reason::missed_by(&fmt, r.args[0], r.packet.seq, r.packet.ack),
-            conntrack: self
-                .ctx
-                .ct_layout
-                .as_ref()
-                .and_then(|l| crate::reason::conntrack(r, l)),
+            missed_by: crate::reason::missed_by(&fmt, r.args[0], seq, ack)
+                .or_else(|| crate::reason::missed_by_window(&fmt, conntrack.as_ref(), seq, ack)),
+            conntrack,
             // A refusal with an entry: was it one conntrack was already tracking, or one this
             // very packet was about to create (e.g. "invalid new" for a stray FIN)?
             tracked: (r.has_ct != 0).then_some(r.ct_status & ips::CONFIRMED != 0),
