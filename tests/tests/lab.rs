@@ -110,9 +110,28 @@ fn boom_server_follows_the_kernel() {
         assert_eq!(n(&v, "invalid"), 0, "{v}");
         assert_eq!(n(&v, "resets"), 0, "{v}");
         assert_eq!(n(&v, "connections_lost"), 0, "{v}");
-    } else {
-        assert!(invalid_packet, "INVALID before 6.1: {events:#?}");
-        assert!(n(&v, "resets") >= 1, "{v}");
+        return;
+    }
+    // Before 6.1, what the write-ups saw: the forged segment INVALID and passed, the client's
+    // reset attributed to client -> Service -> backend, the server's connection lost.
+    assert!(invalid_packet, "INVALID before 6.1: {events:#?}");
+    assert!(n(&v, "resets") >= 1, "{v}");
+    assert!(n(&v, "connections_lost") >= 1, "{v}");
+    let a: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "attribution" && e["seq"] == p["seq"])
+        .collect();
+    assert_eq!(a.len(), 1, "{events:#?}");
+    assert_eq!(a[0]["cause"], "invalid_packet", "{}", a[0]);
+    assert_eq!(a[0]["service"], "10.96.0.10:80", "{}", a[0]);
+    assert_eq!(a[0]["backend"], "10.78.2.2:8080", "{}", a[0]);
+    assert_eq!(a[0]["client"], p["dst"], "{}", a[0]);
+    // Each fix prevents the reset.
+    for fix in ["liberal", "drop-invalid"] {
+        let (_, v) = run("boom-server", fix);
+        assert_eq!(v["as_expected"], true, "{v}");
+        assert_eq!(n(&v, "resets"), 0, "{v}");
+        assert_eq!(n(&v, "connections_lost"), 0, "{v}");
     }
 }
 
@@ -255,6 +274,40 @@ fn compare_prints_a_row_per_fix() {
             ("0", "0", "0"),
             "{text}"
         );
+    }
+    assert!(!text.contains("NOT as expected"), "{text}");
+    assert_no_lab_namespace(pid);
+}
+
+/// The write-ups' reproduction in one table: before 6.1 the reset without a fix and neither fix
+/// letting it happen; from 6.1 nothing in any row.
+#[test]
+fn compare_shows_the_boom_server_and_its_fixes_in_one_table() {
+    if !need_root("compare_shows_the_boom_server_and_its_fixes_in_one_table") {
+        return;
+    }
+    let (pid, out) = lab(&["compare", "--scenario", "boom-server"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    let cells = |fix: &str| -> Vec<String> {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(fix))
+            .unwrap_or_else(|| panic!("no {fix} row: {text}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    // fix resets attributed invalid lost ...
+    let resets = |fix: &str| cells(fix)[1].parse::<u64>().unwrap();
+    if kernel_at_least(6, 1) {
+        assert_eq!(resets("none"), 0, "{text}");
+    } else {
+        assert!(resets("none") >= 1, "{text}");
+        assert!(cells("none")[2].parse::<u64>().unwrap() >= 1, "{text}");
+    }
+    for fix in ["liberal", "drop-invalid"] {
+        assert_eq!(resets(fix), 0, "{text}");
     }
     assert!(!text.contains("NOT as expected"), "{text}");
     assert_no_lab_namespace(pid);
