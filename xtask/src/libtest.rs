@@ -32,6 +32,25 @@ pub struct Counts {
     in_failures: bool,
 }
 
+/// Where a panic's first line starts in `line`: `thread 'NAME' panicked at`, or, as newer Rust
+/// prints it with the thread's id, `thread 'NAME' (ID) panicked at`.
+fn panic_start(line: &str) -> Option<usize> {
+    let at = line.find("thread '")?;
+    let rest = &line[at + "thread '".len()..];
+    let (_, after) = rest.split_once("' ")?;
+    let after = match after.strip_prefix('(') {
+        Some(id) => {
+            let (digits, after) = id.split_once(") ")?;
+            digits
+                .chars()
+                .all(|c| c.is_ascii_digit())
+                .then_some(after)?
+        }
+        None => after,
+    };
+    after.starts_with("panicked at ").then_some(at)
+}
+
 /// Lines kept of one panic message, and characters kept of each line.
 const PANIC_LINES: usize = 8;
 const PANIC_WIDTH: usize = 240;
@@ -48,10 +67,13 @@ impl Counts {
     /// Feeds one output line: every count of `cargo xtask test` (host and VMs) comes from here.
     pub fn line(&mut self, line: &str) {
         if self.panic_left > 0 {
-            // The message ends at a blank line or at libtest's backtrace hint.
+            // The message ends at a blank line, at libtest's backtrace hint (only the first panic
+            // of a run gets one), or, under --nocapture, at libtest's `FAILED` and the next test.
             if line.trim().is_empty()
                 || line.starts_with("note: run with")
                 || line.starts_with("stack backtrace:")
+                || line.trim() == "FAILED"
+                || (line.starts_with("test ") && line.contains(" ... "))
             {
                 self.panic_left = 0;
             } else if let Some(p) = self.panics.last_mut() {
@@ -60,12 +82,10 @@ impl Counts {
                 self.panic_left -= 1;
             }
         }
-        if let Some(at) = line.find("thread '") {
-            if line[at..].contains("' panicked at ") {
-                self.panics.push(clip(line[at..].trim_end()).to_string());
-                self.panic_left = PANIC_LINES - 1;
-                return;
-            }
+        if let Some(at) = panic_start(line) {
+            self.panics.push(clip(line[at..].trim_end()).to_string());
+            self.panic_left = PANIC_LINES - 1;
+            return;
         }
         if self.in_failures {
             // "failures:" then one indented test name a line, up to a blank line.
@@ -233,6 +253,18 @@ test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; 
             "{p}"
         );
         assert_eq!(c.failed, 1);
+        let with_id = Counts::parse([
+            "[5.10/kprobe] thread 'boom' (165) panicked at tests/src/lab.rs:35:5:",
+            "lab run failed",
+            "FAILED",
+            "test clean ... ok",
+        ]);
+        assert_eq!(
+            with_id.panics,
+            ["thread 'boom' (165) panicked at tests/src/lab.rs:35:5:\n    lab run failed"]
+        );
+        assert_eq!(panic_start("thread 'a' (x) panicked at f"), None);
+        assert_eq!(panic_start("thread 'a' exited"), None);
     }
 
     /// The one rule for every run: `test result:` lines are summed, `SKIPPED: ` marker lines

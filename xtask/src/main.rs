@@ -5,12 +5,13 @@
 //!   ct-trace tool cache (`$CT_TRACE_CACHE`, default `~/.cache/ct-trace`). Idempotent.
 //! - `lint`: rustfmt check, clippy with `-D warnings` on the host crates and on the eBPF crate.
 //! - `test`: lint, then unit tests and the root integration tests (namespaces, real packets) on
-//!   the host, then the root integration tests again inside Debian's 6.1, 6.12 and 7.2 kernels,
-//!   once per attach mode each supports (see `matrix.rs`). Its last line is
+//!   the host, then the root integration tests again inside Debian's 5.10, 6.1, 6.12 and 7.2
+//!   kernels, once per attach mode each supports, several VMs side by side (see `matrix/`).
+//!   Its last line is
 //!   `tests: N passed, N failed, N skipped`, skipped being ignored tests plus the tests'
 //!   `SKIPPED: ` marker lines, all read from libtest's output by `libtest.rs`.
-//! - `vm`: boot Debian's 6.1, 6.12 and 7.2 kernels under qemu and run a command in each, with the
-//!   host's userland shared read-only (see `vm/mod.rs`).
+//! - `vm`: boot Debian's 5.10, 6.1, 6.12 and 7.2 kernels under qemu and run a command in each,
+//!   with the host's userland shared read-only (see `vm/mod.rs`).
 //! - `bench`: hot-path, storm and start-up measurements in namespaces of its own, written to
 //!   BENCHMARKS.md (see `bench/`); `test` runs its `--smoke` form.
 
@@ -27,7 +28,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 use crate::{libtest::Counts, matrix::Mode, vm::Series};
@@ -96,15 +97,16 @@ struct TestArgs {
     /// built).
     #[arg(long)]
     vm_only: bool,
-    /// Restrict the VM matrix to this kernel series (repeatable) [default: 6.1, 6.12 and 7.2].
+    /// Restrict the VM matrix to this kernel series (repeatable) [default: 5.10, 6.1, 6.12 and
+    /// 7.2].
     #[arg(long = "vm-kernel", value_name = "SERIES")]
     vm_kernels: Vec<Series>,
     /// Restrict the VM matrix to this attach mode (repeatable) [default: kprobe on every kernel,
     /// netfilter on 6.4+].
     #[arg(long = "vm-mode", value_enum, value_name = "MODE")]
     vm_modes: Vec<Mode>,
-    /// Integration test target to run in the VMs (repeatable) [default: every one of
-    /// `matrix::VM_TESTS`].
+    /// Integration test target to run in the VMs (repeatable), on every kernel [default:
+    /// `matrix::VM_TESTS` everywhere and `matrix::VM_EXTRA_TESTS` on their kernels].
     #[arg(long = "vm-test", value_name = "NAME")]
     vm_tests: Vec<String>,
     /// Prebuilt integration test binary for the VMs, NAME=PATH (repeatable; for work on xtask
@@ -116,6 +118,9 @@ struct TestArgs {
     /// on a 2-CPU machine).
     #[arg(long, default_value_t = 1200, value_name = "SECS")]
     vm_timeout: u64,
+    /// VM jobs side by side, each guest with one vCPU [default: the number of host CPUs].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    vm_jobs: Option<u32>,
     /// Seconds the whole VM matrix may take (keeps CI within its limit when jobs hang): later
     /// jobs get the time left as their timeout, or fail without booting.
     #[arg(long, default_value_t = 4500, value_name = "SECS")]
@@ -140,7 +145,8 @@ enum Cmd {
     /// Check formatting and run clippy on host and eBPF crates.
     Lint,
     /// Lint, then run every test: unit and root integration tests on the host, then the root
-    /// integration tests in VMs (Debian 6.1, 6.12, 7.2; each attach mode a kernel supports).
+    /// integration tests in VMs (Debian 5.10, 6.1, 6.12, 7.2; each attach mode a kernel
+    /// supports).
     Test(TestArgs),
     /// Boot Debian kernels under qemu and run a command in each (host `/` shared read-only).
     Vm(vm::Args),
@@ -478,7 +484,7 @@ fn test(a: &TestArgs) -> Result<()> {
     }
     let mut vm = None;
     if !a.no_vm {
-        match vm_matrix(a, &bin, &mut phases) {
+        match matrix::from_args(a, &bin, &mut phases) {
             Ok(report) => {
                 failures.extend(report.failures.iter().map(|f| format!("vm {f}")));
                 vm = Some((report.jobs, report.counts));
@@ -536,44 +542,6 @@ fn host_tests(bin: &Path, args: &[String]) -> Result<(Counts, std::process::Exit
         counts.line(&line);
     }
     Ok((counts, child.wait()?))
-}
-
-/// The root integration tests inside VMs: finds the test binaries (built by the host run, or now
-/// with `--vm-only`), then runs the (kernel, mode) jobs.
-fn vm_matrix(a: &TestArgs, bin: &Path, phases: &mut Vec<(String, f64)>) -> Result<matrix::Report> {
-    let jobs = matrix::jobs(&a.vm_kernels, &a.vm_modes);
-    ensure!(
-        !jobs.is_empty(),
-        "no VM job: none of the kernels asked for supports the modes asked for"
-    );
-    let wanted: Vec<String> = if a.vm_tests.is_empty() {
-        matrix::VM_TESTS.iter().map(|t| t.to_string()).collect()
-    } else {
-        a.vm_tests.clone()
-    };
-    if !a.vm_binaries.is_empty() {
-        let mut report = matrix::run(&jobs, bin, &a.vm_binaries, a.vm_timeout, a.vm_budget)?;
-        phases.append(&mut report.phases);
-        return Ok(report);
-    }
-    let binaries = phase(phases, "vm test build", || -> Result<_> {
-        let out = cargo()
-            .args(CARGO_TEST)
-            .args(["--no-run", "--message-format=json-render-diagnostics"])
-            .env("CT_TRACE_BIN", bin)
-            .stderr(Stdio::inherit())
-            .output()
-            .context("running cargo test --no-run")?;
-        ensure!(
-            out.status.success(),
-            "cargo test --no-run failed ({})",
-            out.status
-        );
-        matrix::test_executables(&String::from_utf8_lossy(&out.stdout), &wanted)
-    })?;
-    let mut report = matrix::run(&jobs, bin, &binaries, a.vm_timeout, a.vm_budget)?;
-    phases.append(&mut report.phases);
-    Ok(report)
 }
 
 #[cfg(test)]

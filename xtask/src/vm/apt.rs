@@ -1,7 +1,7 @@
-//! A private apt list of the Debian suites the VMs boot kernels from (bookworm, trixie, sid and
-//! their security suites) under `$CT_TRACE_CACHE/vm/apt`: the system's sources are only read,
-//! for the archive addresses; `apt-get update` runs on it at most once a day. Finds the newest
-//! package of a name pattern in given suites.
+//! A private apt list of the Debian suites the VMs boot kernels from (each series' suites:
+//! bullseye, bookworm, trixie, sid and their security suites) under `$CT_TRACE_CACHE/vm/apt`:
+//! the system's sources are only read, for the archive addresses; `apt-get update` runs on it at
+//! most once a day. Finds the newest package of a name pattern in given suites.
 
 use std::{
     cmp::Ordering,
@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::secs;
+use super::{secs, Series};
 use crate::{output, run};
 
 pub(super) struct Apt {
@@ -30,11 +30,13 @@ impl Apt {
         let (main, security) = archive_uris()?;
         let key = "/usr/share/keyrings/debian-archive-keyring.gpg";
         let mut list = String::new();
-        for suite in ["bookworm", "trixie", "sid"] {
-            writeln!(list, "deb [signed-by={key}] {main} {suite} main")?;
-        }
-        for suite in ["bookworm-security", "trixie-security"] {
-            writeln!(list, "deb [signed-by={key}] {security} {suite} main")?;
+        for suite in Series::ALL.iter().flat_map(|s| s.suites()) {
+            let uri = if suite.ends_with("-security") {
+                &security
+            } else {
+                &main
+            };
+            writeln!(list, "deb [signed-by={key}] {uri} {suite} main")?;
         }
         let sources = dir.join("sources.list");
         if fs::read_to_string(&sources).ok().as_deref() != Some(list.as_str()) {

@@ -14,36 +14,64 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 
-use super::{guest::INIT, kernel::Kernel, remove_dir};
+use super::{guest::INIT, kernel::Kernel, remove_dir, Series};
 use crate::run;
 
-/// Modules every guest loads (with their dependencies): virtio-9p for the host's `/`, veth,
-/// conntrack/NAT for iptables (legacy and nft backends; `xt_tcpudp` for `-p tcp --dport`,
-/// without which iptables-nft says "Extension tcp revision 0 not supported") and nft,
-/// ctnetlink, nfnetlink_hook. Guests cannot autoload modules: the host's `/lib/modules` has
-/// none for the guest kernel.
-pub(super) const MODULES: &[&str] = &[
-    "virtio_pci",
-    "9pnet_virtio",
-    "9p",
-    "veth",
-    "nf_conntrack",
-    "nf_nat",
-    "nf_tables",
-    "nft_ct",
-    "nft_nat",
-    "nft_chain_nat",
-    "nft_compat",
-    "iptable_nat",
-    "iptable_filter",
-    "ip6table_nat",
-    "ip6table_filter",
-    "xt_conntrack",
-    "xt_nat",
-    "xt_tcpudp",
-    "nf_conntrack_netlink",
-    "nfnetlink_hook",
+/// Modules every guest loads (with their dependencies), on the kernels that have them:
+/// virtio-9p for the host's `/`, veth, conntrack/NAT for iptables (legacy and nft backends) and
+/// nft, ctnetlink, nfnetlink_hook. Guests cannot autoload modules: the host's `/lib/modules`
+/// has none for the guest kernel.
+pub(super) const MODULES: &[(&str, Kernels)] = &[
+    ("virtio_pci", All),
+    ("9pnet_virtio", All),
+    ("9p", All),
+    ("veth", All),
+    ("nf_conntrack", All),
+    ("nf_nat", All),
+    ("nf_tables", All),
+    // iptables-nft puts a counter in every rule: without it every append fails with ENOENT.
+    // A module of its own on 5.10, part of nf_tables on Debian's 6.1 and later.
+    ("nft_counter", Before((6, 1))),
+    ("nft_ct", All),
+    ("nft_nat", All),
+    ("nft_chain_nat", All),
+    ("nft_compat", All),
+    ("iptable_nat", All),
+    ("iptable_filter", All),
+    ("ip6table_nat", All),
+    ("ip6table_filter", All),
+    ("xt_conntrack", All),
+    ("xt_nat", All),
+    // `-p tcp --dport`: iptables-nft says "Extension tcp revision 0 not supported" without it.
+    ("xt_tcpudp", All),
+    // kube-proxy's rule comments, as `ct-trace lab` writes them ("Extension comment revision 0
+    // not supported" without it).
+    ("xt_comment", All),
+    ("nf_conntrack_netlink", All),
+    // The hook dump ct-trace reads (the nfnetlink hook subsystem is new in 5.14).
+    ("nfnetlink_hook", From((5, 14))),
 ];
+
+/// The kernels a module of `MODULES` is loaded on, by (major, minor).
+#[derive(Clone, Copy)]
+pub(super) enum Kernels {
+    All,
+    From((u32, u32)),
+    Before((u32, u32)),
+}
+use Kernels::*;
+
+/// The modules of `MODULES` the series' kernel has.
+pub(super) fn modules(s: Series) -> impl Iterator<Item = &'static str> {
+    MODULES
+        .iter()
+        .filter(move |(_, k)| match *k {
+            All => true,
+            From(v) => s.version() >= v,
+            Before(v) => s.version() < v,
+        })
+        .map(|(m, _)| *m)
+}
 
 /// Returns the cached base initramfs, built now or before (true: built now).
 pub(super) fn initrd(k: &Kernel, modules: &[String]) -> Result<(PathBuf, bool)> {
@@ -225,4 +253,24 @@ pub(super) fn cpio(dir: &Path, out: &Path) -> Result<()> {
     let status = child.wait()?;
     ensure!(status.success(), "cpio failed ({status})");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_follow_the_kernel() {
+        let on = |s| modules(s).collect::<Vec<_>>();
+        let old = on(Series::V5_10);
+        assert!(!old.contains(&"nfnetlink_hook"));
+        assert!(old.contains(&"nft_counter"));
+        assert!(old.contains(&"9p"));
+        assert_eq!(old.len(), MODULES.len() - 1);
+        for s in [Series::V6_1, Series::V6_12, Series::V7_2] {
+            assert!(!on(s).contains(&"nft_counter"));
+            assert!(on(s).contains(&"nfnetlink_hook"));
+            assert_eq!(on(s).len(), MODULES.len() - 1);
+        }
+    }
 }

@@ -1,8 +1,8 @@
 //! `cargo xtask vm`: boot Debian kernels under qemu and run a command inside, with the host's
 //! userland (ip, iptables, nft, python3, `target/`) shared read-only over virtio-9p.
 //!
-//! Per kernel series (6.1 from bookworm, 6.12 from trixie, 7.2 from sid; the generic `amd64`
-//! flavour: the `cloud-amd64` one has no 9p):
+//! Per kernel series (5.10 from bullseye, 6.1 from bookworm, 6.12 from trixie, 7.2 from sid;
+//! the generic `amd64` flavour: the `cloud-amd64` one has no 9p):
 //!
 //! 1. fetch (`apt.rs`, `kernel.rs`): private apt lists under `$CT_TRACE_CACHE/vm/apt` (the
 //!    system's sources are only read, for the archive addresses), refreshed at most once a day;
@@ -17,17 +17,23 @@
 //!    prints `CT_TRACE_VM_EXIT=<code>` and powers off. A panic, a hang (`--timeout`) or a missing
 //!    report fails that kernel.
 //!
-//! `run_jobs` does all of this for a list of jobs (kernel + guest script), preparing each kernel
-//! once; `cargo xtask vm` runs one job per kernel, `cargo xtask test` its matrix (`matrix.rs`).
+//! `run_jobs` does all of this for a list of jobs (kernel + guest script): it prepares each
+//! kernel once, before any boot, then boots the jobs `jobs` at a time (`pool.rs`; each guest has
+//! one vCPU, which TCG runs on one host thread, so jobs side by side on as many host CPUs take
+//! about as long as one alone). Nothing a boot writes is shared: each has its own run folder and
+//! console; its console lines are echoed prefixed with the job's name. `cargo xtask vm` runs one
+//! job per kernel, `cargo xtask test` its matrix (`matrix/`).
 //!
 //! Cache layout (`$CT_TRACE_CACHE/vm`): `apt/` (sources.list, lists, `updated` stamp),
 //! `<series>/` (`pkgs`, `kver`, `version`, `config`, `vmlinux`, `root/` = the extracted packages,
-//! `initrd.cpio` + `initrd.stamp`), `run/` (per-boot initramfs, removed after the boot).
+//! `initrd.cpio` + `initrd.stamp`), `run/` (one folder per boot for its initramfs, removed
+//! after the boot).
 
 mod apt;
 mod guest;
 mod initramfs;
 mod kernel;
+mod pool;
 mod qemu;
 
 use std::{
@@ -40,7 +46,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 use clap::ValueEnum;
 
 pub use self::guest::script;
-use self::{apt::Apt, initramfs::MODULES, kernel::Kernel};
+use self::{apt::Apt, kernel::Kernel};
 use crate::{cache, print_table};
 
 const DEFAULT_COMMAND: &str = "uname -r && cat /proc/version";
@@ -48,6 +54,8 @@ const DEFAULT_COMMAND: &str = "uname -r && cat /proc/version";
 /// A Debian kernel series of the matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Series {
+    #[value(name = "5.10")]
+    V5_10,
     #[value(name = "6.1")]
     V6_1,
     #[value(name = "6.12")]
@@ -57,10 +65,11 @@ pub enum Series {
 }
 
 impl Series {
-    pub const ALL: [Series; 3] = [Series::V6_1, Series::V6_12, Series::V7_2];
+    pub const ALL: [Series; 4] = [Series::V5_10, Series::V6_1, Series::V6_12, Series::V7_2];
 
     pub fn name(self) -> &'static str {
         match self {
+            Series::V5_10 => "5.10",
             Series::V6_1 => "6.1",
             Series::V6_12 => "6.12",
             Series::V7_2 => "7.2",
@@ -70,16 +79,18 @@ impl Series {
     /// (major, minor), to compare with the version a kernel feature appeared in.
     pub fn version(self) -> (u32, u32) {
         match self {
+            Series::V5_10 => (5, 10),
             Series::V6_1 => (6, 1),
             Series::V6_12 => (6, 12),
             Series::V7_2 => (7, 2),
         }
     }
 
-    /// The suites the series is taken from (the newest 6.1/6.12 builds are in `-security`;
-    /// bookworm-security also carries a 6.12 backport, which this keeps out).
+    /// The suites the series is taken from (the newest 5.10/6.1/6.12 builds are in
+    /// `-security`; bookworm-security also carries a 6.12 backport, which this keeps out).
     fn suites(self) -> &'static [&'static str] {
         match self {
+            Series::V5_10 => &["bullseye", "bullseye-security"],
             Series::V6_1 => &["bookworm", "bookworm-security"],
             Series::V6_12 => &["trixie", "trixie-security"],
             Series::V7_2 => &["sid"],
@@ -97,7 +108,7 @@ pub enum Accel {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Kernel series to boot (repeatable) [default: 6.1, 6.12 and 7.2].
+    /// Kernel series to boot (repeatable) [default: 5.10, 6.1, 6.12 and 7.2].
     #[arg(long = "kernel", value_name = "SERIES")]
     kernels: Vec<Series>,
     /// Download and prepare kernels and initramfs images, boot nothing.
@@ -109,6 +120,9 @@ pub struct Args {
     /// Accelerator.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     accel: Accel,
+    /// Boots at a time [default: the number of host CPUs].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    jobs: Option<u32>,
     /// Guest memory (qemu -m).
     #[arg(long, default_value = "1G")]
     mem: String,
@@ -137,6 +151,8 @@ pub struct Opts {
     pub modules: Vec<String>,
     /// Prepare kernels and initramfs images, boot nothing.
     pub fetch_only: bool,
+    /// Boots at a time (at least 1).
+    pub jobs: usize,
     /// No boot runs past this: a job's timeout is cut to the time left, and a job with less
     /// than `MIN_BOOT_SECS` left is not booted (fails).
     pub deadline: Option<Instant>,
@@ -154,9 +170,15 @@ impl Default for Opts {
             smp: 1,
             modules: Vec::new(),
             fetch_only: false,
+            jobs: host_cpus(),
             deadline: None,
         }
     }
+}
+
+/// The default number of boots at a time: one per host CPU (each guest has one vCPU).
+pub fn host_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// One boot: a kernel and the guest's script (see `script`).
@@ -215,6 +237,8 @@ pub struct JobResult {
     pub version: String,
     pub fetch: Option<Timing>,
     pub initrd: Option<Timing>,
+    /// When the boot started, in seconds after the first boot of the run started.
+    pub start: Option<f64>,
     /// Wall time of the boot, from qemu's start to its exit.
     pub boot: Option<f64>,
     /// The code the guest reported (`CT_TRACE_VM_EXIT=`).
@@ -234,6 +258,10 @@ impl JobResult {
 pub struct Runs {
     /// Package lists, kernel downloads and initramfs images, for all jobs.
     pub prepare_secs: f64,
+    /// From the first boot's start to the last boot's end.
+    pub boots_secs: f64,
+    /// Boots at a time.
+    pub width: usize,
     pub results: Vec<JobResult>,
 }
 
@@ -277,6 +305,7 @@ pub fn vm(args: Args) -> Result<()> {
         smp: args.smp,
         modules: args.modules,
         fetch_only: args.fetch_only,
+        jobs: args.jobs.map_or_else(host_cpus, |n| n as usize),
         deadline: None,
     };
     let runs = run_jobs(&jobs, &opts)?;
@@ -308,7 +337,8 @@ fn print_results(results: &[JobResult]) {
                 }
                 .into(),
                 r.exit.map_or("-".into(), |c| c.to_string()),
-                r.boot.map_or("-".into(), |s| format!("{s:.1}")),
+                secs_cell(r.start),
+                secs_cell(r.boot),
                 Timing::cell(r.fetch),
                 Timing::cell(r.initrd),
             ]
@@ -321,7 +351,8 @@ fn print_results(results: &[JobResult]) {
             "version",
             "result",
             "exit",
-            "boot s",
+            "start s",
+            "wall s",
             "fetch s",
             "initramfs s",
         ],
@@ -334,6 +365,11 @@ fn print_results(results: &[JobResult]) {
     }
 }
 
+/// Seconds with one decimal, `-` for none.
+pub fn secs_cell(s: Option<f64>) -> String {
+    s.map_or("-".into(), |s| format!("{s:.1}"))
+}
+
 pub fn version_cell(v: &str) -> String {
     if v.is_empty() {
         "-".into()
@@ -343,9 +379,9 @@ pub fn version_cell(v: &str) -> String {
 }
 
 /// Prepares every kernel the jobs name (package lists, downloads and initramfs images, cached),
-/// then boots each job in turn. A job whose kernel cannot be prepared, or whose boot fails,
-/// gets `Outcome::Failed`; the error return is for what stops every job (a missing tool, no
-/// package lists).
+/// then boots the jobs, `opts.jobs` at a time, in their order. A job whose kernel cannot be
+/// prepared, or whose boot fails, gets `Outcome::Failed`; the error return is for what stops
+/// every job (a missing tool, no package lists).
 pub fn run_jobs(jobs: &[Job], opts: &Opts) -> Result<Runs> {
     let t = Instant::now();
     need(&[
@@ -359,9 +395,6 @@ pub fn run_jobs(jobs: &[Job], opts: &Opts) -> Result<Runs> {
         "zstd",
         "qemu-system-x86_64",
     ])?;
-    let mut modules: Vec<String> = MODULES.iter().map(|m| m.to_string()).collect();
-    modules.extend(opts.modules.iter().cloned());
-
     let dir = cache().join("vm");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let apt = Apt::new(&dir)?;
@@ -376,37 +409,51 @@ pub fn run_jobs(jobs: &[Job], opts: &Opts) -> Result<Runs> {
     let mut prepared: Vec<(Series, Prepared)> = Vec::new();
     for job in jobs {
         if !prepared.iter().any(|(s, _)| *s == job.series) {
+            let modules: Vec<String> = initramfs::modules(job.series)
+                .map(String::from)
+                .chain(opts.modules.iter().cloned())
+                .collect();
             prepared.push((job.series, prepare(&apt, &dir, job.series, &modules)));
         }
     }
     let prepare_secs = secs(t);
 
-    let results = jobs
-        .iter()
-        .map(|job| {
-            let p = &prepared
-                .iter()
-                .find(|(s, _)| *s == job.series)
-                .expect("prepared above")
-                .1;
-            run_job(&dir, job, p, accel, opts)
-        })
-        .collect();
+    let width = opts.jobs.clamp(1, jobs.len().max(1));
+    let t = Instant::now();
+    let results = pool::map(jobs.len(), width, |i| {
+        let job = &jobs[i];
+        let p = &prepared
+            .iter()
+            .find(|(s, _)| *s == job.series)
+            .expect("prepared above")
+            .1;
+        run_job(&dir, job, p, accel, opts, t)
+    });
     Ok(Runs {
         prepare_secs,
+        boots_secs: secs(t),
+        width,
         results,
     })
 }
 
 /// Boots one job on its prepared kernel, unless the kernel is not ready, `--fetch-only` asked
-/// for no boot, or the deadline leaves too little time.
-fn run_job(dir: &Path, job: &Job, p: &Prepared, accel: Accel, opts: &Opts) -> JobResult {
+/// for no boot, or the deadline leaves too little time; `t0`: when the first boot started.
+fn run_job(
+    dir: &Path,
+    job: &Job,
+    p: &Prepared,
+    accel: Accel,
+    opts: &Opts,
+    t0: Instant,
+) -> JobResult {
     let mut r = JobResult {
         series: job.series,
         label: job.label.clone(),
         version: p.version.clone(),
         fetch: p.fetch,
         initrd: p.initrd,
+        start: None,
         boot: None,
         exit: None,
         outcome: Outcome::Prepared,
@@ -430,6 +477,7 @@ fn run_job(dir: &Path, job: &Job, p: &Prepared, accel: Accel, opts: &Opts) -> Jo
         return r;
     }
     let timeout = left.map_or(opts.timeout, |l| l.min(opts.timeout));
+    r.start = Some(secs(t0));
     match qemu::boot(dir, kernel, initrd, job, accel, timeout, opts) {
         Ok(b) => {
             r.boot = Some(b.secs);

@@ -1,7 +1,8 @@
 //! One boot: the cached initramfs plus the job's script, qemu with the host's `/` and the
-//! workspace shared read-only over virtio-9p, the console echoed and kept line by line, a
-//! timeout that kills qemu, and the outcome read from the console (`CT_TRACE_VM_EXIT=<code>`,
-//! a kernel panic, or an error of `init.sh`).
+//! workspace shared read-only over virtio-9p, the console echoed (`[job] LINE`) and kept line by
+//! line, a timeout that kills qemu, and the outcome read from the console
+//! (`CT_TRACE_VM_EXIT=<code>`, a kernel panic, or an error of `init.sh`). Boots may run side by
+//! side: each writes only its own run folder (`run/PID-N-JOB`, N counting this process's boots).
 
 use std::{
     fmt::Display,
@@ -9,7 +10,10 @@ use std::{
     io::{BufRead as _, BufReader, Read, Write as _},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -54,12 +58,16 @@ pub(super) fn boot(
     timeout: u64,
     opts: &Opts,
 ) -> Result<Boot> {
+    static BOOTS: AtomicUsize = AtomicUsize::new(0);
     let name = job.name();
     // The cached base + a small archive holding the command: the kernel unpacks concatenated
-    // newc archives in order.
-    let rundir = vm
-        .join("run")
-        .join(format!("{}-{}", std::process::id(), name.replace('/', "-")));
+    // newc archives in order. The base is only read; the copy is the boot's own.
+    let rundir = vm.join("run").join(format!(
+        "{}-{}-{}",
+        std::process::id(),
+        BOOTS.fetch_add(1, Ordering::Relaxed),
+        name.replace('/', "-")
+    ));
     remove_dir(&rundir)?;
     fs::create_dir_all(rundir.join("extra"))?;
     let result = (|| {

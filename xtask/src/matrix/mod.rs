@@ -1,30 +1,43 @@
-//! The VM test matrix of `cargo xtask test`: the root integration tests (by default the `resets`
-//! and `invalid` binaries of the `integration-tests` package) inside Debian's 6.1, 6.12 and 7.2
-//! kernels (see `vm/`), once per attach mode the kernel supports, one boot per (kernel, mode).
+//! The VM test matrix of `cargo xtask test`: the root integration tests (by default the targets
+//! of `VM_TESTS` of the `integration-tests` package, and those of `VM_EXTRA_TESTS` on their
+//! kernels) inside Debian's 5.10, 6.1, 6.12 and 7.2 kernels (see `vm/`), once per attach mode the
+//! kernel supports, one boot per (kernel, mode), several boots side by side (`--vm-jobs`).
 //!
 //! The guest runs each test binary with `--test-threads 1 --nocapture` (the tests share fixed
 //! namespace names and addresses; uncaptured output shows the `SKIPPED:` lines of passing tests
 //! and where a hung test stopped), with `CT_TRACE_BIN`, `CT_TRACE_MODE` and `CT_TRACE_VM` set.
-//! The host reads libtest's output back from the console.
+//! The host reads libtest's output back from the console (`report.rs`).
 
 use std::{
     path::{Path, PathBuf},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use clap::ValueEnum;
 use conntrack_common::plan;
 use serde_json::Value;
 
+pub use self::report::Report;
+use self::report::{common_tests, extra_cell, summarize};
 use crate::{
-    libtest::Counts,
-    print_table,
-    vm::{self, Job, JobResult, Outcome, Series},
+    cargo, phase,
+    vm::{self, Job, Series},
+    TestArgs, CARGO_TEST,
 };
 
-/// The integration test binaries the VMs run by default: those that attach to the kernel.
+mod report;
+
+/// The integration test binaries the VMs run by default on every kernel: those that attach to
+/// the kernel.
 pub const VM_TESTS: &[&str] = &["resets", "invalid", "exact", "lost", "table"];
+
+/// Integration test binaries the VMs run by default on some kernels only, in every mode there:
+/// each costs minutes of TCG per job. `lab` (`ct-trace lab run`'s scenarios): on 5.10, where the
+/// boom-server packet is INVALID and costs a reset, and on 6.1, which IGNOREs it (conntrack
+/// commit 6e250dcbff1d) - both branches of its kernel-dependent test.
+pub const VM_EXTRA_TESTS: &[(&str, &[Series])] = &[("lab", &[Series::V5_10, Series::V6_1])];
 
 /// How ct-trace attaches its INVALID probe (`CT_TRACE_MODE`, ct-trace's `--attach`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -81,6 +94,37 @@ pub fn jobs(kernels: &[Series], modes: &[Mode]) -> Vec<(Series, Mode)> {
     jobs
 }
 
+/// The test targets a job on `s` runs: `asked` when not empty (`--vm-test`), else `VM_TESTS`
+/// and the `VM_EXTRA_TESTS` of `s`.
+pub fn job_tests(s: Series, asked: &[String]) -> Vec<String> {
+    if !asked.is_empty() {
+        return asked.to_vec();
+    }
+    let extra = VM_EXTRA_TESTS
+        .iter()
+        .filter(|(_, on)| on.contains(&s))
+        .map(|(t, _)| *t);
+    VM_TESTS
+        .iter()
+        .copied()
+        .chain(extra)
+        .map(String::from)
+        .collect()
+}
+
+/// Every test target some of `jobs` runs, each once: what to build.
+pub fn all_tests(jobs: &[(Series, Mode)], asked: &[String]) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    for &(s, _) in jobs {
+        for t in job_tests(s, asked) {
+            if !all.contains(&t) {
+                all.push(t);
+            }
+        }
+    }
+    all
+}
+
 /// The executables of the wanted integration test targets, in `wanted` order, from the output of
 /// `cargo test --no-run --message-format=json`: `compiler-artifact` messages of test-profile
 /// targets of kind `test` (integration tests) whose name is wanted.
@@ -126,52 +170,90 @@ pub fn test_executables(messages: &str, wanted: &[String]) -> Result<Vec<(String
     Ok(out)
 }
 
-/// Why a job failed, in one line; None when it passed: the guest must have exited 0 after every
-/// test binary printed its result, with no failed test and at least one test run.
-pub fn verdict(r: &JobResult, c: &Counts, binaries: usize) -> Option<String> {
-    let failed = || {
-        let mut names = c.failures.iter().take(3).cloned().collect::<Vec<_>>();
-        if c.failures.len() > 3 {
-            names.push("...".into());
-        }
-        if names.is_empty() {
-            format!("{} failed", c.failed)
-        } else {
-            format!("{} failed: {}", c.failed, names.join(", "))
-        }
+/// The root integration tests inside VMs: finds the test binaries (built by the host run, or now
+/// with `--vm-only`), then runs the (kernel, mode) jobs.
+pub fn from_args(a: &TestArgs, bin: &Path, phases: &mut Vec<(String, f64)>) -> Result<Report> {
+    let pairs = jobs(&a.vm_kernels, &a.vm_modes);
+    ensure!(
+        !pairs.is_empty(),
+        "no VM job: none of the kernels asked for supports the modes asked for"
+    );
+    let (asked, built) = if a.vm_binaries.is_empty() {
+        let wanted = all_tests(&pairs, &a.vm_tests);
+        let built = phase(phases, "vm test build", || -> Result<_> {
+            let out = cargo()
+                .args(CARGO_TEST)
+                .args(["--no-run", "--message-format=json-render-diagnostics"])
+                .env("CT_TRACE_BIN", bin)
+                .stderr(Stdio::inherit())
+                .output()
+                .context("running cargo test --no-run")?;
+            ensure!(
+                out.status.success(),
+                "cargo test --no-run failed ({})",
+                out.status
+            );
+            test_executables(&String::from_utf8_lossy(&out.stdout), &wanted)
+        })?;
+        (a.vm_tests.clone(), built)
+    } else {
+        // Prebuilt binaries: exactly these, on every kernel.
+        let names = a.vm_binaries.iter().map(|(n, _)| n.clone()).collect();
+        (names, a.vm_binaries.clone())
     };
-    match &r.outcome {
-        Outcome::Failed(why) if c.failed > 0 => Some(format!("{why}; {}", failed())),
-        Outcome::Failed(why) => match &c.last_started {
-            Some(t) if c.results < binaries as u64 => {
-                Some(format!("{why} (last test started: {t})"))
-            }
-            _ => Some(why.clone()),
-        },
-        Outcome::Prepared => Some("not booted".into()),
-        Outcome::Passed if c.failed > 0 => Some(failed()),
-        Outcome::Passed if c.results < binaries as u64 => Some(format!(
-            "only {} of {binaries} test binaries printed a result",
-            c.results
-        )),
-        Outcome::Passed if c.passed == 0 => Some("no test ran".into()),
-        Outcome::Passed => None,
+    let jobs = pairs
+        .into_iter()
+        .map(|(s, m)| MatrixJob::new(s, m, &asked, &built))
+        .collect::<Result<Vec<_>>>()?;
+    let width = a.vm_jobs.map_or_else(vm::host_cpus, |n| n as usize);
+    let mut report = run(&jobs, bin, a.vm_timeout, a.vm_budget, width)?;
+    phases.append(&mut report.phases);
+    Ok(report)
+}
+
+/// One job of the matrix: a kernel, an attach mode, and the test binaries it runs.
+pub struct MatrixJob {
+    pub series: Series,
+    pub mode: Mode,
+    pub binaries: Vec<(String, PathBuf)>,
+}
+
+impl MatrixJob {
+    /// The job of (`series`, `mode`) with its `job_tests` from `built` (name, executable).
+    pub fn new(
+        series: Series,
+        mode: Mode,
+        asked: &[String],
+        built: &[(String, PathBuf)],
+    ) -> Result<Self> {
+        let binaries = job_tests(series, asked)
+            .into_iter()
+            .map(|t| match built.iter().find(|(n, _)| *n == t) {
+                Some(b) => Ok(b.clone()),
+                None => bail!("no test binary `{t}` for {}", series.name()),
+            })
+            .collect::<Result<_>>()?;
+        Ok(MatrixJob {
+            series,
+            mode,
+            binaries,
+        })
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.binaries.iter().map(|(n, _)| n.as_str()).collect()
     }
 }
 
 /// The guest's script of one job.
-fn guest_script(
-    ct_trace: &Path,
-    s: Series,
-    mode: Mode,
-    binaries: &[(String, PathBuf)],
-) -> Result<String> {
+fn guest_script(ct_trace: &Path, job: &MatrixJob) -> Result<String> {
     let env = [
         ("CT_TRACE_BIN", ct_trace.to_string_lossy().into_owned()),
-        ("CT_TRACE_MODE", mode.name().to_string()),
-        ("CT_TRACE_VM", s.name().to_string()),
+        ("CT_TRACE_MODE", job.mode.name().to_string()),
+        ("CT_TRACE_VM", job.series.name().to_string()),
     ];
-    let commands: Vec<Vec<String>> = binaries
+    let commands: Vec<Vec<String>> = job
+        .binaries
         .iter()
         .map(|(_, exe)| {
             vec![
@@ -185,115 +267,57 @@ fn guest_script(
     vm::script(&env, &commands)
 }
 
-/// The outcome of the matrix.
-pub struct Report {
-    pub jobs: usize,
-    pub counts: Counts,
-    /// One line per failed job: `6.12/netfilter: why`.
-    pub failures: Vec<String>,
-    /// (phase, seconds): kernel preparation, then each job's boot.
-    pub phases: Vec<(String, f64)>,
-}
-
-/// Runs the (kernel, mode) jobs, prints their table, and sums their tests.
-/// `timeout`: seconds one job may take; `budget`: seconds all of them may take (later jobs get
-/// what is left, or fail unbooted).
+/// Runs the jobs, `width` boots at a time, prints their table, and sums their tests.
+/// `timeout`: seconds one job may take; `budget`: seconds all of them may take (a job starting
+/// later gets what is left as its timeout, or fails unbooted).
 pub fn run(
-    jobs: &[(Series, Mode)],
+    jobs: &[MatrixJob],
     ct_trace: &Path,
-    binaries: &[(String, PathBuf)],
     timeout: u64,
     budget: u64,
+    width: usize,
 ) -> Result<Report> {
     let vm_jobs = jobs
         .iter()
-        .map(|&(series, mode)| {
+        .map(|j| {
             Ok(Job {
-                series,
-                label: mode.name().to_string(),
-                script: guest_script(ct_trace, series, mode, binaries)?,
+                series: j.series,
+                label: j.mode.name().to_string(),
+                script: guest_script(ct_trace, j)?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let names: Vec<&str> = binaries.iter().map(|(n, _)| n.as_str()).collect();
+    let common = common_tests(jobs);
     eprintln!(
-        "xtask: vm matrix: {} in {} jobs: {}",
-        names.join(", "),
+        "xtask: vm matrix: {} in {} jobs, {} at a time: {}",
+        common.join(", "),
         vm_jobs.len(),
-        vm_jobs.iter().map(Job::name).collect::<Vec<_>>().join(", ")
+        width.clamp(1, vm_jobs.len().max(1)),
+        jobs.iter()
+            .zip(&vm_jobs)
+            .map(|(j, v)| match extra_cell(j, &common).as_str() {
+                "-" => v.name(),
+                extra => format!("{} (+{extra})", v.name()),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let runs = vm::run_jobs(
         &vm_jobs,
         &vm::Opts {
             timeout,
+            jobs: width,
             deadline: Some(Instant::now() + Duration::from_secs(budget)),
             ..vm::Opts::default()
         },
     )?;
 
-    Ok(summarize(&runs, binaries.len(), &names))
-}
-
-/// Sums each job's tests, prints the matrix's table, then each job's `SKIPPED:` markers and
-/// failures.
-fn summarize(runs: &vm::Runs, binaries: usize, names: &[&str]) -> Report {
-    let mut report = Report {
-        jobs: runs.results.len(),
-        counts: Counts::default(),
-        failures: Vec::new(),
-        phases: vec![("vm fetch/initramfs".into(), runs.prepare_secs)],
-    };
-    let mut table = Vec::new();
-    let mut skips = Vec::new();
-    let mut panics = Vec::new();
-    for r in &runs.results {
-        let c = Counts::parse(r.console.iter().map(String::as_str));
-        let why = verdict(r, &c, binaries);
-        table.push(vec![
-            r.series.name().to_string(),
-            vm::version_cell(&r.version),
-            r.label.clone(),
-            if why.is_none() { "passed" } else { "failed" }.into(),
-            c.passed.to_string(),
-            c.failed.to_string(),
-            c.ignored.to_string(),
-            c.skipped().to_string(),
-            r.exit.map_or("-".into(), |c| c.to_string()),
-            r.boot.map_or("-".into(), |s| format!("{s:.1}")),
-        ]);
-        if let Some(why) = why {
-            report.failures.push(format!("{}: {why}", r.name()));
-            for p in &c.panics {
-                panics.push(format!("{}: {p}", r.name()));
-            }
-        }
-        for l in &c.skip_lines {
-            skips.push(format!("{}: {l}", r.name()));
-        }
-        report
-            .phases
-            .push((format!("vm {}", r.name()), r.boot.unwrap_or(0.0)));
-        report.counts.add(&c);
-    }
-    println!();
-    println!("VM matrix ({}):", names.join(", "));
-    print_table(
-        &[
-            "kernel", "version", "mode", "result", "passed", "failed", "ignored", "skipped",
-            "exit", "boot s",
-        ],
-        &table,
-    );
-    for l in skips.iter().chain(&panics).chain(&report.failures) {
-        println!("{l}");
-    }
-    report
+    Ok(summarize(&runs, jobs))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::libtest::tests::{INVALID, RESETS};
 
     #[test]
     fn kprobe_everywhere_netfilter_from_6_4() {
@@ -302,6 +326,7 @@ mod tests {
         assert_eq!(
             jobs(&[], &[]),
             [
+                (V5_10, Kprobe),
                 (V6_1, Kprobe),
                 (V6_12, Kprobe),
                 (V6_12, Netfilter),
@@ -318,65 +343,45 @@ mod tests {
             [(V6_12, Netfilter), (V7_2, Netfilter)]
         );
         assert_eq!(jobs(&[V6_1], &[Netfilter]), []);
+        assert_eq!(jobs(&[V5_10], &[]), [(V5_10, Kprobe)]);
     }
 
-    fn result(outcome: Outcome, exit: Option<i32>) -> JobResult {
-        JobResult {
-            series: Series::V6_12,
-            label: "netfilter".into(),
-            version: String::new(),
-            fetch: None,
-            initrd: None,
-            boot: Some(8.0),
-            exit,
-            outcome,
-            console: Vec::new(),
-        }
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
     }
 
     #[test]
-    fn a_job_passes_only_when_every_binary_passed_something() {
-        let ok = Counts::parse(RESETS.lines());
-        let bad = Counts::parse(INVALID.lines());
-        let pass = result(Outcome::Passed, Some(0));
-        assert_eq!(pass.name(), "6.12/netfilter");
-        assert_eq!(verdict(&pass, &ok, 1), None);
-        assert_eq!(
-            verdict(&pass, &ok, 2).as_deref(),
-            Some("only 1 of 2 test binaries printed a result")
-        );
-        assert_eq!(
-            verdict(
-                &pass,
-                &Counts::parse(["test result: ok. 0 passed; 0 failed"]),
-                1
-            )
-            .as_deref(),
-            Some("no test ran")
-        );
-        let exited = result(
-            Outcome::Failed("the command exited with 101".into()),
-            Some(101),
-        );
-        assert_eq!(
-            verdict(&exited, &bad, 1).as_deref(),
-            Some("the command exited with 101; 1 failed: b")
-        );
-        let hung = result(Outcome::Failed("timed out after 900 s".into()), None);
-        assert_eq!(
-            verdict(&hung, &Counts::default(), 2).as_deref(),
-            Some("timed out after 900 s")
-        );
-        let stuck = Counts::parse(
-            RESETS
-                .lines()
-                .chain(["", "running 1 test", "test slow ... "]),
-        );
-        assert_eq!(stuck.last_started.as_deref(), Some("slow"));
-        assert_eq!(
-            verdict(&hung, &stuck, 2).as_deref(),
-            Some("timed out after 900 s (last test started: slow)")
-        );
+    fn the_lab_runs_on_5_10_and_6_1_unless_targets_are_asked_for() {
+        use Mode::*;
+        use Series::*;
+        let base = strings(VM_TESTS);
+        let with_lab: Vec<String> = base.iter().cloned().chain(["lab".into()]).collect();
+        assert_eq!(job_tests(V5_10, &[]), with_lab);
+        assert_eq!(job_tests(V6_1, &[]), with_lab);
+        assert_eq!(job_tests(V6_12, &[]), base);
+        assert_eq!(job_tests(V7_2, &[]), base);
+        let asked = strings(&["resets"]);
+        assert_eq!(job_tests(V6_1, &asked), asked);
+        assert_eq!(all_tests(&jobs(&[], &[]), &[]), with_lab);
+        assert_eq!(all_tests(&jobs(&[V7_2], &[]), &[]), base);
+        assert_eq!(all_tests(&jobs(&[], &[]), &asked), asked);
+
+        let built: Vec<(String, PathBuf)> = with_lab
+            .iter()
+            .map(|t| (t.clone(), PathBuf::from(format!("/t/{t}"))))
+            .collect();
+        let all: Vec<MatrixJob> = jobs(&[], &[])
+            .into_iter()
+            .map(|(s, m)| MatrixJob::new(s, m, &[], &built).unwrap())
+            .collect();
+        assert_eq!(common_tests(&all), VM_TESTS);
+        let extra: Vec<String> = all.iter().map(|j| extra_cell(j, VM_TESTS)).collect();
+        assert_eq!(extra, ["lab", "lab", "-", "-", "-", "-"]);
+        assert_eq!(all[1].binaries.last().unwrap().1, PathBuf::from("/t/lab"));
+        let err = MatrixJob::new(V6_1, Kprobe, &[], &built[..5])
+            .err()
+            .unwrap();
+        assert_eq!(err.to_string(), "no test binary `lab` for 6.1");
     }
 
     #[test]
@@ -418,16 +423,15 @@ mod tests {
 
     #[test]
     fn the_guest_gets_mode_binary_and_series() {
-        let s = guest_script(
-            Path::new("/w/target/release/ct-trace"),
-            Series::V6_1,
-            Mode::Kprobe,
-            &[
+        let job = MatrixJob {
+            series: Series::V6_1,
+            mode: Mode::Kprobe,
+            binaries: vec![
                 ("resets".into(), "/w/deps/resets-1".into()),
                 ("invalid".into(), "/w/deps/invalid-2".into()),
             ],
-        )
-        .unwrap();
+        };
+        let s = guest_script(Path::new("/w/target/release/ct-trace"), &job).unwrap();
         let lines: Vec<&str> = s.lines().skip(1).collect();
         assert_eq!(
             lines,
