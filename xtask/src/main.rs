@@ -114,8 +114,8 @@ struct TestArgs {
     /// nothing is built, ct-trace is taken as it is in target/release.
     #[arg(long = "vm-binary", value_name = "NAME=PATH", hide = true, value_parser = parse_binary)]
     vm_binaries: Vec<(String, PathBuf)>,
-    /// Seconds one VM job (boot, tests, power-off) may take (a job took 700-820 s under TCG on
-    /// a 2-CPU machine, two side by side; 935 s with the lab).
+    /// Seconds one VM job (boot, tests, power-off) may take (under TCG on a 2-CPU machine, two
+    /// side by side, a job took 415-495 s, 605 s with the lab; 705-935 s beside other work).
     #[arg(long, default_value_t = 1200, value_name = "SECS")]
     vm_timeout: u64,
     /// VM jobs side by side, each guest with one vCPU [default: the number of host CPUs].
@@ -123,7 +123,7 @@ struct TestArgs {
     vm_jobs: Option<u32>,
     /// Seconds the whole VM matrix may take (keeps CI within its limit when jobs hang): later
     /// jobs get the time left as their timeout, or fail without booting. The six jobs took
-    /// 2362 s two at a time on a 2-CPU machine.
+    /// 1495 s two at a time on a quiet 2-CPU machine, 2362 s beside other work.
     #[arg(long, default_value_t = 3600, value_name = "SECS")]
     vm_budget: u64,
     /// Extra arguments for the host's `cargo test` test binaries (after `--`; not for the VMs).
