@@ -114,16 +114,17 @@ struct TestArgs {
     /// nothing is built, ct-trace is taken as it is in target/release.
     #[arg(long = "vm-binary", value_name = "NAME=PATH", hide = true, value_parser = parse_binary)]
     vm_binaries: Vec<(String, PathBuf)>,
-    /// Seconds one VM job (boot, tests, power-off) may take (a job takes about 750 s under TCG
-    /// on a 2-CPU machine).
+    /// Seconds one VM job (boot, tests, power-off) may take (under TCG on a 2-CPU machine, two
+    /// side by side, a job took 415-495 s, 605 s with the lab; 705-935 s beside other work).
     #[arg(long, default_value_t = 1200, value_name = "SECS")]
     vm_timeout: u64,
     /// VM jobs side by side, each guest with one vCPU [default: the number of host CPUs].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     vm_jobs: Option<u32>,
     /// Seconds the whole VM matrix may take (keeps CI within its limit when jobs hang): later
-    /// jobs get the time left as their timeout, or fail without booting.
-    #[arg(long, default_value_t = 4500, value_name = "SECS")]
+    /// jobs get the time left as their timeout, or fail without booting. The six jobs took
+    /// 1495 s two at a time on a quiet 2-CPU machine, 2362 s beside other work.
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
     vm_budget: u64,
     /// Extra arguments for the host's `cargo test` test binaries (after `--`; not for the VMs).
     #[arg(last = true)]

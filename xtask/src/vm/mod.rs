@@ -140,7 +140,8 @@ pub struct Args {
     command: Vec<String>,
 }
 
-/// How guests boot (`cargo xtask vm` flags; `cargo xtask test` uses the defaults but the timeout).
+/// How guests boot (`cargo xtask vm` flags; `cargo xtask test` sets the timeout, the deadline
+/// and the boots at a time, and takes the defaults for the rest).
 pub struct Opts {
     /// Seconds one boot may take, from qemu's start to its exit.
     pub timeout: u64,
