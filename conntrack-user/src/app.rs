@@ -177,6 +177,11 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     let watcher = crate::destroy::Watcher::start(boot_now)
         .map_err(|e| warn!("conntrack destroy events unavailable, lost entries are not named: {e}"))
         .ok();
+    if watcher.is_some() && version < (5, 11) {
+        // ctnetlink's DESTROY events carry the entry's protocol state from 5.11 (commit
+        // 86d21fc74745 "netfilter: ctnetlink: add timeout and protoinfo to destroy events").
+        info!("conntrack's destroy events carry no TCP state before Linux 5.11: lost and evicted entries have tcp_state null");
+    }
     let stats_before = kstat::read().ok();
     let kernel_before = kstat::invalid().ok();
     let attached = match load::attach(crate::EBPF_OBJECT, &kbtf, &features, cli.attach, &globals) {
