@@ -5,7 +5,6 @@
 //! reports buffered, one flush per batch. Counts come from the kernel's per-CPU counters.
 
 use std::{
-    collections::BTreeMap,
     io::{self, Write as _},
     process::ExitCode,
     time::{Duration, Instant},
@@ -28,10 +27,11 @@ use crate::{
         counters::Counters,
         metrics,
         sink::{Sink, Tally},
-        summary::{print_summary, summarize, table_tally, KernelInvalid},
+        summary::{print_flows, print_summary, summarize, table_tally, KernelInvalid},
+        writer::Writer,
     },
     preflight::{self, PreflightError},
-    report::{Format, Report, Writer},
+    report::{Format, Report},
     table::CtMax,
 };
 
@@ -314,7 +314,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     // record of it is in the ring buffer.
     let kernel_detaching = kstat::invalid().ok();
     drop(links);
-    let missed_runs = missed_runs(&ebpf);
+    let missed_runs = kstat::missed_runs(&ebpf);
     drop(ebpf);
     let kernel_after = kstat::invalid().ok();
     let stats_after = kstat::read().ok();
@@ -461,24 +461,6 @@ async fn run<W: io::Write>(
     Ok(afd.into_inner())
 }
 
-/// Runs the kernel skipped, by program (BPF recursion protection), where any; `None` when the
-/// kernel does not count them (before 5.12).
-fn missed_runs(ebpf: &aya::Ebpf) -> Option<BTreeMap<String, u64>> {
-    use std::os::fd::AsFd as _;
-    let mut known = true;
-    let runs = ebpf
-        .programs()
-        .filter_map(|(name, p)| {
-            let fd = p.fd().ok()?;
-            let n = kstat::recursion_misses(fd.as_fd());
-            known &= n.is_some();
-            let n = n?;
-            (n > 0).then(|| (name.to_string(), n))
-        })
-        .collect();
-    known.then_some(runs)
-}
-
 /// The start-up lines on stderr: what was attached, where INVALID verdicts and reasons come
 /// from, the event budget and which resets are shown.
 fn announce(
@@ -571,30 +553,6 @@ fn correlator_context(
         own_netns,
         lookups,
         ifname: Box::new(move |i| ifnames.name(i)),
-    }
-}
-
-/// The per-flow reset summary on stdout (`--summary`).
-fn print_flows(cli: &Cli, flows: &[crate::report::FlowReport]) {
-    let mut out = io::stdout().lock();
-    if cli.output == Format::Text && !flows.is_empty() {
-        let _ = writeln!(
-            out,
-            "{:>6}  {:<24} {:<24} {:<24} {:<32} FIRST / LAST",
-            "RESETS", "CLIENT", "SERVICE", "BACKEND", "REASONS"
-        );
-    }
-    for f in flows {
-        let r = Report::Flow(f.clone());
-        let _ = writeln!(
-            out,
-            "{}",
-            if cli.output == Format::Json {
-                r.json()
-            } else {
-                r.text()
-            }
-        );
     }
 }
 

@@ -70,6 +70,24 @@ pub fn recursion_misses(prog: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
     (ret == 0 && filled >= needed).then_some(info.recursion_misses)
 }
 
+/// Runs the kernel skipped, by program (BPF recursion protection), where any; `None` when the
+/// kernel does not count them (before 5.12).
+pub fn missed_runs(ebpf: &aya::Ebpf) -> Option<std::collections::BTreeMap<String, u64>> {
+    use std::os::fd::AsFd as _;
+    let mut known = true;
+    let runs = ebpf
+        .programs()
+        .filter_map(|(name, p)| {
+            let fd = p.fd().ok()?;
+            let n = recursion_misses(fd.as_fd());
+            known &= n.is_some();
+            let n = n?;
+            (n > 0).then(|| (name.to_string(), n))
+        })
+        .collect();
+    known.then_some(runs)
+}
+
 /// Where `ip netns` (and CNI plugins) name network namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
 

@@ -1,7 +1,8 @@
 //! What ct-trace prints: every report type, text and JSON (`report`), the output stage that
 //! counts and prints them (`sink`), ct-trace's kernel counters and their notices (`counters`),
 //! the exit summary with its tallies (`summary`, `table`), and the Prometheus families
-//! (`metrics`), and `--pcap`'s packets (`pcap`).
+//! (`metrics`), `--pcap`'s packets (`pcap`), stdout itself (`writer`), and events' times
+//! (`time`).
 
 pub mod counters;
 pub mod metrics;
@@ -10,3 +11,5 @@ pub mod report;
 pub mod sink;
 pub mod summary;
 pub mod table;
+pub mod time;
+pub mod writer;

@@ -5,7 +5,8 @@ use std::{collections::BTreeMap, io};
 
 use crate::{
     cli::{Cli, Resets},
-    report::{Report, Writer},
+    output::writer::Writer,
+    report::Report,
 };
 
 /// What the output stage did with the reports.

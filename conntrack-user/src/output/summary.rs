@@ -1,20 +1,25 @@
 //! The exit summary: the JSON `summary` object (counts against the kernel's) and the lines on
 //! stderr.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::{self, Write as _},
+    time::Duration,
+};
 
 use conntrack_common::Counter;
 
 use crate::{
     app::boot_now,
     attribution::Correlator,
+    cli::Cli,
     kstat,
     output::{
         counters::Counters,
         sink::Tally,
         table::{self, EvictedTally, KindTally, TableTally},
     },
-    report::{InvalidTally, Report, SummaryReport},
+    report::{Format, InvalidTally, Report, SummaryReport},
 };
 
 /// The program whose skipped runs may each have been an INVALID verdict (kprobe mode; the
@@ -308,5 +313,29 @@ pub(crate) fn print_summary(
         for f in flows {
             eprintln!("{}", Report::Flow(f.clone()).text());
         }
+    }
+}
+
+/// The per-flow reset summary on stdout (`--summary`).
+pub(crate) fn print_flows(cli: &Cli, flows: &[crate::report::FlowReport]) {
+    let mut out = io::stdout().lock();
+    if cli.output == Format::Text && !flows.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<24} {:<24} {:<24} {:<32} FIRST / LAST",
+            "RESETS", "CLIENT", "SERVICE", "BACKEND", "REASONS"
+        );
+    }
+    for f in flows {
+        let r = Report::Flow(f.clone());
+        let _ = writeln!(
+            out,
+            "{}",
+            if cli.output == Format::Json {
+                r.json()
+            } else {
+                r.text()
+            }
+        );
     }
 }

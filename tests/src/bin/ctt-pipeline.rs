@@ -11,7 +11,8 @@ use conntrack_common::{Kind, Verdict, WIRE_VERSION};
 use conntrack_user::{
     attribution::{Context, Correlator, Output},
     events,
-    report::{Format, Writer},
+    output::writer::Writer,
+    report::Format,
 };
 
 fn record(i: u64) -> Vec<u8> {
