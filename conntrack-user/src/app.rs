@@ -160,14 +160,16 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         .map_err(|(_, e)| e)
         .context("counting the CPUs")?
         .max(1) as u32;
-    let ct_hook_fns = preflight::conntrack_hook_fns();
+    let kallsyms = preflight::kallsyms();
+    let ct_hook_fns = preflight::conntrack_hook_fns(&kallsyms);
     let globals = load::Globals {
         netns: own_netns,
         budget_per_cpu: cli.event_budget.div_ceil(cpus),
         filter: filter(cli),
         ct_hook_fns,
-        nf_hook_slow: preflight::nf_hook_slow().unwrap_or_default(),
+        nf_hook_slow: preflight::nf_hook_slow(&kallsyms).unwrap_or_default(),
     };
+    drop(kallsyms);
     // The kernel's counter is read around attaching and detaching: `kernel` spans from before
     // the first program is attached to after the last is detached, `kernel_while_attached` from
     // after the last is attached to before the first is detached. ct-trace's count lies between

@@ -127,7 +127,23 @@ fn a_flood_is_counted_exactly_and_reconciles_within_bounded_memory() {
     assert!(out.status.success(), "{}", out.stderr);
     eprintln!("{}\n{}", sent.trim(), out.summary());
     let i = out.reconciled_invalid();
-    assert_eq!(i["counted"], kernel, "{i}");
+    // Equal to the kernel's count, measured here around the whole run. The one difference
+    // allowed is a run of the verdict kretprobe the kernel skipped (a BPF program was already
+    // running on that CPU: a flood's softirq can interrupt one), which the kernel counts
+    // (5.12+) and the summary says on stderr; under TCG the 7.2 job saw 6 of 20,000.
+    let counted = i["counted"].as_u64().unwrap();
+    let missed = i["missed_runs"].as_u64().unwrap();
+    if missed == 0 || counted == kernel {
+        assert_eq!(counted, kernel, "{i}");
+    } else {
+        assert!(counted < kernel && kernel - counted <= missed, "{i}");
+        assert!(
+            out.stderr
+                .contains(&format!("the kernel skipped {missed} runs of")),
+            "a difference is explained on stderr: {}",
+            out.stderr
+        );
+    }
     assert!(kernel >= count, "every flood segment is INVALID: {kernel}");
     // The default budget (20000/s) shows the first events of the flood and suppresses the rest,
     // counted in the kernel.

@@ -72,7 +72,12 @@ impl KernelBtf {
     }
 
     pub fn from_path(path: &Path) -> Result<Self, BtfError> {
-        Btf::from_file(path)
+        // Read whole, parse from memory: btf-rs's file reader seeks through a BufReader, which
+        // drops its buffer at each seek (126,000 lseek calls for 6.18's vmlinux, seconds of
+        // start-up in an emulated VM).
+        std::fs::read(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| Btf::from_bytes(&bytes))
             .map(|btf| Self {
                 btf,
                 modules: vec![],
@@ -89,7 +94,10 @@ impl KernelBtf {
         if !path.is_file() {
             return false;
         }
-        match Btf::from_split_file(&path, &self.btf) {
+        let split = std::fs::read(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| Btf::from_split_bytes(&bytes, &self.btf));
+        match split {
             Ok(split) => {
                 self.btf = split;
                 self.modules.push(name.to_string());

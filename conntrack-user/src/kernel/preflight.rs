@@ -126,12 +126,17 @@ pub const CONNTRACK_HOOK_FNS: [&str; 4] = [
     "ipv6_conntrack_local",
 ];
 
+/// `/proc/kallsyms`, read once (it is read twice per start otherwise, and producing its
+/// 150,000 lines is the kernel's slowest part of start-up in an emulated VM). Empty when
+/// unreadable: every lookup then finds nothing.
+pub fn kallsyms() -> String {
+    std::fs::read_to_string("/proc/kallsyms").unwrap_or_default()
+}
+
 /// Addresses of [`CONNTRACK_HOOK_FNS`] in `/proc/kallsyms` text (zero for each one not found,
 /// e.g. nf_conntrack not loaded yet, or addresses hidden by `kptr_restrict`).
-pub fn conntrack_hook_fns() -> [u64; 4] {
-    std::fs::read_to_string("/proc/kallsyms")
-        .map(|t| kallsyms_lookup(&t, &CONNTRACK_HOOK_FNS))
-        .unwrap_or_default()
+pub fn conntrack_hook_fns(kallsyms: &str) -> [u64; 4] {
+    kallsyms_lookup(kallsyms, &CONNTRACK_HOOK_FNS)
 }
 
 /// `[start, end)` of a kernel function in `/proc/kallsyms` (its address to the next symbol's);
@@ -158,9 +163,8 @@ pub fn kallsyms_range(text: &str, name: &str) -> Option<[u64; 2]> {
 
 /// Where `nf_hook_slow()` is (see [`kallsyms_range`]): a packet freed from there was dropped
 /// by netfilter, which is how a kernel whose `kfree_skb` passes no reason tells a drop.
-pub fn nf_hook_slow() -> Option<[u64; 2]> {
-    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
-    kallsyms_range(&text, "nf_hook_slow")
+pub fn nf_hook_slow(kallsyms: &str) -> Option<[u64; 2]> {
+    kallsyms_range(kallsyms, "nf_hook_slow")
 }
 
 /// `addr type name [module]` lines: the addresses of `names`, in order.
