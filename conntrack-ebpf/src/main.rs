@@ -8,6 +8,7 @@
 
 mod config;
 mod conntrack;
+mod fate;
 mod filter;
 mod maps;
 mod netfilter;

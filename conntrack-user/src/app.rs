@@ -17,12 +17,14 @@ use log::{info, warn};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
-    attribution::{Context, Correlator, Output},
-    btf::KernelBtf,
     cli::{Cli, Command, Resets},
-    doctor,
-    enrich::{Enricher, IfNames},
-    kstat, load,
+    kernel::btf::KernelBtf,
+    kernel::load,
+    kernel::preflight::{self, PreflightError},
+    node::doctor,
+    node::kstat,
+    output::report::{Format, Report},
+    output::table::CtMax,
     output::{
         counters::Counters,
         metrics,
@@ -30,9 +32,8 @@ use crate::{
         summary::{print_flows, print_summary, summarize, table_tally, KernelInvalid},
         writer::Writer,
     },
-    preflight::{self, PreflightError},
-    report::{Format, Report},
-    table::CtMax,
+    pipeline::attribution::{Context, Correlator, Output},
+    pipeline::enrich::{Enricher, IfNames},
 };
 
 /// Records handled per batch before the reports are written: bounds the memory a burst takes.
@@ -64,25 +65,11 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and out pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-}
-
 /// Returns freed heap memory to the kernel: start-up parses the kernel's BTF (tens of MiB) and
 /// frees it, and glibc would otherwise keep it resident for the whole run.
 fn trim_heap() {
     // SAFETY: malloc_trim only releases free memory.
     unsafe { libc::malloc_trim(0) };
-}
-
-pub(crate) fn boot_now() -> u64 {
-    clock_ns(libc::CLOCK_BOOTTIME) as u64
 }
 
 fn filter(cli: &Cli) -> Filter {
@@ -139,7 +126,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     let mut ready = cli
         .ready_file
         .as_deref()
-        .map(crate::private::ReadyFile::check)
+        .map(crate::node::private::ReadyFile::check)
         .transpose()
         .context("--ready-file")?;
     log::debug!(
@@ -176,7 +163,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     // the two, and equals both when no INVALID packet arrives during attach and detach.
     // Listening for destroyed entries before attaching: the kernel sends those events only for
     // entries created while someone listens (`nf_conntrack_events=2`).
-    let watcher = crate::destroy::Watcher::start(boot_now)
+    let watcher = crate::pipeline::destroy::Watcher::start(crate::output::time::boot_now)
         .map_err(|e| warn!("conntrack destroy events unavailable, lost entries are not named: {e}"))
         .ok();
     if watcher.is_some() && version < (5, 11) {
@@ -468,7 +455,7 @@ async fn run<W: io::Write>(
 fn announce(
     cli: &Cli,
     lines: &[String],
-    mode: Option<crate::cli::AttachMode>,
+    mode: Option<crate::kernel::load::AttachMode>,
     reasons: &Result<(), String>,
     ct_hook_fns: [u64; 4],
     budget_per_cpu: u32,
@@ -507,7 +494,7 @@ fn announce(
 /// What the correlator needs to know of the kernel and of this run.
 #[allow(clippy::too_many_arguments)]
 fn correlator_context(
-    kbtf: &crate::btf::KernelFacts,
+    kbtf: &crate::kernel::btf::KernelFacts,
     fate: bool,
     located_drops: bool,
     reasons: Result<(), String>,
@@ -544,7 +531,7 @@ fn correlator_context(
         .ok();
     let mut ifnames = IfNames::new();
     Context {
-        boot_to_epoch_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
+        boot_to_epoch_ns: crate::output::time::boot_to_epoch_ns(),
         rst_reasons: kbtf.enum_names("sk_rst_reason"),
         drop_reasons,
         netfilter_drop,

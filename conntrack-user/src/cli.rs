@@ -4,7 +4,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::report::Format;
+pub use crate::kernel::load::AttachMode;
+use crate::output::report::Format;
 
 /// Watch conntrack mark TCP packets INVALID, and the connection resets they cause.
 ///
@@ -102,33 +103,6 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
-/// Where INVALID verdicts come from (`--attach`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum AttachMode {
-    Auto,
-    Netfilter,
-    Kprobe,
-}
-
-impl AttachMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Netfilter => "netfilter",
-            Self::Kprobe => "kprobe",
-        }
-    }
-
-    /// The attach point that gives the verdict in this mode.
-    pub fn source(self) -> &'static str {
-        match self {
-            Self::Auto => "the best attach point of this kernel",
-            Self::Netfilter => "the netfilter link (--attach netfilter)",
-            Self::Kprobe => "the kretprobe on nf_conntrack_in (--attach kprobe)",
-        }
-    }
-}
-
 /// Which resets are shown (`--resets`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Resets {
@@ -203,8 +177,16 @@ pub struct DoctorArgs {
 
     /// How long to watch the table's counters (drop, early_drop, insert_failed, ...) for their
     /// growth (seconds, or a duration like 500ms; 0: no sampling).
-    #[arg(long, default_value = "1", value_parser = crate::doctor::parse_window, value_name = "SECS")]
+    #[arg(long, default_value = "1", value_parser = parse_window, value_name = "SECS")]
     pub window: Duration,
+}
+
+/// `--window`: seconds, or a duration like 500ms; 0 samples nothing.
+pub fn parse_window(s: &str) -> Result<Duration, String> {
+    if s.parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -247,5 +229,14 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn windows_parse() {
+        assert_eq!(parse_window("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_window("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_window("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_window("-1").is_err());
+        assert!(parse_window("soon").is_err());
     }
 }

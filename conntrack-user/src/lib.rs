@@ -14,13 +14,6 @@ pub mod node;
 pub mod output;
 pub mod pipeline;
 
-// Every module by its own name as well (`crate::kstat`, `crate::report`, ...): the folders
-// group them, the short paths keep the code that uses them readable.
-pub use kernel::{btf, load, netfilter, preflight, verifier};
-pub use node::{doctor, kstat, netlink, private};
-pub use output::{report, table};
-pub use pipeline::{attribution, destroy, enrich, events, lost, reason};
-
 /// The compiled eBPF object.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/conntrack-ebpf"));

@@ -181,7 +181,7 @@ impl NetfilterProgram {
                     .to_string();
                 return Err(NetfilterError::Verifier {
                     program: name.to_string(),
-                    log_at: crate::verifier::write_log(name, &text),
+                    log_at: crate::kernel::verifier::write_log(name, &text),
                     log: text,
                     source: err,
                 });

@@ -38,9 +38,9 @@ pub use self::{
     topology::{wire, Wiring},
 };
 use crate::{
-    cli::AttachMode,
-    private::{FileError, PrivateDir},
-    report::Format,
+    kernel::load::AttachMode,
+    node::private::{FileError, PrivateDir},
+    output::report::Format,
 };
 
 /// Opens (or makes) the lab's own directory, `/run/ct-trace/lab` (root's, 0700, checked at
@@ -350,11 +350,11 @@ fn run_once(
     log::debug!("lab: ct-trace's stderr:\n{}", traced.stderr);
     drop(long);
     lab.teardown()?;
-    let (maj, min) = crate::preflight::kernel_version();
+    let (maj, min) = crate::kernel::preflight::kernel_version();
     let v = Verdict::new(
         scenario,
         fix,
-        crate::preflight::kernel_release(),
+        crate::kernel::preflight::kernel_release(),
         apps,
         &traced.events,
         &netns,

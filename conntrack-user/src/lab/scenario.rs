@@ -9,7 +9,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::netlink::{self, Conntrack};
+use crate::node::netlink::{self, Conntrack};
 
 use super::{
     craft::{self, RawSocket, Segment, ACK, PSH, RST},

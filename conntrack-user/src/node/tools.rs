@@ -94,7 +94,7 @@ const CAP_NET_ADMIN: u32 = 12;
 /// Whether this process may read netfilter rulesets (both iptables-nft and nft need
 /// CAP_NET_ADMIN in its network namespace's user namespace).
 pub fn has_cap_net_admin() -> bool {
-    crate::preflight::effective_caps() & (1 << CAP_NET_ADMIN) != 0
+    crate::kernel::preflight::effective_caps() & (1 << CAP_NET_ADMIN) != 0
 }
 
 #[cfg(test)]

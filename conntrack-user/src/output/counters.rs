@@ -7,9 +7,9 @@ use aya::maps::{MapData, PerCpuArray};
 use conntrack_common::{Counter, COUNTERS};
 
 use crate::{
-    app::boot_now,
-    attribution::Correlator,
-    report::{CounterReport, Report},
+    output::report::{CounterReport, Report},
+    output::time::boot_now,
+    pipeline::attribution::Correlator,
 };
 
 /// The kernel's per-CPU counters of ct-trace, summed.

@@ -5,6 +5,8 @@
 //! (`time`).
 
 pub mod counters;
+pub mod endpoint;
+pub mod lost;
 pub mod metrics;
 pub mod pcap;
 pub mod report;

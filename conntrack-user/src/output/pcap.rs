@@ -50,7 +50,7 @@ use pcap_file::{
     DataLink, Endianness,
 };
 
-use crate::report::{Report, Time};
+use crate::output::report::{Report, Time};
 
 /// The second comment of every packet.
 pub const RECONSTRUCTED: &str = "reconstructed by ct-trace from the event above (headers only: \
@@ -64,7 +64,7 @@ const IPPROTO_UDP: u8 = 17;
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
     #[error(transparent)]
-    Create(#[from] crate::private::FileError),
+    Create(#[from] crate::node::private::FileError),
     #[error("writing {}", path.display())]
     Io {
         path: PathBuf,
@@ -325,7 +325,7 @@ impl PcapWriter<File> {
     /// Creates (mode 0600) or truncates `path` and writes the section header to it. A link,
     /// another user's file or one with other hard links is refused (see `private::create_own`).
     pub fn create(path: &Path) -> Result<Self, PcapError> {
-        Self::new(crate::private::create_own(path)?, path)
+        Self::new(crate::node::private::create_own(path)?, path)
     }
 }
 

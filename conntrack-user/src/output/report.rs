@@ -167,7 +167,7 @@ pub struct AttributionReport {
     /// describe that packet at the node, and `lost` the entry it had).
     pub cause: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lost: Option<crate::lost::LostReport>,
+    pub lost: Option<crate::output::lost::LostReport>,
     /// `skipped` when the entry behind the reset could not be looked up in time (`client` is
     /// then the packet's destination and `service` null).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -275,7 +275,7 @@ pub struct SummaryReport {
     pub invalid: InvalidTally,
     /// Table pressure and lost entries (`table_full`, `evicted`, `midstream`) against the
     /// kernel's `drop`, `early_drop` and `insert_failed`.
-    pub table: crate::table::TableTally,
+    pub table: crate::output::table::TableTally,
     /// Events printed, by kind.
     pub events: std::collections::BTreeMap<&'static str, u64>,
     /// Records suppressed in the kernel by the event budget, by record kind.
@@ -288,7 +288,7 @@ pub struct SummaryReport {
     pub enrichment_skipped: u64,
     /// Resets of packets of no flow conntrack was tracking (scans, strays): `cause: "stray"`,
     /// never attributed; by what conntrack did with the packet.
-    pub stray_resets: crate::attribution::StrayTally,
+    pub stray_resets: StrayTally,
     /// Runs of ct-trace's programs the kernel skipped (recursion protection), by program;
     /// empty when none.
     pub missed_runs: std::collections::BTreeMap<String, u64>,
@@ -307,9 +307,9 @@ pub enum Report {
     /// `NFCT_TCP_IGNORE`): it kept its entry and its NAT, so it is not INVALID.
     Ignored(InvalidReport),
     Attribution(AttributionReport),
-    TableFull(crate::lost::TableFullReport),
-    Evicted(crate::lost::EvictedReport),
-    Midstream(crate::lost::MidstreamReport),
+    TableFull(crate::output::lost::TableFullReport),
+    Evicted(crate::output::lost::EvictedReport),
+    Midstream(crate::output::lost::MidstreamReport),
     Lost(CounterReport),
     Suppressed(CounterReport),
     Flow(FlowReport),
@@ -453,14 +453,14 @@ impl Report {
                         s,
                         " cause={} lost={}",
                         r.cause,
-                        crate::lost::how_name(l.how)
+                        crate::output::lost::how_name(l.how)
                     );
                 }
                 service_name_text(&mut s, &r.service_name);
             }
-            Self::TableFull(r) => crate::lost::text_table_full(&mut s, r),
-            Self::Evicted(r) => crate::lost::text_evicted(&mut s, r),
-            Self::Midstream(r) => crate::lost::text_midstream(&mut s, r),
+            Self::TableFull(r) => crate::output::lost::text_table_full(&mut s, r),
+            Self::Evicted(r) => crate::output::lost::text_evicted(&mut s, r),
+            Self::Midstream(r) => crate::output::lost::text_midstream(&mut s, r),
             Self::Lost(r) | Self::Suppressed(r) => {
                 let _ = write!(
                     s,
@@ -498,30 +498,7 @@ pub enum Format {
     Json,
 }
 
-/// ` service_name=ns/name:port` at the end of a text line, when known.
-pub fn service_name_text(s: &mut String, name: &Option<String>) {
-    if let Some(n) = name {
-        let _ = write!(s, " service_name={n}");
-    }
-}
-
-/// `addr:port`, with IPv6 addresses in brackets (`[fd00::1]:80`).
-pub fn endpoint(a: IpAddr, p: u16) -> String {
-    match a {
-        IpAddr::V6(a) => format!("[{a}]:{p}"),
-        a => format!("{a}:{p}"),
-    }
-}
-
-/// [`endpoint`] for fields that may be unknown: the address alone without a port, `?` without one.
-pub fn endpoint_of(a: Option<IpAddr>, p: Option<u16>) -> String {
-    match (a, p) {
-        (Some(a), Some(p)) => endpoint(a, p),
-        (Some(a), None) => a.to_string(),
-        _ => "?".into(),
-    }
-}
-
+pub use super::endpoint::{endpoint, endpoint_of, service_name_text};
 pub use super::time::Time;
 
 /// Nanoseconds since the epoch as RFC 3339 with nanoseconds (`2026-11-22T03:21:07.123456789Z`).
@@ -569,4 +546,14 @@ mod tests {
         assert_eq!(v["dst"], "fd00::2");
         assert!(r.text().contains("[fd00::2]:4000"), "{}", r.text());
     }
+}
+
+/// Resets that answered a packet conntrack let through without NAT, but of no flow conntrack
+/// was tracking (scans, strays): counted apart from attributions, never blamed on a Service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StrayTally {
+    /// The packet was INVALID (e.g. SYN|FIN, NULL, XMAS or FIN to a closed port).
+    pub invalid: u64,
+    /// The packet was picked up mid-stream with no lost entry behind it (e.g. an ACK scan).
+    pub midstream: u64,
 }

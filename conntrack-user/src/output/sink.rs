@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, io};
 
 use crate::{
     cli::{Cli, Resets},
+    output::report::Report,
     output::writer::Writer,
-    report::Report,
 };
 
 /// What the output stage did with the reports.

@@ -10,16 +10,16 @@ use std::{
 use conntrack_common::Counter;
 
 use crate::{
-    app::boot_now,
-    attribution::Correlator,
     cli::Cli,
-    kstat,
+    node::kstat,
+    output::report::{Format, InvalidTally, Report, SummaryReport},
+    output::time::boot_now,
     output::{
         counters::Counters,
         sink::Tally,
         table::{self, EvictedTally, KindTally, TableTally},
     },
-    report::{Format, InvalidTally, Report, SummaryReport},
+    pipeline::attribution::Correlator,
 };
 
 /// The program whose skipped runs may each have been an INVALID verdict (kprobe mode; the
@@ -182,7 +182,7 @@ pub(crate) fn print_summary(
     s: &SummaryReport,
     corr: &Correlator,
     verdicts: bool,
-    flows: &[crate::report::FlowReport],
+    flows: &[crate::output::report::FlowReport],
 ) {
     let kinds: Vec<String> = s.events.iter().map(|(k, n)| format!("{k} {n}")).collect();
     let lost: u64 = s.lost.values().sum();
@@ -317,7 +317,7 @@ pub(crate) fn print_summary(
 }
 
 /// The per-flow reset summary on stdout (`--summary`).
-pub(crate) fn print_flows(cli: &Cli, flows: &[crate::report::FlowReport]) {
+pub(crate) fn print_flows(cli: &Cli, flows: &[crate::output::report::FlowReport]) {
     let mut out = io::stdout().lock();
     if cli.output == Format::Text && !flows.is_empty() {
         let _ = writeln!(

@@ -1,4 +1,4 @@
-//! The time of an event, as a number until it is printed.
+//! The time of an event, as a number until it is printed, and the clock events are stamped with.
 
 use serde::Serialize;
 
@@ -28,4 +28,25 @@ impl Serialize for Time {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and out pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// Now on the clock the eBPF programs stamp events with (`bpf_ktime_get_boot_ns`: it counts
+/// suspended time, so stamps stay comparable across a suspend).
+pub fn boot_now() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME) as u64
+}
+
+/// What to add to a boot-clock stamp to make it epoch nanoseconds, now.
+pub fn boot_to_epoch_ns() -> i128 {
+    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME)
 }

@@ -13,9 +13,9 @@ use std::{
 };
 
 use crate::{
-    kstat,
-    lost::{Classifier, Gone},
-    netlink::DestroyEvents,
+    node::kstat,
+    node::netlink::DestroyEvents,
+    pipeline::lost::{Classifier, Gone},
 };
 
 /// Batches waiting for the event loop; beyond this the thread drops a batch and counts it.

@@ -17,8 +17,8 @@ use std::{
 };
 
 use crate::{
-    netlink::{self, tcp_state_name, Conntrack, Tuple},
-    report::ConntrackReport,
+    node::netlink::{self, tcp_state_name, Conntrack, Tuple},
+    output::report::ConntrackReport,
 };
 
 /// Lookups waiting for the enrichment thread. At ~20 µs a lookup this is a few ms of work: more

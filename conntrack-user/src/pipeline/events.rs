@@ -214,15 +214,15 @@ mod tests {
     }
 
     /// Decodes, then runs what decodes through the correlator, which must not panic either.
-    fn exercise(b: &[u8], corr: &mut crate::attribution::Correlator) {
-        let mut out = crate::attribution::Output::default();
+    fn exercise(b: &[u8], corr: &mut crate::pipeline::attribution::Correlator) {
+        let mut out = crate::pipeline::attribution::Output::default();
         if let Ok(ev) = decode(b) {
             corr.event(ev, std::time::Instant::now(), &mut out);
         }
     }
 
-    fn correlator() -> crate::attribution::Correlator {
-        let layout = crate::btf::CtLayout {
+    fn correlator() -> crate::pipeline::attribution::Correlator {
+        let layout = crate::kernel::btf::CtLayout {
             src_u3: 0,
             src_port: 16,
             l3num: 18,
@@ -238,7 +238,7 @@ mod tests {
             td_scale: 16,
             flags: 17,
         };
-        crate::attribution::Correlator::new(crate::attribution::Context {
+        crate::pipeline::attribution::Correlator::new(crate::pipeline::attribution::Context {
             boot_to_epoch_ns: 0,
             rst_reasons: Default::default(),
             drop_reasons: Default::default(),
@@ -266,7 +266,7 @@ mod tests {
             n += 1;
         }
         assert!(n >= 10, "corpus of {n} files");
-        let mut out = crate::attribution::Output::default();
+        let mut out = crate::pipeline::attribution::Output::default();
         corr.tick(std::time::Instant::now(), true, &mut out);
     }
 
@@ -304,7 +304,7 @@ mod tests {
             }
             exercise(&b, &mut corr);
         }
-        let mut out = crate::attribution::Output::default();
+        let mut out = crate::pipeline::attribution::Output::default();
         corr.tick(std::time::Instant::now(), true, &mut out);
     }
 

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 use aya::maps::{MapData, RingBuf};
 
 use crate::{
-    attribution::{Correlator, Output},
-    destroy::Watcher,
-    enrich::Enricher,
-    events,
+    output::report::{Report, Time},
+    output::table::{self, CtMax},
+    pipeline::attribution::{Correlator, Output},
+    pipeline::destroy::Watcher,
+    pipeline::enrich::Enricher,
+    pipeline::events,
     pipeline::order::{Reorder, MARGIN_NS},
-    report::{Report, Time},
-    table::{self, CtMax},
 };
 
 /// ctnetlink lookups for verdicts per second at most (attributions' lookups are not limited):
@@ -45,7 +45,7 @@ impl Pipe<'_> {
     pub(crate) fn drain(&mut self, ring: &mut RingBuf<MapData>, max: usize, now: Instant) -> usize {
         let mut n = 0;
         let mut fresh = false;
-        let started = crate::app::boot_now();
+        let started = crate::output::time::boot_now();
         while n < max {
             let Some(item) = ring.next() else {
                 self.ring_read_to = self.ring_read_to.max(started);

@@ -7,9 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use conntrack_common::{ips, Reason};
 
 use crate::{
-    btf::CtLayout,
-    netlink::tcp_state_name,
-    report::{ConntrackReport, WindowReport},
+    kernel::btf::CtLayout,
+    node::netlink::tcp_state_name,
+    output::report::{ConntrackReport, WindowReport},
 };
 
 /// `IP_CT_TCP_FLAG_BE_LIBERAL` (include/uapi/linux/netfilter/nf_conntrack_tcp.h).
@@ -106,8 +106,8 @@ pub fn missed_by_window(
 ) -> Option<u32> {
     let c = ct?;
     let (sender, receiver) = match c.direction {
-        crate::report::Direction::Original => (c.original_window?, c.reply_window?),
-        crate::report::Direction::Reply => (c.reply_window?, c.original_window?),
+        crate::output::report::Direction::Original => (c.original_window?, c.reply_window?),
+        crate::output::report::Direction::Reply => (c.reply_window?, c.original_window?),
     };
     if text.starts_with("SEQ is over the upper bound") {
         Some(seq.wrapping_sub(sender.td_maxend.wrapping_add(1)))
@@ -171,13 +171,13 @@ pub fn conntrack(r: &Reason, l: &CtLayout) -> Option<ConntrackReport> {
     let orig_src = addr(&t[0], l.src_u3, family)?;
     let orig_sport = port(&t[0], l.src_port);
     let p = &r.packet;
-    let (psrc, _) = crate::events::addrs(p);
+    let (psrc, _) = crate::pipeline::events::addrs(p);
     Some(ConntrackReport {
         source: "kernel",
         direction: if psrc == orig_src && p.sport == orig_sport {
-            crate::report::Direction::Original
+            crate::output::report::Direction::Original
         } else {
-            crate::report::Direction::Reply
+            crate::output::report::Direction::Reply
         },
         orig_src,
         orig_sport,
@@ -202,7 +202,7 @@ mod tests {
     /// seq 598143538, reply window td_maxend 3819433266, bound 3819433267).
     #[test]
     fn the_windows_tell_by_how_much_a_packet_missed_when_the_message_names_no_bound() {
-        use crate::report::{Direction, WindowReport};
+        use crate::output::report::{Direction, WindowReport};
         let w = |td_end, td_maxend| WindowReport {
             td_end,
             td_maxend,
@@ -326,7 +326,7 @@ mod tests {
         r.packet.saddr[..4].copy_from_slice(&[10, 0, 0, 2]);
         r.packet.sport = 8080;
         let c = conntrack(&r, &l).unwrap();
-        assert_eq!(c.direction, crate::report::Direction::Reply);
+        assert_eq!(c.direction, crate::output::report::Direction::Reply);
         assert_eq!(c.orig_dst.to_string(), "10.96.0.10");
         assert_eq!(
             (c.orig_sport, c.orig_dport, c.reply_sport),

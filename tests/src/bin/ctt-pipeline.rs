@@ -9,10 +9,10 @@ use std::{io, time::Instant};
 
 use conntrack_common::{Kind, Verdict, WIRE_VERSION};
 use conntrack_user::{
-    attribution::{Context, Correlator, Output},
-    events,
+    output::report::Format,
     output::writer::Writer,
-    report::Format,
+    pipeline::attribution::{Context, Correlator, Output},
+    pipeline::events,
 };
 
 fn record(i: u64) -> Vec<u8> {

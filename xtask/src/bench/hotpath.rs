@@ -7,9 +7,9 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 use super::{
+    numbers::group,
     observer::{start_observer, Observer, OBSERVERS},
     process::{run_in, wait_listening, Proc},
-    report::group,
     topology::Topo,
     Bins, Config, IPERF_PORT, LOAD_PORT, SERVICE,
 };

@@ -18,12 +18,22 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use super::{
+    flood::{flood, Flood},
     process::sh_in,
-    storm::{flood, Flood, StormRun},
     topology::Topo,
     Bins, Config,
 };
 use crate::output;
+
+/// The storm's run with the kernel's own log instead of ct-trace.
+pub(super) struct KlogRun {
+    pub(super) label: String,
+    pub(super) flood: Flood,
+    /// The kernel's INVALID verdicts during the flood.
+    pub(super) kernel: u64,
+    /// What the log showed, or why it could not be counted.
+    pub(super) klog: Result<KlogStorm, String>,
+}
 
 pub(super) struct KlogStorm {
     /// Log records of conntrack's INVALID TCP logging read from /dev/kmsg.
@@ -164,7 +174,7 @@ fn kmsg_reader(
     })
 }
 
-pub(super) fn kernel_log(topo: &Topo, bins: &Bins, cfg: &Config) -> Result<StormRun> {
+pub(super) fn kernel_log(topo: &Topo, bins: &Bins, cfg: &Config) -> Result<KlogRun> {
     let mut notes = Vec::new();
     let label = "kernel log (nf_conntrack_log_invalid=6)".to_string();
     if let Err(msg) = need_logger(&topo.node, &mut notes)? {
@@ -217,17 +227,16 @@ pub(super) fn kernel_log(topo: &Topo, bins: &Bins, cfg: &Config) -> Result<Storm
         "bench: storm, kernel log: {:.0}/s, {} lines read, {} overwritten",
         f.rate, count.matched, count.gaps
     );
-    Ok(StormRun {
+    Ok(KlogRun {
         label,
         flood: f,
         kernel,
-        ct: None,
-        klog: Some(Ok(KlogStorm {
+        klog: Ok(KlogStorm {
             read: count.matched,
             overwritten: count.gaps,
             ring_lines,
             notes,
-        })),
+        }),
     })
 }
 
@@ -265,7 +274,7 @@ fn unmeasured(
     cfg: &Config,
     label: String,
     why: String,
-) -> Result<StormRun> {
+) -> Result<KlogRun> {
     let _log = Sysctl::set(
         Some(&topo.node),
         "/proc/sys/net/netfilter/nf_conntrack_log_invalid",
@@ -273,12 +282,11 @@ fn unmeasured(
     )?;
     let before = topo.kernel_invalid()?;
     let (f, _) = flood(topo, bins, cfg.storm_count)?;
-    Ok(StormRun {
+    Ok(KlogRun {
         label,
         kernel: topo.kernel_invalid()? - before,
         flood: f,
-        ct: None,
-        klog: Some(Err(why)),
+        klog: Err(why),
     })
 }
 

@@ -21,8 +21,10 @@
 //! kernel's own logging), `startup`, `pipeline` (the userspace event path alone), `report` (the
 //! tables and BENCHMARKS.md) and `targets` (the targets against this run).
 
+mod flood;
 mod hotpath;
 mod klog;
+mod numbers;
 mod observer;
 mod pipeline;
 mod process;

@@ -5,7 +5,8 @@ use std::process::{Command, Stdio};
 use anyhow::{ensure, Context as _, Result};
 
 use super::{
-    report::{group, median, Section},
+    numbers::group,
+    report::{median, Section},
     Bins, Config,
 };
 

@@ -5,7 +5,7 @@ use std::{process::Command, thread};
 
 use anyhow::Result;
 
-use super::{hotpath::Hot, observer::Observer, startup::Startup, storm::Storm};
+use super::{hotpath::Hot, numbers::group, observer::Observer, startup::Startup, storm::Storm};
 use crate::output;
 
 pub(super) fn median(v: &[f64]) -> f64 {
@@ -26,19 +26,6 @@ fn spread(v: &[f64], f: impl Fn(f64) -> String) -> String {
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     format!("{}-{}", f(min), f(max))
-}
-
-/// 1234567 -> "1,234,567".
-pub(super) fn group(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn mib(kib: f64) -> String {
@@ -371,9 +358,6 @@ mod tests {
     fn medians_and_groups() {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert_eq!(group(1_000_000), "1,000,000");
-        assert_eq!(group(999), "999");
-        assert_eq!(group(1000), "1,000");
     }
 
     #[test]

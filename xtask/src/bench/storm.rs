@@ -14,46 +14,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 use super::{
-    klog::{kernel_log, KlogStorm},
+    flood::{flood, Flood},
+    klog::{kernel_log, KlogRun, KlogStorm},
     observer::start_ct_trace,
-    process::{cpu_seconds, run_in, vm_kib},
+    process::{cpu_seconds, vm_kib},
     topology::Topo,
-    Bins, Config, FLOOD_DST, SERVER,
+    Bins, Config,
 };
-
-pub(super) struct Flood {
-    pub(super) sent: u64,
-    pub(super) secs: f64,
-    pub(super) rate: f64,
-}
-
-pub(super) fn flood(topo: &Topo, bins: &Bins, count: u64) -> Result<(Flood, Instant)> {
-    let t0 = Instant::now();
-    let c = count.to_string();
-    let out = run_in(
-        &topo.srv,
-        &[bins.flood.as_str(), SERVER, FLOOD_DST, &c],
-        Duration::from_secs(600),
-    )?;
-    // "sent N in S s (R/s)"
-    let w: Vec<&str> = out.split_whitespace().collect();
-    let (sent, secs) = match w.as_slice() {
-        ["sent", n, "in", s, "s", ..] => (n.parse()?, s.parse::<f64>()?),
-        _ => bail!("ctt-flood printed `{}`", out.trim()),
-    };
-    Ok((
-        Flood {
-            sent,
-            secs,
-            rate: sent as f64 / secs,
-        },
-        t0,
-    ))
-}
 
 pub(super) struct Check {
     pub(super) what: String,
@@ -83,6 +54,18 @@ pub(super) struct StormRun {
     pub(super) kernel: u64,
     pub(super) ct: Option<CtStorm>,
     pub(super) klog: Option<Result<KlogStorm, String>>,
+}
+
+impl From<KlogRun> for StormRun {
+    fn from(k: KlogRun) -> Self {
+        StormRun {
+            label: k.label,
+            flood: k.flood,
+            kernel: k.kernel,
+            ct: None,
+            klog: Some(k.klog),
+        }
+    }
 }
 
 pub(super) struct Storm {
@@ -123,7 +106,7 @@ pub(super) fn storm(topo: &Topo, bins: &Bins, cfg: &Config) -> Result<Storm> {
             klog: None,
         });
     }
-    runs.push(kernel_log(topo, bins, cfg)?);
+    runs.push(kernel_log(topo, bins, cfg)?.into());
     Ok(Storm {
         count: cfg.storm_count,
         runs,

@@ -2,9 +2,10 @@
 
 use super::{
     hotpath::{Hot, Workload},
+    numbers::group,
     observer::Observer,
     pipeline::Pipeline,
-    report::{group, median, Section},
+    report::{median, Section},
     startup::Startup,
     storm::{CtStorm, Storm},
 };

@@ -16,11 +16,11 @@ use super::{
     LoadError,
 };
 use crate::{
-    btf::KernelFacts,
     cli::AttachMode,
-    netfilter::{Family, HookNum, NetfilterProgram},
-    netlink,
-    verifier::program_error,
+    kernel::btf::KernelFacts,
+    kernel::netfilter::{Family, HookNum, NetfilterProgram},
+    kernel::verifier::program_error,
+    node::netlink,
 };
 
 /// What got attached, kept alive for as long as ct-trace runs (dropping it detaches).

@@ -1,9 +1,8 @@
 //! Which rows of the plan the running kernel gets, for an `--attach` mode: pure, no I/O.
 
-use conntrack_common::plan::{Mode, Need, Probe, Role};
+use conntrack_common::plan::{Attach, Mode, Need, Probe, Role};
 
-use super::{features::KernelFeatures, LoadError};
-use crate::cli::AttachMode;
+use super::{features::KernelFeatures, mode::AttachMode, LoadError};
 
 /// What to do with one row on this kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,7 +126,16 @@ fn decide_row(
             min.0, min.1, v.0, v.1
         )));
     }
-    let Some(why) = row.needs.iter().find_map(|&n| feat.lacks(n, row, earlier)) else {
+    let attached: Vec<Attach> = earlier
+        .iter()
+        .filter(|(_, d)| *d == Decision::Attach)
+        .map(|(p, _)| p.attach)
+        .collect();
+    let Some(why) = row
+        .needs
+        .iter()
+        .find_map(|&n| feat.lacks(n, row, &attached))
+    else {
         return Ok(Decision::Attach);
     };
     if !row.role.required() {

@@ -6,10 +6,9 @@ use conntrack_common::plan::{
     Attach, Capabilities, Form, Need, Probe, Version, FORMS, NETFILTER_CTX, PLAN,
 };
 
-use super::decide::Decision;
 use crate::{
-    btf::{KernelBtf, KernelFacts},
-    preflight,
+    kernel::btf::{KernelBtf, KernelFacts},
+    kernel::preflight,
 };
 
 /// What the running kernel offers, as far as choosing rows goes: read once by [`Self::probe`],
@@ -87,13 +86,8 @@ impl KernelFeatures {
         }
     }
 
-    /// Why `row` cannot have `need` here; `earlier`: the rows decided before it.
-    pub(super) fn lacks(
-        &self,
-        need: Need,
-        row: &Probe,
-        earlier: &[(&Probe, Decision)],
-    ) -> Option<String> {
+    /// Why `row` cannot have `need` here; `attached`: where the rows decided before it attach.
+    pub(super) fn lacks(&self, need: Need, row: &Probe, attached: &[Attach]) -> Option<String> {
         match need {
             Need::Kprobes => (!self.kprobes).then(|| "this kernel has no kprobes".to_string()),
             Need::NetfilterLink => (!self.netfilter_link)
@@ -111,10 +105,7 @@ impl KernelFeatures {
                 .map(|e| format!("conntrack's structures are not readable: {e}")),
             Need::ReturnProbe => {
                 let ret = Attach::Kretprobe(row.attach.function()?);
-                let attached = earlier
-                    .iter()
-                    .any(|(p, d)| p.attach == ret && *d == Decision::Attach);
-                (!attached).then(|| "its return probe is not attached".to_string())
+                (!attached.contains(&ret)).then(|| "its return probe is not attached".to_string())
             }
         }
     }

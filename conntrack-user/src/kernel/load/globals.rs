@@ -4,7 +4,7 @@ use aya::{Ebpf, EbpfLoader};
 use conntrack_common::plan::{KFREE_REASON, RST_COMPLETE};
 
 use super::{decide::Decided, features::KernelFeatures, LoadError};
-use crate::btf::KernelFacts;
+use crate::kernel::btf::KernelFacts;
 
 /// Values for the programs' read-only globals.
 pub struct Globals {

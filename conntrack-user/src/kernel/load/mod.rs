@@ -13,15 +13,19 @@ mod attach;
 mod decide;
 mod features;
 mod globals;
+mod mode;
 
 pub use attach::{attach, Attached};
 pub use decide::{attach_mode, choose_mode, decide, Decided, Decision};
 pub use features::{facts, KernelFeatures};
 pub use globals::Globals;
+pub use mode::AttachMode;
 
 use aya::programs::ProgramError;
 
-use crate::{btf::BtfError, netfilter::NetfilterError, verifier::ProgramLoadError};
+use crate::{
+    kernel::btf::BtfError, kernel::netfilter::NetfilterError, kernel::verifier::ProgramLoadError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

@@ -50,7 +50,7 @@ pub use self::{
 };
 use crate::{
     cli::DoctorArgs,
-    kstat,
+    node::kstat,
     node::tools::{self, RulesRead},
 };
 
@@ -199,14 +199,6 @@ pub fn judge(p: &mut Posture) {
     }
     p.table.derive();
     p.advice.extend(table_advice(&p.table));
-}
-
-/// `--window`: seconds, or a duration like 500ms; 0 samples nothing.
-pub fn parse_window(s: &str) -> Result<Duration, String> {
-    if s.parse::<f64>() == Ok(0.0) {
-        return Ok(Duration::ZERO);
-    }
-    crate::cli::parse_duration(s)
 }
 
 pub fn run(args: DoctorArgs) -> anyhow::Result<std::process::ExitCode> {

@@ -15,7 +15,7 @@ use super::{
     sysctl,
     text::opt,
 };
-use crate::{kstat, preflight};
+use crate::{kernel::preflight, node::kstat};
 
 /// Utilisation at which the table is under pressure: the alert operators put on
 /// `node_nf_conntrack_entries / node_nf_conntrack_entries_limit`.

@@ -401,12 +401,3 @@ fn short_established_timeouts_cost_idle_flows_their_nat() {
     t.tcp_loose = Some(0);
     assert!(timeout_advice(&t).unwrap().contains("INVALID"));
 }
-
-#[test]
-fn windows_parse() {
-    assert_eq!(parse_window("0"), Ok(Duration::ZERO));
-    assert_eq!(parse_window("0.5"), Ok(Duration::from_millis(500)));
-    assert_eq!(parse_window("250ms"), Ok(Duration::from_millis(250)));
-    assert!(parse_window("-1").is_err());
-    assert!(parse_window("soon").is_err());
-}

@@ -50,7 +50,7 @@ pub struct Entry {
     pub tcp_state: Option<u8>,
 }
 
-pub use crate::report::Direction;
+pub use crate::output::report::Direction;
 
 /// Names of `enum tcp_conntrack` (include/uapi/linux/netfilter/nf_conntrack_tcp.h);
 /// netlink-packet-netfilter 0.4.0 gives the state as a bare `u8`.

@@ -29,7 +29,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{output::counters::Counters, report::Report};
+use crate::{output::counters::Counters, output::report::Report};
 
 /// Distinct `service` label values of `ct_trace_attributed_resets_total`; beyond: `other`.
 pub const MAX_SERVICES: usize = 256;

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use pcap_file::pcapng::{Block, PcapNgReader};
 
 use super::*;
-use crate::report::{CounterReport, Fate, InvalidReport, ResetReport};
+use crate::output::report::{CounterReport, Fate, InvalidReport, ResetReport};
 
 fn invalid(src: &str, dst: &str) -> Report {
     Report::Invalid(InvalidReport {
@@ -61,7 +61,7 @@ fn reset(sent: bool, known: bool) -> Report {
 }
 
 fn table_full_udp() -> Report {
-    Report::TableFull(crate::lost::TableFullReport {
+    Report::TableFull(crate::pipeline::lost::TableFullReport {
         time: "2026-11-22T03:21:08.000000001Z".into(),
         netns: 4026532246,
         entries: Some(40),
@@ -94,7 +94,7 @@ fn checksum_matches_a_known_ipv4_header() {
 #[test]
 fn flags_round_trip_with_the_reports_spelling() {
     for b in 0..=255u8 {
-        assert_eq!(flag_bits(&crate::events::tcp_flags(b)), b);
+        assert_eq!(flag_bits(&crate::pipeline::events::tcp_flags(b)), b);
     }
 }
 

@@ -16,19 +16,20 @@ use std::{
 
 use conntrack_common::{Hook, Kind, Reason, Reset};
 
+pub use crate::output::report::StrayTally;
 use crate::{
-    btf::CtLayout,
-    enrich::{Answer, Request},
-    events::{addrs, tcp_flags, Event},
-    lost::{
-        how_name, EvictedReport, FlowEntry, Gone, How, LostEntries, LostReport, MidstreamReport,
-        TableFullReport,
-    },
-    netlink::Tuple,
+    kernel::btf::CtLayout,
+    node::netlink::Tuple,
     node::services::ServiceLookup,
-    report::{
+    output::report::{
         endpoint_of, AttributionReport, ConntrackReport, Fate, FlowReport, InvalidReport, Report,
         ResetReport, Time, Trigger,
+    },
+    pipeline::enrich::{Answer, Request},
+    pipeline::events::{addrs, tcp_flags, Event},
+    pipeline::lost::{
+        how_name, EvictedReport, FlowEntry, Gone, How, LostEntries, LostReport, MidstreamReport,
+        TableFullReport,
     },
 };
 
@@ -135,16 +136,6 @@ struct ReasonInfo {
     /// Whether conntrack refused the packet with a confirmed entry of its flow in hand (`None`:
     /// it refused it before looking one up).
     tracked: Option<bool>,
-}
-
-/// Resets that answered a packet conntrack let through without NAT, but of no flow conntrack
-/// was tracking (scans, strays): counted apart from attributions, never blamed on a Service.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct StrayTally {
-    /// The packet was INVALID (e.g. SYN|FIN, NULL, XMAS or FIN to a closed port).
-    pub invalid: u64,
-    /// The packet was picked up mid-stream with no lost entry behind it (e.g. an ACK scan).
-    pub midstream: u64,
 }
 
 /// A verdict within this long after a reason for the same `sk_buff` is about the same packet

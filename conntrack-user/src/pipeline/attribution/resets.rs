@@ -118,7 +118,7 @@ impl Correlator {
             }
         } else {
             Some(match self.ctx.rst_reasons.get(&r.reason) {
-                Some(n) => crate::btf::short_reason(n).to_string(),
+                Some(n) => crate::kernel::btf::short_reason(n).to_string(),
                 None => r.reason.to_string(),
             })
         };

@@ -47,22 +47,23 @@ impl Correlator {
     }
 
     pub(super) fn reason_info(&self, r: &Reason) -> ReasonInfo {
-        let fmt = crate::reason::format_string(r);
+        let fmt = crate::pipeline::reason::format_string(r);
         let state = self
             .ctx
             .ct_layout
             .as_ref()
-            .and_then(|l| crate::reason::tcp_state(r, l));
+            .and_then(|l| crate::pipeline::reason::tcp_state(r, l));
         let conntrack = self
             .ctx
             .ct_layout
             .as_ref()
-            .and_then(|l| crate::reason::conntrack(r, l));
+            .and_then(|l| crate::pipeline::reason::conntrack(r, l));
         let (seq, ack) = (r.packet.seq, r.packet.ack);
         ReasonInfo {
-            text: crate::reason::render(&fmt, r.args, state),
-            missed_by: crate::reason::missed_by(&fmt, r.args[0], seq, ack)
-                .or_else(|| crate::reason::missed_by_window(&fmt, conntrack.as_ref(), seq, ack)),
+            text: crate::pipeline::reason::render(&fmt, r.args, state),
+            missed_by: crate::pipeline::reason::missed_by(&fmt, r.args[0], seq, ack).or_else(
+                || crate::pipeline::reason::missed_by_window(&fmt, conntrack.as_ref(), seq, ack),
+            ),
             conntrack,
             // A refusal with an entry: was it one conntrack was already tracking, or one this
             // very packet was about to create (e.g. "invalid new" for a stray FIN)?
@@ -212,7 +213,7 @@ impl Correlator {
             _ => Fate::Passed,
         };
         p.report.drop_reason = Some(match self.ctx.drop_reasons.get(&d.reason) {
-            Some(n) => crate::btf::short_reason(n).to_string(),
+            Some(n) => crate::kernel::btf::short_reason(n).to_string(),
             None if d.reason == NO_REASON => {
                 "unknown (kfree_skb has no reason on this kernel)".into()
             }

@@ -16,7 +16,7 @@ fn midstream_of(skb: u64, ts: u64) -> Event {
 }
 
 fn gone_for(how: How) -> Gone {
-    use crate::netlink::{Destroyed, Entry};
+    use crate::node::netlink::{Destroyed, Entry};
     let p = packet();
     let (src, dst) = addrs(&p);
     Gone {
@@ -36,7 +36,7 @@ fn gone_for(how: How) -> Gone {
                     dport: p.dport,
                     proto: IPPROTO_TCP,
                 },
-                status: crate::netlink::IPS_ASSURED,
+                status: crate::node::netlink::IPS_ASSURED,
                 tcp_state: Some(3),
             },
             portid: 77,

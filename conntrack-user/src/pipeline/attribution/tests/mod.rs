@@ -1,5 +1,5 @@
 use super::*;
-use crate::report::Direction;
+use crate::output::report::Direction;
 use conntrack_common::{
     flags, Cause, Drop, Header, InvalidSeen, Packet, Verdict, IPPROTO_TCP, WIRE_VERSION,
 };

@@ -1,0 +1,245 @@
+//! The reports of lost entries and table pressure (`table_full`, `evicted`, `midstream`, and
+//! the `lost` part of an attribution), and their text lines. The pipeline fills them
+//! (`pipeline::lost`); rendering them is here, beside the other reports.
+
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+};
+
+use serde::Serialize;
+
+use crate::{
+    node::netlink::{tcp_state_name, Entry, IPS_ASSURED},
+    output::{
+        endpoint::{endpoint, endpoint_of, service_name_text},
+        time::Time,
+    },
+};
+
+/// How an entry went.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum How {
+    /// Removed by `early_drop` to make room in a full table.
+    Evicted,
+    /// Its timeout ran out (idle longer than `nf_conntrack_tcp_timeout_*`).
+    Expired,
+    /// Deleted by a process over ctnetlink (`conntrack -D`, a CNI plugin, kube-proxy).
+    Deleted,
+    /// ct-trace did not see it go (it went before ct-trace started, or before the kernel
+    /// sent events for it).
+    Unknown,
+}
+
+/// A conntrack entry: both tuples, so the Service (original destination) and the backend
+/// (reply source) are named. Endpoints print as `addr:port` (`[addr]:port` for IPv6).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub proto: u8,
+    #[serde(serialize_with = "as_text")]
+    pub orig_src: SocketAddr,
+    #[serde(serialize_with = "as_text")]
+    pub orig_dst: SocketAddr,
+    #[serde(serialize_with = "as_text")]
+    pub reply_src: SocketAddr,
+    #[serde(serialize_with = "as_text")]
+    pub reply_dst: SocketAddr,
+    pub tcp_state: Option<&'static str>,
+    pub assured: bool,
+}
+
+fn as_text<S: serde::Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(a)
+}
+
+impl FlowEntry {
+    pub fn of(e: &Entry) -> Self {
+        Self {
+            proto: e.orig.proto,
+            orig_src: SocketAddr::new(e.orig.src, e.orig.sport),
+            orig_dst: SocketAddr::new(e.orig.dst, e.orig.dport),
+            reply_src: SocketAddr::new(e.reply.src, e.reply.sport),
+            reply_dst: SocketAddr::new(e.reply.dst, e.reply.dport),
+            tcp_state: e.tcp_state.map(tcp_state_name),
+            assured: e.status & IPS_ASSURED != 0,
+        }
+    }
+
+    /// Whether conntrack translated the flow (a Service's DNAT, an SNAT): only then does losing
+    /// the entry change its packets.
+    pub fn nat(&self) -> bool {
+        self.reply_src != self.orig_dst || self.reply_dst != self.orig_src
+    }
+
+    /// Whether a packet from `src` to `dst` is the flow's answer (backend -> client) as it
+    /// travels without the entry, i.e. untranslated.
+    pub fn is_reply(&self, src: SocketAddr, dst: SocketAddr) -> bool {
+        src == self.reply_src && dst == self.reply_dst
+    }
+}
+
+/// An entry that went, as `midstream` and `attribution` carry it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct LostReport {
+    pub how: How,
+    /// False when `how` was inferred (see the module doc) or is `unknown`.
+    pub certain: bool,
+    /// When ct-trace saw it go (null when unknown).
+    pub time: Option<Time>,
+    /// The entry as it was (null when unknown).
+    pub entry: Option<FlowEntry>,
+}
+
+impl LostReport {
+    pub fn unknown() -> Self {
+        Self {
+            how: How::Unknown,
+            certain: false,
+            time: None,
+            entry: None,
+        }
+    }
+}
+
+/// `table_full`: conntrack had no room for this packet's new entry, and netfilter dropped it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TableFullReport {
+    pub time: Time,
+    pub netns: u32,
+    /// Entries in the namespace's table: read by the program at the drop (`entries_source:
+    /// "kernel"`), or by ct-trace as it took the event (`"ct-trace"`, Linux 5.19+).
+    pub entries: Option<u32>,
+    pub entries_source: &'static str,
+    pub max: Option<u32>,
+    pub proto: u8,
+    /// The refused flow (its original tuple: the client and the Service it asked for).
+    pub src: IpAddr,
+    pub sport: Option<u16>,
+    pub dst: IpAddr,
+    pub dport: Option<u16>,
+    pub flags: Option<String>,
+    /// The Service the refused flow asked for, `namespace/name:portname` as kube-proxy's rules name it
+    /// (omitted when no rule names it; see README "Service names").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+}
+
+/// `evicted`: an entry removed by `early_drop` to make room.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct EvictedReport {
+    pub time: Time,
+    pub netns: u32,
+    /// Entries / max of the table when ct-trace read them, right after the eviction.
+    pub entries: Option<u64>,
+    pub max: Option<u32>,
+    pub entry: FlowEntry,
+    /// Seconds the entry lived (only with `nf_conntrack_timestamp=1`).
+    pub age_s: Option<f64>,
+    /// False when the eviction is inferred from the kernel's counter (see README).
+    pub certain: bool,
+    /// The Service this flow belongs to, `namespace/name:portname` as kube-proxy's rules name it
+    /// (omitted when no rule names it; see README "Service names").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+}
+
+/// `midstream`: a TCP packet other than a SYN created a new entry: its flow's entry was lost, and
+/// with it the Service's NAT. The new entry's original tuple is the packet's.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct MidstreamReport {
+    pub time: Time,
+    pub netns: u32,
+    pub hook: &'static str,
+    pub entries: Option<u32>,
+    pub entries_source: &'static str,
+    pub max: Option<u32>,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    pub flags: String,
+    pub seq: u32,
+    pub ack: u32,
+    pub len: u16,
+    /// The entry the flow had before, and how it went.
+    pub lost: LostReport,
+    /// The Service this flow belongs to, `namespace/name:portname` as kube-proxy's rules name it
+    /// (omitted when no rule names it; see README "Service names").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+}
+
+pub fn how_name(h: How) -> &'static str {
+    match h {
+        How::Evicted => "evicted",
+        How::Expired => "expired",
+        How::Deleted => "deleted",
+        How::Unknown => "unknown",
+    }
+}
+
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or("-".into(), |v| v.to_string())
+}
+
+pub fn text_table_full(s: &mut String, r: &TableFullReport) {
+    let _ = write!(
+        s,
+        "{} {:<12} netns={:<10} {:>22} > {:<22} {:<8} entries={}/{}",
+        r.time,
+        "table_full",
+        r.netns,
+        endpoint_of(Some(r.src), r.sport),
+        endpoint_of(Some(r.dst), r.dport),
+        opt(&r.flags),
+        opt(&r.entries),
+        opt(&r.max),
+    );
+    service_name_text(s, &r.service_name);
+}
+
+pub fn text_evicted(s: &mut String, r: &EvictedReport) {
+    let e = &r.entry;
+    let _ = write!(
+        s,
+        "{} {:<12} netns={:<10} {:>22} > {:<22} backend={} state={}{} entries={}/{}{}",
+        r.time,
+        "evicted",
+        r.netns,
+        e.orig_src,
+        e.orig_dst,
+        e.reply_src,
+        e.tcp_state.unwrap_or("-"),
+        if e.assured { ",ASSURED" } else { "" },
+        opt(&r.entries),
+        opt(&r.max),
+        if r.certain { "" } else { " (inferred)" },
+    );
+    service_name_text(s, &r.service_name);
+}
+
+pub fn text_midstream(s: &mut String, r: &MidstreamReport) {
+    let _ = write!(
+        s,
+        "{} {:<12} netns={:<10} {:>22} > {:<22} {:<8} seq={:<10} ack={:<10} len={} hook={} lost={}",
+        r.time,
+        "midstream",
+        r.netns,
+        endpoint(r.src, r.sport),
+        endpoint(r.dst, r.dport),
+        r.flags,
+        r.seq,
+        r.ack,
+        r.len,
+        r.hook,
+        how_name(r.lost.how),
+    );
+    if let Some(e) = &r.lost.entry {
+        let _ = write!(s, " was={}>{}>{}", e.orig_src, e.orig_dst, e.reply_src);
+    }
+    if let Some(t) = &r.lost.time {
+        let _ = write!(s, " at={t}");
+    }
+    service_name_text(s, &r.service_name);
+}
