@@ -182,9 +182,12 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
             return Err(e.into());
         }
     };
+    let costs = attached.program_set();
+    let metric_costs = attached.program_set();
     let load::Attached {
         mut ebpf,
         links,
+        own,
         lines,
         programs,
         mode,
@@ -262,6 +265,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
                 },
                 &programs,
                 rst_names,
+                metric_costs,
             )
         }),
         pcap,
@@ -303,7 +307,9 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     // record of it is in the ring buffer.
     let kernel_detaching = kstat::invalid().ok();
     drop(links);
+    drop(own);
     let missed_runs = kstat::missed_runs(&ebpf);
+    let costs = costs.costs();
     drop(ebpf);
     let kernel_after = kstat::invalid().ok();
     let stats_after = kstat::read().ok();
@@ -335,6 +341,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         missed_runs.as_ref(),
         started.elapsed(),
     );
+    summary.programs = costs;
     summary.table = table_tally(
         &sink.tally,
         &counters,

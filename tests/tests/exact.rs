@@ -8,7 +8,7 @@
 use std::{collections::HashSet, time::Duration};
 
 use integration_tests::{
-    bin, in_vm, need_root, python, CtTrace, Output, Topology, CLIENT, SERVER, SERVICE,
+    bin, in_vm, need_root, python, CtTrace, GlobalSysctl, Output, Topology, CLIENT, SERVER, SERVICE,
 };
 use serde_json::Value;
 
@@ -364,4 +364,79 @@ fn deleting_the_watched_namespace_ends_the_run_with_the_summary() {
     );
     assert_each_attributed(&out, &segs);
     out.reconciled_invalid();
+}
+
+/// What each program costs, as the kernel measures it (`kernel.bpf_stats_enabled=1`, set for
+/// the test and restored): every attached program in the summary's `programs`, the verdict
+/// program with a run for at least every INVALID packet and a time; the stderr line says it.
+/// With the kernel's statistics off, runs and time are `null` (not 0) and stderr says how to
+/// count them.
+#[test]
+fn the_kernel_s_figures_for_each_program_are_in_the_summary() {
+    if !need_root("the_kernel_s_figures_for_each_program_are_in_the_summary") {
+        return;
+    }
+    let t = Topology::ipv4_only();
+    let attached = |out: &Output| -> HashSet<String> {
+        out.stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("ct-trace: attached "))
+            .filter_map(|l| l.split(' ').next())
+            .map(String::from)
+            .collect()
+    };
+    let programs = |out: &Output| -> Vec<Value> {
+        out.summary()["programs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("programs: {}", out.summary()))
+            .clone()
+    };
+    {
+        let _stats = GlobalSysctl::set("kernel.bpf_stats_enabled", "1");
+        let ct = CtTrace::start(Some(&t.node), &[]);
+        let segs = out_of_window_replies(&t, 10);
+        let out = ct.stop();
+        assert!(out.status.success(), "{}", out.stderr);
+        assert_each_attributed(&out, &segs);
+        let p = programs(&out);
+        let names: HashSet<String> = p
+            .iter()
+            .map(|p| p["program"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, attached(&out), "{p:?}");
+        assert_eq!(names.len(), p.len(), "each program once: {p:?}");
+        let invalid = out.reconciled_invalid()["counted"].as_u64().unwrap();
+        let verdict = match out.verdict_source() {
+            Some("netfilter") => "ctt_nf_verdict",
+            _ => "ctt_ct_in_ret",
+        };
+        let v = p.iter().find(|p| p["program"] == verdict).expect(verdict);
+        assert!(
+            v["runs"].as_u64().unwrap() >= invalid && v["run_ns"].as_u64().unwrap() > 0,
+            "{v} after {invalid} INVALID packets"
+        );
+        let line = out
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("ct-trace: BPF programs (the kernel's own figures): "))
+            .unwrap_or_else(|| panic!("{}", out.stderr));
+        // The figures of this kernel, for the record (CI logs).
+        eprintln!("{line}");
+    }
+    let ct = CtTrace::start(Some(&t.node), &[]);
+    let _ = out_of_window_replies(&t, 1);
+    let out = ct.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let stats_off = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap();
+    if stats_off.trim() == "0" {
+        for p in programs(&out) {
+            assert!(p["runs"].is_null() && p["run_ns"].is_null(), "{p}");
+        }
+        assert!(
+            out.stderr
+                .contains("`sysctl kernel.bpf_stats_enabled=1` counts them"),
+            "{}",
+            out.stderr
+        );
+    }
 }

@@ -214,6 +214,18 @@ fn prometheus_sees_the_kernels_invalid_count_and_the_attributed_resets_by_servic
     );
     assert!(om.ends_with("# EOF\n"), "{om}");
     assert!(om.contains("ct_trace_build_info{"), "{om}");
+    // What each program costs: skipped runs always (this kernel counts them, 5.12+), runs and
+    // time only while the kernel's statistics are on (ct-trace never turns them on).
+    assert!(
+        scrape.contains("ct_trace_bpf_program_missed_runs_total{program=\"ctt_nf_verdict\""),
+        "{scrape}"
+    );
+    let stats = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap();
+    assert_eq!(
+        scrape.contains("ct_trace_bpf_program_runs_total{"),
+        stats.trim() != "0",
+        "{scrape}"
+    );
     for l in om.lines().filter(|l| {
         !l.starts_with('#')
             && (l.contains("invalid_packets")

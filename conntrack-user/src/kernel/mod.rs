@@ -6,4 +6,5 @@ pub mod btf;
 pub mod load;
 pub mod netfilter;
 pub mod preflight;
+pub mod progstats;
 pub mod verifier;

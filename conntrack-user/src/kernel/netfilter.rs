@@ -193,6 +193,11 @@ impl NetfilterProgram {
         })
     }
 
+    /// The loaded program (its links keep it loaded after this is dropped).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// Attaches at `family`/`hook` in the caller's network namespace.
     pub fn attach(
         &self,

@@ -46,28 +46,7 @@ pub fn netns_inode(pid: &str) -> io::Result<u32> {
 /// call failed, or the kernel's `bpf_prog_info` ends before the field (before 5.12, commit
 /// 9ed9e9ba2337: it writes back how much it filled in).
 pub fn recursion_misses(prog: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-
-    use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
-    // SAFETY: all-zero is a valid bpf_prog_info and bpf_attr.
-    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // Writing plain integers into the `info` member of the union.
-    attr.info.bpf_fd = prog.as_raw_fd() as u32;
-    attr.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
-    attr.info.info = (&mut info as *mut bpf_prog_info) as u64;
-    // SAFETY: attr points at a live bpf_prog_info of the size it states.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
-            &mut attr as *mut bpf_attr,
-            std::mem::size_of::<bpf_attr>(),
-        )
-    };
-    let filled = unsafe { attr.info.info_len } as usize;
-    let needed = std::mem::offset_of!(bpf_prog_info, recursion_misses) + 8;
-    (ret == 0 && filled >= needed).then_some(info.recursion_misses)
+    crate::kernel::progstats::prog_stats(prog)?.recursion_misses
 }
 
 /// Runs the kernel skipped, by program (BPF recursion protection), where any; `None` when the

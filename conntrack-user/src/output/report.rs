@@ -292,6 +292,9 @@ pub struct SummaryReport {
     /// Runs of ct-trace's programs the kernel skipped (recursion protection), by program;
     /// empty when none.
     pub missed_runs: std::collections::BTreeMap<String, u64>,
+    /// What each attached program cost, as the kernel measured it (runs and nanoseconds only
+    /// while `kernel.bpf_stats_enabled=1`).
+    pub programs: Vec<crate::kernel::progstats::ProgramCost>,
     /// Every kernel counter of ct-trace, summed over the CPUs.
     pub counters: std::collections::BTreeMap<&'static str, u64>,
 }

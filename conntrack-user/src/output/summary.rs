@@ -112,6 +112,7 @@ pub(crate) fn summarize(
         enrichment_skipped: corr.enrichment_skipped,
         stray_resets: corr.strays,
         missed_runs: missed_runs.cloned().unwrap_or_default(),
+        programs: Vec::new(),
         counters: c,
         table: TableTally::default(),
     }
@@ -207,6 +208,7 @@ pub(crate) fn print_summary(
             String::new()
         }
     );
+    print_costs(&s.programs);
     let c = |n: &str| s.counters.get(n).copied().unwrap_or(0);
     let filtered: u64 = s.filtered.values().sum();
     if filtered > 0 {
@@ -336,6 +338,36 @@ pub(crate) fn print_flows(cli: &Cli, flows: &[crate::output::report::FlowReport]
             } else {
                 r.text()
             }
+        );
+    }
+}
+
+/// One line: what ct-trace's programs cost the node, as the kernel measured it.
+fn print_costs(programs: &[crate::kernel::progstats::ProgramCost]) {
+    if programs.is_empty() {
+        return;
+    }
+    let counted = programs.iter().any(|p| p.runs.is_some());
+    let each: Vec<String> = programs
+        .iter()
+        .map(|p| match (p.runs, p.ns_per_run()) {
+            (Some(r), Some(ns)) => format!("{} {r} runs, {ns:.0} ns a run", p.program),
+            (Some(r), None) => format!("{} {r} runs", p.program),
+            _ => p.program.to_string(),
+        })
+        .collect();
+    if counted {
+        eprintln!(
+            "ct-trace: BPF programs (the kernel's own figures): {}",
+            each.join("; ")
+        );
+    } else {
+        eprintln!(
+            "ct-trace: BPF programs: {} ({} attached); their runs and time are not counted: \
+             `sysctl kernel.bpf_stats_enabled=1` counts them (at a small cost to every BPF \
+             program on the node)",
+            each.join(", "),
+            programs.len()
         );
     }
 }

@@ -13,12 +13,13 @@ use super::{
     decide::{attach_mode, decide, Decision},
     features::KernelFeatures,
     globals::{load_object, Globals},
+    mode::AttachMode,
     LoadError,
 };
 use crate::{
-    cli::AttachMode,
     kernel::btf::KernelFacts,
     kernel::netfilter::{Family, HookNum, NetfilterProgram},
+    kernel::progstats::ProgramSet,
     kernel::verifier::program_error,
     node::netlink,
 };
@@ -28,6 +29,8 @@ pub struct Attached {
     pub ebpf: Ebpf,
     /// Netfilter links; closing them detaches.
     pub links: Vec<OwnedFd>,
+    /// Programs loaded by ct-trace's own loader (the netfilter program), by name.
+    pub own: Vec<(&'static str, OwnedFd)>,
     /// Lines for the user: "attached ..." / "skipped ...".
     pub lines: Vec<String>,
     /// (program, attach point) of every attachment made.
@@ -52,6 +55,7 @@ pub fn attach(
     let mut out = Attached {
         ebpf,
         links: vec![],
+        own: vec![],
         lines: vec![],
         programs: vec![],
         mode: None,
@@ -89,6 +93,23 @@ pub fn attach(
 }
 
 impl Attached {
+    /// The attached programs, for reading what they cost (see [`ProgramSet`]).
+    pub fn program_set(&self) -> ProgramSet {
+        use std::os::fd::AsFd as _;
+        let mut fds: Vec<(&'static str, std::os::fd::BorrowedFd<'_>)> = Vec::new();
+        for (name, _) in &self.programs {
+            if fds.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            if let Some((_, fd)) = self.own.iter().find(|(n, _)| n == name) {
+                fds.push((name, fd.as_fd()));
+            } else if let Some(Ok(fd)) = self.ebpf.program(name).map(|p| p.fd()) {
+                fds.push((name, fd.as_fd()));
+            }
+        }
+        ProgramSet::new(&fds, &self.programs)
+    }
+
     /// Records what the run has now that `row` is attached.
     fn learn(&mut self, row: &Probe) {
         match (row.gives, row.role) {
@@ -180,6 +201,9 @@ fn attach_netfilter(
                 .push(format!("attached {program} at {at} priority {priority}"));
             out.programs.push((program, at));
         }
+    }
+    if any {
+        out.own.push((program, nf.into_fd()));
     }
     Ok(any)
 }

@@ -19,6 +19,7 @@
 //! only for its own namespace.
 
 pub mod http;
+mod programs;
 
 use std::collections::{HashMap, HashSet};
 
@@ -68,6 +69,7 @@ pub(crate) struct Metrics {
     rst_names: HashMap<u32, String>,
     /// Records ct-trace could not decode (userspace's share of `lost`).
     pub(crate) undecodable: u64,
+    programs: programs::ProgramFamilies,
 }
 
 type InvalidKey = (&'static str, &'static str, &'static str, &'static str);
@@ -101,6 +103,7 @@ impl Metrics {
         build: &BuildInfo,
         programs: &[(&'static str, String)],
         rst_names: HashMap<u32, String>,
+        costs: crate::kernel::progstats::ProgramSet,
     ) -> Self {
         let mut registry = Registry::default();
         let invalid = Family::<Labels, Counter>::default();
@@ -192,6 +195,7 @@ impl Metrics {
             ("mode", build.mode),
         ]))
         .set(1);
+        let program_costs = programs::ProgramFamilies::register(&mut registry, costs);
         let m = Self {
             registry,
             invalid,
@@ -207,6 +211,7 @@ impl Metrics {
             invalid_series: HashMap::new(),
             rst_names,
             undecodable: 0,
+            programs: program_costs,
         };
         // Every series of a bounded label set exists from the start (at 0), so that `increase()`
         // sees the first event of each.
@@ -349,6 +354,7 @@ impl Metrics {
         let gauge = |v: Option<u64>| v.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
         self.entries.set(gauge(entries));
         self.limit.set(gauge(limit));
+        self.programs.refresh();
     }
 
     /// The label of a reason slot: `no_socket` for `SK_RST_REASON_NO_SOCKET`; `unknown` for
