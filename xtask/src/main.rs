@@ -115,9 +115,9 @@ struct TestArgs {
     #[arg(long = "vm-binary", value_name = "NAME=PATH", hide = true, value_parser = parse_binary)]
     vm_binaries: Vec<(String, PathBuf)>,
     /// Seconds one VM job (boot, tests, power-off) may take (under TCG on a 2-CPU machine, two
-    /// side by side, a job took 415-495 s, 605 s with the lab; 705-935 s beside other work; 5.10
-    /// with the lab ran past 1200 s: its namespaces take 3.7 times 6.1's to make, and each
-    /// ct-trace start 1.2 times).
+    /// side by side, beside other work: 580-730 s; 5.10's, the longest, about 1250 s: its
+    /// namespaces take 3.7 times 6.1's to make, and each ct-trace start 1.2 times; with the lab
+    /// in the same job it took 1667 s, hence the lab's jobs of their own).
     #[arg(long, default_value_t = 1800, value_name = "SECS")]
     vm_timeout: u64,
     /// VM jobs side by side, each guest with one vCPU [default: the number of host CPUs].
@@ -125,7 +125,8 @@ struct TestArgs {
     vm_jobs: Option<u32>,
     /// Seconds the whole VM matrix may take (keeps CI within its limit when jobs hang): later
     /// jobs get the time left as their timeout, or fail without booting. The six jobs took
-    /// 1495 s two at a time on a quiet 2-CPU machine, 2362 s beside other work.
+    /// 1495 s two at a time on a quiet 2-CPU machine (before 5.10), 2953 s with 5.10 and the lab
+    /// beside other work.
     #[arg(long, default_value_t = 3600, value_name = "SECS")]
     vm_budget: u64,
     /// Extra arguments for the host's `cargo test` test binaries (after `--`; not for the VMs).

@@ -33,8 +33,9 @@ mod report;
 /// the kernel.
 pub const VM_TESTS: &[&str] = &["resets", "invalid", "exact", "lost", "table"];
 
-/// Integration test binaries the VMs run by default on some kernels only, in every mode there:
-/// each costs minutes of TCG per job. `lab` (`ct-trace lab run`'s scenarios): on 5.10, where the
+/// Integration test binaries the VMs run by default on some kernels only, in a job of their own
+/// after the others (in the kernel's first mode): each costs minutes of TCG, and a job of their
+/// own keeps the longest job short, so that two side by side end together. `lab` (`ct-trace lab run`'s scenarios): on 5.10, where the
 /// boom-server packet is INVALID and costs a reset, and on 6.1, which IGNOREs it (conntrack
 /// commit 6e250dcbff1d) - both branches of its kernel-dependent test.
 pub const VM_EXTRA_TESTS: &[(&str, &[Series])] = &[("lab", &[Series::V5_10, Series::V6_1])];
@@ -110,6 +111,38 @@ pub fn job_tests(s: Series, asked: &[String]) -> Vec<String> {
         .chain(extra)
         .map(String::from)
         .collect()
+}
+
+/// The boots of the matrix: (kernel, mode, test targets, extra). Every pair runs `asked`, or
+/// `VM_TESTS`; with nothing asked, each kernel's `VM_EXTRA_TESTS` run in one more job of its
+/// first mode, after all the others (the pool takes jobs in order: the long ones first).
+pub fn matrix_jobs(
+    pairs: &[(Series, Mode)],
+    asked: &[String],
+) -> Vec<(Series, Mode, Vec<String>, bool)> {
+    let base: Vec<String> = if asked.is_empty() {
+        VM_TESTS.iter().map(|t| t.to_string()).collect()
+    } else {
+        asked.to_vec()
+    };
+    let mut out: Vec<_> = pairs
+        .iter()
+        .map(|&(s, m)| (s, m, base.clone(), false))
+        .collect();
+    if asked.is_empty() {
+        for (i, &(s, m)) in pairs.iter().enumerate() {
+            let first_of_kernel = pairs[..i].iter().all(|(p, _)| *p != s);
+            let extra: Vec<String> = VM_EXTRA_TESTS
+                .iter()
+                .filter(|(_, on)| on.contains(&s))
+                .map(|(t, _)| t.to_string())
+                .collect();
+            if first_of_kernel && !extra.is_empty() {
+                out.push((s, m, extra, true));
+            }
+        }
+    }
+    out
 }
 
 /// Every test target some of `jobs` runs, each once: what to build.
@@ -201,9 +234,9 @@ pub fn from_args(a: &TestArgs, bin: &Path, phases: &mut Vec<(String, f64)>) -> R
         let names = a.vm_binaries.iter().map(|(n, _)| n.clone()).collect();
         (names, a.vm_binaries.clone())
     };
-    let jobs = pairs
+    let jobs = matrix_jobs(&pairs, &asked)
         .into_iter()
-        .map(|(s, m)| MatrixJob::new(s, m, &asked, &built))
+        .map(|(s, m, tests, extra)| MatrixJob::new(s, m, &tests, &built, extra))
         .collect::<Result<Vec<_>>>()?;
     let width = a.vm_jobs.map_or_else(vm::host_cpus, |n| n as usize);
     let mut report = run(&jobs, bin, a.vm_timeout, a.vm_budget, width)?;
@@ -216,19 +249,22 @@ pub struct MatrixJob {
     pub series: Series,
     pub mode: Mode,
     pub binaries: Vec<(String, PathBuf)>,
+    /// Runs only a kernel's `VM_EXTRA_TESTS` (labelled `MODE+TESTS`).
+    pub extra: bool,
 }
 
 impl MatrixJob {
-    /// The job of (`series`, `mode`) with its `job_tests` from `built` (name, executable).
+    /// The job of (`series`, `mode`) running `tests`, from `built` (name, executable).
     pub fn new(
         series: Series,
         mode: Mode,
-        asked: &[String],
+        tests: &[String],
         built: &[(String, PathBuf)],
+        extra: bool,
     ) -> Result<Self> {
-        let binaries = job_tests(series, asked)
-            .into_iter()
-            .map(|t| match built.iter().find(|(n, _)| *n == t) {
+        let binaries = tests
+            .iter()
+            .map(|t| match built.iter().find(|(n, _)| n == t) {
                 Some(b) => Ok(b.clone()),
                 None => bail!("no test binary `{t}` for {}", series.name()),
             })
@@ -237,7 +273,17 @@ impl MatrixJob {
             series,
             mode,
             binaries,
+            extra,
         })
+    }
+
+    /// The job's label: its mode, and for an extra job its tests (`kprobe+lab`).
+    pub fn label(&self) -> String {
+        if self.extra {
+            format!("{}+{}", self.mode.name(), self.names().join("+"))
+        } else {
+            self.mode.name().to_string()
+        }
     }
 
     fn names(&self) -> Vec<&str> {
@@ -282,7 +328,7 @@ pub fn run(
         .map(|j| {
             Ok(Job {
                 series: j.series,
-                label: j.mode.name().to_string(),
+                label: j.label(),
                 script: guest_script(ct_trace, j)?,
             })
         })
@@ -370,15 +416,22 @@ mod tests {
             .iter()
             .map(|t| (t.clone(), PathBuf::from(format!("/t/{t}"))))
             .collect();
-        let all: Vec<MatrixJob> = jobs(&[], &[])
+        let all: Vec<MatrixJob> = matrix_jobs(&jobs(&[], &[]), &[])
             .into_iter()
-            .map(|(s, m)| MatrixJob::new(s, m, &[], &built).unwrap())
+            .map(|(s, m, t, x)| MatrixJob::new(s, m, &t, &built, x).unwrap())
             .collect();
         assert_eq!(common_tests(&all), VM_TESTS);
         let extra: Vec<String> = all.iter().map(|j| extra_cell(j, VM_TESTS)).collect();
-        assert_eq!(extra, ["lab", "lab", "-", "-", "-", "-"]);
-        assert_eq!(all[1].binaries.last().unwrap().1, PathBuf::from("/t/lab"));
-        let err = MatrixJob::new(V6_1, Kprobe, &[], &built[..5])
+        // The lab in jobs of its own, after the others: the longest job stays short.
+        assert_eq!(extra, ["-", "-", "-", "-", "-", "-", "lab", "lab"]);
+        let labels: Vec<String> = all.iter().map(|j| j.label()).collect();
+        assert_eq!(labels[0], "kprobe");
+        assert_eq!(labels[6], "kprobe+lab");
+        assert_eq!((all[6].series, all[7].series), (V5_10, V6_1));
+        assert_eq!(all[7].binaries, [("lab".into(), PathBuf::from("/t/lab"))]);
+        // Asked targets: those, in every job, and no extra job.
+        assert_eq!(matrix_jobs(&jobs(&[], &[]), &asked).len(), 6);
+        let err = MatrixJob::new(V6_1, Kprobe, &strings(&["lab"]), &built[..5], true)
             .err()
             .unwrap();
         assert_eq!(err.to_string(), "no test binary `lab` for 6.1");
@@ -430,6 +483,7 @@ mod tests {
                 ("resets".into(), "/w/deps/resets-1".into()),
                 ("invalid".into(), "/w/deps/invalid-2".into()),
             ],
+            extra: false,
         };
         let s = guest_script(Path::new("/w/target/release/ct-trace"), &job).unwrap();
         let lines: Vec<&str> = s.lines().skip(1).collect();

@@ -53,15 +53,20 @@ fn verdict(r: &JobResult, c: &Counts, binaries: usize) -> Option<String> {
     }
 }
 
-/// The test targets every job runs, in the first job's order.
+/// The test targets every job but the extra ones runs, in the first job's order.
 pub(super) fn common_tests(jobs: &[MatrixJob]) -> Vec<&str> {
-    let Some(first) = jobs.first() else {
+    let mut base = jobs.iter().filter(|j| !j.extra).peekable();
+    let Some(first) = base.peek() else {
         return Vec::new();
     };
-    first
-        .names()
+    let names = first.names();
+    names
         .into_iter()
-        .filter(|t| jobs.iter().all(|j| j.names().contains(t)))
+        .filter(|t| {
+            jobs.iter()
+                .filter(|j| !j.extra)
+                .all(|j| j.names().contains(t))
+        })
         .collect()
 }
 
