@@ -12,7 +12,7 @@
 //! constant factor of the capacity.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{hash_map::Entry, HashMap, VecDeque},
     hash::Hash,
 };
 
@@ -59,53 +59,79 @@ impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
     /// oldest entry makes room and is returned; a key already present keeps its place and gets
     /// the new value (the old one is dropped), and nothing is evicted.
     pub fn insert(&mut self, k: K, v: V) -> Option<(K, V)> {
-        if let Some(slot) = self.map.get_mut(&k) {
-            slot.1 = v;
-            return None;
+        match self.map.entry(k) {
+            Entry::Occupied(mut e) => {
+                e.get_mut().1 = v;
+                return None;
+            }
+            Entry::Vacant(e) => {
+                e.insert((self.next, v));
+                self.order.push_back((self.next, k));
+                self.next += 1;
+            }
         }
-        let evicted = if self.map.len() >= self.cap {
+        // The new entry is the youngest of at least two: never the one that goes.
+        if self.map.len() > self.cap {
             self.pop_oldest()
         } else {
             None
-        };
-        let seq = self.next;
-        self.next += 1;
-        self.map.insert(k, (seq, v));
-        self.order.push_back((seq, k));
-        evicted
+        }
     }
 
     pub fn remove(&mut self, k: &K) -> Option<V> {
-        let (_, v) = self.map.remove(k)?;
-        self.tidy();
+        let (seq, v) = self.map.remove(k)?;
+        if self.order.front().is_some_and(|(s, _)| *s == seq) {
+            self.order.pop_front();
+            self.drop_stale_front();
+        } else if self.order.len() > 2 * self.map.len() + 16 {
+            let map = &self.map;
+            self.order
+                .retain(|(seq, k)| map.get(k).is_some_and(|(s, _)| s == seq));
+        }
         Some(v)
     }
 
     /// The oldest entry.
     pub fn oldest(&self) -> Option<(&K, &V)> {
-        // `tidy` keeps the front live: this looks at one slot.
+        // The front is kept live: this looks at one slot.
         self.iter().next()
     }
 
     pub fn pop_oldest(&mut self) -> Option<(K, V)> {
-        while let Some((seq, k)) = self.order.pop_front() {
-            if self.live(seq, &k) {
-                let (_, v) = self.map.remove(&k)?;
-                self.tidy();
-                return Some((k, v));
-            }
-        }
-        None
+        let popped = self.pop_front_if(|_| true);
+        self.drop_stale_front();
+        popped
     }
 
     /// Removes and returns the oldest entries while `due` says so, oldest first; stops at the
     /// first one that is not due.
     pub fn pop_oldest_while(&mut self, mut due: impl FnMut(&V) -> bool) -> Vec<(K, V)> {
         let mut out = Vec::new();
-        while self.oldest().is_some_and(|(_, v)| due(v)) {
-            out.extend(self.pop_oldest());
+        while let Some(e) = self.pop_front_if(&mut due) {
+            out.push(e);
         }
         out
+    }
+
+    /// Pops the oldest live entry if `due` says so (one hash lookup), and the stale slots
+    /// before it.
+    fn pop_front_if(&mut self, mut due: impl FnMut(&V) -> bool) -> Option<(K, V)> {
+        while let Some(&(seq, k)) = self.order.front() {
+            match self.map.entry(k) {
+                Entry::Occupied(e) if e.get().0 == seq => {
+                    if !due(&e.get().1) {
+                        return None;
+                    }
+                    let (_, v) = e.remove();
+                    self.order.pop_front();
+                    return Some((k, v));
+                }
+                _ => {
+                    self.order.pop_front();
+                }
+            }
+        }
+        None
     }
 
     /// The entries, oldest first.
@@ -118,22 +144,13 @@ impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
             })
     }
 
-    fn live(&self, seq: u64, k: &K) -> bool {
-        self.map.get(k).is_some_and(|(s, _)| *s == seq)
-    }
-
-    /// Drops stale slots from the front, and all of them when they outnumber the live ones.
-    fn tidy(&mut self) {
+    /// Drops stale slots from the front: the oldest entry is then found at once.
+    fn drop_stale_front(&mut self) {
         while let Some((seq, k)) = self.order.front() {
-            if self.live(*seq, k) {
+            if self.map.get(k).is_some_and(|(s, _)| s == seq) {
                 break;
             }
             self.order.pop_front();
-        }
-        if self.order.len() > 2 * self.map.len() + 16 {
-            let map = &self.map;
-            self.order
-                .retain(|(seq, k)| map.get(k).is_some_and(|(s, _)| s == seq));
         }
     }
 }

@@ -216,12 +216,16 @@ impl Correlator {
 
     /// A verdict was reported: the resets it caused follow it, attributed.
     fn verdict_done(&mut self, done: Option<verdicts::Done>, out: &mut Output) {
-        let Some(done) = done else {
+        let Some(verdicts::Done {
+            resets,
+            invalid: Some(invalid),
+        }) = done
+        else {
             return;
         };
-        for (raw, rep) in done.resets {
+        for (raw, rep) in resets {
             self.resets
-                .attribution(raw, rep, done.invalid.clone(), &mut self.sh, out);
+                .attribution(raw, rep, invalid.clone(), &mut self.sh, out);
         }
     }
 

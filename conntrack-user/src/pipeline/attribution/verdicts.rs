@@ -50,10 +50,11 @@ struct ReasonInfo {
 }
 
 /// A verdict that was reported, with the resets it caused meanwhile: the caller attributes
-/// them, in order, right after the verdict's report.
+/// them, in order, right after the verdict's report (`invalid` is there when they are).
+#[derive(Default)]
 pub(super) struct Done {
     pub resets: Vec<(Reset, ResetReport)>,
-    pub invalid: Invalid,
+    pub invalid: Option<Invalid>,
 }
 
 pub(super) struct Verdicts {
@@ -145,10 +146,14 @@ impl Verdicts {
             fate: p.report.fate,
         };
         out.reports.push(Report::Invalid(p.report));
+        if p.resets.is_empty() {
+            self.recent.insert(id, invalid);
+            return Done::default();
+        }
         self.recent.insert(id, invalid.clone());
         Done {
             resets: p.resets,
-            invalid,
+            invalid: Some(invalid),
         }
     }
 
