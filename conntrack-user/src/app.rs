@@ -32,7 +32,7 @@ use crate::{
         summary::{print_flows, print_summary, summarize, table_tally, KernelInvalid},
         writer::Writer,
     },
-    pipeline::attribution::{Context, Correlator, Output},
+    pipeline::attribution::{Context, Correlator},
     pipeline::enrich::{Enricher, IfNames},
 };
 
@@ -236,8 +236,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     // aya's parsed BTF and the object's copies are gone too.
     trim_heap();
     let mut corr = Correlator::new(ctx);
-    corr.ct_max = ct_max.last;
-    corr.service_names = services.as_ref().map(|s| s.lookup());
+    corr.set_service_names(services.as_ref().map(|s| s.lookup()));
     log::debug!(
         "memory when ready (peak, now KiB): {:?}",
         preflight::memory_kib()
@@ -285,20 +284,12 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         rt.spawn(metrics::http::serve(l, tx));
         rx
     });
-    // With a watcher, `midstream` records wait for it (see attribution::MIDSTREAM_WAIT).
-    corr.destroy_watermark = watcher.as_ref().map(|w| w.watermark());
-    let mut pipe = crate::pipeline::pipe::Pipe {
-        corr: &mut corr,
-        enricher: enricher.as_ref(),
-        watcher: watcher.as_ref(),
-        ct_max: &mut ct_max,
-        out: Output::default(),
-        decode_errors: 0,
-        lookups: (0, Instant::now()),
-        order: Default::default(),
-        ready: Vec::new(),
-        ring_read_to: 0,
-    };
+    let mut pipe = crate::pipeline::pipe::Pipe::new(
+        &mut corr,
+        enricher.as_ref(),
+        watcher.as_ref(),
+        &mut ct_max,
+    );
     let mut ring = rt
         .block_on(run(cli, ring, &mut pipe, &mut counters, &mut sink, scrapes))
         .context("writing events")?;
@@ -321,6 +312,8 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         outer: kernel_before.zip(kernel_after),
         inner: kernel_attached.zip(kernel_detaching),
     });
+    // What is left is a batch of its own: the table is read again if its events need it.
+    pipe.next_tick();
     pipe.drain(&mut ring, usize::MAX, Instant::now());
     pipe.settle(Instant::now(), true);
     counters.notices(pipe.corr, &mut pipe.out.reports);
@@ -403,13 +396,16 @@ async fn run<W: io::Write>(
                 pipe.drain(afd.get_mut(), usize::MAX, Instant::now());
                 sink.put(pipe.ordered())?;
                 if let Some(m) = &mut sink.metrics {
+                    // The table as it is now (a scrape is rare: two small /proc reads).
+                    pipe.read_table();
                     m.undecodable = pipe.decode_errors;
-                    m.refresh(counters, pipe.corr.entries_now.map(u64::from), pipe.ct_max.last.map(u64::from));
+                    m.refresh(counters, pipe.batch.entries.map(u64::from), pipe.batch.ct_max.map(u64::from));
                     let _ = reply.send(m.encode());
                 }
             }
             _ = tick.tick() => {
                 let now = Instant::now();
+                pipe.next_tick();
                 // Records below the wake-up threshold come without a wake-up: collect them.
                 for _ in 0..BATCHES_PER_WAKE {
                     let n = pipe.drain(afd.get_mut(), BATCH, now);
@@ -422,7 +418,7 @@ async fn run<W: io::Write>(
                 if now.duration_since(last_notice) >= NOTICE_EVERY {
                     last_notice = now;
                     counters.notices(pipe.corr, &mut pipe.out.reports);
-                    pipe.corr.ct_max = pipe.ct_max.refresh();
+                    pipe.refresh_max();
                     if let Some(path) = &named {
                         if !kstat::netns_still_named(path, own) {
                             warn!("the network namespace {} was deleted: stopping", path.display());

@@ -109,8 +109,8 @@ pub(crate) fn summarize(
         ]),
         lost,
         filtered,
-        enrichment_skipped: corr.enrichment_skipped,
-        stray_resets: corr.strays,
+        enrichment_skipped: corr.enrichment_skipped(),
+        stray_resets: corr.strays(),
         missed_runs: missed_runs.cloned().unwrap_or_default(),
         programs: Vec::new(),
         counters: c,
@@ -161,7 +161,7 @@ pub(crate) fn table_tally(
     // unseen).
     let evicted = tally.shown.get("evicted").copied().unwrap_or(0);
     TableTally {
-        max: corr.ct_max,
+        max: corr.ct_max(),
         kernel_drop: table::delta(before, after, "drop"),
         kernel_early_drop,
         kernel_insert_failed: table::delta(before, after, "insert_failed"),
@@ -170,7 +170,7 @@ pub(crate) fn table_tally(
         evicted: EvictedTally {
             kernel: kernel_early_drop,
             shown: evicted,
-            inferred: corr.evicted_inferred,
+            inferred: corr.evicted_inferred(),
             unseen: kernel_early_drop.map(|k| k.saturating_sub(evicted)),
             overflows,
         },
@@ -297,10 +297,10 @@ pub(crate) fn print_summary(
             s.stray_resets.invalid, s.stray_resets.midstream
         );
     }
-    if corr.reasons_unmatched > 0 {
+    if corr.reasons_unmatched() > 0 {
         eprintln!(
             "ct-trace: conntrack logged {} refused packets that are not reported (not TCP, or no verdict program to tell INVALID from ignored)",
-            corr.reasons_unmatched
+            corr.reasons_unmatched()
         );
     }
     if let Some(line) = table::summary_line(s.netns, &s.table) {

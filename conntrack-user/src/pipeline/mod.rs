@@ -1,9 +1,11 @@
 //! From ring-buffer records to reports: decoding (`events`), the correlation core
-//! (`attribution`), conntrack's log line and entry (`reason`), ctnetlink lookups beside the event
-//! path (`enrich`), lost entries with the destroy-event thread (`lost`, `destroy`),
-//! the stages as the event loop drives them (`pipe`), and reports put in time order (`order`).
+//! (`attribution`) and the bounded map it waits in (`bounded`), conntrack's log line and entry
+//! (`reason`), ctnetlink lookups beside the event path (`enrich`), lost entries with the
+//! destroy-event thread (`lost`, `destroy`), the stages as the event loop drives them (`pipe`),
+//! and reports put in time order (`order`).
 
 pub mod attribution;
+pub mod bounded;
 pub mod destroy;
 pub mod enrich;
 pub mod events;

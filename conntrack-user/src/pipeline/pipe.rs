@@ -1,6 +1,8 @@
 //! The stages between the ring buffer and the output, as the event loop drives them: decode and
 //! correlate a bounded batch, then settle what waits (ctnetlink lookups and answers, destroyed
-//! entries, the table's count, ageing), and hand the reports on in time order.
+//! entries, ageing), and hand the reports on in time order. The node's facts the correlator
+//! needs (the table's count and limit, the destroy watcher's progress) are read here, at most
+//! once a tick for the /proc ones, and handed to it as one [`Batch`].
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +11,7 @@ use aya::maps::{MapData, RingBuf};
 use crate::{
     output::report::{Report, Time},
     output::table::{self, CtMax},
-    pipeline::attribution::{Correlator, Output},
+    pipeline::attribution::{Batch, Correlator, Output},
     pipeline::destroy::Watcher,
     pipeline::enrich::Enricher,
     pipeline::events,
@@ -38,13 +40,65 @@ pub(crate) struct Pipe<'a> {
     /// after (less [`MARGIN_NS`]): the time before a read that found it empty, or the time of
     /// the last record read (records are in the order they were reserved).
     pub(crate) ring_read_to: u64,
+    /// The facts last handed to the correlator.
+    pub(crate) batch: Batch,
+    /// Whether the table's count and limit were read in this tick.
+    table_read: bool,
 }
 
-impl Pipe<'_> {
+impl<'a> Pipe<'a> {
+    pub(crate) fn new(
+        corr: &'a mut Correlator,
+        enricher: Option<&'a Enricher>,
+        watcher: Option<&'a Watcher>,
+        ct_max: &'a mut CtMax,
+    ) -> Self {
+        // With a watcher, `midstream` records wait for it (see attribution::MIDSTREAM_WAIT).
+        let batch = Batch {
+            entries: None,
+            ct_max: ct_max.last,
+            watermark: watcher.map(|w| w.watermark()),
+        };
+        corr.batch(batch);
+        Self {
+            corr,
+            enricher,
+            watcher,
+            ct_max,
+            out: Output::default(),
+            decode_errors: 0,
+            lookups: (0, Instant::now()),
+            order: Reorder::default(),
+            ready: Vec::new(),
+            ring_read_to: 0,
+            batch,
+            table_read: false,
+        }
+    }
+
+    /// A new tick of the event loop: the table is read again when its events need it.
+    pub(crate) fn next_tick(&mut self) {
+        self.table_read = false;
+    }
+
+    /// Reads the table's count and limit (two small /proc reads; the limit is also handed to
+    /// the programs when it changed) and hands them to the correlator.
+    pub(crate) fn read_table(&mut self) {
+        self.batch.entries = table::read_count();
+        self.batch.ct_max = self.ct_max.refresh();
+        self.table_read = true;
+        self.corr.batch(self.batch);
+    }
+
+    /// Reads the table's limit again (and hands it to the programs when it changed).
+    pub(crate) fn refresh_max(&mut self) {
+        self.batch.ct_max = self.ct_max.refresh();
+        self.corr.batch(self.batch);
+    }
+
     /// Decodes and correlates up to `max` records; returns how many there were.
     pub(crate) fn drain(&mut self, ring: &mut RingBuf<MapData>, max: usize, now: Instant) -> usize {
         let mut n = 0;
-        let mut fresh = false;
         let started = crate::output::time::boot_now();
         while n < max {
             let Some(item) = ring.next() else {
@@ -55,14 +109,12 @@ impl Pipe<'_> {
             match events::decode(&item) {
                 Ok(ev) => {
                     self.ring_read_to = self.ring_read_to.max(ev.ts_ns());
-                    if !fresh && matches!(ev, events::Event::Pressure(..)) {
-                        // The table's count and limit for this batch's table-pressure events
-                        // (two small /proc reads a batch that has some): read after the
-                        // events happened, so a table that filled in a burst since the last
-                        // tick is not shown with the count and limit from before it.
-                        self.corr.entries_now = table::read_count();
-                        self.corr.ct_max = self.ct_max.refresh();
-                        fresh = true;
+                    if !self.table_read && matches!(ev, events::Event::Pressure(..)) {
+                        // The table's count and limit for this tick's table-pressure events,
+                        // read when the first of them is in hand (not before): a table that
+                        // filled in a burst since the last tick is not shown with the count
+                        // and limit from before it.
+                        self.read_table();
                     }
                     self.corr.event(ev, now, &mut self.out)
                 }
@@ -105,10 +157,10 @@ impl Pipe<'_> {
             e.answers(&mut answers);
             self.corr.answers(answers, &mut self.out);
         }
-        self.corr.entries_now = table::read_count();
         if let Some(w) = self.watcher {
             // Before taking: everything up to the watermark is then in hand.
-            self.corr.destroy_watermark = Some(w.watermark());
+            self.batch.watermark = Some(w.watermark());
+            self.corr.batch(self.batch);
             let mut gone = Vec::new();
             w.take(&mut gone);
             if !gone.is_empty() {

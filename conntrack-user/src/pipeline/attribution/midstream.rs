@@ -1,63 +1,128 @@
 //! Table pressure and lost entries: `table_full` reports, `midstream` records waiting for the
-//! destroy event of the entry their flow lost, and the `entry_lost` attributions of their resets.
+//! destroy event of the entry their flow lost, and the entries seen going. Owns the waiting
+//! records, what reported ones found (for later resets) and the lost entries; the resets'
+//! `entry_lost` attributions are made by the resets part with what this one hands back.
 
-use std::{net::SocketAddr, time::Instant};
+use std::time::{Duration, Instant};
 
-use conntrack_common::{Pressure, Reset, IPPROTO_TCP, IPPROTO_UDP};
+use conntrack_common::{Hook, Pressure, Reset, IPPROTO_TCP, IPPROTO_UDP};
 
-use super::*;
+use super::shared::{Output, Shared, VerdictId, FATE_WAIT, MAX_PENDING, RECENT};
+use crate::{
+    node::netlink::Tuple,
+    output::report::{Report, ResetReport, Time},
+    pipeline::bounded::Bounded,
+    pipeline::events::{addrs, tcp_flags},
+    pipeline::lost::{
+        EvictedReport, FlowEntry, Gone, How, LostEntries, LostReport, MidstreamReport,
+        TableFullReport,
+    },
+};
 
-impl Correlator {
-    pub(super) fn table_full(&mut self, p: &Pressure, out: &mut Output) {
-        let k = &p.packet;
-        let (src, dst) = addrs(k);
-        let tcp = k.proto == IPPROTO_TCP;
-        let ports = tcp || k.proto == IPPROTO_UDP;
-        let (sport, dport) = (ports.then_some(k.sport), ports.then_some(k.dport));
-        // The refused packet opens the flow: its destination is the Service address.
-        let service_name = self.packet_service_name(src, sport, dst, dport, k.proto);
-        out.reports.push(Report::TableFull(TableFullReport {
-            time: self.time(p.header.ts_ns),
-            netns: k.netns,
-            entries: self.entries(p),
-            entries_source: self.entries_source(p),
-            max: self.ct_max,
-            proto: k.proto,
-            src,
-            sport,
-            dst,
-            dport,
-            flags: tcp.then(|| tcp_flags(k.tcp_flags)),
-            service_name,
-        }));
+/// How long a `midstream` record waits at most for the destroy event of the entry its flow
+/// lost, when the destroy watcher runs. It normally goes as soon as the watcher has handed over
+/// every event up to the record's time (the batch's `watermark`); this bound covers a stalled
+/// watcher. The kernel sends the event of an entry that expired in this very lookup before it
+/// creates the new one (`nf_ct_gc_expired()` in `__nf_conntrack_find_get()`,
+/// net/netfilter/nf_conntrack_core.c), but the watcher is another thread reading another
+/// socket: on a loaded (or emulated) CPU it can lag far behind the ring buffer.
+pub const MIDSTREAM_WAIT: Duration = Duration::from_secs(1);
+
+pub(super) struct PendingMid {
+    report: MidstreamReport,
+    tuple: Tuple,
+    /// The packet's time (CLOCK_BOOTTIME): once the watcher is past it, no destroy event that
+    /// could name the lost entry is still to come.
+    ts_ns: u64,
+    deadline: Instant,
+    resets: Vec<(Reset, ResetReport)>,
+}
+
+/// A waiting record that is complete: with the entry its flow lost (or `unknown`).
+pub(super) type MidDone = (VerdictId, PendingMid, LostReport);
+
+pub(super) struct Midstream {
+    /// `midstream` records waiting for the destroy event of the entry their flow lost (until
+    /// the watcher is past them, at most [`MIDSTREAM_WAIT`]), and the resets they caused
+    /// meanwhile.
+    mids: Bounded<VerdictId, PendingMid>,
+    /// What reported `midstream` records found, for resets that arrive later.
+    recent: Bounded<VerdictId, LostReport>,
+    /// Entries seen going (ctnetlink destroy events), for `midstream` and `entry_lost`.
+    lost: LostEntries,
+    /// `evicted` events that were inferred, not certain (how many there were in all is the
+    /// output stage's count of the kind).
+    pub evicted_inferred: u64,
+}
+
+fn entries(p: &Pressure, sh: &Shared) -> Option<u32> {
+    if p.entries != u32::MAX {
+        Some(p.entries)
+    } else {
+        sh.batch.entries
     }
+}
 
-    pub(super) fn entries(&self, p: &Pressure) -> Option<u32> {
-        if p.entries != u32::MAX {
-            Some(p.entries)
-        } else {
-            self.entries_now
+fn entries_source(p: &Pressure) -> &'static str {
+    if p.entries != u32::MAX {
+        "kernel"
+    } else {
+        "ct-trace"
+    }
+}
+
+fn lost_report(g: &Gone, sh: &Shared) -> LostReport {
+    LostReport {
+        how: g.how,
+        certain: g.certain,
+        time: Some(sh.time(g.boot_ns)),
+        entry: Some(FlowEntry::of(&g.destroyed.entry)),
+    }
+}
+
+/// A packet conntrack refused because its table was full.
+pub(super) fn table_full(p: &Pressure, sh: &Shared, out: &mut Output) {
+    let k = &p.packet;
+    let (src, dst) = addrs(k);
+    let tcp = k.proto == IPPROTO_TCP;
+    let ports = tcp || k.proto == IPPROTO_UDP;
+    let (sport, dport) = (ports.then_some(k.sport), ports.then_some(k.dport));
+    // The refused packet opens the flow: its destination is the Service address.
+    let service_name = sh.packet_service_name(src, sport, dst, dport, k.proto);
+    out.reports.push(Report::TableFull(TableFullReport {
+        time: sh.time(p.header.ts_ns),
+        netns: k.netns,
+        entries: entries(p, sh),
+        entries_source: entries_source(p),
+        max: sh.batch.ct_max,
+        proto: k.proto,
+        src,
+        sport,
+        dst,
+        dport,
+        flags: tcp.then(|| tcp_flags(k.tcp_flags)),
+        service_name,
+    }));
+}
+
+impl Midstream {
+    pub fn new() -> Self {
+        Self {
+            mids: Bounded::new(MAX_PENDING),
+            recent: Bounded::new(RECENT),
+            lost: LostEntries::default(),
+            evicted_inferred: 0,
         }
     }
 
-    pub(super) fn entries_source(&self, p: &Pressure) -> &'static str {
-        if p.entries != u32::MAX {
-            "kernel"
-        } else {
-            "ct-trace"
-        }
-    }
-
-    pub(super) fn lost_report(&self, g: &Gone) -> LostReport {
-        LostReport {
-            how: g.how,
-            certain: g.certain,
-            time: Some(self.time(g.boot_ns)),
-            entry: Some(FlowEntry::of(&g.destroyed.entry)),
-        }
-    }
-
-    pub(super) fn midstream(&mut self, p: &Pressure, now: Instant, out: &mut Output) {
+    /// A `midstream` record waits for the entry its flow lost. Returns the record a full room
+    /// evicted (complete as `unknown`), then this one when the lost entry is already known.
+    pub fn wait(
+        &mut self,
+        p: &Pressure,
+        now: Instant,
+        sh: &Shared,
+    ) -> (Option<MidDone>, Option<MidDone>) {
         let k = &p.packet;
         let (src, dst) = addrs(k);
         let tuple = Tuple {
@@ -68,12 +133,12 @@ impl Correlator {
             proto: IPPROTO_TCP,
         };
         let report = MidstreamReport {
-            time: self.time(p.header.ts_ns),
+            time: sh.time(p.header.ts_ns),
             netns: k.netns,
             hook: Hook::name_of(p.hook),
-            entries: self.entries(p),
-            entries_source: self.entries_source(p),
-            max: self.ct_max,
+            entries: entries(p, sh),
+            entries_source: entries_source(p),
+            max: sh.batch.ct_max,
             src,
             sport: k.sport,
             dst,
@@ -86,12 +151,7 @@ impl Correlator {
             service_name: None,
         };
         let id = (p.skb, p.header.ts_ns);
-        if self.mids.len() >= MAX_PENDING {
-            if let Some(old) = self.mid_order.pop_front() {
-                self.finish_mid(old, LostReport::unknown(), out);
-            }
-        }
-        let wait = if self.destroy_watermark.is_some() {
+        let wait = if sh.batch.watermark.is_some() {
             MIDSTREAM_WAIT
         } else {
             FATE_WAIT
@@ -103,27 +163,33 @@ impl Correlator {
             deadline: now + wait,
             resets: Vec::new(),
         };
-        self.mids.insert(id, pending);
-        self.mid_order.push_back(id);
-        if let Some(g) = self.lost.find(&tuple) {
-            let l = self.lost_report(g);
-            self.finish_mid(id, l, out);
-        }
+        let evicted = self
+            .mids
+            .insert(id, pending)
+            .map(|(old, m)| (old, m, LostReport::unknown()));
+        let found = match self.lost.find(&tuple) {
+            Some(g) => {
+                let l = lost_report(g, sh);
+                self.mids.remove(&id).map(|m| (id, m, l))
+            }
+            None => None,
+        };
+        (evicted, found)
     }
 
-    /// Entries that went: `evicted` ones are reported; every one is remembered, and completes
-    /// the `midstream` records waiting for it.
-    pub fn gone(&mut self, gone: Vec<Gone>, out: &mut Output) {
+    /// Entries that went: `evicted` ones are reported; every one is remembered. Returns the
+    /// waiting records they complete, oldest first.
+    pub fn gone(&mut self, gone: Vec<Gone>, sh: &Shared, out: &mut Output) -> Vec<MidDone> {
         for g in gone {
             if g.how == How::Evicted {
                 self.evicted_inferred += u64::from(!g.certain);
                 let entry = FlowEntry::of(&g.destroyed.entry);
-                let service_name = self.entry_service_name(&entry);
+                let service_name = sh.entry_service_name(&entry);
                 out.reports.push(Report::Evicted(EvictedReport {
-                    time: self.time(g.boot_ns),
-                    netns: self.ctx.own_netns,
+                    time: sh.time(g.boot_ns),
+                    netns: sh.ctx.own_netns,
                     entries: g.entries,
-                    max: self.ct_max,
+                    max: sh.batch.ct_max,
                     entry,
                     age_s: g.destroyed.age_ns.map(|n| n as f64 / 1e9),
                     certain: g.certain,
@@ -136,54 +202,68 @@ impl Correlator {
         let found: Vec<(VerdictId, LostReport)> = self
             .mids
             .iter()
-            .filter_map(|(id, m)| Some((*id, self.lost_report(self.lost.find(&m.tuple)?))))
+            .filter_map(|(id, m)| Some((*id, lost_report(self.lost.find(&m.tuple)?, sh))))
             .collect();
-        for (id, l) in found {
-            self.finish_mid(id, l, out);
-        }
+        found
+            .into_iter()
+            .filter_map(|(id, l)| self.mids.remove(&id).map(|m| (id, m, l)))
+            .collect()
     }
 
-    pub(super) fn finish_mid(&mut self, id: VerdictId, lost: LostReport, out: &mut Output) {
-        let Some(mut m) = self.mids.remove(&id) else {
-            return;
-        };
-        m.report.lost = lost.clone();
+    /// The records whose wait is over (all with `flush`), oldest first: complete as `unknown`.
+    pub fn due(&mut self, now: Instant, flush: bool, watermark: Option<u64>) -> Vec<MidDone> {
+        self.mids
+            .pop_oldest_while(|m| {
+                flush || m.deadline <= now || watermark.is_some_and(|w| w >= m.ts_ns)
+            })
+            .into_iter()
+            .map(|(id, m)| (id, m, LostReport::unknown()))
+            .collect()
+    }
+
+    /// The time of the oldest waiting record.
+    pub fn held_since(&self) -> Option<Time> {
+        self.mids.oldest().map(|(_, m)| m.report.time)
+    }
+
+    /// Reports a complete record; returns the resets it caused meanwhile, for their
+    /// attribution to `lost`, right after it.
+    pub fn finish(
+        &mut self,
+        (id, mut m, lost): MidDone,
+        sh: &Shared,
+        out: &mut Output,
+    ) -> Vec<(Reset, ResetReport)> {
         // The lost entry names the Service; without it, the packet (a backend's reply or a
         // client's segment) does.
         let r = &m.report;
         m.report.service_name = match &lost.entry {
-            Some(e) => self.entry_service_name(e),
+            Some(e) => sh.entry_service_name(e),
             None => None,
         }
         .or_else(|| {
-            self.packet_service_name(r.src, Some(r.sport), r.dst, Some(r.dport), IPPROTO_TCP)
+            sh.packet_service_name(r.src, Some(r.sport), r.dst, Some(r.dport), IPPROTO_TCP)
         });
+        m.report.lost = lost.clone();
         out.reports.push(Report::Midstream(m.report));
-        for (raw, rep) in m.resets {
-            self.lost_attribution(raw, rep, lost.clone(), out);
-        }
-        if self.mid_recent_order.len() >= RECENT {
-            if let Some(old) = self.mid_recent_order.pop_front() {
-                self.mid_recent.remove(&old);
-            }
-        }
-        self.mid_recent.insert(id, lost);
-        self.mid_recent_order.push_back(id);
+        self.recent.insert(id, lost);
+        m.resets
     }
 
-    /// A reset answering a packet picked up mid-stream: attributed to the lost entry.
-    pub(super) fn reset_of_lost_entry(
+    /// A reset answering a packet picked up mid-stream: kept with its record while that waits,
+    /// else given back with the entry its flow lost, for its attribution.
+    pub fn join_reset(
         &mut self,
         id: VerdictId,
         r: Reset,
         report: ResetReport,
-        out: &mut Output,
-    ) {
+        sh: &Shared,
+    ) -> Option<(Reset, ResetReport, LostReport)> {
         if let Some(m) = self.mids.get_mut(&id) {
             m.resets.push((r, report));
-            return;
+            return None;
         }
-        let lost = match self.mid_recent.get(&id) {
+        let lost = match self.recent.get(&id) {
             Some(l) => l.clone(),
             None => {
                 // The midstream record was not shown (budget) or did not arrive.
@@ -196,50 +276,11 @@ impl Correlator {
                     proto: IPPROTO_TCP,
                 };
                 match self.lost.find(&t) {
-                    Some(g) => self.lost_report(g),
+                    Some(g) => lost_report(g, sh),
                     None => LostReport::unknown(),
                 }
             }
         };
-        self.lost_attribution(r, report, lost, out);
-    }
-
-    /// A reset of a packet picked up mid-stream: attributed to the lost entry only when one
-    /// was found, it had NAT (losing an untranslated flow's entry changes none of its packets),
-    /// and the packet was that flow's answer travelling without it (the backend's reply
-    /// reaching the client from the backend's address). Anything else - an ACK scan to a port,
-    /// a segment of a flow nothing shows was tracked - is a stray.
-    pub(super) fn lost_attribution(
-        &mut self,
-        r: Reset,
-        rep: ResetReport,
-        lost: LostReport,
-        out: &mut Output,
-    ) {
-        let (src, dst) = addrs(&r.packet);
-        let blamed = lost.entry.as_ref().is_some_and(|e| {
-            e.nat()
-                && e.is_reply(
-                    SocketAddr::new(src, r.packet.sport),
-                    SocketAddr::new(dst, r.packet.dport),
-                )
-        });
-        if !blamed {
-            self.stray(rep, false, out);
-            return;
-        }
-        let reason = format!(
-            "entry lost ({}): conntrack picked the flow up mid-stream without the Service's NAT",
-            how_name(lost.how)
-        );
-        let known = resets::Known {
-            reason,
-            fate: Fate::Passed,
-            enrichment: None,
-            lost: Some(lost),
-        };
-        let a = self.attribute(&r, &rep, None, known);
-        out.reports.push(Report::RstSent(rep));
-        out.reports.push(Report::Attribution(a));
+        Some((r, report, lost))
     }
 }

@@ -1,63 +1,227 @@
 //! INVALID verdicts: joined with the reason conntrack logged, their fate (a later drop) and
-//! their entry, then reported once.
+//! their entry, then reported once. Owns the verdicts waiting for their fate or lookup, the
+//! reasons waiting for their verdict, and what recent verdicts said, for later resets.
 
-use std::time::Instant;
+use std::{collections::HashMap, time::Instant};
 
-use conntrack_common::{flags, ips, Drop, Reason, Verdict, IPPROTO_TCP, NO_REASON};
+use conntrack_common::{flags, ips, Drop, Hook, Reason, Reset, Verdict, IPPROTO_TCP, NO_REASON};
 
-use super::*;
+use super::{
+    resets::Invalid,
+    shared::{Output, Shared, VerdictId, FATE_WAIT, MAX_PENDING, MAX_WAITING, RECENT},
+};
+use crate::{
+    node::netlink::Tuple,
+    output::report::{ConntrackReport, Fate, InvalidReport, Report, ResetReport, Time},
+    pipeline::bounded::Bounded,
+    pipeline::enrich::Request,
+    pipeline::events::{addrs, tcp_flags},
+};
 
-impl Correlator {
-    /// A verdict whose wait is over goes out with what is known.
-    pub(super) fn expire(&mut self, id: VerdictId, out: &mut Output) {
-        if let Some(p) = self.pending.get_mut(&id) {
-            if let Some(t) = p.lookup.take() {
-                self.tokens.remove(&t);
-                p.report.enrichment = Some("skipped");
-                self.enrichment_skipped += 1;
-            }
+/// A verdict within this long after a reason for the same `sk_buff` is about the same packet
+/// (both happen inside one `nf_conntrack_in()` call).
+const REASON_MAX_AGE_NS: u64 = 100_000_000;
+
+pub(super) struct Pending {
+    report: InvalidReport,
+    deadline: Instant,
+    /// A drop came, or a reset proved that the packet went on: nothing more to wait for.
+    fate_done: bool,
+    /// The token of an unanswered lookup.
+    lookup: Option<u64>,
+    /// Resets this packet caused, reported after it.
+    resets: Vec<(Reset, ResetReport)>,
+}
+
+/// A reason record waiting for the verdict on the same packet.
+struct PendingReason {
+    reason: Box<Reason>,
+    deadline: Instant,
+}
+
+/// What a reason record says, ready to go into a report.
+struct ReasonInfo {
+    text: String,
+    missed_by: Option<u32>,
+    conntrack: Option<ConntrackReport>,
+    /// Whether conntrack refused the packet with a confirmed entry of its flow in hand (`None`:
+    /// it refused it before looking one up).
+    tracked: Option<bool>,
+}
+
+/// A verdict that was reported, with the resets it caused meanwhile: the caller attributes
+/// them, in order, right after the verdict's report (`invalid` is there when they are).
+#[derive(Default)]
+pub(super) struct Done {
+    pub resets: Vec<(Reset, ResetReport)>,
+    pub invalid: Option<Invalid>,
+}
+
+pub(super) struct Verdicts {
+    pending: Bounded<VerdictId, Pending>,
+    /// What reported verdicts said, for resets that arrive later.
+    recent: Bounded<VerdictId, Invalid>,
+    /// By `sk_buff` address.
+    reasons: Bounded<u64, PendingReason>,
+    /// Lookups in flight for pending verdicts.
+    tokens: HashMap<u64, VerdictId>,
+    /// Reasons on packets that were neither INVALID nor TCP (not reported).
+    pub reasons_unmatched: u64,
+    /// Verdicts that went out without their lookup's answer.
+    pub enrichment_skipped: u64,
+}
+
+impl Verdicts {
+    pub fn new() -> Self {
+        Self {
+            pending: Bounded::new(MAX_PENDING),
+            recent: Bounded::new(RECENT),
+            reasons: Bounded::new(MAX_WAITING),
+            tokens: HashMap::new(),
+            reasons_unmatched: 0,
+            enrichment_skipped: 0,
         }
-        self.finish(id, out);
     }
 
-    pub(super) fn finish(&mut self, id: VerdictId, out: &mut Output) {
-        let Some(mut p) = self.pending.remove(&id) else {
+    /// A reason record waits for the verdict on the same packet; a full room reports its
+    /// oldest as ignored.
+    pub fn reason(&mut self, r: Box<Reason>, now: Instant, sh: &Shared, out: &mut Output) {
+        let skb = r.skb;
+        // The first reason logged for a packet is the one that decided.
+        if self.reasons.contains_key(&skb) {
             return;
-        };
-        // Named now, when the entry's lookup (if any) is in.
-        p.report.service_name = self.invalid_service_name(&p.report);
-        if self.recent_order.len() >= RECENT {
-            if let Some(old) = self.recent_order.pop_front() {
-                self.recent.remove(&old);
-            }
         }
-        let recent = Recent {
+        let pending = PendingReason {
+            reason: r,
+            deadline: now + FATE_WAIT,
+        };
+        if let Some((_, old)) = self.reasons.insert(skb, pending) {
+            self.ignored(&old.reason, sh, out);
+        }
+    }
+
+    /// Reports the reasons that waited long enough for a verdict (all with `flush`) as ignored.
+    pub fn tick_reasons(&mut self, now: Instant, flush: bool, sh: &Shared, out: &mut Output) {
+        for (_, p) in self
+            .reasons
+            .pop_oldest_while(|p| flush || p.deadline <= now)
+        {
+            self.ignored(&p.reason, sh, out);
+        }
+    }
+
+    /// The verdicts whose wait is over (all with `flush`), oldest first, for [`Self::expire`].
+    pub fn due(&mut self, now: Instant, flush: bool) -> Vec<(VerdictId, Pending)> {
+        self.pending
+            .pop_oldest_while(|p| flush || p.deadline <= now)
+    }
+
+    /// The times of the oldest verdict waiting and the oldest reason waiting.
+    pub fn held_since(&self, sh: &Shared) -> [Option<Time>; 2] {
+        [
+            self.pending.oldest().map(|(_, p)| p.report.time),
+            self.reasons
+                .oldest()
+                .map(|(_, r)| sh.time(r.reason.header.ts_ns)),
+        ]
+    }
+
+    /// A verdict whose wait is over goes out with what is known.
+    pub fn expire(&mut self, id: VerdictId, mut p: Pending, sh: &Shared, out: &mut Output) -> Done {
+        if let Some(t) = p.lookup.take() {
+            self.tokens.remove(&t);
+            p.report.enrichment = Some("skipped");
+            self.enrichment_skipped += 1;
+        }
+        self.finish(id, p, sh, out)
+    }
+
+    fn finish(&mut self, id: VerdictId, mut p: Pending, sh: &Shared, out: &mut Output) -> Done {
+        // Named now, when the entry's lookup (if any) is in.
+        p.report.service_name = sh.invalid_service_name(&p.report);
+        let invalid = Invalid {
             conntrack: p.report.conntrack.clone(),
             tracked: p.report.tracked,
             reason: p.report.reason.clone(),
             fate: p.report.fate,
         };
         out.reports.push(Report::Invalid(p.report));
-        for (raw, rep) in p.resets {
-            let (ct, reason) = (recent.conntrack.clone(), recent.reason.clone());
-            self.attribution(raw, rep, ct, recent.tracked, reason, recent.fate, out);
+        if p.resets.is_empty() {
+            self.recent.insert(id, invalid);
+            return Done::default();
         }
-        self.recent.insert(id, recent);
-        self.recent_order.push_back(id);
+        self.recent.insert(id, invalid.clone());
+        Done {
+            resets: p.resets,
+            invalid: Some(invalid),
+        }
     }
 
-    pub(super) fn reason_info(&self, r: &Reason) -> ReasonInfo {
+    /// The answer to a verdict's lookup (`None`: refused by the enrichment queue); `None` back
+    /// unless it completed the verdict.
+    pub fn answer(
+        &mut self,
+        token: u64,
+        entry: Option<Option<ConntrackReport>>,
+        sh: &Shared,
+        out: &mut Output,
+    ) -> Option<Done> {
+        let id = self.tokens.remove(&token)?;
+        let p = self.pending.get_mut(&id)?;
+        p.lookup = None;
+        match entry {
+            Some(e) => {
+                p.report.tracked = Some(e.is_some());
+                p.report.conntrack = e;
+            }
+            None => {
+                p.report.enrichment = Some("skipped");
+                self.enrichment_skipped += 1;
+            }
+        }
+        if !p.fate_done {
+            return None;
+        }
+        let p = self.pending.remove(&id)?;
+        Some(self.finish(id, p, sh, out))
+    }
+
+    /// Whether verdict `id` is waiting.
+    pub fn waiting(&self, id: &VerdictId) -> bool {
+        self.pending.contains_key(id)
+    }
+
+    /// A reset caused by the packet of waiting verdict `id` waits with it (the packet reached a
+    /// host that reset it, so it was not dropped: its verdict goes out once its lookup is
+    /// answered, then the reset and the attribution).
+    pub fn join_reset(
+        &mut self,
+        id: VerdictId,
+        r: Reset,
+        report: ResetReport,
+        sh: &Shared,
+        out: &mut Output,
+    ) -> Option<Done> {
+        let p = self.pending.get_mut(&id)?;
+        p.fate_done = true;
+        p.resets.push((r, report));
+        if p.lookup.is_some() {
+            return None;
+        }
+        let p = self.pending.remove(&id)?;
+        Some(self.finish(id, p, sh, out))
+    }
+
+    /// What a verdict reported recently said, for a reset that came after it.
+    pub fn seen(&self, id: &VerdictId) -> Option<Invalid> {
+        self.recent.get(id).cloned()
+    }
+
+    fn reason_info(r: &Reason, sh: &Shared) -> ReasonInfo {
         let fmt = crate::pipeline::reason::format_string(r);
-        let state = self
-            .ctx
-            .ct_layout
-            .as_ref()
-            .and_then(|l| crate::pipeline::reason::tcp_state(r, l));
-        let conntrack = self
-            .ctx
-            .ct_layout
-            .as_ref()
-            .and_then(|l| crate::pipeline::reason::conntrack(r, l));
+        let layout = sh.ctx.ct_layout.as_ref();
+        let state = layout.and_then(|l| crate::pipeline::reason::tcp_state(r, l));
+        let conntrack = layout.and_then(|l| crate::pipeline::reason::conntrack(r, l));
         let (seq, ack) = (r.packet.seq, r.packet.ack);
         ReasonInfo {
             text: crate::pipeline::reason::render(&fmt, r.args, state),
@@ -73,16 +237,16 @@ impl Correlator {
 
     /// A TCP packet conntrack logged but did not mark INVALID: 6.1+ IGNORE (out of window in a
     /// way conntrack tolerates: it keeps the entry and the NAT).
-    pub(super) fn ignored(&mut self, r: &Reason, out: &mut Output) {
+    fn ignored(&mut self, r: &Reason, sh: &Shared, out: &mut Output) {
         let p = &r.packet;
-        if !self.ctx.verdicts || p.proto != IPPROTO_TCP || p.family == 0 {
+        if !sh.ctx.verdicts || p.proto != IPPROTO_TCP || p.family == 0 {
             self.reasons_unmatched += 1;
             return;
         }
-        let info = self.reason_info(r);
+        let info = Self::reason_info(r, sh);
         let (src, dst) = addrs(p);
         let mut report = InvalidReport {
-            time: self.time(r.header.ts_ns),
+            time: sh.time(r.header.ts_ns),
             netns: p.netns,
             hook: Hook::name_of(r.hook),
             in_iface: None,
@@ -105,21 +269,29 @@ impl Correlator {
             enrichment: None,
             service_name: None,
         };
-        report.service_name = self.invalid_service_name(&report);
+        report.service_name = sh.invalid_service_name(&report);
         out.reports.push(Report::Ignored(report));
     }
 
-    pub(super) fn invalid(&mut self, v: Verdict, now: Instant, out: &mut Output) {
+    /// A verdict waits for its fate and its lookup; a full room gives back its oldest, for
+    /// [`Self::expire`].
+    pub fn invalid(
+        &mut self,
+        v: Verdict,
+        now: Instant,
+        sh: &mut Shared,
+        out: &mut Output,
+    ) -> Option<(VerdictId, Pending)> {
         let p = &v.packet;
         let (src, dst) = addrs(p);
         let tcp = v.flags & flags::NOT_TCP == 0 && v.flags & flags::NO_HEADERS == 0;
         let info = match self.reasons.remove(&v.skb) {
             Some(r) if v.header.ts_ns.wrapping_sub(r.reason.header.ts_ns) <= REASON_MAX_AGE_NS => {
-                Some(self.reason_info(&r.reason))
+                Some(Self::reason_info(&r.reason, sh))
             }
             _ => None,
         };
-        let (reason, missed_by, kernel_ct, tracked) = match (info, &self.ctx.reason_unknown) {
+        let (reason, missed_by, kernel_ct, tracked) = match (info, &sh.ctx.reason_unknown) {
             (Some(i), _) => (i.text, i.missed_by, i.conntrack, i.tracked),
             (None, Some(why)) => (why.clone(), None, None, None),
             (None, None) => (
@@ -130,8 +302,8 @@ impl Correlator {
             ),
         };
         // Without the kernel's word on the entry, its lookup tells whether the flow was tracked.
-        let lookup = if tracked.is_none() && tcp && self.ctx.lookups {
-            let token = self.token();
+        let lookup = if tracked.is_none() && tcp && sh.ctx.lookups {
+            let token = sh.token();
             out.lookups.push(Request {
                 token,
                 tuple: Tuple {
@@ -148,11 +320,11 @@ impl Correlator {
             None
         };
         let report = InvalidReport {
-            time: self.time(v.header.ts_ns),
+            time: sh.time(v.header.ts_ns),
             netns: p.netns,
             hook: Hook::name_of(v.hook),
-            in_iface: (self.ctx.ifname)(p.ifindex),
-            out_iface: (self.ctx.ifname)(v.out_ifindex),
+            in_iface: (sh.ctx.ifname)(p.ifindex),
+            out_iface: (sh.ctx.ifname)(v.out_ifindex),
             proto: p.proto,
             src,
             sport: tcp.then_some(p.sport),
@@ -164,7 +336,7 @@ impl Correlator {
             len: tcp.then_some(p.payload_len),
             reason,
             missed_by,
-            fate: if self.ctx.fate_known {
+            fate: if sh.ctx.fate_known {
                 Fate::Passed
             } else {
                 Fate::Unknown
@@ -179,40 +351,31 @@ impl Correlator {
         if let Some(t) = lookup {
             self.tokens.insert(t, id);
         }
-        while self.pending.len() >= MAX_PENDING {
-            let Some(old) = self.order.pop_front() else {
-                break;
-            };
-            self.expire(old, out);
-        }
         let fresh = Pending {
             report,
             deadline: now + FATE_WAIT,
-            fate_done: !self.ctx.fate_known,
+            fate_done: !sh.ctx.fate_known,
             lookup,
             resets: Vec::new(),
         };
-        if self.pending.insert(id, fresh).is_none() {
-            self.order.push_back(id);
-        }
+        self.pending.insert(id, fresh)
     }
 
-    pub(super) fn drop(&mut self, d: Drop, out: &mut Output) {
+    /// The drop of a waiting verdict's packet: its fate.
+    pub fn drop(&mut self, d: Drop, sh: &Shared, out: &mut Output) -> Option<Done> {
         let id = (d.skb, d.verdict_ts_ns);
         // A drop for a verdict already reported (or never seen) says nothing new.
-        let Some(p) = self.pending.get_mut(&id) else {
-            return;
-        };
+        let p = self.pending.get_mut(&id)?;
         // On a veth the same sk_buff crosses into the next namespace, so a packet that passed
         // netfilter here can be freed later elsewhere (e.g. NO_SOCKET on the host that then
         // resets it). Only a netfilter drop protects the node; an old kernel without reasons
         // cannot tell the two apart.
-        p.report.fate = match (d.reason, self.ctx.netfilter_drop) {
+        p.report.fate = match (d.reason, sh.ctx.netfilter_drop) {
             (NO_REASON, _) | (_, None) => Fate::Unknown,
             (r, Some(nf)) if r == nf => Fate::Dropped,
             _ => Fate::Passed,
         };
-        p.report.drop_reason = Some(match self.ctx.drop_reasons.get(&d.reason) {
+        p.report.drop_reason = Some(match sh.ctx.drop_reasons.get(&d.reason) {
             Some(n) => crate::kernel::btf::short_reason(n).to_string(),
             None if d.reason == NO_REASON => {
                 "unknown (kfree_skb has no reason on this kernel)".into()
@@ -220,8 +383,10 @@ impl Correlator {
             None => d.reason.to_string(),
         });
         p.fate_done = true;
-        if p.lookup.is_none() {
-            self.finish(id, out);
+        if p.lookup.is_some() {
+            return None;
         }
+        let p = self.pending.remove(&id)?;
+        Some(self.finish(id, p, sh, out))
     }
 }

@@ -2,6 +2,7 @@
 //! `entry_lost` attributions (or strays) of their resets.
 
 use super::*;
+use crate::{node::netlink::Tuple, pipeline::events::addrs};
 
 fn midstream_of(skb: u64, ts: u64) -> Event {
     let mut p = conntrack_common::Pressure {
@@ -113,7 +114,7 @@ fn resets_of_midstream_packets_no_lost_entry_explains_are_strays() {
     );
     assert_eq!(out.reports.iter().filter(|r| r.is_stray()).count(), 10);
     assert_eq!(
-        c.strays,
+        c.strays(),
         StrayTally {
             invalid: 0,
             midstream: 10
@@ -156,7 +157,10 @@ fn with_a_watcher_a_midstream_waits_until_the_watcher_is_past_it() {
     let mut c = Correlator::new(ctx());
     let mut out = Output::default();
     let now = Instant::now();
-    c.destroy_watermark = Some(900);
+    c.batch(Batch {
+        watermark: Some(900),
+        ..Default::default()
+    });
     c.event(midstream_of(0xaa, 1_000), now, &mut out);
     // Another flow (another client port).
     let mut other = midstream_of(0xab, 2_000);
@@ -167,7 +171,10 @@ fn with_a_watcher_a_midstream_waits_until_the_watcher_is_past_it() {
     c.tick(now + FATE_WAIT * 4, false, &mut out);
     assert!(out.reports.is_empty(), "the watcher is behind both");
     // The watcher caught up to 1 500 and brought the first flow's entry.
-    c.destroy_watermark = Some(1_500);
+    c.batch(Batch {
+        watermark: Some(1_500),
+        ..Default::default()
+    });
     c.gone(vec![gone_for(How::Expired)], &mut out);
     c.tick(now + FATE_WAIT * 4, false, &mut out);
     assert_eq!(kinds(&out), ["midstream"]);
@@ -176,7 +183,10 @@ fn with_a_watcher_a_midstream_waits_until_the_watcher_is_past_it() {
     };
     assert_eq!((m.lost.how, m.lost.certain), (How::Expired, true));
     // Past the second one with nothing for it: it goes at once, unknown ...
-    c.destroy_watermark = Some(2_500);
+    c.batch(Batch {
+        watermark: Some(2_500),
+        ..Default::default()
+    });
     c.tick(now + FATE_WAIT * 4, false, &mut out);
     assert_eq!(kinds(&out), ["midstream", "midstream"]);
     // ... and a stalled watcher holds none longer than MIDSTREAM_WAIT.
@@ -208,7 +218,7 @@ fn lost_entries_and_table_pressure_carry_the_service_name() {
     let mut b = Builder::default();
     parse_iptables_save(save, &mut b);
     let mut c = Correlator::new(ctx());
-    c.service_names = Some(ServiceLookup::fixed(b.finish()));
+    c.set_service_names(Some(ServiceLookup::fixed(b.finish())));
     let mut out = Output::default();
     let now = Instant::now();
 

@@ -1,7 +1,10 @@
+use std::collections::HashMap;
+
 use super::*;
-use crate::output::report::Direction;
+use crate::output::report::{Direction, Fate};
+use crate::pipeline::lost::How;
 use conntrack_common::{
-    flags, Cause, Drop, Header, InvalidSeen, Packet, Verdict, IPPROTO_TCP, WIRE_VERSION,
+    flags, Cause, Drop, Header, InvalidSeen, Packet, Reason, Verdict, IPPROTO_TCP, WIRE_VERSION,
 };
 
 fn ctx() -> Context {
@@ -182,7 +185,7 @@ fn a_reason_without_a_verdict_is_an_ignored_packet() {
     c.event(Event::Reason(reason(7, fmt, 1)), t0, &mut out);
     c.tick(t0, true, &mut out);
     assert!(out.reports.is_empty());
-    assert_eq!(c.reasons_unmatched, 1);
+    assert_eq!(c.reasons_unmatched(), 1);
 }
 
 #[test]
@@ -201,6 +204,29 @@ fn a_verdict_without_drop_is_reported_passed_after_the_wait() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A full room of waiting verdicts makes room by reporting its oldest at once (passed, without
+/// its lookup): one report per verdict, nothing dropped unseen; a drop for it comes too late.
+#[test]
+fn a_full_room_of_verdicts_reports_its_oldest_at_once() {
+    let mut c = looking_up();
+    let t0 = Instant::now();
+    let mut out = Output::default();
+    for skb in 1..=MAX_PENDING as u64 + 1 {
+        c.event(Event::Invalid(verdict(skb)), t0, &mut out);
+    }
+    match &out.reports[..] {
+        [Report::Invalid(r)] => {
+            assert_eq!((r.fate, r.enrichment), (Fate::Passed, Some("skipped")));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.enrichment_skipped(), 1);
+    c.event(drop_of(1, 1_000, 9), t0, &mut out);
+    assert_eq!(out.reports.len(), 1);
+    c.tick(t0, true, &mut out);
+    assert_eq!(out.reports.len(), MAX_PENDING + 1);
 }
 
 fn drop_of(skb: u64, ts: u64, reason: u32) -> Event {
@@ -275,7 +301,7 @@ fn a_reset_caused_by_an_invalid_packet_is_attributed_once() {
     // Nothing more comes out later.
     c.tick(t0 + FATE_WAIT * 2, true, &mut out);
     assert_eq!(out.reports.len(), 3);
-    assert_eq!(c.strays, StrayTally::default());
+    assert_eq!(c.strays(), StrayTally::default());
 }
 
 /// A port scan: a SYN|FIN (or NULL, XMAS, FIN) segment to a closed port is INVALID, no entry
@@ -311,7 +337,7 @@ fn a_reset_of_an_invalid_packet_of_no_tracked_flow_is_a_stray() {
         }
     }
     assert_eq!(
-        c.strays,
+        c.strays(),
         StrayTally {
             invalid: 10,
             midstream: 0
@@ -413,8 +439,8 @@ fn a_reset_of_a_suppressed_verdict_is_still_attributed_with_its_lookup() {
         panic!("{:?}", out.reports)
     };
     assert_eq!((r.cause, r.enrichment), (Some("stray"), Some("skipped")));
-    assert_eq!(c.enrichment_skipped, 1);
-    assert_eq!(c.strays.invalid, 1);
+    assert_eq!(c.enrichment_skipped(), 1);
+    assert_eq!(c.strays().invalid, 1);
 }
 
 #[test]
@@ -500,7 +526,7 @@ fn invalid_packets_and_attributions_carry_the_service_name() {
         (None, None),
     ] {
         let mut c = looking_up();
-        c.service_names = names;
+        c.set_service_names(names);
         let t0 = Instant::now();
         let mut out = Output::default();
         c.event(Event::Invalid(verdict(7)), t0, &mut out);

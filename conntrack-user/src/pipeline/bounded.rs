@@ -1,0 +1,229 @@
+//! One bounded, insertion-ordered map for everything the correlator holds while it waits
+//! (verdicts for their fate, reasons for their verdict, resets for their lookup, `midstream`
+//! records for their lost entry, and what was reported, for resets that come later). Waits end
+//! in arrival order (a deadline is the arrival time plus a fixed wait), so ageing is popping
+//! from the old end while an entry is due; a full map makes room by giving its oldest entry
+//! back to the caller, who reports it with what is known: nothing is dropped unseen.
+//!
+//! Removal by key is O(1): it leaves a stale slot in the order queue that is skipped later (a
+//! slot is live while the map holds its key with the same sequence number, so a key removed
+//! and inserted again is not mistaken for its old self). Stale slots are dropped from the front
+//! at once and compacted away when they outnumber the live ones, so memory stays within a
+//! constant factor of the capacity.
+
+use std::{
+    collections::{hash_map::Entry, HashMap, VecDeque},
+    hash::Hash,
+};
+
+pub struct Bounded<K, V> {
+    map: HashMap<K, (u64, V)>,
+    /// Keys oldest first, with the sequence number they were inserted under.
+    order: VecDeque<(u64, K)>,
+    next: u64,
+    cap: usize,
+}
+
+impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
+    /// A map that holds at most `cap` entries (at least one).
+    pub fn new(cap: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            next: 0,
+            cap: cap.max(1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn contains_key(&self, k: &K) -> bool {
+        self.map.contains_key(k)
+    }
+
+    pub fn get(&self, k: &K) -> Option<&V> {
+        self.map.get(k).map(|(_, v)| v)
+    }
+
+    pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        self.map.get_mut(k).map(|(_, v)| v)
+    }
+
+    /// Stores `v` under `k`. A new key goes to the young end, and when the map is full the
+    /// oldest entry makes room and is returned; a key already present keeps its place and gets
+    /// the new value (the old one is dropped), and nothing is evicted.
+    pub fn insert(&mut self, k: K, v: V) -> Option<(K, V)> {
+        match self.map.entry(k) {
+            Entry::Occupied(mut e) => {
+                e.get_mut().1 = v;
+                return None;
+            }
+            Entry::Vacant(e) => {
+                e.insert((self.next, v));
+                self.order.push_back((self.next, k));
+                self.next += 1;
+            }
+        }
+        // The new entry is the youngest of at least two: never the one that goes.
+        if self.map.len() > self.cap {
+            self.pop_oldest()
+        } else {
+            None
+        }
+    }
+
+    pub fn remove(&mut self, k: &K) -> Option<V> {
+        let (seq, v) = self.map.remove(k)?;
+        if self.order.front().is_some_and(|(s, _)| *s == seq) {
+            self.order.pop_front();
+            self.drop_stale_front();
+        } else if self.order.len() > 2 * self.map.len() + 16 {
+            let map = &self.map;
+            self.order
+                .retain(|(seq, k)| map.get(k).is_some_and(|(s, _)| s == seq));
+        }
+        Some(v)
+    }
+
+    /// The oldest entry.
+    pub fn oldest(&self) -> Option<(&K, &V)> {
+        // The front is kept live: this looks at one slot.
+        self.iter().next()
+    }
+
+    pub fn pop_oldest(&mut self) -> Option<(K, V)> {
+        let popped = self.pop_front_if(|_| true);
+        self.drop_stale_front();
+        popped
+    }
+
+    /// Removes and returns the oldest entries while `due` says so, oldest first; stops at the
+    /// first one that is not due.
+    pub fn pop_oldest_while(&mut self, mut due: impl FnMut(&V) -> bool) -> Vec<(K, V)> {
+        let mut out = Vec::new();
+        while let Some(e) = self.pop_front_if(&mut due) {
+            out.push(e);
+        }
+        out
+    }
+
+    /// Pops the oldest live entry if `due` says so (one hash lookup), and the stale slots
+    /// before it.
+    fn pop_front_if(&mut self, mut due: impl FnMut(&V) -> bool) -> Option<(K, V)> {
+        while let Some(&(seq, k)) = self.order.front() {
+            match self.map.entry(k) {
+                Entry::Occupied(e) if e.get().0 == seq => {
+                    if !due(&e.get().1) {
+                        return None;
+                    }
+                    let (_, v) = e.remove();
+                    self.order.pop_front();
+                    return Some((k, v));
+                }
+                _ => {
+                    self.order.pop_front();
+                }
+            }
+        }
+        None
+    }
+
+    /// The entries, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.order
+            .iter()
+            .filter_map(|(seq, k)| match self.map.get_key_value(k) {
+                Some((k, (s, v))) if s == seq => Some((k, v)),
+                _ => None,
+            })
+    }
+
+    /// Drops stale slots from the front: the oldest entry is then found at once.
+    fn drop_stale_front(&mut self) {
+        while let Some((seq, k)) = self.order.front() {
+            if self.map.get(k).is_some_and(|(s, _)| s == seq) {
+                break;
+            }
+            self.order.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys<V>(b: &Bounded<u32, V>) -> Vec<u32> {
+        b.iter().map(|(k, _)| *k).collect()
+    }
+
+    #[test]
+    fn a_full_map_gives_back_its_oldest_entry_for_each_new_key() {
+        let mut b = Bounded::new(3);
+        for k in 0..3 {
+            assert_eq!(b.insert(k, k * 10), None);
+        }
+        assert_eq!(b.insert(3, 30), Some((0, 0)));
+        assert_eq!(b.insert(4, 40), Some((1, 10)));
+        assert_eq!(b.len(), 3);
+        assert_eq!(keys(&b), [2, 3, 4]);
+        // A key already present keeps its place, takes the value, evicts nothing.
+        assert_eq!(b.insert(2, 21), None);
+        assert_eq!(keys(&b), [2, 3, 4]);
+        assert_eq!(b.get(&2), Some(&21));
+    }
+
+    #[test]
+    fn removed_entries_neither_count_nor_come_back() {
+        let mut b = Bounded::new(3);
+        for k in 0..3 {
+            b.insert(k, ());
+        }
+        assert_eq!(b.remove(&1), Some(()));
+        assert_eq!(b.remove(&1), None);
+        // Room for one more without an eviction; then the oldest live one goes.
+        assert_eq!(b.insert(3, ()), None);
+        assert_eq!(b.insert(4, ()), Some((0, ())));
+        assert_eq!(b.insert(5, ()), Some((2, ())));
+        assert_eq!(keys(&b), [3, 4, 5]);
+        // Removed and inserted again: young, not in its old place.
+        b.remove(&3);
+        b.insert(3, ());
+        assert_eq!(keys(&b), [4, 5, 3]);
+        assert_eq!(b.oldest(), Some((&4, &())));
+    }
+
+    #[test]
+    fn ageing_pops_the_due_front_only() {
+        let mut b = Bounded::new(10);
+        for (k, deadline) in [(1, 5), (2, 7), (3, 6), (4, 9)] {
+            b.insert(k, deadline);
+        }
+        b.remove(&2);
+        let due: Vec<_> = b.pop_oldest_while(|d| *d <= 6);
+        assert_eq!(due, [(1, 5), (3, 6)]);
+        assert_eq!(b.pop_oldest_while(|d| *d <= 6), []);
+        assert_eq!(keys(&b), [4]);
+        assert_eq!(b.pop_oldest_while(|_| true), [(4, 9)]);
+        assert!(b.is_empty() && b.oldest().is_none() && b.pop_oldest().is_none());
+    }
+
+    #[test]
+    fn stale_slots_do_not_pile_up() {
+        let mut b = Bounded::new(100);
+        b.insert(u32::MAX, ());
+        for k in 0..10_000 {
+            b.insert(k, ());
+            b.remove(&k);
+        }
+        assert_eq!(b.len(), 1);
+        assert!(b.order.len() <= 2 * b.len() + 17, "{}", b.order.len());
+        assert!(b.contains_key(&u32::MAX) && b.get_mut(&u32::MAX).is_some());
+    }
+}
