@@ -5,9 +5,18 @@
 //! with explicit padding, and their sizes are asserted at compile time on both sides (this crate is
 //! compiled for the bpf target and for the host). Userspace decodes `kind` and the enums inside with
 //! `TryFrom`, never by transmuting, so a record from a mismatched build is an error, not garbage.
+//!
+//! With the `std` feature (userspace only) it also parses the kernel's conntrack counters
+//! ([`kstat`]), for ct-trace, its tests and its bench alike.
 #![no_std]
 
+// Unit tests always have std: `kstat` is tested also where the feature is off.
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
 pub mod counter;
+#[cfg(any(feature = "std", test))]
+pub mod kstat;
 pub mod plan;
 
 pub use counter::{Counter, COUNTERS};

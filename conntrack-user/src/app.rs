@@ -43,9 +43,16 @@ const BATCHES_PER_WAKE: usize = 32;
 /// How often the counters are read for `lost`/`suppressed` notices in the stream.
 const NOTICE_EVERY: Duration = Duration::from_secs(1);
 
-/// Exit codes: 0 success, 1 runtime failure, 2 the user must change something (privileges).
+/// `ct-trace lab` in a build without the `lab` feature (the DaemonSet's image).
+#[derive(Debug, thiserror::Error)]
+#[error("this build has no lab (built without the `lab` feature): `ct-trace lab` needs a default build (`cargo build --release`)")]
+pub struct NoLab;
+
+/// Exit codes: 0 success, 1 runtime failure, 2 the user must change something (privileges, a
+/// build with the lab).
 pub fn exit_code(e: &anyhow::Error) -> ExitCode {
     if e.downcast_ref::<PreflightError>().is_some()
+        || e.downcast_ref::<NoLab>().is_some()
         || matches!(
             e.downcast_ref::<load::LoadError>(),
             Some(load::LoadError::Mode { .. })
@@ -60,7 +67,10 @@ pub fn exit_code(e: &anyhow::Error) -> ExitCode {
 pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Doctor { args }) => doctor::run(args),
+        #[cfg(feature = "lab")]
         Some(Command::Lab { action }) => crate::lab::run(action),
+        #[cfg(not(feature = "lab"))]
+        Some(Command::Lab { .. }) => Err(NoLab.into()),
         None => trace(&cli),
     }
 }

@@ -162,9 +162,19 @@ pub enum Command {
     },
     /// Reproduce the failure in namespaces of its own and prove a fix (root): `lab run`,
     /// `lab compare`, `lab cleanup`.
+    #[cfg(feature = "lab")]
     Lab {
         #[command(subcommand)]
         action: crate::lab::LabAction,
+    },
+    /// A build without the lab (the DaemonSet's image): not in `--help`, and whatever follows
+    /// `lab` is taken as is, so that `ct-trace lab ...` gets one line saying why there is none
+    /// rather than clap's "unrecognized subcommand".
+    #[cfg(not(feature = "lab"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
     },
 }
 

@@ -9,6 +9,9 @@
 pub mod app;
 pub mod cli;
 pub mod kernel;
+// `ct-trace lab`: only in builds with the `lab` feature (the default; the DaemonSet's image
+// has none).
+#[cfg(feature = "lab")]
 pub mod lab;
 pub mod node;
 pub mod output;

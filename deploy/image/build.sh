@@ -7,9 +7,12 @@
 #                         [--extra PATH]... [--extra-dir DIR]... [--no-netfilter-tools]
 #                         [--rootfs DIR]
 #
-#   --binary PATH         the ct-trace to put in (default: target/release/ct-trace; build it first
-#                         with `cargo build --release`). A static build
-#                         (RUSTFLAGS='-C target-feature=+crt-static' cargo build --release
+#   --binary PATH         the ct-trace to put in, built without the lab (default:
+#                         target/image/release/ct-trace; build it first with
+#                         `cargo build --release -p conntrack-user --no-default-features
+#                         --target-dir target/image`). A ct-trace that has `ct-trace lab` is
+#                         refused. A static build (RUSTFLAGS='-C target-feature=+crt-static'
+#                         cargo build --release -p conntrack-user --no-default-features
 #                         --target x86_64-unknown-linux-gnu) works too: it has no closure.
 #   --tag NAME:TAG        image name (default: ct-trace:VERSION, VERSION from `ct-trace --version`)
 #   --oci-archive FILE    also write the image as an OCI archive (for `ctr -n k8s.io images
@@ -35,7 +38,10 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 
-binary="$repo/target/release/ct-trace"
+# The image's ct-trace has no lab; its own target directory keeps it apart from the default
+# build's target/release/ct-trace, which has one.
+image_build="cargo build --release -p conntrack-user --no-default-features --target-dir target/image"
+binary="$repo/target/image/release/ct-trace"
 tag=""
 oci_archive=""
 rootfs_only=""
@@ -62,9 +68,15 @@ while (($#)); do
     esac
 done
 
-[[ -x $binary ]] || die "no ct-trace at $binary: build it first (cargo build --release) or give --binary"
+[[ -x $binary ]] || die "no ct-trace at $binary: build it first ($image_build) or give --binary"
 version=$("$binary" --version | awk '{print $2}')
 [[ -n $version ]] || die "$binary --version printed no version"
+# The DaemonSet runs the image on every node: it carries no lab (raw sockets, TCP_REPAIR,
+# namespaces and sysctls it changes). A ct-trace without one says so for `ct-trace lab`.
+lab_says=$("$binary" lab 2>&1 || true)
+if [[ $lab_says != *"this build has no lab"* ]]; then
+    die "$binary has the lab (\`ct-trace lab\`): the image's ct-trace is built without it: $image_build"
+fi
 tag=${tag:-ct-trace:$version}
 
 if ((netfilter_tools)); then

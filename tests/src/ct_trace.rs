@@ -287,10 +287,31 @@ impl CtTrace {
         }
     }
 
+    /// Waits (at most `max`) until what ct-trace wrote on stderr so far satisfies `cond`, and
+    /// returns how long that took; panics with its stderr when it never does.
+    pub fn wait_stderr(&self, max: Duration, cond: impl Fn(&str) -> bool) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            let err = text(&self.stderr);
+            if cond(&err) {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < max,
+                "not on ct-trace's stderr after {max:?}: {err}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops ct-trace like a user would (Ctrl-C) and returns what it printed.
+    ///
+    /// At SIGINT ct-trace detaches, reads what is left in the ring buffer, waits for its last
+    /// lookups and reports every record: nothing it was given is lost by stopping it at once.
+    /// What may still be in flight is the kernel's: packets the test sent that wait in a CPU's
+    /// backlog for a softirq (deferred to ksoftirqd on a busy machine). Those are waited for.
     pub fn stop(mut self) -> Output {
-        // Let the last events reach the ring buffer reader and the fate wait run out.
-        std::thread::sleep(Duration::from_millis(300));
+        wait_for_backlogs();
         let pid = self.child.as_ref().unwrap().id();
         // `ip netns exec` execs ct-trace, so the pid is ct-trace's.
         // SAFETY: signalling our own child.
@@ -306,6 +327,37 @@ impl CtTrace {
                 "ct-trace did not stop on SIGINT"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Waits, at most a few seconds, until no CPU has a packet waiting in its backlog
+/// (`/proc/net/softnet_stat`, the 12th column: `softnet_backlog_len()` as `softnet_seq_show()`
+/// in net/core/net-procfs.c prints it). The machine is shared: another's traffic may keep a
+/// backlog busy, so the bound ends the wait without failing. A kernel that prints fewer
+/// columns is not waited for.
+fn wait_for_backlogs() {
+    let max = Duration::from_secs(if in_vm() { 10 } else { 2 });
+    let t0 = Instant::now();
+    loop {
+        let stat = std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default();
+        let queued: Option<u64> = stat
+            .lines()
+            .map(|l| {
+                l.split_whitespace()
+                    .nth(11)
+                    .and_then(|v| u64::from_str_radix(v, 16).ok())
+            })
+            .sum();
+        match queued {
+            Some(0) | None => return,
+            Some(n) if t0.elapsed() >= max => {
+                eprintln!(
+                    "stopping ct-trace with {n} packets still in the CPUs' backlogs after {max:?}"
+                );
+                return;
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(5)),
         }
     }
 }

@@ -10,9 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use conntrack_common::kstat;
+
 mod ct_trace;
 pub mod lab;
+mod tools;
 pub use ct_trace::{mode, CtTrace, Output};
+pub use tools::{image_bin, need_tool};
 
 /// Whether the tests run inside one of `cargo xtask test`'s VMs (TCG: several times slower than
 /// the host, one vCPU), where floods are made smaller.
@@ -166,26 +170,11 @@ impl Netns {
     /// One of the kernel's conntrack counters of this namespace (`/proc/net/stat/nf_conntrack`,
     /// summed over CPUs): `invalid`, `drop`, `early_drop`, `insert_failed`, ...
     pub fn kernel_counter(&self, name: &str) -> u64 {
-        let text = self.exec("cat /proc/net/stat/nf_conntrack");
-        let mut lines = text.lines();
-        let names: Vec<&str> = lines
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .collect();
-        let col = names
-            .iter()
-            .position(|n| *n == name)
-            .unwrap_or_else(|| panic!("no `{name}` column in /proc/net/stat/nf_conntrack"));
-        let rows = lines
-            .filter_map(|l| l.split_whitespace().nth(col))
-            .map(|v| u64::from_str_radix(v, 16).expect("hex"));
-        // `entries` is the namespace's one count, repeated on every CPU's row.
-        if name == "entries" {
-            rows.max().unwrap_or(0)
-        } else {
-            rows.sum()
-        }
+        let text = self.exec(&format!("cat {}", kstat::PATH));
+        let sums = kstat::parse(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"));
+        *sums
+            .get(name)
+            .unwrap_or_else(|| panic!("no `{name}` column in {}:\n{text}", kstat::PATH))
     }
 }
 

@@ -2,13 +2,14 @@
 
 use std::process::Command;
 
-use integration_tests::{bin, need_root};
+use integration_tests::{bin, image_bin, need_root};
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .output()
-        .expect("run ct-trace");
+    run_bin(&bin(), args)
+}
+
+fn run_bin(bin: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin).args(args).output().expect("run ct-trace");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -37,6 +38,53 @@ fn help_exits_zero_and_documents_the_flags() {
         "doctor",
     ] {
         assert!(out.contains(flag), "--help does not mention {flag}:\n{out}");
+    }
+}
+
+/// Whether `--help` lists a subcommand (clap's "Commands:" lines: two spaces, the name).
+fn lists_command(help: &str, name: &str) -> bool {
+    help.lines().any(|l| {
+        l.strip_prefix("  ")
+            .and_then(|l| l.split_whitespace().next())
+            == Some(name)
+    })
+}
+
+/// The default build has `ct-trace lab`; the image's build (no `lab` feature) lists none, and
+/// `ct-trace lab ...` there gets one line saying why, exit 2, whatever follows `lab`.
+#[test]
+fn lab_is_in_the_default_build_and_the_image_build_says_it_has_none() {
+    let (code, help, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(lists_command(&help, "lab"), "{help}");
+    let (code, _, err) = run(&["lab", "--help"]);
+    assert_eq!(code, 0, "{err}");
+
+    let Some(image) = image_bin("lab_is_in_the_default_build_and_the_image_build_says_it_has_none")
+    else {
+        return;
+    };
+    let (code, help, _) = run_bin(&image, &["--help"]);
+    assert_eq!(code, 0);
+    assert!(lists_command(&help, "doctor"), "{help}");
+    assert!(
+        !lists_command(&help, "lab"),
+        "the image's ct-trace lists lab:\n{help}"
+    );
+    for args in [
+        &["lab"][..],
+        &["lab", "--help"],
+        &["lab", "run", "--scenario", "clean"],
+        &["lab", "cleanup", "-o", "json"],
+    ] {
+        let (code, out, err) = run_bin(&image, args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?} printed on stdout: {out}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("ct-trace: this build has no lab (built without the `lab` feature)"),
+            "{args:?}: {err}"
+        );
     }
 }
 

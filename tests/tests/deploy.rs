@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests as h;
+use integration_tests::{self as h, need_tool};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -28,35 +28,6 @@ fn repo() -> PathBuf {
 
 fn deploy(rel: &str) -> PathBuf {
     repo().join("deploy").join(rel)
-}
-
-/// ct-trace's tool cache, as `cargo xtask setup` fills it.
-fn tools_dir() -> PathBuf {
-    std::env::var_os("CT_TRACE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache/ct-trace")
-        })
-        .join("tools")
-}
-
-/// A tool on PATH or in the tool cache's bin. Missing: fails under `cargo xtask test`, else a
-/// counted skip (None).
-fn need_tool(test: &str, name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path)
-        .chain([tools_dir().join("bin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CT_TRACE_BIN").is_none(),
-            "{test} needs {name}: run `cargo xtask setup`"
-        );
-        h::skip(test, &format!("{name} not found; run `cargo xtask setup`"));
-    }
-    found
 }
 
 /// The Python of the kubernetes-validate venv (PyYAML and jsonschema), beside its script.
@@ -213,6 +184,37 @@ fn manifests_validate_against_kubernetes_and_prometheus_operator_schemas() {
     }
 }
 
+/// `build.sh` puts no lab in the image: given the default build's ct-trace (which has one), it
+/// refuses before it assembles anything, saying how to build the image's.
+#[test]
+fn image_build_refuses_a_ct_trace_with_the_lab() {
+    let bin = h::bin();
+    let lab = Command::new(&bin).args(["lab", "--help"]).output().unwrap();
+    assert!(lab.status.success(), "{} has no lab", bin.display());
+    let dir = std::env::temp_dir().join(format!("ctt-deploy-lab-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let rootfs = dir.join("rootfs");
+    let out = Command::new(deploy("image/build.sh"))
+        .arg("--binary")
+        .arg(&bin)
+        .arg("--rootfs")
+        .arg(&rootfs)
+        .output()
+        .expect("build.sh");
+    let assembled = rootfs.exists();
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "build.sh took a ct-trace with the lab: {err}"
+    );
+    assert!(
+        err.contains("has the lab") && err.contains("--no-default-features"),
+        "{err}"
+    );
+    assert!(!assembled, "build.sh assembled {}", rootfs.display());
+}
+
 /// A buildah storage of the test's own (vfs driver, under a temporary directory): whatever the
 /// test builds, it deletes with the directory on drop, also when it fails.
 struct Storage {
@@ -364,7 +366,10 @@ fn image_builds_offline_and_runs_as_the_daemonset_runs_it() {
     ) else {
         return;
     };
-    let bin = h::bin();
+    // The image carries the ct-trace built without the lab.
+    let Some(bin) = h::image_bin(test) else {
+        return;
+    };
     let version = stdout(&run(Command::new(&bin).arg("--version")));
     let version = version
         .split_whitespace()
@@ -430,6 +435,21 @@ fn image_builds_offline_and_runs_as_the_daemonset_runs_it() {
     // --version from the image is the binary's.
     let out = run(&mut in_image(&rootfs, &caps, None, &["--version"]));
     assert_eq!(stdout(&out).trim(), format!("ct-trace {version}"));
+
+    // No lab in the image: `ct-trace lab` there is one line saying so, and exit 2.
+    let out = in_image(&rootfs, &caps, None, &["lab", "run", "--scenario", "clean"])
+        .output()
+        .expect("ct-trace lab in the image");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "ct-trace lab in the image: {err}"
+    );
+    assert!(
+        err.starts_with("ct-trace: this build has no lab") && err.lines().count() == 1,
+        "ct-trace lab in the image: {err}"
+    );
 
     // doctor reads the rulesets with the image's iptables-save (and its extensions) and nft: in a
     // namespace with an INVALID drop rule in each, both are found.

@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use conntrack_user::node::services::REFRESH;
 use integration_tests::{
     bin, in_vm, need_root, python, scripts, CtTrace, Output, Topology, CLIENT,
 };
@@ -391,15 +392,16 @@ fn lost_entries_through_kube_proxy_rules_are_named() {
     eprintln!("midstream: {}\nattribution: {}", mids[0], attributions[0]);
 }
 
-/// kube-proxy programs its rules while ct-trace runs: within one refresh (2 s) the events name
-/// the Service.
+/// kube-proxy programs its rules while ct-trace runs: within one refresh (2 s, or ten times a
+/// reading) the events name the Service.
 #[test]
 fn rules_written_after_start_are_read_within_a_refresh() {
     if !need_root("rules_written_after_start_are_read_within_a_refresh") {
         return;
     }
     let t = topology(Rules::None);
-    let ct = CtTrace::start(Some(&t.node), &[]);
+    // `-v`: ct-trace says when a reading of the rules found something new.
+    let ct = CtTrace::start(Some(&t.node), &["-v"]);
     // kube-proxy's first sync replaces the plain DNAT.
     let f = std::env::temp_dir().join(format!("ctt-kube-proxy-{}-late", t.node.name));
     std::fs::write(&f, iptables_rules(&V4)).unwrap();
@@ -408,8 +410,19 @@ fn rules_written_after_start_are_read_within_a_refresh() {
         f.display()
     ));
     let _ = std::fs::remove_file(&f);
-    // One refresh period and a margin for the reading itself.
-    std::thread::sleep(Duration::from_millis(if in_vm() { 8000 } else { 3000 }));
+    // The reading that names the Service is in use within one refresh and the reading itself.
+    // A refresh is REFRESH or ten times as long as a reading, whichever is longer: on a busy
+    // machine (or under TCG) iptables-save and nft take hundreds of ms, hence the margin.
+    let within = REFRESH * if in_vm() { 15 } else { 5 };
+    let took = ct.wait_stderr(within, |err| {
+        err.lines().any(|l| {
+            l.split("service names: ")
+                .nth(1)
+                .and_then(|r| r.split_once(" Service ports at "))
+                .is_some_and(|(n, _)| n != "0")
+        })
+    });
+    eprintln!("the rules were read {took:?} after kube-proxy wrote them");
     let (ports, out) = replies_to(&t, ct, 3, false);
     assert!(
         out.stderr.contains("no kube-proxy rules in this namespace"),

@@ -3,7 +3,8 @@
 //! - `setup`: Debian packages the tests use (apt-get update first, only when something is
 //!   missing), nightly's rust-src, and bpf-linker built against rustc's own libLLVM into the
 //!   ct-trace tool cache (`$CT_TRACE_CACHE`, default `~/.cache/ct-trace`). Idempotent.
-//! - `lint`: rustfmt check, clippy with `-D warnings` on the host crates and on the eBPF crate.
+//! - `lint`: rustfmt check, clippy with `-D warnings` on the host crates (ct-trace with and
+//!   without the lab) and on the eBPF crate (see `lint.rs`).
 //! - `test`: lint, then unit tests and the root integration tests (namespaces, real packets) on
 //!   the host, then the root integration tests again inside Debian's 5.10, 6.1, 6.12 and 7.2
 //!   kernels, once per attach mode each supports, several VMs side by side (see `matrix/`).
@@ -17,6 +18,7 @@
 
 mod bench;
 mod libtest;
+mod lint;
 mod matrix;
 mod vm;
 
@@ -163,7 +165,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Setup => setup(),
-        Cmd::Lint => lint(),
+        Cmd::Lint => lint::lint(),
         Cmd::Test(args) => test(&args),
         Cmd::Vm(args) => vm::vm(args),
         Cmd::Bench(args) => bench::bench(&args),
@@ -393,37 +395,17 @@ fn cargo() -> Command {
     c
 }
 
-fn lint() -> Result<()> {
-    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args([
-        "clippy",
-        "--workspace",
-        "--exclude",
-        "conntrack-ebpf",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    run(cargo()
-        .arg(format!("+{EBPF_TOOLCHAIN}"))
-        .args([
-            "clippy",
-            "-p",
-            "conntrack-ebpf",
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-        ])
-        .args(["--target-dir", "target/bpf-clippy", "--", "-D", "warnings"])
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            "--cfg=bpf_target_arch=\"x86_64\"",
-        ))?;
-    Ok(())
-}
+/// The ct-trace the DaemonSet's image carries (deploy/image/build.sh's default binary): without
+/// the lab, into target/image.
+const IMAGE_BUILD: &[&str] = &[
+    "build",
+    "--release",
+    "-p",
+    "conntrack-user",
+    "--no-default-features",
+    "--target-dir",
+    "target/image",
+];
 
 /// The host's `cargo test` selection. The VM matrix builds its binaries with the same arguments
 /// (and `--no-run`): the same features and profile, so nothing is rebuilt.
@@ -456,23 +438,34 @@ fn test(a: &TestArgs) -> Result<()> {
     let start = Instant::now();
     let mut phases = Vec::new();
     if !a.no_lint && !a.vm_only {
-        phase(&mut phases, "host lint", lint)?;
+        phase(&mut phases, "host lint", lint::lint)?;
     }
-    // The integration tests drive the real binary.
+    // The integration tests drive the real binary; `cli` and `deploy` also the image's (no lab),
+    // in a target directory of its own so that neither build replaces the other's ct-trace.
     if !a.vm_only || a.vm_binaries.is_empty() {
         phase(&mut phases, "host build", || {
             run(cargo().args(["build", "--release", "-p", "conntrack-user"]))
         })?;
     }
-    let bin = root()
+    if !a.vm_only {
+        phase(
+            &mut phases,
+            "image build",
+            || run(cargo().args(IMAGE_BUILD)),
+        )?;
+    }
+    let root_dir = root()
         .canonicalize()
-        .context("resolving the workspace root")?
-        .join("target/release/ct-trace");
+        .context("resolving the workspace root")?;
+    let bin = root_dir.join("target/release/ct-trace");
+    let image_bin = root_dir.join("target/image/release/ct-trace");
 
     let mut failures = Vec::new();
     let mut host = None;
     if !a.vm_only {
-        let (counts, status) = phase(&mut phases, "host tests", || host_tests(&bin, &a.args))?;
+        let (counts, status) = phase(&mut phases, "host tests", || {
+            host_tests(&bin, &image_bin, &a.args)
+        })?;
         if !status.success() {
             failures.push(format!("host: cargo test failed ({status})"));
             failures.extend(counts.panics.iter().map(|p| format!("host: {p}")));
@@ -530,12 +523,17 @@ fn test(a: &TestArgs) -> Result<()> {
 /// Unit and integration tests on the host; their libtest output passes through and is counted.
 /// `--show-output`: libtest prints the captured output of passing tests after them, so the
 /// `SKIPPED: ` markers of tests that passed reach the count (see `libtest.rs`).
-fn host_tests(bin: &Path, args: &[String]) -> Result<(Counts, std::process::ExitStatus)> {
+fn host_tests(
+    bin: &Path,
+    image_bin: &Path,
+    args: &[String],
+) -> Result<(Counts, std::process::ExitStatus)> {
     let mut child = cargo()
         .args(CARGO_TEST)
         .args(["--", "--show-output"])
         .args(args)
         .env("CT_TRACE_BIN", bin)
+        .env("CT_TRACE_IMAGE_BIN", image_bin)
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo test")?;

@@ -1,31 +1,15 @@
 //! The kernel's own conntrack counters for the current network namespace
-//! (`/proc/net/stat/nf_conntrack`: a header of field names, then one row of hex values per CPU),
-//! which ct-trace's counts must equal.
+//! (`/proc/net/stat/nf_conntrack`, parsed by `conntrack_common::kstat`, which the tests and the
+//! bench use too), which ct-trace's counts must equal; and the namespaces ct-trace names.
 
 use std::{collections::HashMap, fs, io};
 
-pub const PATH: &str = "/proc/net/stat/nf_conntrack";
+pub use conntrack_common::kstat::PATH;
 
-/// Sums every column over the CPUs. Fields: `invalid`, `drop`, `early_drop`, `insert_failed`...
-pub fn parse(text: &str) -> Option<HashMap<String, u64>> {
-    let mut lines = text.lines();
-    let names: Vec<&str> = lines.next()?.split_whitespace().collect();
-    let mut sums: HashMap<String, u64> = names.iter().map(|n| (n.to_string(), 0)).collect();
-    for line in lines {
-        for (name, v) in names.iter().zip(line.split_whitespace()) {
-            let v = u64::from_str_radix(v, 16).ok()?;
-            // `entries` is the same global value on every row: keep it once.
-            let s = sums.get_mut(*name)?;
-            *s = if *name == "entries" { v } else { *s + v };
-        }
-    }
-    Some(sums)
-}
-
+/// Every counter of the current netns, summed over the CPUs.
 pub fn read() -> io::Result<HashMap<String, u64>> {
     let text = fs::read_to_string(PATH)?;
-    parse(&text)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("cannot parse {PATH}")))
+    conntrack_common::kstat::parse(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// The `invalid` counter of the current netns.
@@ -109,26 +93,4 @@ pub fn netns_exists(inode: u32) -> bool {
 pub fn netns_still_named(path: &std::path::Path, inode: u32) -> bool {
     use std::os::unix::fs::MetadataExt;
     fs::metadata(path).is_ok_and(|m| m.ino() as u32 == inode)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sums_hex_columns_over_cpus() {
-        let t = "entries  clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop icmp_error  expect_new expect_create expect_delete search_restart\n\
-                 00000003  00000000 00000000 00000000 0000000a 00000000 00000000 00000000 00000000 00000000 00000001 00000000 00000000  00000000 00000000 00000000 00000000\n\
-                 00000003  00000000 00000000 00000000 00000005 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000  00000000 00000000 00000000 00000000\n";
-        let m = parse(t).unwrap();
-        assert_eq!(m["invalid"], 15);
-        assert_eq!(m["drop"], 1);
-        assert_eq!(m["entries"], 3);
-    }
-
-    #[test]
-    fn garbage_is_none() {
-        assert_eq!(parse(""), None);
-        assert_eq!(parse("invalid\nzz\n"), None);
-    }
 }

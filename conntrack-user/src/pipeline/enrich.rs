@@ -10,6 +10,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
+        atomic::{AtomicUsize, Ordering},
         mpsc::{self, Receiver, TryRecvError},
         Arc, Condvar, Mutex,
     },
@@ -59,6 +60,8 @@ type Shared = Arc<(Mutex<Queues>, Condvar)>;
 pub struct Enricher {
     queues: Shared,
     rx: Receiver<Answer>,
+    /// Requests queued whose answers have not been taken yet: at exit, what to wait for.
+    outstanding: AtomicUsize,
 }
 
 impl Enricher {
@@ -71,7 +74,11 @@ impl Enricher {
         std::thread::Builder::new()
             .name("ct-trace-enrich".into())
             .spawn(move || serve(ct, q, answers))?;
-        Ok(Self { queues, rx })
+        Ok(Self {
+            queues,
+            rx,
+            outstanding: AtomicUsize::new(0),
+        })
     }
 
     /// Queues a lookup; false when its queue is full.
@@ -89,6 +96,7 @@ impl Enricher {
             return false;
         }
         queue.push_back(r);
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
         cv.notify_one();
         true
     }
@@ -97,10 +105,30 @@ impl Enricher {
     pub fn answers(&self, out: &mut Vec<Answer>) {
         loop {
             match self.rx.try_recv() {
-                Ok(a) => out.push(a),
+                Ok(a) => self.took(a, out),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
             }
         }
+    }
+
+    /// Every answer still to come, waiting at most `max` for them: at exit, the lookups of the
+    /// last events come back (a few µs each) instead of being given up.
+    pub fn all_answers(&self, out: &mut Vec<Answer>, max: Duration) {
+        let deadline = Instant::now() + max;
+        while self.outstanding.load(Ordering::Relaxed) > 0 {
+            match self
+                .rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(a) => self.took(a, out),
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn took(&self, a: Answer, out: &mut Vec<Answer>) {
+        self.outstanding.fetch_sub(1, Ordering::Relaxed);
+        out.push(a);
     }
 }
 

@@ -11,7 +11,7 @@ use aya::maps::{MapData, RingBuf};
 use crate::{
     output::report::{Report, Time},
     output::table::{self, CtMax},
-    pipeline::attribution::{Batch, Correlator, Output},
+    pipeline::attribution::{Batch, Correlator, Output, FATE_WAIT},
     pipeline::destroy::Watcher,
     pipeline::enrich::Enricher,
     pipeline::events,
@@ -22,6 +22,10 @@ use crate::{
 /// in a storm of INVALID packets, looking each one up would keep a core busy for entries that
 /// mostly do not exist; beyond this the verdicts go out with `enrichment: "skipped"`.
 pub(crate) const LOOKUPS_PER_SEC: u32 = 2000;
+
+/// How long the exit waits at most for the lookups still in flight: at most the queues' few
+/// thousand lookups of ~20 µs each, unless netlink is stuck.
+const FLUSH_ANSWERS: Duration = Duration::from_millis(500);
 
 /// The stages between the ring buffer and the output.
 pub(crate) struct Pipe<'a> {
@@ -131,6 +135,32 @@ impl<'a> Pipe<'a> {
     /// Sends the lookups (a full queue is answered "skipped" at once), applies the answers
     /// that are in, and ages what waits.
     pub(crate) fn settle(&mut self, now: Instant, flush: bool) {
+        self.lookup(now, flush);
+        if let Some(w) = self.watcher {
+            // Before taking: everything up to the watermark is then in hand.
+            self.batch.watermark = Some(w.watermark());
+            self.corr.batch(self.batch);
+            let mut gone = Vec::new();
+            w.take(&mut gone);
+            if !gone.is_empty() {
+                self.corr.gone(gone, &mut self.out);
+            }
+        }
+        if flush {
+            // At exit nothing more will come: the verdicts still waiting for their fate are
+            // due now, and the attributions of their resets ask for lookups of their own,
+            // which are sent and waited for too before anything goes out without its entry.
+            // (The resets held until now had their answers waited for just above; those this
+            // tick holds wait FATE_WAIT past it, so it releases none of them.)
+            self.corr.tick(now + FATE_WAIT, false, &mut self.out);
+            self.lookup(now, true);
+        }
+        self.corr.tick(now, flush, &mut self.out);
+    }
+
+    /// Sends the lookups asked for (a full queue, or the verdicts' rate, answers "skipped" at
+    /// once) and applies the answers that are in; with `wait`, every answer still to come.
+    fn lookup(&mut self, now: Instant, wait: bool) {
         let lookups = std::mem::take(&mut self.out.lookups);
         for r in lookups {
             if !r.urgent {
@@ -150,24 +180,15 @@ impl<'a> Pipe<'a> {
         }
         if let Some(e) = self.enricher {
             let mut answers = Vec::new();
-            if flush {
-                // Give the lookups in flight a moment to come back.
-                std::thread::sleep(Duration::from_millis(20));
+            if wait {
+                // The lookups in flight come back, however late the enrichment thread runs;
+                // bounded, so a stalled netlink socket never holds up the exit.
+                e.all_answers(&mut answers, FLUSH_ANSWERS);
+            } else {
+                e.answers(&mut answers);
             }
-            e.answers(&mut answers);
             self.corr.answers(answers, &mut self.out);
         }
-        if let Some(w) = self.watcher {
-            // Before taking: everything up to the watermark is then in hand.
-            self.batch.watermark = Some(w.watermark());
-            self.corr.batch(self.batch);
-            let mut gone = Vec::new();
-            w.take(&mut gone);
-            if !gone.is_empty() {
-                self.corr.gone(gone, &mut self.out);
-            }
-        }
-        self.corr.tick(now, flush, &mut self.out);
     }
 
     /// The reports that are due, in time order: those older than everything still in flight

@@ -76,21 +76,12 @@ impl Topo {
 
     /// The node's conntrack `invalid` counter (all CPUs).
     pub(super) fn kernel_invalid(&self) -> Result<u64> {
-        let text = sh_in(&self.node, "cat /proc/net/stat/nf_conntrack")?;
-        let mut lines = text.lines();
-        let names: Vec<&str> = lines
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .collect();
-        let col = names
-            .iter()
-            .position(|n| *n == "invalid")
-            .context("no invalid column in /proc/net/stat/nf_conntrack")?;
-        lines
-            .filter_map(|l| l.split_whitespace().nth(col))
-            .map(|v| u64::from_str_radix(v, 16).context("/proc/net/stat/nf_conntrack"))
-            .sum()
+        use conntrack_common::kstat;
+        let text = sh_in(&self.node, &format!("cat {}", kstat::PATH))?;
+        kstat::parse(&text)?
+            .get("invalid")
+            .copied()
+            .with_context(|| format!("no invalid column in {}", kstat::PATH))
     }
 }
 

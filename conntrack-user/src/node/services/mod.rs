@@ -459,18 +459,19 @@ fn refresh_loop(lookup: &ServiceLookup, stop: &AtomicBool, mut first: Option<mps
         if last.as_ref() != Some(&rules) {
             let names = rules.parse(MAX_ENTRIES);
             let (services, addrs, endpoints) = names.counts();
+            let (modes, over_limit) = (format!("{:?}", names.modes), names.over_limit);
+            lookup.set(names);
+            // Said once the names are in use: with `-v`, a line here means events from now on
+            // are named by this reading (the tests wait for it).
             log::debug!(
-                "service names: {services} Service ports at {addrs} addresses, {endpoints} endpoints (kube-proxy {:?})",
-                names.modes
+                "service names: {services} Service ports at {addrs} addresses, {endpoints} endpoints (kube-proxy {modes})"
             );
-            if names.over_limit > 0 && !warned {
+            if over_limit > 0 && !warned {
                 warned = true;
                 log::warn!(
-                    "service names: kube-proxy's rules name more than {MAX_ENTRIES} addresses; {} were left out, so some events carry no service_name",
-                    names.over_limit
+                    "service names: kube-proxy's rules name more than {MAX_ENTRIES} addresses; {over_limit} were left out, so some events carry no service_name"
                 );
             }
-            lookup.set(names);
             last = Some(rules);
         }
         if let Some(tx) = first.take() {
