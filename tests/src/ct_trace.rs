@@ -313,6 +313,7 @@ impl CtTrace {
     pub fn stop(mut self) -> Output {
         wait_for_backlogs();
         let pid = self.child.as_ref().unwrap().id();
+        wait_for_quiet_conntrack(pid);
         // `ip netns exec` execs ct-trace, so the pid is ct-trace's.
         // SAFETY: signalling our own child.
         unsafe { libc::kill(pid as i32, libc::SIGINT) };
@@ -359,6 +360,36 @@ fn wait_for_backlogs() {
             }
             Some(_) => std::thread::sleep(Duration::from_millis(5)),
         }
+    }
+}
+
+/// Waits, at most a few seconds, until the watched namespace's INVALID count stops moving (two
+/// reads 100 ms apart agree): a flood the test stopped can still have segments in flight (a
+/// sender's queue, a veth, a softirq deferred to ksoftirqd under TCG) that the backlogs do not
+/// show, and a segment conntrack refuses while ct-trace detaches is counted by the kernel only.
+/// Read through ct-trace's own `/proc/PID/net`, which is its namespace's.
+fn wait_for_quiet_conntrack(pid: u32) {
+    let path = format!("/proc/{pid}/net/stat/nf_conntrack");
+    let invalid = || -> Option<u64> {
+        let text = std::fs::read_to_string(&path).ok()?;
+        conntrack_common::kstat::parse(&text)
+            .ok()?
+            .get("invalid")
+            .copied()
+    };
+    let max = Duration::from_secs(if in_vm() { 10 } else { 2 });
+    let t0 = Instant::now();
+    let mut last = invalid();
+    while last.is_some() && t0.elapsed() < max {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = invalid();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+    if last.is_some() {
+        eprintln!("stopping ct-trace while INVALID packets still arrive after {max:?}");
     }
 }
 
