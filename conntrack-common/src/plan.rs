@@ -27,13 +27,17 @@ pub const NO_MODULE_BTF: (Version, Version) = (FLOOR, (5, 10));
 pub enum Mode {
     /// The BPF netfilter link right behind conntrack's hooks.
     Netfilter,
+    /// One fexit program on `nf_conntrack_in` (a BPF trampoline).
+    Fexit,
     /// The kretprobe (and kprobe) on `nf_conntrack_in`.
     Kprobe,
 }
 
 /// The modes in the order `--attach auto` prefers them: the netfilter link costs one program
-/// run per packet and needs no kprobes.
-pub const MODES: [Mode; 2] = [Mode::Netfilter, Mode::Kprobe];
+/// run per packet and needs no kprobes; the fexit program one run through a trampoline (a
+/// direct call); the kprobe pair two runs, one of them through the kretprobe's return
+/// trampoline, and a per-CPU map write per packet.
+pub const MODES: [Mode; 3] = [Mode::Netfilter, Mode::Fexit, Mode::Kprobe];
 
 /// Where a program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +50,9 @@ pub enum Attach {
     Kprobe(&'static str),
     /// A kretprobe on a kernel function's return.
     Kretprobe(&'static str),
+    /// An fexit program on a kernel function (a BPF trampoline; a module's function through the
+    /// module's BTF).
+    Fexit(&'static str),
 }
 
 /// A tracepoint's newer form, told by how many arguments it passes to BTF programs.
@@ -123,13 +130,19 @@ pub enum Need {
     /// The kretprobe on the same function, attached by an earlier row: an entry probe without its
     /// return would fill the per-CPU argument stack for nothing.
     ReturnProbe,
+    /// BPF trampolines (fentry/fexit): an arch and config property (x86-64 since 5.5) that a
+    /// kernel or its security policy may still refuse, so it is probed, not assumed.
+    Trampolines,
 }
 
 impl Need {
     /// Needs that are properties of the kernel build (as opposed to BTF details): they decide
     /// which modes a kernel runs.
     pub const fn capability(self) -> bool {
-        matches!(self, Need::Kprobes | Need::NetfilterLink)
+        matches!(
+            self,
+            Need::Kprobes | Need::NetfilterLink | Need::Trampolines
+        )
     }
 }
 
@@ -234,6 +247,22 @@ pub const PLAN: &[Probe] = &[
         vouched: None,
         role: Role::Verdict(Mode::Netfilter),
         needs: &[Need::NetfilterLink],
+        gives: Gives::Verdicts,
+        fallback: "the INVALID verdict comes from the fexit program or the kretprobe on nf_conntrack_in",
+    },
+    Probe {
+        program: "ctt_ct_fexit",
+        attach: Attach::Fexit("nf_conntrack_in"),
+        prototype: "net/netfilter/nf_conntrack_core.c: unsigned int nf_conntrack_in(struct sk_buff *skb, const struct nf_hook_state *state); ctx[0] skb, ctx[1] state, ctx[2] the verdict; INVALID = returns with skb->_nfct == 0 and not NF_DROP",
+        params: &["skb", "state"],
+        // A trampoline reaches a module's function through the module's BTF (5.11: 36e68442d1af
+        // "bpf: Load and verify kernel module BTFs", 290248a5b7d8 "bpf: Allow to specify kernel
+        // module BTFs when attaching BPF programs"). Only the BTF vouches: the trampoline is
+        // built from the BTF prototype.
+        min_kernel: (5, 11),
+        vouched: None,
+        role: Role::Verdict(Mode::Fexit),
+        needs: &[Need::Prototype, Need::Trampolines],
         gives: Gives::Verdicts,
         fallback: "the INVALID verdict comes from the kretprobe on nf_conntrack_in (--attach kprobe)",
     },
@@ -351,7 +380,7 @@ impl Attach {
     /// The kernel function a kprobe or kretprobe attaches to.
     pub const fn function(self) -> Option<&'static str> {
         match self {
-            Attach::Kprobe(f) | Attach::Kretprobe(f) => Some(f),
+            Attach::Kprobe(f) | Attach::Kretprobe(f) | Attach::Fexit(f) => Some(f),
             Attach::TpBtf(_) | Attach::Netfilter => None,
         }
     }
@@ -371,6 +400,7 @@ pub struct Capabilities {
     pub version: Version,
     pub kprobes: bool,
     pub netfilter_link: bool,
+    pub trampolines: bool,
 }
 
 impl Capabilities {
@@ -381,6 +411,7 @@ impl Capabilities {
             version,
             kprobes: true,
             netfilter_link: true,
+            trampolines: true,
         }
     }
 
@@ -389,6 +420,7 @@ impl Capabilities {
         match need {
             Need::Kprobes => Some(self.kprobes),
             Need::NetfilterLink => Some(self.netfilter_link),
+            Need::Trampolines => Some(self.trampolines),
             _ => None,
         }
     }
@@ -399,6 +431,7 @@ impl Mode {
     pub const fn name(self) -> &'static str {
         match self {
             Mode::Netfilter => "netfilter",
+            Mode::Fexit => "fexit",
             Mode::Kprobe => "kprobe",
         }
     }
@@ -407,6 +440,7 @@ impl Mode {
     pub const fn what(self) -> &'static str {
         match self {
             Mode::Netfilter => "netfilter BPF programs",
+            Mode::Fexit => "fexit programs on module functions",
             Mode::Kprobe => "kprobes on nf_conntrack_in(skb, state)",
         }
     }
@@ -438,10 +472,11 @@ impl Mode {
         MODES.into_iter().find(|m| m.runs_on(caps))
     }
 
-    /// The mode to suggest instead of this one.
+    /// The mode to suggest instead of this one: the kprobes reach every kernel from the floor
+    /// on, and only the netfilter link runs without them.
     pub fn other(self) -> Mode {
         match self {
-            Mode::Netfilter => Mode::Kprobe,
+            Mode::Netfilter | Mode::Fexit => Mode::Kprobe,
             Mode::Kprobe => Mode::Netfilter,
         }
     }
@@ -456,56 +491,75 @@ pub fn modes_on(caps: Capabilities) -> impl Iterator<Item = Mode> {
 mod tests {
     use super::*;
 
-    fn modes(caps: Capabilities) -> ([Option<Mode>; 2], Option<Mode>) {
+    fn modes(caps: Capabilities) -> ([Option<Mode>; 3], Option<Mode>) {
         let mut it = modes_on(caps);
-        ([it.next(), it.next()], Mode::auto(&caps))
+        ([it.next(), it.next(), it.next()], Mode::auto(&caps))
     }
 
     #[test]
     fn modes_follow_the_verdict_rows() {
-        assert_eq!(Mode::Kprobe.min_kernel(), FLOOR);
+        use Mode::*;
+        assert_eq!(Kprobe.min_kernel(), FLOOR);
         assert_eq!(FLOOR, (5, 8));
-        assert_eq!(Mode::Netfilter.min_kernel(), (6, 4));
-        for v in [(5, 8), (5, 10), (6, 1)] {
-            assert_eq!(
-                modes(Capabilities::full(v)),
-                ([Some(Mode::Kprobe), None], Some(Mode::Kprobe))
-            );
+        assert_eq!(Fexit.min_kernel(), (5, 11));
+        assert_eq!(Netfilter.min_kernel(), (6, 4));
+        for v in [(5, 8), (5, 10)] {
+            let m = modes(Capabilities::full(v));
+            assert_eq!(m, ([Some(Kprobe), None, None], Some(Kprobe)));
+        }
+        for v in [(5, 11), (6, 1)] {
+            let m = modes(Capabilities::full(v));
+            assert_eq!(m, ([Some(Fexit), Some(Kprobe), None], Some(Fexit)));
         }
         // Below the floor nothing runs.
-        assert_eq!(modes(Capabilities::full((5, 4))), ([None, None], None));
+        assert_eq!(
+            modes(Capabilities::full((5, 4))),
+            ([None, None, None], None)
+        );
         for v in [(6, 4), (6, 12), (7, 2)] {
+            let m = modes(Capabilities::full(v));
             assert_eq!(
-                modes(Capabilities::full(v)),
+                m,
                 (
-                    [Some(Mode::Netfilter), Some(Mode::Kprobe)],
-                    Some(Mode::Netfilter)
+                    [Some(Netfilter), Some(Fexit), Some(Kprobe)],
+                    Some(Netfilter)
                 )
             );
         }
-        let no_kprobes = Capabilities {
+        // The build host: no kprobes, no trampolines.
+        let sandbox = Capabilities {
             kprobes: false,
+            trampolines: false,
             ..Capabilities::full((6, 18))
         };
         assert_eq!(
-            modes(no_kprobes),
-            ([Some(Mode::Netfilter), None], Some(Mode::Netfilter))
+            modes(sandbox),
+            ([Some(Netfilter), None, None], Some(Netfilter))
         );
-        assert_eq!(Mode::Kprobe.missing(&no_kprobes), Some(Need::Kprobes));
+        assert_eq!(Kprobe.missing(&sandbox), Some(Need::Kprobes));
+        assert_eq!(Fexit.missing(&sandbox), Some(Need::Trampolines));
         let no_link = Capabilities {
             netfilter_link: false,
             ..Capabilities::full((6, 12))
         };
-        assert_eq!(Mode::Netfilter.missing(&no_link), Some(Need::NetfilterLink));
+        assert_eq!(Netfilter.missing(&no_link), Some(Need::NetfilterLink));
         assert_eq!(
             modes(no_link),
-            ([Some(Mode::Kprobe), None], Some(Mode::Kprobe))
+            ([Some(Fexit), Some(Kprobe), None], Some(Fexit))
+        );
+        let no_trampolines = Capabilities {
+            trampolines: false,
+            ..Capabilities::full((6, 1))
+        };
+        assert_eq!(
+            modes(no_trampolines),
+            ([Some(Kprobe), None, None], Some(Kprobe))
         );
         let nothing = Capabilities {
             kprobes: false,
-            ..Capabilities::full((6, 1))
+            ..no_trampolines
         };
-        assert_eq!(modes(nothing), ([None, None], None));
+        assert_eq!(modes(nothing), ([None, None, None], None));
     }
 
     #[test]
@@ -515,6 +569,11 @@ mod tests {
             match p.attach {
                 Attach::TpBtf(_) => assert_eq!(p.needs, [Need::Tracepoint], "{}", p.program),
                 Attach::Netfilter => assert!(p.needs.contains(&Need::NetfilterLink)),
+                Attach::Fexit(_) => {
+                    assert!(p.needs.contains(&Need::Trampolines), "{}", p.program);
+                    assert!(p.needs.contains(&Need::Prototype), "{}", p.program);
+                    assert!(p.vouched.is_none(), "{}", p.program);
+                }
                 Attach::Kprobe(f) | Attach::Kretprobe(f) => {
                     assert_eq!(p.needs.first(), Some(&Need::Kprobes), "{}", p.program);
                     assert!(p.needs.contains(&Need::Prototype), "{}", p.program);

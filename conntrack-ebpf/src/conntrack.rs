@@ -1,5 +1,6 @@
 //! Kprobes on conntrack itself: why it refused a packet (its log helpers), and the INVALID
-//! verdict on kernels without netfilter BPF programs (a kretprobe on `nf_conntrack_in`).
+//! verdict on kernels without netfilter BPF programs (an fexit program on `nf_conntrack_in`, or a
+//! kprobe and kretprobe pair where the kernel has no BPF trampolines).
 //!
 //! Log helpers (net/netfilter/nf_conntrack_proto.c; with the hook state since 5.14, commit
 //! 62eec0d73393, and without it before: one program per prototype, the plan picks the one
@@ -24,9 +25,9 @@
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes},
-    macros::{kprobe, kretprobe, map},
+    macros::{fexit, kprobe, kretprobe, map},
     maps::PerCpuArray,
-    programs::{ProbeContext, RetProbeContext},
+    programs::{FExitContext, ProbeContext, RetProbeContext},
 };
 use conntrack_common::{ctinfo, Counter, Kind, Reason, CT_TCP_BYTES, CT_TUPLE_BYTES, FMT_BYTES};
 
@@ -311,10 +312,34 @@ pub fn ctt_ct_in_ret(ctx: RetProbeContext) -> u32 {
     };
     // SAFETY: per-CPU value.
     let frame = unsafe { *frame };
-    let skb = frame.skb as *const u8;
-    let state = frame.state as *const u8;
+    verdict(
+        frame.skb as *const u8,
+        frame.state as *const u8,
+        ctx.ret::<u32>(),
+    );
+    0
+}
+
+/// `nf_conntrack_in(skb, state)` returning `ret` (ctx[0], ctx[1], ctx[2] of an fexit program on
+/// it): the trampoline hands over the arguments and the verdict together, so no per-CPU stack
+/// and no second program run a packet. Module functions are reachable only through the module's
+/// BTF (Linux 5.11: 290248a5b7d8); userspace loads this with it (kernel/trampoline.rs). The
+/// verdict is read from ctx[2], not with `bpf_get_func_ret()` (5.17).
+#[fexit(function = "nf_conntrack_in")]
+pub fn ctt_ct_fexit(ctx: FExitContext) -> u32 {
+    let skb: *const u8 = ctx.arg(0);
+    let state: *const u8 = ctx.arg(1);
+    verdict(skb, state, ctx.arg::<u64>(2) as u32);
+    0
+}
+
+/// What conntrack made of a packet, once `nf_conntrack_in()` returned `ret`: the common tail of
+/// the kretprobe and the fexit program. Ordinary packets (an entry, not NEW) return after one
+/// read, with no map write.
+#[inline(always)]
+fn verdict(skb: *const u8, state: *const u8, ret: u32) {
     if skb.is_null() || state.is_null() {
-        return 0;
+        return;
     }
     // SAFETY: probe read; the skb is alive until its caller returns.
     let nfct = unsafe { read::<u64>(skb, config::skb_nfct_offset()) }.unwrap_or(1);
@@ -322,17 +347,16 @@ pub fn ctt_ct_in_ret(ctx: RetProbeContext) -> u32 {
         if nfct & ctinfo::MASK == ctinfo::NEW && watched(state) {
             on_new(state, skb, nfct);
         }
-        return 0;
+        return;
     }
     if !watched(state) {
-        return 0;
+        return;
     }
     // NF_DROP (0) with no entry: conntrack could not allocate one (table full: "nf_conntrack:
     // table full, dropping packet"), counted as `drop`, not `invalid`.
-    if ctx.ret::<u32>() == 0 {
+    if ret == 0 {
         count(Counter::CtDropped);
-        return 0;
+        return;
     }
     on_invalid(state, skb);
-    0
 }

@@ -152,7 +152,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     );
     let own_netns =
         kstat::netns_inode("self").context("reading this process's network namespace")?;
-    let features = load::KernelFeatures::probe(&kbtf, version);
+    let features = load::KernelFeatures::probe(&kbtf, version, cli.attach);
     let cpus = aya::util::nr_cpus()
         .map_err(|(_, e)| e)
         .context("counting the CPUs")?

@@ -35,8 +35,10 @@ pub struct Cli {
     pub ready_file: Option<PathBuf>,
 
     /// Where INVALID verdicts come from: `netfilter` (a netfilter BPF program right behind
-    /// conntrack, Linux 6.4+), `kprobe` (a kretprobe on nf_conntrack_in: every kernel with
-    /// kprobes, at a small cost per packet), or `auto` (netfilter where the kernel has it).
+    /// conntrack, Linux 6.4+), `fexit` (an fexit program on nf_conntrack_in: Linux 5.11+ with
+    /// module BTF and BPF trampolines), `kprobe` (a kprobe and kretprobe on nf_conntrack_in:
+    /// every kernel with kprobes, at the highest cost per packet), or `auto` (the first of
+    /// netfilter, fexit, kprobe the kernel has).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto, value_name = "MODE")]
     pub attach: AttachMode,
 

@@ -39,6 +39,8 @@ pub struct KernelBtf {
     btf: Btf,
     /// Modules whose BTF was added on top of vmlinux's.
     pub modules: Vec<String>,
+    /// The first type id of each added module (split BTF ids continue after the base's).
+    module_ids: Vec<(u32, String)>,
 }
 
 /// Where the fields of conntrack's structures are, for decoding the raw copies in a `Reason`.
@@ -81,6 +83,7 @@ impl KernelBtf {
             .map(|btf| Self {
                 btf,
                 modules: vec![],
+                module_ids: vec![],
             })
             .map_err(|source| BtfError::Missing {
                 path: path.display().to_string(),
@@ -99,6 +102,16 @@ impl KernelBtf {
             .and_then(|bytes| Btf::from_split_bytes(&bytes, &self.btf));
         match split {
             Ok(split) => {
+                // The base's last id, by bisection (btf-rs does not tell its type count).
+                let (mut lo, mut hi) = (0u32, u32::MAX / 2);
+                while lo + 1 < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    match self.btf.resolve_type_by_id(mid) {
+                        Ok(_) => lo = mid,
+                        Err(_) => hi = mid,
+                    }
+                }
+                self.module_ids.push((hi, name.to_string()));
                 self.btf = split;
                 self.modules.push(name.to_string());
                 true
@@ -132,6 +145,22 @@ impl KernelBtf {
                     .collect(),
             )
         })
+    }
+
+    /// The BTF id of a kernel function's `FUNC`, and the module whose BTF has it (`None`:
+    /// vmlinux): what a BPF trampoline is attached by.
+    pub fn func_id(&self, name: &str) -> Option<FuncId> {
+        let ids = self.btf.resolve_ids_by_name(name).ok()?;
+        let id = ids
+            .into_iter()
+            .find(|&id| matches!(self.btf.resolve_type_by_id(id), Ok(Type::Func(_))))?;
+        let module = self
+            .module_ids
+            .iter()
+            .rev()
+            .find(|(first, _)| id >= *first)
+            .map(|(_, m)| m.clone());
+        Some(FuncId { id, module })
     }
 
     /// Size in bytes of a named struct.
@@ -375,6 +404,14 @@ impl KernelBtf {
     }
 }
 
+/// Where a kernel function's BTF `FUNC` is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FuncId {
+    pub id: u32,
+    /// The module whose (split) BTF has it; `None`: vmlinux's.
+    pub module: Option<String>,
+}
+
 /// Everything ct-trace takes from the kernel's BTF, read once at start-up. The parsed BTF is tens
 /// of MiB; these facts are a few KiB, so the BTF is dropped before anything else is loaded.
 #[derive(Debug)]
@@ -390,6 +427,8 @@ pub struct KernelFacts {
     pub tracepoint_args: HashMap<String, usize>,
     /// Parameter names of the functions asked for (absent: not described).
     pub func_params: HashMap<String, Vec<String>>,
+    /// BTF ids of the functions asked for (absent: not described).
+    pub func_ids: HashMap<String, FuncId>,
     /// Enum value names (`sk_rst_reason`, `skb_drop_reason`).
     pub enums: HashMap<String, HashMap<u32, String>>,
     /// Modules whose BTF was read on top of vmlinux's.
@@ -423,6 +462,10 @@ impl KernelBtf {
             func_params: funcs
                 .iter()
                 .filter_map(|f| Some((f.to_string(), self.func_params(f)?)))
+                .collect(),
+            func_ids: funcs
+                .iter()
+                .filter_map(|f| Some((f.to_string(), self.func_id(f)?)))
                 .collect(),
             enums: enums
                 .iter()

@@ -1,10 +1,13 @@
 //! The kernel side: what the running kernel offers (`preflight`, `btf`), the attach plan and
-//! attaching it (`load`, over `conntrack-common/src/plan.rs`), the netfilter-link loader aya
-//! lacks (`netfilter`), and verifier logs (`verifier`).
+//! attaching it (`load`, over `conntrack-common/src/plan.rs`), the loader for the programs aya
+//! cannot load (`ownprog`) with their attachments (`netfilter` links, `trampoline` for fexit on
+//! module functions), and verifier logs (`verifier`).
 
 pub mod btf;
 pub mod load;
 pub mod netfilter;
+pub mod ownprog;
 pub mod preflight;
 pub mod progstats;
+pub mod trampoline;
 pub mod verifier;

@@ -20,6 +20,7 @@ use crate::{
     kernel::btf::KernelFacts,
     kernel::netfilter::{Family, HookNum, NetfilterProgram},
     kernel::progstats::ProgramSet,
+    kernel::trampoline,
     kernel::verifier::program_error,
     node::netlink,
 };
@@ -27,9 +28,9 @@ use crate::{
 /// What got attached, kept alive for as long as ct-trace runs (dropping it detaches).
 pub struct Attached {
     pub ebpf: Ebpf,
-    /// Netfilter links; closing them detaches.
+    /// Netfilter and fexit links; closing them detaches.
     pub links: Vec<OwnedFd>,
-    /// Programs loaded by ct-trace's own loader (the netfilter program), by name.
+    /// Programs loaded by ct-trace's own loader (netfilter, fexit), by name.
     pub own: Vec<(&'static str, OwnedFd)>,
     /// Lines for the user: "attached ..." / "skipped ...".
     pub lines: Vec<String>,
@@ -80,6 +81,7 @@ pub fn attach(
                 attach_kprobe(&mut out, row.program, "kretprobe", f).map(|()| true)
             }
             Attach::Netfilter => attach_netfilter(&mut out, object, row.program),
+            Attach::Fexit(f) => attach_fexit(&mut out, object, row.program, f, kbtf).map(|()| true),
         }?;
         if attached {
             any = true;
@@ -206,4 +208,31 @@ fn attach_netfilter(
         out.own.push((program, nf.into_fd()));
     }
     Ok(any)
+}
+
+/// An fexit program on `func`, through the BTF of the module that has it (ct-trace's own
+/// loader: aya cannot attach to a module's function).
+fn attach_fexit(
+    out: &mut Attached,
+    object: &[u8],
+    program: &'static str,
+    func: &'static str,
+    kbtf: &KernelFacts,
+) -> Result<(), LoadError> {
+    // The row's Prototype need found the function in the BTF.
+    let target = kbtf.func_ids.get(func).ok_or_else(|| LoadError::Mode {
+        mode: "fexit",
+        why: format!("the kernel's BTF does not describe {func}"),
+    })?;
+    let (prog, link) = trampoline::attach_fexit(object, program, &out.ebpf, func, target)?;
+    out.links.push(link);
+    out.own.push((program, prog.fd));
+    let at = format!("fexit/{func}");
+    let via = target
+        .module
+        .as_deref()
+        .map_or(String::new(), |m| format!(" (BTF of module {m})"));
+    out.lines.push(format!("attached {program} at {at}{via}"));
+    out.programs.push((program, at));
+    Ok(())
 }

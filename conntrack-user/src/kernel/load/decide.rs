@@ -1,6 +1,6 @@
 //! Which rows of the plan the running kernel gets, for an `--attach` mode: pure, no I/O.
 
-use conntrack_common::plan::{Attach, Mode, Need, Probe, Role};
+use conntrack_common::plan::{Attach, Mode, Need, Probe, Role, MODES};
 
 use super::{features::KernelFeatures, mode::AttachMode, LoadError};
 
@@ -34,6 +34,7 @@ impl Decided {
 pub fn attach_mode(m: Mode) -> AttachMode {
     match m {
         Mode::Netfilter => AttachMode::Netfilter,
+        Mode::Fexit => AttachMode::Fexit,
         Mode::Kprobe => AttachMode::Kprobe,
     }
 }
@@ -45,29 +46,41 @@ pub fn choose_mode(feat: &KernelFeatures, wanted: AttachMode) -> Result<Option<M
     let m = match wanted {
         AttachMode::Auto => return Ok(Mode::auto(&caps)),
         AttachMode::Netfilter => Mode::Netfilter,
+        AttachMode::Fexit => Mode::Fexit,
         AttachMode::Kprobe => Mode::Kprobe,
     };
     if m.runs_on(&caps) {
         return Ok(Some(m));
     }
-    let lacks = match m.missing(&caps) {
-        Some(Need::Kprobes) => "this kernel has no kprobes (CONFIG_KPROBES)".to_string(),
-        _ => {
-            let (v, min) = (caps.version, m.min_kernel());
-            format!(
-                "this kernel ({}.{}) has no {} (Linux {}.{}+)",
-                v.0,
-                v.1,
-                m.what(),
-                min.0,
-                min.1
-            )
-        }
-    };
+    let lacks = why_not(feat, m);
+    // Suggest what `auto` takes here, or else the mode that reaches the most kernels.
+    let instead = Mode::auto(&caps).unwrap_or(m.other());
     Err(LoadError::Mode {
         mode: m.name(),
-        why: format!("{lacks}; use --attach {}", m.other().name()),
+        why: format!("{lacks}; use --attach {}", instead.name()),
     })
+}
+
+/// Why the kernel does not run mode `m` (which it does not).
+fn why_not(feat: &KernelFeatures, m: Mode) -> String {
+    let caps = feat.capabilities();
+    let (v, min) = (caps.version, m.min_kernel());
+    match m.missing(&caps) {
+        _ if v < min => format!(
+            "this kernel ({}.{}) has no {} (Linux {}.{}+)",
+            v.0,
+            v.1,
+            m.what(),
+            min.0,
+            min.1
+        ),
+        Some(Need::Kprobes) => "this kernel has no kprobes (CONFIG_KPROBES)".to_string(),
+        Some(Need::Trampolines) => format!(
+            "no BPF trampolines: {}",
+            feat.trampolines.as_ref().err().map_or("", |e| e.as_str())
+        ),
+        _ => format!("this kernel has no {}", m.what()),
+    }
 }
 
 /// Decides every row of `plan` for a kernel offering `feat` and `--attach wanted`, without I/O.
@@ -81,7 +94,7 @@ pub fn decide(
     let mode = choose_mode(feat, wanted)?;
     let mut rows: Vec<(&'static Probe, Decision)> = Vec::with_capacity(plan.len());
     for row in plan {
-        let d = decide_row(plan, row, &rows, feat, mode)?;
+        let d = decide_row(plan, row, &rows, feat, (mode, wanted))?;
         rows.push((row, d));
     }
     // Rows that read one function in the prototypes of different kernels: the one that fits
@@ -113,9 +126,9 @@ fn decide_row(
     row: &Probe,
     earlier: &[(&Probe, Decision)],
     feat: &KernelFeatures,
-    mode: Option<Mode>,
+    (mode, wanted): (Option<Mode>, AttachMode),
 ) -> Result<Decision, LoadError> {
-    if let Some(why) = role_gate(plan, row, feat, mode) {
+    if let Some(why) = role_gate(plan, row, feat, mode, wanted) {
         return Ok(Decision::Skip(why));
     }
     let with_fallback = |why: String| Decision::Skip(format!("{why}; {}", row.fallback));
@@ -157,12 +170,24 @@ fn role_gate(
     row: &Probe,
     feat: &KernelFeatures,
     mode: Option<Mode>,
+    wanted: AttachMode,
 ) -> Option<String> {
+    let rank = |m: Option<Mode>| m.and_then(|m| MODES.iter().position(|&x| x == m));
     match row.role {
-        Role::Verdict(m) if mode != Some(m) => Some(format!(
-            "the INVALID verdict comes from {} in this run",
-            mode.map_or("nowhere", |m| attach_mode(m).source())
-        )),
+        Role::Verdict(m) if mode != Some(m) => {
+            let from = format!(
+                "the INVALID verdict comes from {} in this run",
+                mode.map_or("nowhere", |m| attach_mode(m).source())
+            );
+            // A mode `auto` would have taken: say why it did not.
+            let passed_over =
+                wanted == AttachMode::Auto && rank(Some(m)) < rank(mode).or(Some(MODES.len()));
+            Some(if passed_over {
+                format!("{}; {from}", why_not(feat, m))
+            } else {
+                from
+            })
+        }
         Role::OldResets(form) if feat.has_form(form) => Some(format!(
             "not needed, {} {} on this kernel",
             form.tracepoint, form.does
@@ -193,392 +218,5 @@ fn together(plan: &[Probe], role: Role, feat: &KernelFeatures) -> Option<String>
 }
 
 #[cfg(test)]
-mod tests {
-    use conntrack_common::plan::{Version, KFREE_REASON, PLAN, RST_COMPLETE};
-
-    use super::*;
-
-    fn strings(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    /// A kernel with ct-trace's tracepoints and functions in their pre-6.10 prototypes.
-    fn kernel(
-        version: Version,
-        kprobes: bool,
-        netfilter_link: bool,
-        rst_args: usize,
-    ) -> KernelFeatures {
-        let tps = [
-            ("tcp_send_reset", rst_args),
-            ("tcp_receive_reset", 1),
-            ("kfree_skb", 3),
-        ];
-        let funcs: [(&str, &[&str]); 5] = [
-            ("tcp_v4_send_reset", &["sk", "skb"]),
-            ("tcp_v6_send_reset", &["sk", "skb"]),
-            ("nf_conntrack_in", &["skb", "state"]),
-            (
-                "nf_ct_l4proto_log_invalid",
-                &["skb", "ct", "state", "fmt", "..."],
-            ),
-            (
-                "nf_l4proto_log_invalid",
-                &["skb", "state", "protonum", "fmt", "..."],
-            ),
-        ];
-        KernelFeatures {
-            version,
-            kprobes,
-            netfilter_link,
-            types: tps.iter().map(|(t, _)| format!("btf_trace_{t}")).collect(),
-            tracepoint_args: tps.iter().map(|&(t, n)| (t.to_string(), n)).collect(),
-            func_params: funcs
-                .iter()
-                .map(|(f, p)| (f.to_string(), strings(p)))
-                .collect(),
-            conntrack: Ok(()),
-        }
-    }
-
-    /// Debian 12: kprobes, no netfilter link, tcp_send_reset(sk, skb), kfree_skb with reason.
-    fn debian_6_1() -> KernelFeatures {
-        kernel((6, 1), true, false, 2)
-    }
-
-    /// Debian 13 and later: kprobes, the netfilter link, tcp_send_reset(sk, skb, reason) and
-    /// kfree_skb(skb, location, reason, rx_sk); the reset functions take the reason too.
-    fn debian(version: Version) -> KernelFeatures {
-        let mut k = kernel(version, true, true, 3);
-        k.tracepoint_args.insert("kfree_skb".into(), 4);
-        for f in ["tcp_v4_send_reset", "tcp_v6_send_reset"] {
-            k.func_params
-                .insert(f.into(), strings(&["sk", "skb", "reason"]));
-        }
-        k
-    }
-
-    /// Debian 11's 5.10: kprobes, no netfilter link, tcp_send_reset(sk, skb) and
-    /// kfree_skb(skb, location); no module BTF, so nf_conntrack's functions are in no BTF (the
-    /// reset functions are in vmlinux's), while `struct nf_conn` is in vmlinux's BTF.
-    fn debian_5_10() -> KernelFeatures {
-        let mut k = kernel((5, 10), true, false, 2);
-        k.tracepoint_args.insert("kfree_skb".into(), 2);
-        for f in [
-            "nf_conntrack_in",
-            "nf_ct_l4proto_log_invalid",
-            "nf_l4proto_log_invalid",
-        ] {
-            k.func_params.remove(f);
-        }
-        k
-    }
-
-    /// The build host: a 6.18 sandbox kernel without kprobes.
-    fn sandbox_6_18() -> KernelFeatures {
-        KernelFeatures {
-            kprobes: false,
-            ..debian((6, 18))
-        }
-    }
-
-    fn attached(d: &Decided) -> Vec<&'static str> {
-        d.rows
-            .iter()
-            .filter(|(_, d)| *d == Decision::Attach)
-            .map(|(p, _)| p.program)
-            .collect()
-    }
-
-    fn skipped<'a>(d: &'a Decided, program: &str) -> &'a str {
-        d.rows
-            .iter()
-            .find_map(|(p, d)| match d {
-                Decision::Skip(why) if p.program == program => Some(why.as_str()),
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("{program} is not skipped"))
-    }
-
-    fn mode_error(r: Result<Decided, LoadError>) -> String {
-        match r {
-            Err(e @ LoadError::Mode { .. }) => e.to_string(),
-            Err(e) => panic!("not a mode error: {e}"),
-            Ok(d) => panic!("decided {d:?}"),
-        }
-    }
-
-    const NETFILTER_ROWS: [&str; 6] = [
-        "ctt_rst_sent",
-        "ctt_rst_recv",
-        "ctt_nf_verdict",
-        "ctt_ct_log",
-        "ctt_l4_log",
-        "ctt_kfree_skb",
-    ];
-
-    #[test]
-    fn debian_5_10_runs_the_kprobes_the_old_resets_and_the_old_log_helpers() {
-        let k = debian_5_10();
-        for wanted in [AttachMode::Auto, AttachMode::Kprobe] {
-            let d = decide(PLAN, &k, wanted).unwrap();
-            assert_eq!(d.mode, Some(Mode::Kprobe));
-            assert_eq!(
-                attached(&d),
-                [
-                    "ctt_rst_sent",
-                    "ctt_rst_v4",
-                    "ctt_rst_v6",
-                    "ctt_rst_recv",
-                    "ctt_ct_in_ret",
-                    "ctt_ct_in",
-                    "ctt_ct_log5",
-                    "ctt_l4_log5",
-                    "ctt_kfree_skb"
-                ]
-            );
-            assert_eq!(
-                skipped(&d, "ctt_ct_log"),
-                "ctt_ct_log5 reads nf_ct_l4proto_log_invalid in this kernel's prototype instead"
-            );
-            assert!(d.old_resets());
-            assert!(!k.has_form(RST_COMPLETE) && !k.has_form(KFREE_REASON));
-        }
-        assert_eq!(
-            mode_error(decide(PLAN, &k, AttachMode::Netfilter)),
-            "--attach netfilter: this kernel (5.10) has no netfilter BPF programs (Linux 6.4+); use --attach kprobe"
-        );
-        // The source vouches for nf_conntrack's prototypes on 5.8-5.10 only: a later kernel
-        // without the BTF that would show them gets no kprobe mode.
-        let mut k = debian_5_10();
-        k.version = (5, 11);
-        assert_eq!(
-            mode_error(decide(PLAN, &k, AttachMode::Kprobe)),
-            "--attach kprobe: cannot attach ctt_ct_in_ret: the kernel's BTF does not describe nf_conntrack_in (not loaded, or inlined)"
-        );
-    }
-
-    #[test]
-    fn debian_6_1_runs_the_kprobes_and_the_old_resets() {
-        let k = debian_6_1();
-        for wanted in [AttachMode::Auto, AttachMode::Kprobe] {
-            let d = decide(PLAN, &k, wanted).unwrap();
-            assert_eq!(d.mode, Some(Mode::Kprobe));
-            assert_eq!(
-                attached(&d),
-                [
-                    "ctt_rst_sent",
-                    "ctt_rst_v4",
-                    "ctt_rst_v6",
-                    "ctt_rst_recv",
-                    "ctt_ct_in_ret",
-                    "ctt_ct_in",
-                    "ctt_ct_log",
-                    "ctt_l4_log",
-                    "ctt_kfree_skb"
-                ]
-            );
-            assert_eq!(
-                skipped(&d, "ctt_nf_verdict"),
-                "the INVALID verdict comes from the kretprobe on nf_conntrack_in (--attach kprobe) in this run"
-            );
-            assert!(d.old_resets());
-            assert!(!k.has_form(RST_COMPLETE) && k.has_form(KFREE_REASON));
-        }
-        assert_eq!(
-            mode_error(decide(PLAN, &k, AttachMode::Netfilter)),
-            "--attach netfilter: this kernel (6.1) has no netfilter BPF programs (Linux 6.4+); use --attach kprobe"
-        );
-    }
-
-    #[test]
-    fn debian_6_12_and_7_2_prefer_the_netfilter_link() {
-        for k in [debian((6, 12)), debian((7, 2))] {
-            for wanted in [AttachMode::Auto, AttachMode::Netfilter] {
-                let d = decide(PLAN, &k, wanted).unwrap();
-                assert_eq!(d.mode, Some(Mode::Netfilter));
-                assert_eq!(attached(&d), NETFILTER_ROWS);
-                assert_eq!(
-                    skipped(&d, "ctt_rst_v4"),
-                    "not needed, tcp_send_reset reports resets without a socket on this kernel"
-                );
-                assert_eq!(
-                    skipped(&d, "ctt_ct_in"),
-                    "the INVALID verdict comes from the netfilter link (--attach netfilter) in this run"
-                );
-                assert!(!d.old_resets());
-            }
-            let d = decide(PLAN, &k, AttachMode::Kprobe).unwrap();
-            assert_eq!(d.mode, Some(Mode::Kprobe));
-            assert_eq!(
-                attached(&d),
-                [
-                    "ctt_rst_sent",
-                    "ctt_rst_recv",
-                    "ctt_ct_in_ret",
-                    "ctt_ct_in",
-                    "ctt_ct_log",
-                    "ctt_l4_log",
-                    "ctt_kfree_skb"
-                ]
-            );
-            assert_eq!(
-                skipped(&d, "ctt_nf_verdict"),
-                "the INVALID verdict comes from the kretprobe on nf_conntrack_in (--attach kprobe) in this run"
-            );
-        }
-    }
-
-    #[test]
-    fn sandbox_6_18_has_no_kprobes() {
-        let k = sandbox_6_18();
-        for wanted in [AttachMode::Auto, AttachMode::Netfilter] {
-            let d = decide(PLAN, &k, wanted).unwrap();
-            assert_eq!(d.mode, Some(Mode::Netfilter));
-            assert_eq!(
-                attached(&d),
-                [
-                    "ctt_rst_sent",
-                    "ctt_rst_recv",
-                    "ctt_nf_verdict",
-                    "ctt_kfree_skb"
-                ]
-            );
-            // The lines of `ct-trace -d 1` on this host before the plan moved to conntrack-common.
-            let lines: Vec<String> = d
-                .rows
-                .iter()
-                .filter_map(|(p, d)| match d {
-                    Decision::Skip(why) => Some(format!("skipped {}: {why}", p.program)),
-                    Decision::Attach => None,
-                })
-                .collect();
-            assert_eq!(
-                lines,
-                [
-                    "skipped ctt_rst_v4: not needed, tcp_send_reset reports resets without a socket on this kernel",
-                    "skipped ctt_rst_v6: not needed, tcp_send_reset reports resets without a socket on this kernel",
-                    "skipped ctt_ct_in_ret: the INVALID verdict comes from the netfilter link (--attach netfilter) in this run",
-                    "skipped ctt_ct_in: the INVALID verdict comes from the netfilter link (--attach netfilter) in this run",
-                    "skipped ctt_ct_log: this kernel has no kprobes; the reason and the conntrack window of INVALID packets are unknown",
-                    "skipped ctt_l4_log: this kernel has no kprobes; the reason of packets refused before conntrack looked them up (bad flags, checksum) is unknown",
-                    "skipped ctt_ct_log5: this kernel has no kprobes; the reason and the conntrack window of INVALID packets are unknown",
-                    "skipped ctt_l4_log5: this kernel has no kprobes; the reason of packets refused before conntrack looked them up (bad flags, checksum) is unknown",
-                ]
-            );
-        }
-        assert_eq!(
-            mode_error(decide(PLAN, &k, AttachMode::Kprobe)),
-            "--attach kprobe: this kernel has no kprobes (CONFIG_KPROBES); use --attach netfilter"
-        );
-    }
-
-    #[test]
-    fn without_a_verdict_source_the_tracepoints_still_attach() {
-        let k = KernelFeatures {
-            kprobes: false,
-            ..debian_6_1()
-        };
-        let d = decide(PLAN, &k, AttachMode::Auto).unwrap();
-        assert_eq!(d.mode, None);
-        assert_eq!(
-            attached(&d),
-            ["ctt_rst_sent", "ctt_rst_recv", "ctt_kfree_skb"]
-        );
-        assert_eq!(
-            skipped(&d, "ctt_ct_in_ret"),
-            "the INVALID verdict comes from nowhere in this run"
-        );
-        assert_eq!(
-            skipped(&d, "ctt_rst_v6"),
-            "this kernel has no kprobes; resets of IPv6 packets no socket owns are not seen before Linux 6.10 (the tracepoint skips them)"
-        );
-        assert!(!d.old_resets());
-    }
-
-    #[test]
-    fn old_resets_attach_together_or_not_at_all() {
-        let mut k = debian_6_1();
-        k.func_params
-            .insert("tcp_v6_send_reset".into(), strings(&["skb"]));
-        let d = decide(PLAN, &k, AttachMode::Auto).unwrap();
-        assert_eq!(
-            skipped(&d, "ctt_rst_v4"),
-            "tcp_v4_send_reset/tcp_v6_send_reset have another prototype here; resets of IPv4 packets no socket owns are not seen before Linux 6.10 (the tracepoint skips them)"
-        );
-        assert!(skipped(&d, "ctt_rst_v6").starts_with("tcp_v4_send_reset/tcp_v6_send_reset"));
-        assert!(!d.old_resets());
-        assert_eq!(d.mode, Some(Mode::Kprobe));
-    }
-
-    #[test]
-    fn reasons_need_their_prototype_and_conntracks_layout() {
-        let mut k = debian_6_1();
-        k.conntrack = Err("no nf_conn".into());
-        let d = decide(PLAN, &k, AttachMode::Auto).unwrap();
-        assert_eq!(
-            skipped(&d, "ctt_ct_log"),
-            "conntrack's structures are not readable: no nf_conn; the reason and the conntrack window of INVALID packets are unknown"
-        );
-        assert!(attached(&d).contains(&"ctt_ct_in"));
-        let d = decide(PLAN, &kernel((5, 13), true, false, 2), AttachMode::Auto).unwrap();
-        assert_eq!(
-            skipped(&d, "ctt_l4_log"),
-            "needs Linux 5.14, this is 5.13; the reason of packets refused before conntrack looked them up (bad flags, checksum) is unknown"
-        );
-        // A 5.13 with module BTF: the BTF shows the old prototype.
-        let mut k = kernel((5, 13), true, false, 2);
-        k.func_params.insert(
-            "nf_ct_l4proto_log_invalid".into(),
-            strings(&["skb", "ct", "fmt", "..."]),
-        );
-        let d = decide(PLAN, &k, AttachMode::Auto).unwrap();
-        assert!(attached(&d).contains(&"ctt_ct_log5"));
-        assert_eq!(
-            skipped(&d, "ctt_ct_log"),
-            "ctt_ct_log5 reads nf_ct_l4proto_log_invalid in this kernel's prototype instead"
-        );
-        let mut k = debian_6_1();
-        k.func_params.remove("nf_ct_l4proto_log_invalid");
-        let d = decide(PLAN, &k, AttachMode::Auto).unwrap();
-        assert!(skipped(&d, "ctt_ct_log")
-            .starts_with("the kernel's BTF does not describe nf_ct_l4proto_log_invalid"));
-        assert!(attached(&d).contains(&"ctt_l4_log"));
-    }
-
-    #[test]
-    fn a_verdict_row_that_cannot_attach_is_an_error() {
-        let mut k = debian((6, 12));
-        k.func_params.insert(
-            "nf_conntrack_in".into(),
-            strings(&["net", "pf", "hooknum", "skb"]),
-        );
-        assert_eq!(
-            mode_error(decide(PLAN, &k, AttachMode::Kprobe)),
-            "--attach kprobe: cannot attach ctt_ct_in_ret: nf_conntrack_in has another prototype here (net, pf, hooknum, skb), ct-trace reads (skb, state)"
-        );
-        // The netfilter mode does not look at the kprobes' prototypes.
-        assert_eq!(
-            decide(PLAN, &k, AttachMode::Auto).unwrap().mode,
-            Some(Mode::Netfilter)
-        );
-        // An entry probe without its return probe.
-        static ENTRY_ONLY: &[Probe] = &[PLAN[6]];
-        assert_eq!(ENTRY_ONLY[0].program, "ctt_ct_in");
-        assert_eq!(
-            mode_error(decide(ENTRY_ONLY, &debian_6_1(), AttachMode::Kprobe)),
-            "--attach kprobe: cannot attach ctt_ct_in: its return probe is not attached"
-        );
-    }
-
-    #[test]
-    fn missing_tracepoints_are_skipped() {
-        let mut k = sandbox_6_18();
-        k.types.remove("btf_trace_kfree_skb");
-        let d = decide(PLAN, &k, AttachMode::Auto).unwrap();
-        assert_eq!(
-            skipped(&d, "ctt_kfree_skb"),
-            "this kernel has no tracepoint kfree_skb; fate of INVALID packets is unknown"
-        );
-    }
-}
+#[path = "decide_tests.rs"]
+mod tests;

@@ -6,9 +6,10 @@ use conntrack_common::plan::{
     Attach, Capabilities, Form, Need, Probe, Version, FORMS, NETFILTER_CTX, PLAN,
 };
 
+use super::mode::AttachMode;
 use crate::{
     kernel::btf::{KernelBtf, KernelFacts},
-    kernel::preflight,
+    kernel::{preflight, trampoline},
 };
 
 /// What the running kernel offers, as far as choosing rows goes: read once by [`Self::probe`],
@@ -20,6 +21,9 @@ pub struct KernelFeatures {
     pub kprobes: bool,
     /// [`NETFILTER_CTX`] in the kernel's BTF (the plan adds the kernel version it needs).
     pub netfilter_link: bool,
+    /// Whether the kernel attached a no-op fexit program to the fexit rows' function, or why
+    /// not ([`trampoline::probe`]).
+    pub trampolines: Result<(), String>,
     /// BTF types the kernel has among those asked for (`btf_trace_<tracepoint>`).
     pub types: HashSet<String>,
     /// Arguments each tracepoint passes to BTF programs.
@@ -31,11 +35,22 @@ pub struct KernelFeatures {
 }
 
 impl KernelFeatures {
-    pub fn probe(kbtf: &KernelFacts, version: Version) -> Self {
+    /// `wanted`: the trampolines are probed only where the fexit mode may be chosen (the probe
+    /// attaches to conntrack for a moment).
+    pub fn probe(kbtf: &KernelFacts, version: Version, wanted: AttachMode) -> Self {
+        let netfilter_link = kbtf.has_type(NETFILTER_CTX);
+        let trampolines = match wanted {
+            AttachMode::Auto if netfilter_link => {
+                Err("not probed, the netfilter link comes first".into())
+            }
+            AttachMode::Auto | AttachMode::Fexit => probe_trampolines(kbtf, version),
+            _ => Err(format!("not probed with --attach {}", wanted.name())),
+        };
         Self {
             version,
             kprobes: preflight::has_kprobes(),
-            netfilter_link: kbtf.has_type(NETFILTER_CTX),
+            netfilter_link,
+            trampolines,
             types: kbtf.types.clone(),
             tracepoint_args: kbtf.tracepoint_args.clone(),
             func_params: kbtf.func_params.clone(),
@@ -48,6 +63,7 @@ impl KernelFeatures {
             version: self.version,
             kprobes: self.kprobes,
             netfilter_link: self.netfilter_link,
+            trampolines: self.trampolines.is_ok(),
         }
     }
 
@@ -92,6 +108,7 @@ impl KernelFeatures {
             Need::Kprobes => (!self.kprobes).then(|| "this kernel has no kprobes".to_string()),
             Need::NetfilterLink => (!self.netfilter_link)
                 .then(|| "this kernel has no netfilter BPF programs".to_string()),
+            Need::Trampolines => self.trampolines.clone().err(),
             Need::Tracepoint => {
                 let tp = row.attach.tracepoint()?;
                 (!self.types.contains(&format!("btf_trace_{tp}")))
@@ -109,6 +126,29 @@ impl KernelFeatures {
             }
         }
     }
+}
+
+/// Asks the kernel whether it attaches fexit programs to the function of the plan's fexit row.
+fn probe_trampolines(kbtf: &KernelFacts, version: Version) -> Result<(), String> {
+    let Some((row, func)) = PLAN.iter().find_map(|p| match p.attach {
+        Attach::Fexit(f) => Some((p, f)),
+        _ => None,
+    }) else {
+        return Err("no fexit program in the plan".into());
+    };
+    if version < row.min_kernel {
+        let (v, m) = (version, row.min_kernel);
+        return Err(format!(
+            "needs Linux {}.{}, this is {}.{}",
+            m.0, m.1, v.0, v.1
+        ));
+    }
+    let Some(target) = kbtf.func_ids.get(func) else {
+        return Err(format!(
+            "the kernel's BTF does not describe {func} (not loaded, or no module BTF)"
+        ));
+    };
+    trampoline::probe(func, target)
 }
 
 /// Reads from the kernel's BTF what [`attach`](super::attach()) and the event path need: the

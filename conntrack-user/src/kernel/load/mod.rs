@@ -24,7 +24,8 @@ pub use mode::AttachMode;
 use aya::programs::ProgramError;
 
 use crate::{
-    kernel::btf::BtfError, kernel::netfilter::NetfilterError, kernel::verifier::ProgramLoadError,
+    kernel::btf::BtfError, kernel::netfilter::NetfilterError, kernel::ownprog::OwnLoadError,
+    kernel::trampoline::TrampolineError, kernel::verifier::ProgramLoadError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,8 @@ pub enum LoadError {
     Program(#[from] ProgramLoadError),
     #[error(transparent)]
     Netfilter(#[from] NetfilterError),
+    #[error(transparent)]
+    Trampoline(#[from] TrampolineError),
     #[error("no program could be attached on this kernel")]
     NothingAttached,
     #[error("--attach {mode}: {why}")]
@@ -60,7 +63,10 @@ impl LoadError {
     pub fn verifier_log(&self) -> Option<&str> {
         match self {
             Self::Program(e) => e.verifier_log(),
-            Self::Netfilter(NetfilterError::Verifier { log, .. }) => Some(log),
+            Self::Netfilter(NetfilterError::Load(OwnLoadError::Verifier { log, .. }))
+            | Self::Trampoline(TrampolineError::Load(OwnLoadError::Verifier { log, .. })) => {
+                Some(log)
+            }
             _ => None,
         }
     }

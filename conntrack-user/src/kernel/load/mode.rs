@@ -5,6 +5,7 @@
 pub enum AttachMode {
     Auto,
     Netfilter,
+    Fexit,
     Kprobe,
 }
 
@@ -13,6 +14,7 @@ impl AttachMode {
         match self {
             Self::Auto => "auto",
             Self::Netfilter => "netfilter",
+            Self::Fexit => "fexit",
             Self::Kprobe => "kprobe",
         }
     }
@@ -22,6 +24,7 @@ impl AttachMode {
         match self {
             Self::Auto => "the best attach point of this kernel",
             Self::Netfilter => "the netfilter link (--attach netfilter)",
+            Self::Fexit => "the fexit program on nf_conntrack_in (--attach fexit)",
             Self::Kprobe => "the kretprobe on nf_conntrack_in (--attach kprobe)",
         }
     }
