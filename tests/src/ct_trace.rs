@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::{bin, in_vm, Netns, SEQ};
 
-/// The attach mode under test: `CT_TRACE_MODE` (`netfilter` or `kprobe`, set per run by the VM
+/// The attach mode under test: `CT_TRACE_MODE` (`netfilter`, `fexit` or `kprobe`, set per run by the VM
 /// matrix of `cargo xtask test`), else `auto`. Printed once, so every log says which mode ran.
 pub fn mode() -> String {
     static SHOWN: std::sync::Once = std::sync::Once::new();
@@ -77,6 +77,8 @@ impl Output {
             .find(|l| l.contains("INVALID verdicts: "))?;
         Some(if l.contains("--attach kprobe") {
             "kprobe"
+        } else if l.contains("--attach fexit") {
+            "fexit"
         } else if l.contains("--attach netfilter") {
             "netfilter"
         } else {

@@ -80,8 +80,8 @@ fn ten_out_of_window_replies_in_a_row_are_ten_attributions() {
     assert_eq!(i["lost"], 0, "{i}");
     // Each reply and each client RST ("invalid new" at the node) is INVALID, nothing else.
     assert_eq!(i["counted"], 20, "{i}");
-    // The netfilter program sees the chatter (and counts it as untracked); the kretprobe never
-    // does, since conntrack never runs for it.
+    // The netfilter program sees the chatter (and counts it as untracked); the kretprobe and the
+    // fexit program never do, since conntrack never runs for it.
     let untracked = out.summary()["counters"]["untracked"].as_u64().unwrap();
     if out.verdict_source() == Some("netfilter") {
         assert!(untracked > 0, "the chatter went by: {}", out.summary());
@@ -132,7 +132,7 @@ fn a_flood_is_counted_exactly_and_reconciles_within_bounded_memory() {
     eprintln!("{}\n{}", sent.trim(), out.summary());
     let i = out.reconciled_invalid();
     // Equal to the kernel's count, measured here around the whole run. The one difference
-    // allowed is a run of the verdict kretprobe the kernel skipped (a BPF program was already
+    // allowed is a run of the verdict kretprobe (or fexit program) the kernel skipped (a BPF program was already
     // running on that CPU: a flood's softirq can interrupt one), which the kernel counts
     // (5.12+) and the summary says on stderr; under TCG the 7.2 job saw 6 of 20,000.
     let counted = i["counted"].as_u64().unwrap();
@@ -385,6 +385,7 @@ fn assert_program_figures(out: &Output) {
     let invalid = out.summary()["invalid"]["counted"].as_u64().unwrap();
     let verdict = match out.verdict_source() {
         Some("netfilter") => "ctt_nf_verdict",
+        Some("fexit") => "ctt_ct_fexit",
         _ => "ctt_ct_in_ret",
     };
     let v = p.iter().find(|p| p["program"] == verdict).expect(verdict);

@@ -47,10 +47,25 @@ pub enum Mode {
     Kprobe,
     /// The BPF netfilter link: kernels that have it (6.4+).
     Netfilter,
+    /// One fexit program on nf_conntrack_in: kernels with module BTF (5.11+); by default only
+    /// on [`FEXIT_SERIES`], with [`FEXIT_TESTS`].
+    Fexit,
 }
 
+/// The kernels the matrix runs the fexit mode on by default: Debian 12's 6.1, the kernel `auto`
+/// gives it (no netfilter link). 6.12 and 7.2 take the netfilter link in `auto`; `--vm-mode
+/// fexit` runs them too.
+pub const FEXIT_SERIES: &[Series] = &[Series::V6_1];
+
+/// What a default fexit job runs: the fexit program only replaces the verdict's source, so the
+/// targets that count verdicts against the kernel (`exact`: ten resets in a row, ten
+/// attributions, a flood counted == kernel; `lost`; `invalid`: each crafted INVALID packet found
+/// and attributed). `resets` and `table` do not depend on the verdict's source and run in the
+/// kprobe job of the same kernel; leaving them out keeps CI under its hour (two jobs at a time).
+pub const FEXIT_TESTS: &[&str] = &["exact", "lost", "invalid"];
+
 impl Mode {
-    pub const ALL: [Mode; 2] = [Mode::Kprobe, Mode::Netfilter];
+    pub const ALL: [Mode; 3] = [Mode::Kprobe, Mode::Netfilter, Mode::Fexit];
 
     pub fn name(self) -> &'static str {
         self.plan().name()
@@ -61,24 +76,28 @@ impl Mode {
         match self {
             Mode::Kprobe => plan::Mode::Kprobe,
             Mode::Netfilter => plan::Mode::Netfilter,
+            Mode::Fexit => plan::Mode::Fexit,
         }
     }
 
-    /// Whether the series' kernel runs the mode: Debian builds its kernels with kprobes and the
-    /// BPF netfilter link, so the version decides, by the plan's verdict rows.
+    /// Whether the series' kernel runs the mode: Debian builds its kernels with kprobes, BPF
+    /// trampolines, module BTF and the BPF netfilter link, so the version decides, by the plan's
+    /// verdict rows.
     pub fn supported_on(self, s: Series) -> bool {
         self.plan().runs_on(&plan::Capabilities::full(s.version()))
     }
 }
 
 /// The (kernel, mode) jobs: every kernel of `kernels` (all when empty) in every mode of `modes`
-/// (all when empty) it supports, kernel by kernel, without duplicates.
+/// (all when empty: fexit only on [`FEXIT_SERIES`]) it supports, kernel by kernel, without
+/// duplicates.
 pub fn jobs(kernels: &[Series], modes: &[Mode]) -> Vec<(Series, Mode)> {
     let kernels = if kernels.is_empty() {
         &Series::ALL[..]
     } else {
         kernels
     };
+    let explicit = !modes.is_empty();
     let modes = if modes.is_empty() {
         &Mode::ALL[..]
     } else {
@@ -87,7 +106,9 @@ pub fn jobs(kernels: &[Series], modes: &[Mode]) -> Vec<(Series, Mode)> {
     let mut jobs = Vec::new();
     for &s in kernels {
         for &m in &Mode::ALL {
-            if modes.contains(&m) && m.supported_on(s) && !jobs.contains(&(s, m)) {
+            let by_default = m != Mode::Fexit || FEXIT_SERIES.contains(&s);
+            let wanted = modes.contains(&m) && (by_default || explicit);
+            if wanted && m.supported_on(s) && !jobs.contains(&(s, m)) {
                 jobs.push((s, m));
             }
         }
@@ -115,7 +136,8 @@ pub fn job_tests(s: Series, asked: &[String]) -> Vec<String> {
 
 /// The boots of the matrix: (kernel, mode, test targets, extra). Every pair runs `asked`, or
 /// `VM_TESTS`; with nothing asked, each kernel's `VM_EXTRA_TESTS` run in one more job of its
-/// first mode, after all the others (the pool takes jobs in order: the long ones first).
+/// first mode, after all the others (the pool takes jobs in order: the long ones first), and a
+/// fexit pair runs [`FEXIT_TESTS`] in a job labelled like those, last.
 pub fn matrix_jobs(
     pairs: &[(Series, Mode)],
     asked: &[String],
@@ -125,9 +147,24 @@ pub fn matrix_jobs(
     } else {
         asked.to_vec()
     };
+    // With nothing asked, a fexit pair runs FEXIT_TESTS in a job labelled as an extra one, last.
+    let subset = |m: Mode| asked.is_empty() && m == Mode::Fexit;
     let mut out: Vec<_> = pairs
         .iter()
+        .filter(|&&(_, m)| !subset(m))
         .map(|&(s, m)| (s, m, base.clone(), false))
+        .collect();
+    let fexit: Vec<_> = pairs
+        .iter()
+        .filter(|&&(_, m)| subset(m))
+        .map(|&(s, m)| {
+            (
+                s,
+                m,
+                FEXIT_TESTS.iter().map(|t| t.to_string()).collect(),
+                true,
+            )
+        })
         .collect();
     if asked.is_empty() {
         for (i, &(s, m)) in pairs.iter().enumerate() {
@@ -142,6 +179,7 @@ pub fn matrix_jobs(
             }
         }
     }
+    out.extend(fexit);
     out
 }
 
@@ -374,6 +412,7 @@ mod tests {
             [
                 (V5_10, Kprobe),
                 (V6_1, Kprobe),
+                (V6_1, Fexit),
                 (V6_12, Kprobe),
                 (V6_12, Netfilter),
                 (V7_2, Kprobe),
@@ -382,7 +421,17 @@ mod tests {
         );
         assert_eq!(
             jobs(&[V7_2, V6_1, V7_2], &[]),
-            [(V7_2, Kprobe), (V7_2, Netfilter), (V6_1, Kprobe)]
+            [
+                (V7_2, Kprobe),
+                (V7_2, Netfilter),
+                (V6_1, Kprobe),
+                (V6_1, Fexit)
+            ]
+        );
+        // Asked for, fexit runs wherever the kernel has it.
+        assert_eq!(
+            jobs(&[], &[Fexit]),
+            [(V6_1, Fexit), (V6_12, Fexit), (V7_2, Fexit)]
         );
         assert_eq!(
             jobs(&[], &[Netfilter]),
@@ -422,15 +471,18 @@ mod tests {
             .collect();
         assert_eq!(common_tests(&all), VM_TESTS);
         let extra: Vec<String> = all.iter().map(|j| extra_cell(j, VM_TESTS)).collect();
-        // The lab in jobs of its own, after the others: the longest job stays short.
-        assert_eq!(extra, ["-", "-", "-", "-", "-", "-", "lab", "lab"]);
+        // The lab in jobs of its own, after the others: the longest job stays short. The fexit
+        // job's targets are common ones: its label names them.
+        assert_eq!(extra, ["-", "-", "-", "-", "-", "-", "lab", "lab", "-"]);
         let labels: Vec<String> = all.iter().map(|j| j.label()).collect();
         assert_eq!(labels[0], "kprobe");
         assert_eq!(labels[6], "kprobe+lab");
         assert_eq!((all[6].series, all[7].series), (V5_10, V6_1));
         assert_eq!(all[7].binaries, [("lab".into(), PathBuf::from("/t/lab"))]);
         // Asked targets: those, in every job, and no extra job.
-        assert_eq!(matrix_jobs(&jobs(&[], &[]), &asked).len(), 6);
+        assert_eq!(labels[8], "fexit+exact+lost+invalid");
+        assert_eq!(all[8].series, V6_1);
+        assert_eq!(matrix_jobs(&jobs(&[], &[]), &asked).len(), 7);
         let err = MatrixJob::new(V6_1, Kprobe, &strings(&["lab"]), &built[..5], true)
             .err()
             .unwrap();
