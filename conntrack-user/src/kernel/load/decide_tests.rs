@@ -167,6 +167,15 @@ fn debian_5_10_runs_the_kprobes_the_old_resets_and_the_old_log_helpers() {
         mode_error(decide(PLAN, &k, AttachMode::Netfilter)),
         "--attach netfilter: this kernel (5.10) has no netfilter BPF programs (Linux 6.4+); use --attach kprobe"
     );
+    // No module BTF before 5.11: no trampoline reaches nf_conntrack_in, auto says so.
+    assert_eq!(
+        skipped(&decide(PLAN, &k, AttachMode::Auto).unwrap(), "ctt_ct_fexit"),
+        "this kernel (5.10) has no fexit programs on module functions (Linux 5.11+); the INVALID verdict comes from the kretprobe on nf_conntrack_in (--attach kprobe) in this run"
+    );
+    assert_eq!(
+        mode_error(decide(PLAN, &k, AttachMode::Fexit)),
+        "--attach fexit: this kernel (5.10) has no fexit programs on module functions (Linux 5.11+); use --attach kprobe"
+    );
     // The source vouches for nf_conntrack's prototypes on 5.8-5.10 only: a later kernel
     // without the BTF that would show them gets no kprobe mode.
     let mut k = debian_5_10();
