@@ -64,6 +64,9 @@ pub struct Posture {
     pub max: Option<u64>,
     pub buckets: Option<u64>,
     pub counters: BTreeMap<String, u64>,
+    /// Where `counters` were read: `procfs` or `ctnetlink` (kernels without
+    /// `/proc/net/stat/nf_conntrack`); null when neither could be read.
+    pub counters_source: Option<kstat::Source>,
     /// The INVALID drop rules found; `None` (`null`: unknown) when none was found and some
     /// ruleset could not be read. An empty list means every ruleset was read and has none.
     pub drop_rules: Option<Vec<Rule>>,
@@ -121,6 +124,7 @@ pub fn inspect(window: Duration) -> Posture {
                     .collect()
             })
             .unwrap_or_default(),
+        counters_source: kstat::source(),
         drop_rules: (known || !found.drop_rules.is_empty()).then_some(found.drop_rules),
         kube_proxy: found.kube_proxy.or((!known).then_some("unknown")),
         rules_read,
