@@ -14,4 +14,5 @@ pub mod sink;
 pub mod summary;
 pub mod table;
 pub mod time;
+pub mod top;
 pub mod writer;
