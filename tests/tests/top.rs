@@ -151,11 +151,9 @@ fn groups(v: &Value) -> BTreeMap<String, u64> {
         .collect()
 }
 
-#[test]
-fn top_counts_every_group_exactly_as_conntrack_lists_them() {
-    if !need_root("top_counts_every_group_exactly_as_conntrack_lists_them") {
-        return;
-    }
+/// A namespace with kube-proxy's rules for the first Service and the table filled with
+/// `FLOWS`.
+fn filled() -> Netns {
     let ns = Netns::new("top");
     let rules = std::env::temp_dir().join(format!("ctt-top-{}.rules", ns.name));
     std::fs::write(&rules, RULES).unwrap();
@@ -164,6 +162,15 @@ fn top_counts_every_group_exactly_as_conntrack_lists_them() {
     for f in FLOWS {
         insert(&ns, f, 0);
     }
+    ns
+}
+
+#[test]
+fn top_counts_every_group_exactly_as_conntrack_lists_them() {
+    if !need_root("top_counts_every_group_exactly_as_conntrack_lists_them") {
+        return;
+    }
+    let ns = filled();
 
     let s = top(&ns, "--once --interval 200ms");
     assert_eq!(s["kind"], "top");
@@ -280,5 +287,135 @@ fn top_rejects_bad_flags_with_one_line() {
         assert_eq!(out.status.code(), Some(2), "{args}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with("error: "), "{args}: {err}");
+    }
+}
+
+/// A tmux server of the test's own (its own socket), killed on drop, also when the test fails.
+struct Tmux(String);
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("tmux")
+            .args(["-L", &self.0])
+            .args(args)
+            .output()
+            .expect("tmux")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "top"]).stdout).into()
+    }
+
+    /// Waits (bounded) until the screen shows what `f` wants; returns it.
+    fn wait_for(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
+        let t0 = std::time::Instant::now();
+        loop {
+            let s = self.screen();
+            if f(&s) {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(30),
+                "the screen never showed {what}:\n{s}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+/// The row of `key` on the screen, its cells.
+fn row<'a>(screen: &'a str, key: &str) -> Vec<&'a str> {
+    screen
+        .lines()
+        .find(|l| l.trim_start_matches('│').starts_with(key))
+        .map(|l| {
+            l.trim_matches(|c: char| c == '│' || c.is_whitespace())
+                .split_whitespace()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_terminal_view_shows_who_fills_the_table_and_answers_its_keys() {
+    if !need_root("the_terminal_view_shows_who_fills_the_table_and_answers_its_keys") {
+        return;
+    }
+    let ns = filled();
+    let tmux = Tmux(format!("ctt-top-{}", std::process::id()));
+    let cmd = format!(
+        "ip netns exec {} {} top --interval 1",
+        ns.name,
+        bin().display()
+    );
+    let out = tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "140",
+        "-y",
+        "30",
+        &cmd,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // By Service first: the named Service on top with its 30 entries.
+    let s = tmux.wait_for("the Services", |s| s.contains("10.96.0.10:80/tcp"));
+    assert!(s.contains("65 / "), "{s}");
+    assert!(
+        s.contains("by service, sorted by entries (4 groups)"),
+        "{s}"
+    );
+    assert_eq!(
+        row(&s, "10.96.0.10:80/tcp"),
+        ["10.96.0.10:80/tcp", "30", "0", "shop/web:http"],
+        "{s}"
+    );
+    assert_eq!(
+        row(&s, "10.96.0.53:53/udp"),
+        ["10.96.0.53:53/udp", "5", "0"],
+        "{s}"
+    );
+
+    // `c`: by client; the chatty client's 20 TIME_WAIT entries.
+    tmux.run(&["send-keys", "-t", "top", "c"]);
+    let s = tmux.wait_for("the clients", |s| s.contains("by client"));
+    assert_eq!(row(&s, "10.0.0.99"), ["10.0.0.99", "20", "0"], "{s}");
+    // `t`: by state, `k`: sorted by key.
+    tmux.run(&["send-keys", "-t", "top", "t", "k"]);
+    let s = tmux.wait_for("the states by key", |s| {
+        s.contains("by state, sorted by key")
+    });
+    let order: Vec<usize> = ["ESTABLISHED", "SYN_SENT", "TIME_WAIT", "udp"]
+        .iter()
+        .map(|k| {
+            s.find(&format!("│{k} "))
+                .unwrap_or_else(|| panic!("{k}:\n{s}"))
+        })
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{s}");
+    assert_eq!(row(&s, "SYN_SENT"), ["SYN_SENT", "10", "0"], "{s}");
+
+    // `q` quits and gives the terminal back.
+    tmux.run(&["send-keys", "-t", "top", "q"]);
+    let t0 = std::time::Instant::now();
+    while tmux.run(&["has-session", "-t", "top"]).status.success() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "still running after q"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }

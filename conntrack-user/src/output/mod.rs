@@ -15,4 +15,5 @@ pub mod summary;
 pub mod table;
 pub mod time;
 pub mod top;
+pub mod top_view;
 pub mod writer;

@@ -1,8 +1,9 @@
 //! `ct-trace top`: who fills the conntrack table, a snapshot every interval (`node::top` reads
-//! it): text, one screen per snapshot, or `-o json`, one object per line.
+//! it): on a terminal the full-screen view (`top_view`); otherwise (piped, `--once`, `-c`)
+//! text, one screen per snapshot, or `-o json`, one object per line.
 
 use std::{
-    io::{self, Write},
+    io::{self, IsTerminal as _, Write},
     process::ExitCode,
 };
 
@@ -21,9 +22,21 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     // Service names from kube-proxy's rules, read once: a top of a table that changes every
     // second does not need them fresher than its start.
     let names = Rulesets::read().parse(MAX_ENTRIES);
-    let mut sampler = Sampler::start(names, args.limit as usize, args.cap as usize)
-        .context("reading the conntrack table through ctnetlink (needs CAP_NET_ADMIN)")?;
     let count = if args.once { Some(1) } else { args.count };
+    // On a terminal, until interrupted: the full-screen view, which shows as many rows as the
+    // screen has (its own sorts need more than `--limit`'s default).
+    let view = args.output == Format::Text && count.is_none() && io::stdout().is_terminal();
+    let limit = if view {
+        args.limit.max(500)
+    } else {
+        args.limit
+    };
+    let mut sampler = Sampler::start(names, limit as usize, args.cap as usize)
+        .context("reading the conntrack table through ctnetlink (needs CAP_NET_ADMIN)")?;
+    if view {
+        super::top_view::run(sampler, args.interval).context("the terminal view")?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut shown = 0u64;
     let mut out = io::stdout().lock();
     loop {
