@@ -3,7 +3,7 @@
 
 use std::{io, net::IpAddr, time::Duration};
 
-use netlink_packet_core::{Nla, NLM_F_ACK, NLM_F_DUMP};
+use netlink_packet_core::NLM_F_ACK;
 use netlink_packet_netfilter::{
     conntrack::{
         ConntrackAttribute, ConntrackMessage, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple,
@@ -12,13 +12,7 @@ use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
 };
 
-use super::{
-    socket::{nla_value, Socket},
-    Direction, Entry, Tuple,
-};
-
-/// `CTA_ID` (`enum ctattr_type`, include/uapi/linux/netfilter/nfnetlink_conntrack.h).
-const CTA_ID: u16 = 12;
+use super::{socket::Socket, Direction, Entry, Tuple};
 
 pub(super) fn to_ct_tuple(t: &Tuple) -> Vec<CtTuple> {
     let (src, dst) = match (t.src, t.dst) {
@@ -168,32 +162,12 @@ impl Conntrack {
         }))
     }
 
-    /// Every entry of the namespace's table, both families (`IPCTNL_MSG_CT_GET` with
-    /// `NLM_F_DUMP` and `AF_UNSPEC`, what `conntrack -L` sends), each given to `f` with its id
-    /// (`CTA_ID`, unique while the entry lives) as it arrives: nothing is kept here, so a table
-    /// of any size costs one receive buffer. Returns how many entries were given.
-    pub fn dump(&self, mut f: impl FnMut(u32, Entry)) -> io::Result<u64> {
-        let get = NetfilterMessage::new(
-            NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0),
-            ConntrackMessage::Get(vec![]),
-        );
-        let s = self.sock.request(get, NLM_F_DUMP)?;
-        let mut n = 0;
-        self.sock.answer(s, |m| {
-            let Some(attrs) = ct_attrs(&m) else { return };
-            let id = attrs.iter().find_map(|a| match a {
-                ConntrackAttribute::Other(nla) if nla.kind() == CTA_ID => {
-                    let v = nla_value(nla);
-                    Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
-                }
-                _ => None,
-            });
-            if let Some(e) = entry(attrs) {
-                n += 1;
-                f(id.unwrap_or(0), e);
-            }
-        })?;
-        Ok(n)
+    /// Every entry of the namespace's table, both families (what `conntrack -L` lists), each
+    /// given to `f` with its id (`CTA_ID`, unique while the entry lives) as it arrives: nothing
+    /// is kept, so a table of any size costs one receive buffer (see `dump`). Returns how many
+    /// entries were given.
+    pub fn dump(&self, f: impl FnMut(u32, Entry)) -> io::Result<u64> {
+        super::dump::dump(&self.sock, f)
     }
 
     /// Deletes the entry whose original tuple is `t` (`IPCTNL_MSG_CT_DELETE`, what

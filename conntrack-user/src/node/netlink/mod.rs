@@ -11,11 +11,13 @@
 //! - ctnetlink statistics (`IPCTNL_MSG_CT_GET_STATS_CPU`): conntrack's per-CPU counters where
 //!   `/proc/net/stat/nf_conntrack` does not exist.
 //!
-//! By file: `socket` (the transport all share), `ctnetlink` (the lookup), `destroy` (the
-//! destroy events), `hook` (the hook dump), `stats` (the counters).
+//! By file: `socket` (the transport all share), `ctnetlink` (the lookup), `dump` (the whole
+//! table, read in place), `destroy` (the destroy events), `hook` (the hook dump), `stats` (the
+//! counters).
 
 mod ctnetlink;
 mod destroy;
+mod dump;
 mod hook;
 mod socket;
 pub mod stats;
