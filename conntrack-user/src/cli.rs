@@ -222,6 +222,11 @@ pub struct TopArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub limit: u64,
 
+    /// The share of one core (percent) the table's dumps may take: on a large table the next
+    /// snapshot waits longer than `--interval` until its dump's CPU fits.
+    #[arg(long, default_value_t = 5, value_name = "PERCENT", value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub cpu_budget: u64,
+
     /// Distinct keys counted per grouping (bounds memory on a table of any size); keys beyond
     /// it are counted under `other`.
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..=4_194_304))]

@@ -77,6 +77,9 @@ pub struct Snapshot {
     /// The write-ups' size for this node's RAM (RAM / 16384 / (word bits / 32)).
     pub ram_max: Option<u64>,
     pub per_s: Rates,
+    /// CPU time (user + system, this thread) the snapshot's dump cost: the next waits at least
+    /// this divided by the CPU budget, so a large table is read less often.
+    pub dump_cpu_ms: f64,
     /// Where the rates' counters were read: `procfs` or `ctnetlink`.
     pub counters_source: Option<kstat::Source>,
     /// The groups of each grouping, heaviest first, at most `limit` each, then `other` (the
@@ -178,12 +181,28 @@ pub struct Sampler {
     prev_ids: HashSet<u32>,
     prev_counters: Option<HashMap<String, u64>>,
     prev_at: Instant,
+    /// CPU the last dump cost, and the share of one core dumps may take.
+    last_cost: Duration,
+    budget: f64,
+}
+
+/// CPU time (user + system) of the calling thread.
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_THREAD is Linux's.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 impl Sampler {
     /// Reads the table once (the baseline of the first snapshot's rates). `limit`: groups shown
-    /// per grouping; `cap`: distinct keys kept per grouping.
-    pub fn start(names: ServiceNames, limit: usize, cap: usize) -> io::Result<Self> {
+    /// per grouping; `cap`: distinct keys kept per grouping; `budget`: the share of one core
+    /// the dumps may take (0.05: 5%).
+    pub fn start(names: ServiceNames, limit: usize, cap: usize, budget: f64) -> io::Result<Self> {
         let mut me = Self {
             ct: Conntrack::open()?,
             names,
@@ -193,12 +212,23 @@ impl Sampler {
             prev_ids: HashSet::new(),
             prev_counters: None,
             prev_at: Instant::now(),
+            last_cost: Duration::ZERO,
+            budget: budget.clamp(0.001, 1.0),
         };
         me.prev_counters = kstat::read().ok();
+        let cpu = thread_cpu();
         me.ct.dump(|id, _| {
             me.prev_ids.insert(id);
         })?;
+        me.last_cost = thread_cpu().saturating_sub(cpu);
         Ok(me)
+    }
+
+    /// How long to wait before the next snapshot: `interval`, or longer when the last dump
+    /// cost more CPU than the budget allows in that time (a 262,144-entry table costs ~0.5 s
+    /// of CPU a dump on the build machine: at 5%, one snapshot every ~10 s).
+    pub fn wait(&self, interval: Duration) -> Duration {
+        interval.max(self.last_cost.div_f64(self.budget))
     }
 
     /// A snapshot now, with rates since the previous one.
@@ -215,6 +245,7 @@ impl Sampler {
         let mut ids = HashSet::with_capacity(self.prev_ids.len());
         let prev = &self.prev_ids;
         let mut new_total = 0u64;
+        let cpu = thread_cpu();
         let entries = self.ct.dump(|id, e: Entry| {
             let new = !prev.contains(&id);
             new_total += u64::from(new);
@@ -229,6 +260,7 @@ impl Sampler {
             };
             state.add(st, new);
         })?;
+        self.last_cost = thread_cpu().saturating_sub(cpu);
         self.prev_ids = ids;
         let secs = elapsed.as_secs_f64();
         let rate = |name: &str| {
@@ -264,6 +296,7 @@ impl Sampler {
             alert_fill: ALERT_FILL,
             ram_max: ram_max(),
             per_s,
+            dump_cpu_ms: (self.last_cost.as_secs_f64() * 1e4).round() / 10.0,
             counters_source: kstat::source(),
             by_service: service.rows(self.limit, |k| {
                 (

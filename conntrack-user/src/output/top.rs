@@ -31,7 +31,8 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.limit
     };
-    let mut sampler = Sampler::start(names, limit as usize, args.cap as usize)
+    let budget = args.cpu_budget as f64 / 100.0;
+    let mut sampler = Sampler::start(names, limit as usize, args.cap as usize, budget)
         .context("reading the conntrack table through ctnetlink (needs CAP_NET_ADMIN)")?;
     if view {
         super::top_view::run(sampler, args.interval).context("the terminal view")?;
@@ -40,7 +41,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     let mut shown = 0u64;
     let mut out = io::stdout().lock();
     loop {
-        std::thread::sleep(args.interval);
+        std::thread::sleep(sampler.wait(args.interval));
         let s = sampler
             .sample()
             .context("reading the conntrack table through ctnetlink")?;
@@ -102,12 +103,13 @@ fn text(w: &mut impl Write, s: &Snapshot) -> io::Result<()> {
     )?;
     writeln!(
         w,
-        "new {}  invalid {}  drop {}  early_drop {}  insert_failed {}{}",
+        "new {}  invalid {}  drop {}  early_drop {}  insert_failed {}  (dump: {:.0} ms of CPU){}",
         rate(Some(s.per_s.new)),
         rate(s.per_s.invalid),
         rate(s.per_s.drop),
         rate(s.per_s.early_drop),
         rate(s.per_s.insert_failed),
+        s.dump_cpu_ms,
         s.counters_source
             .map_or(" (kernel counters unreadable)".into(), |c| format!(
                 " (counters: {})",

@@ -41,7 +41,7 @@ const HELP: &str =
 pub fn run(mut sampler: Sampler, interval: Duration) -> io::Result<()> {
     let (tx, rx) = mpsc::sync_channel::<Result<Snapshot, String>>(1);
     std::thread::spawn(move || loop {
-        std::thread::sleep(interval);
+        std::thread::sleep(sampler.wait(interval));
         let s = sampler.sample().map_err(|e| e.to_string());
         if tx.send(s).is_err() {
             return;
@@ -177,13 +177,14 @@ fn draw(f: &mut Frame, v: &View) {
     );
     f.render_widget(
         Paragraph::new(format!(
-            "new {}  invalid {}  drop {}  early_drop {}  insert_failed {}  (every {:.1} s)",
+            "new {}  invalid {}  drop {}  early_drop {}  insert_failed {}  (over {:.1} s; dump {:.0} ms of CPU)",
             rate(Some(s.per_s.new)),
             rate(s.per_s.invalid),
             rate(s.per_s.drop),
             rate(s.per_s.early_drop),
             rate(s.per_s.insert_failed),
-            s.interval_s
+            s.interval_s,
+            s.dump_cpu_ms
         )),
         rates,
     );
