@@ -184,6 +184,8 @@ pub struct Sampler {
     /// CPU the last dump cost, and the share of one core dumps may take.
     last_cost: Duration,
     budget: f64,
+    /// The write-ups' table size for this node's RAM, as the caller computed it.
+    pub ram_max: Option<u64>,
 }
 
 /// CPU time (user + system) of the calling thread.
@@ -214,6 +216,7 @@ impl Sampler {
             prev_at: Instant::now(),
             last_cost: Duration::ZERO,
             budget: budget.clamp(0.001, 1.0),
+            ram_max: None,
         };
         me.prev_counters = kstat::read().ok();
         let cpu = thread_cpu();
@@ -229,6 +232,38 @@ impl Sampler {
     /// of CPU a dump on the build machine: at 5%, one snapshot every ~10 s).
     pub fn wait(&self, interval: Duration) -> Duration {
         interval.max(self.last_cost.div_f64(self.budget))
+    }
+
+    /// One snapshot of the table as it is now, for a one-off look (the doctor): one dump, no
+    /// rates, nothing new.
+    pub fn now(names: ServiceNames, limit: usize) -> io::Result<Snapshot> {
+        let mut me = Self {
+            ct: Conntrack::open()?,
+            names,
+            netns: kstat::netns_inode("self")?,
+            cap: 65_536,
+            limit,
+            prev_ids: HashSet::new(),
+            prev_counters: None,
+            prev_at: Instant::now(),
+            last_cost: Duration::ZERO,
+            budget: 1.0,
+            ram_max: None,
+        };
+        let mut s = me.sample()?;
+        // A single look has no previous dump: nothing is new, and no rate is known.
+        s.per_s = Rates::default();
+        for rows in [
+            &mut s.by_service,
+            &mut s.by_backend,
+            &mut s.by_client,
+            &mut s.by_state,
+        ] {
+            for r in rows.iter_mut() {
+                r.new = 0;
+            }
+        }
+        Ok(s)
     }
 
     /// A snapshot now, with rates since the previous one.
@@ -294,7 +329,7 @@ impl Sampler {
                 .filter(|m| *m > 0)
                 .map(|m| ((entries as f64 / m as f64) * 10_000.0).round() / 10_000.0),
             alert_fill: ALERT_FILL,
-            ram_max: ram_max(),
+            ram_max: self.ram_max,
             per_s,
             dump_cpu_ms: (self.last_cost.as_secs_f64() * 1e4).round() / 10.0,
             counters_source: kstat::source(),
@@ -323,12 +358,6 @@ fn sysctl(name: &str) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-/// The write-ups' table size for this node's RAM.
-fn ram_max() -> Option<u64> {
-    let ram = crate::node::doctor::mem_total(&std::fs::read_to_string("/proc/meminfo").ok()?)?;
-    Some(crate::node::doctor::writeups_max(ram, usize::BITS).max)
 }
 
 #[cfg(test)]

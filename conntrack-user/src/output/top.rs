@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use crate::{
     cli::TopArgs,
     node::{
+        doctor::{mem_total, writeups_max},
         services::{Rulesets, MAX_ENTRIES},
         top::{Group, Sampler, Snapshot},
     },
@@ -34,6 +35,10 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     let budget = args.cpu_budget as f64 / 100.0;
     let mut sampler = Sampler::start(names, limit as usize, args.cap as usize, budget)
         .context("reading the conntrack table through ctnetlink (needs CAP_NET_ADMIN)")?;
+    sampler.ram_max = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| mem_total(&m))
+        .map(|ram| writeups_max(ram, usize::BITS).max);
     if view {
         super::top_view::run(sampler, args.interval).context("the terminal view")?;
         return Ok(ExitCode::SUCCESS);

@@ -29,6 +29,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 mod text;
+mod who;
 
 use std::{
     collections::BTreeMap,
@@ -47,6 +48,7 @@ pub use self::{
         HIGH_UTILISATION, KEEPALIVE_S,
     },
     text::run_doctor,
+    who::Who,
 };
 use crate::{
     cli::DoctorArgs,
@@ -86,6 +88,10 @@ pub struct Posture {
     /// The Services and endpoints kube-proxy's rules name here (what ct-trace's events would
     /// carry as `service_name`).
     pub service_names: crate::node::services::NamesReport,
+    /// Who fills the table, when it is above 75% or refusing flows: the heaviest Services,
+    /// backends, clients and states; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub who: Option<Who>,
     pub advice: Vec<String>,
 }
 
@@ -133,9 +139,16 @@ pub fn inspect(window: Duration) -> Posture {
         verdict: "unknown",
         table,
         service_names: crate::node::services::NamesReport::read(),
+        who: None,
         advice: vec![],
     };
     judge(&mut p);
+    if who::wanted(&p.table) {
+        p.who = who::read();
+        if let Some(w) = &p.who {
+            p.advice.extend(who::advice(w));
+        }
+    }
     p
 }
 

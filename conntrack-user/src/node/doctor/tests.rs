@@ -58,6 +58,7 @@ fn posture() -> Posture {
         buckets: Some(25),
         counters: Default::default(),
         counters_source: None,
+        who: None,
         drop_rules: Some(vec![]),
         kube_proxy: None,
         rules_read: RulesRead::All,
