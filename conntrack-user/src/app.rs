@@ -67,6 +67,7 @@ pub fn exit_code(e: &anyhow::Error) -> ExitCode {
 pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Doctor { args }) => doctor::run(args),
+        Some(Command::Top { args }) => crate::output::top::run(args),
         #[cfg(feature = "lab")]
         Some(Command::Lab { action }) => crate::lab::run(action),
         #[cfg(not(feature = "lab"))]

@@ -162,6 +162,13 @@ pub enum Command {
         #[command(flatten)]
         args: DoctorArgs,
     },
+    /// Who fills the conntrack table of this network namespace: its fill, the kernel's
+    /// pressure counters as rates, and the entries by Service, backend, client and state,
+    /// heaviest first, every interval (needs CAP_NET_ADMIN; changes nothing).
+    Top {
+        #[command(flatten)]
+        args: TopArgs,
+    },
     /// Reproduce the failure in namespaces of its own and prove a fix (root): `lab run`,
     /// `lab compare`, `lab cleanup`.
     #[cfg(feature = "lab")]
@@ -191,6 +198,41 @@ pub struct DoctorArgs {
     /// growth (seconds, or a duration like 500ms; 0: no sampling).
     #[arg(long, default_value = "1", value_parser = parse_window, value_name = "SECS")]
     pub window: Duration,
+}
+
+/// `ct-trace top`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct TopArgs {
+    /// Output format: a screen of text per snapshot, or one JSON object per line.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+
+    /// Time between snapshots (seconds, or a duration like 500ms); the first comes one
+    /// interval after the start, its rates over that interval.
+    #[arg(long, default_value = "2", value_parser = parse_duration, value_name = "SECS")]
+    pub interval: Duration,
+
+    /// One snapshot, then exit.
+    #[arg(long, conflicts_with = "count")]
+    pub once: bool,
+
+    /// Snapshots to print before exiting (default: until interrupted).
+    #[arg(short = 'c', long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Groups shown per grouping, heaviest first; the rest are summed as `other`.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub limit: u64,
+
+    /// The share of one core (percent) the table's dumps may take: on a large table the next
+    /// snapshot waits longer than `--interval` until its dump's CPU fits.
+    #[arg(long, default_value_t = 5, value_name = "PERCENT", value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub cpu_budget: u64,
+
+    /// Distinct keys counted per grouping (bounds memory on a table of any size); keys beyond
+    /// it are counted under `other`.
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..=4_194_304))]
+    pub cap: u64,
 }
 
 /// `--window`: seconds, or a duration like 500ms; 0 samples nothing.

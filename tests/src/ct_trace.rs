@@ -145,6 +145,20 @@ impl Output {
 impl CtTrace {
     /// Starts ct-trace inside `ns` (or the test's own namespace) and waits until it is attached.
     pub fn start(ns: Option<&Netns>, extra: &[&str]) -> Self {
+        Self::spawn(ns, extra, false)
+    }
+
+    /// Starts ct-trace inside `ns` as on a kernel built without `CONFIG_NF_CONNTRACK_PROCFS`
+    /// (Ubuntu's): in a mount namespace of its own where `/proc/net` (its process's
+    /// `/proc/PID/net`) is an empty tmpfs with an empty `stat/`, so `/proc/net/stat/nf_conntrack`
+    /// does not exist. Mounting inside `/proc/PID/net` itself does not hold: its entries are
+    /// looked up again on every access (`proc_net_d_revalidate()` returns 0), which drops a
+    /// mount on them. The shell `exec`s ct-trace, so the PID the mount names is ct-trace's.
+    pub fn start_without_procfs(ns: &Netns, extra: &[&str]) -> Self {
+        Self::spawn(Some(ns), extra, true)
+    }
+
+    fn spawn(ns: Option<&Netns>, extra: &[&str], hide_procfs: bool) -> Self {
         let ready = std::env::temp_dir().join(format!(
             "ct-trace-ready-{}-{}",
             std::process::id(),
@@ -152,6 +166,14 @@ impl CtTrace {
         ));
         let _ = std::fs::remove_file(&ready);
         let mut cmd = match ns {
+            Some(ns) if hide_procfs => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name])
+                    .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(r#"mount -t tmpfs ct-trace-no-procfs /proc/$$/net && mkdir /proc/$$/net/stat && exec "$0" "$@""#)
+                    .arg(bin());
+                c
+            }
             Some(ns) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", &ns.name]).arg(bin());

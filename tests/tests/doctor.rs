@@ -323,6 +323,31 @@ fn doctor_sees_a_nearly_full_table() {
     let advice = advice(&p);
     assert!(advice.contains("the table is full"), "{advice}");
     assert!(advice.contains("nf_conntrack_max"), "{advice}");
+    // Who fills it: the one client's UDP flows to the server's port 9, and their fix.
+    let who = &p["who"];
+    let top = |g: &str| {
+        (
+            who[g][0]["key"].as_str().unwrap_or_default().to_string(),
+            who[g][0]["entries"].as_u64().unwrap_or(0),
+        )
+    };
+    let entries = who["entries"].as_u64().unwrap();
+    assert!(entries >= 36, "{who:#}");
+    assert_eq!(top("by_client"), (CLIENT.to_string(), entries), "{who:#}");
+    assert_eq!(top("by_state"), ("udp".to_string(), entries), "{who:#}");
+    assert_eq!(
+        top("by_service"),
+        (format!("{SERVER}:9/udp"), entries),
+        "{who:#}"
+    );
+    assert!(advice.contains("is in state udp"), "{advice}");
+    assert!(advice.contains("nf_conntrack_udp_timeout"), "{advice}");
+    assert!(
+        advice.contains(&format!(
+            "one client holds 100% of the table ({entries} entries): {CLIENT}"
+        )),
+        "{advice}"
+    );
 
     let text = t
         .node
@@ -333,4 +358,8 @@ fn doctor_sees_a_nearly_full_table() {
         "{text}"
     );
     assert!(text.contains("of nf_conntrack_max: "), "{text}");
+    assert!(
+        text.contains(&format!("fills it: clients                    {CLIENT} ")),
+        "{text}"
+    );
 }

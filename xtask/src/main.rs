@@ -59,6 +59,8 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     // The bench compares ct-trace with a capture on the node.
     "tcpdump",
+    // tests/tests/top.rs drives `ct-trace top`'s terminal view as a person would.
+    "tmux",
     // The README runs `sudo ct-trace`; minimal images (and CI machines) may lack sudo.
     "sudo",
     "gcc",

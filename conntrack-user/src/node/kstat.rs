@@ -1,15 +1,73 @@
-//! The kernel's own conntrack counters for the current network namespace
-//! (`/proc/net/stat/nf_conntrack`, parsed by `conntrack_common::kstat`, which the tests and the
-//! bench use too), which ct-trace's counts must equal; and the namespaces ct-trace names.
+//! The kernel's own conntrack counters for the current network namespace, which ct-trace's
+//! counts must equal: `/proc/net/stat/nf_conntrack` (parsed by `conntrack_common::kstat`, which
+//! the tests and the bench use too), or, on kernels built without `CONFIG_NF_CONNTRACK_PROCFS`
+//! (Ubuntu's), the same counters through ctnetlink; and the namespaces ct-trace names.
 
-use std::{collections::HashMap, fs, io};
+use std::{
+    collections::HashMap,
+    fs, io,
+    sync::atomic::{AtomicU8, Ordering},
+};
 
 pub use conntrack_common::kstat::PATH;
 
-/// Every counter of the current netns, summed over the CPUs.
+/// Where the kernel's counters were read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// `/proc/net/stat/nf_conntrack`.
+    Procfs,
+    /// `IPCTNL_MSG_CT_GET_STATS_CPU`, where the procfs file does not exist.
+    Ctnetlink,
+}
+
+impl Source {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Procfs => PATH,
+            Self::Ctnetlink => "ctnetlink (no /proc/net/stat/nf_conntrack here, as on kernels built without CONFIG_NF_CONNTRACK_PROCFS)",
+        }
+    }
+}
+
+/// The source of the last successful [`read`]: 0 none yet, 1 procfs, 2 ctnetlink.
+static LAST: AtomicU8 = AtomicU8::new(0);
+
+/// Where the last successful [`read`] found the counters, if any succeeded.
+pub fn source() -> Option<Source> {
+    match LAST.load(Ordering::Relaxed) {
+        1 => Some(Source::Procfs),
+        2 => Some(Source::Ctnetlink),
+        _ => None,
+    }
+}
+
+/// Every counter of the current netns, summed over the CPUs: from procfs, or from ctnetlink
+/// when the procfs file does not exist. A procfs file that exists but cannot be read or parsed
+/// is an error, not a reason to look elsewhere.
 pub fn read() -> io::Result<HashMap<String, u64>> {
-    let text = fs::read_to_string(PATH)?;
-    conntrack_common::kstat::parse(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    let (counters, source) = match fs::read_to_string(PATH) {
+        Ok(text) => (
+            conntrack_common::kstat::parse(&text)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
+            Source::Procfs,
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (
+            crate::node::netlink::stats::counters().map_err(|n| {
+                io::Error::new(n.kind(), format!("{PATH}: {e}; ctnetlink statistics: {n}"))
+            })?,
+            Source::Ctnetlink,
+        ),
+        Err(e) => return Err(e),
+    };
+    LAST.store(
+        match source {
+            Source::Procfs => 1,
+            Source::Ctnetlink => 2,
+        },
+        Ordering::Relaxed,
+    );
+    Ok(counters)
 }
 
 /// The `invalid` counter of the current netns.

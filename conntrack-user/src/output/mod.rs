@@ -14,4 +14,6 @@ pub mod sink;
 pub mod summary;
 pub mod table;
 pub mod time;
+pub mod top;
+pub mod top_view;
 pub mod writer;

@@ -297,6 +297,10 @@ pub struct SummaryReport {
     pub programs: Vec<crate::kernel::progstats::ProgramCost>,
     /// Every kernel counter of ct-trace, summed over the CPUs.
     pub counters: std::collections::BTreeMap<&'static str, u64>,
+    /// Where the kernel's conntrack counters (`invalid.kernel`, `table.*.kernel`) were read:
+    /// `procfs` (`/proc/net/stat/nf_conntrack`) or `ctnetlink` (kernels without the procfs
+    /// file); null when neither could be read.
+    pub kernel_counters: Option<crate::node::kstat::Source>,
 }
 
 /// Everything ct-trace prints on stdout: one serde-tagged type, `kind` first.

@@ -115,6 +115,7 @@ pub(crate) fn summarize(
         programs: Vec::new(),
         counters: c,
         table: TableTally::default(),
+        kernel_counters: kstat::source(),
     }
 }
 
@@ -235,6 +236,12 @@ pub(crate) fn print_summary(
             conntrack_common::PENDING_RST_MAX_AGE_NS / 1_000_000_000
         );
     }
+    if s.kernel_counters == Some(kstat::Source::Ctnetlink) {
+        eprintln!(
+            "ct-trace: the kernel's counters read through {}",
+            kstat::Source::Ctnetlink.describe()
+        );
+    }
     if verdicts {
         let i = &s.invalid;
         match i.kernel {
@@ -272,7 +279,7 @@ pub(crate) fn print_summary(
                 );
             }
             None => eprintln!(
-                "ct-trace: cannot read {}: no comparison with the kernel's INVALID counter",
+                "ct-trace: cannot read the kernel's conntrack counters ({} nor ctnetlink's statistics): no comparison with the kernel's INVALID counter",
                 kstat::PATH
             ),
         }

@@ -12,13 +12,14 @@
 //! - Kernel log: the same flood with conntrack's own logging of INVALID TCP
 //!   (`nf_conntrack_log_invalid=6`) instead of ct-trace, its lines counted from `/dev/kmsg`.
 //! - Start-up: exec to ready, peak and idle memory.
+//! - `ct-trace top` on a table of 262,140 entries: one snapshot, CPU and memory at 1 s.
 //!
 //! `--smoke` runs every part briefly (about 40 s); a reconciliation FAIL is then an error.
 //! Without it, `BENCHMARKS.md` at the workspace root is written.
 //!
 //! One file per part: `process` (processes in namespaces, /proc readings), `topology` (the three
 //! namespaces), `observer` (ct-trace and tcpdump on the node), `hotpath`, `storm`, `klog` (the
-//! kernel's own logging), `startup`, `pipeline` (the userspace event path alone), `report` (the
+//! kernel's own logging), `startup`, `top` (`ct-trace top` on a filled table), `pipeline` (the userspace event path alone), `report` (the
 //! tables and BENCHMARKS.md) and `targets` (the targets against this run).
 
 mod flood;
@@ -32,6 +33,7 @@ mod report;
 mod startup;
 mod storm;
 mod targets;
+mod top;
 mod topology;
 
 use std::{
@@ -129,12 +131,15 @@ pub fn bench(a: &Args) -> Result<()> {
     let hot = hot_path(&topo, &bins, &cfg)?;
     let storm = storm(&topo, &bins, &cfg)?;
     let startup = startup(&topo, &bins, &cfg)?;
+    // Last in the topology: it fills the node's table (and empties it after).
+    let top = top::top(&topo, &bins, &cfg)?;
     drop(topo);
     let pipeline = pipeline(&bins, &cfg)?;
     let load_after = loadavg();
     let elapsed = started.elapsed().as_secs_f64();
 
     let mut sections = sections(&hot, &storm, &startup);
+    sections.push(top::top_section(&top));
     sections.push(pipeline_section(&pipeline));
     sections.insert(0, targets(&hot, &storm, &startup, &pipeline));
     print(&sections);

@@ -32,7 +32,7 @@ pub(super) struct Proc {
 
 pub(super) struct Finished {
     pub(super) status: ExitStatus,
-    stdout: String,
+    pub(super) stdout: String,
     pub(super) stderr: String,
 }
 

@@ -22,7 +22,7 @@ pub(super) fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn spread(v: &[f64], f: impl Fn(f64) -> String) -> String {
+pub(super) fn spread(v: &[f64], f: impl Fn(f64) -> String) -> String {
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     format!("{}-{}", f(min), f(max))

@@ -37,8 +37,13 @@ pub const VM_TESTS: &[&str] = &["resets", "invalid", "exact", "lost", "table"];
 /// after the others (in the kernel's first mode): each costs minutes of TCG, and a job of their
 /// own keeps the longest job short, so that two side by side end together. `lab` (`ct-trace lab run`'s scenarios): on 5.10, where the
 /// boom-server packet is INVALID and costs a reset, and on 6.1, which IGNOREs it (conntrack
-/// commit 6e250dcbff1d) - both branches of its kernel-dependent test.
-pub const VM_EXTRA_TESTS: &[(&str, &[Series])] = &[("lab", &[Series::V5_10, Series::V6_1])];
+/// commit 6e250dcbff1d) - both branches of its kernel-dependent test. `no_procfs` (the kernel's
+/// counters through ctnetlink): on 5.10, whose ctnetlink still sends the counters 5.14 dropped
+/// (`searched`, `ignore`), and on 6.1.
+pub const VM_EXTRA_TESTS: &[(&str, &[Series])] = &[
+    ("lab", &[Series::V5_10, Series::V6_1]),
+    ("no_procfs", &[Series::V5_10, Series::V6_1]),
+];
 
 /// How ct-trace attaches its INVALID probe (`CT_TRACE_MODE`, ct-trace's `--attach`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -469,11 +474,15 @@ mod tests {
     }
 
     #[test]
-    fn the_lab_runs_on_5_10_and_6_1_unless_targets_are_asked_for() {
+    fn the_lab_and_no_procfs_run_on_5_10_and_6_1_unless_targets_are_asked_for() {
         use Mode::*;
         use Series::*;
         let base = strings(VM_TESTS);
-        let with_lab: Vec<String> = base.iter().cloned().chain(["lab".into()]).collect();
+        let with_lab: Vec<String> = base
+            .iter()
+            .cloned()
+            .chain(["lab".into(), "no_procfs".into()])
+            .collect();
         assert_eq!(job_tests(V5_10, &[]), with_lab);
         assert_eq!(job_tests(V6_1, &[]), with_lab);
         assert_eq!(job_tests(V6_12, &[]), base);
@@ -496,12 +505,21 @@ mod tests {
         let extra: Vec<String> = all.iter().map(|j| extra_cell(j, VM_TESTS)).collect();
         // The lab in jobs of its own, after the others: the longest job stays short. The fexit
         // job's targets are common ones: its label names them.
-        assert_eq!(extra, ["-", "-", "-", "-", "-", "-", "lab", "lab", "-"]);
+        assert_eq!(
+            extra,
+            ["-", "-", "-", "-", "-", "-", "lab,no_procfs", "lab,no_procfs", "-"]
+        );
         let labels: Vec<String> = all.iter().map(|j| j.label()).collect();
         assert_eq!(labels[0], "kprobe");
-        assert_eq!(labels[6], "kprobe+lab");
+        assert_eq!(labels[6], "kprobe+lab+no_procfs");
         assert_eq!((all[6].series, all[7].series), (V5_10, V6_1));
-        assert_eq!(all[7].binaries, [("lab".into(), PathBuf::from("/t/lab"))]);
+        assert_eq!(
+            all[7].binaries,
+            [
+                ("lab".into(), PathBuf::from("/t/lab")),
+                ("no_procfs".into(), PathBuf::from("/t/no_procfs"))
+            ]
+        );
         // Asked targets: those, in every job, and no extra job.
         assert_eq!(labels[8], "fexit+exact+lost+invalid");
         assert_eq!(all[8].series, V6_1);

@@ -29,6 +29,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 mod text;
+mod who;
 
 use std::{
     collections::BTreeMap,
@@ -47,6 +48,7 @@ pub use self::{
         HIGH_UTILISATION, KEEPALIVE_S,
     },
     text::run_doctor,
+    who::Who,
 };
 use crate::{
     cli::DoctorArgs,
@@ -64,6 +66,9 @@ pub struct Posture {
     pub max: Option<u64>,
     pub buckets: Option<u64>,
     pub counters: BTreeMap<String, u64>,
+    /// Where `counters` were read: `procfs` or `ctnetlink` (kernels without
+    /// `/proc/net/stat/nf_conntrack`); null when neither could be read.
+    pub counters_source: Option<kstat::Source>,
     /// The INVALID drop rules found; `None` (`null`: unknown) when none was found and some
     /// ruleset could not be read. An empty list means every ruleset was read and has none.
     pub drop_rules: Option<Vec<Rule>>,
@@ -83,6 +88,10 @@ pub struct Posture {
     /// The Services and endpoints kube-proxy's rules name here (what ct-trace's events would
     /// carry as `service_name`).
     pub service_names: crate::node::services::NamesReport,
+    /// Who fills the table, when it is above 75% or refusing flows: the heaviest Services,
+    /// backends, clients and states; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub who: Option<Who>,
     pub advice: Vec<String>,
 }
 
@@ -121,6 +130,7 @@ pub fn inspect(window: Duration) -> Posture {
                     .collect()
             })
             .unwrap_or_default(),
+        counters_source: kstat::source(),
         drop_rules: (known || !found.drop_rules.is_empty()).then_some(found.drop_rules),
         kube_proxy: found.kube_proxy.or((!known).then_some("unknown")),
         rules_read,
@@ -129,9 +139,16 @@ pub fn inspect(window: Duration) -> Posture {
         verdict: "unknown",
         table,
         service_names: crate::node::services::NamesReport::read(),
+        who: None,
         advice: vec![],
     };
     judge(&mut p);
+    if who::wanted(&p.table) {
+        p.who = who::read();
+        if let Some(w) = &p.who {
+            p.advice.extend(who::advice(w));
+        }
+    }
     p
 }
 

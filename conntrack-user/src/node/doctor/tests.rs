@@ -57,6 +57,8 @@ fn posture() -> Posture {
         max: Some(100),
         buckets: Some(25),
         counters: Default::default(),
+        counters_source: None,
+        who: None,
         drop_rules: Some(vec![]),
         kube_proxy: None,
         rules_read: RulesRead::All,

@@ -200,8 +200,33 @@ pub fn run_doctor(format: Format, window: Duration, w: &mut impl Write) -> io::R
         ),
     )?;
     write_table(w, &p.table)?;
+    if let Some(who) = &p.who {
+        for (what, rows) in [
+            ("fills it: services", &who.by_service),
+            ("fills it: backends", &who.by_backend),
+            ("fills it: clients", &who.by_client),
+            ("fills it: states", &who.by_state),
+        ] {
+            let groups: Vec<String> = rows
+                .iter()
+                .map(|g| match &g.name {
+                    Some(n) => format!("{} ({n}) {}", g.key, g.entries),
+                    None => format!("{} {}", g.key, g.entries),
+                })
+                .collect();
+            row(w, what, groups.join(", "))?;
+        }
+    }
     let counters: Vec<String> = p.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    row(w, "kernel counters", counters.join(", "))?;
+    let from = match p.counters_source {
+        Some(s) => format!(" (from {})", s.describe()),
+        None => " (unreadable: no /proc/net/stat/nf_conntrack, no ctnetlink statistics)".into(),
+    };
+    row(
+        w,
+        "kernel counters",
+        format!("{}{from}", counters.join(", ")),
+    )?;
     row(w, "rulesets read", rulesets_row(&p))?;
     let kube_proxy = match p.kube_proxy {
         Some("unknown") => "unknown: not seen in the rulesets read, and not all could be read",

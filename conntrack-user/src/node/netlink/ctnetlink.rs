@@ -162,6 +162,14 @@ impl Conntrack {
         }))
     }
 
+    /// Every entry of the namespace's table, both families (what `conntrack -L` lists), each
+    /// given to `f` with its id (`CTA_ID`, unique while the entry lives) as it arrives: nothing
+    /// is kept, so a table of any size costs one receive buffer (see `dump`). Returns how many
+    /// entries were given.
+    pub fn dump(&self, f: impl FnMut(u32, Entry)) -> io::Result<u64> {
+        super::dump::dump(&self.sock, f)
+    }
+
     /// Deletes the entry whose original tuple is `t` (`IPCTNL_MSG_CT_DELETE`, what
     /// `conntrack -D` sends) and waits for the kernel's ACK.
     pub fn delete(&self, t: &Tuple) -> io::Result<()> {

@@ -8,13 +8,19 @@
 //!   i.e. whether conntrack is active at all in this namespace (its hooks are registered only
 //!   when a rule or NAT needs them; without them every packet looks untracked).
 //!
-//! By file: `socket` (the transport both share), `ctnetlink` (the lookup), `destroy` (the
-//! destroy events), `hook` (the hook dump).
+//! - ctnetlink statistics (`IPCTNL_MSG_CT_GET_STATS_CPU`): conntrack's per-CPU counters where
+//!   `/proc/net/stat/nf_conntrack` does not exist.
+//!
+//! By file: `socket` (the transport all share), `ctnetlink` (the lookup), `dump` (the whole
+//! table, read in place), `destroy` (the destroy events), `hook` (the hook dump), `stats` (the
+//! counters).
 
 mod ctnetlink;
 mod destroy;
+mod dump;
 mod hook;
 mod socket;
+pub mod stats;
 #[cfg(test)]
 mod tests;
 

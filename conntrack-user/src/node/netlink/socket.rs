@@ -44,7 +44,7 @@ impl Socket {
 
     /// Sends `msg` to the kernel as a request; returns its sequence number.
     pub(super) fn request(&self, msg: NetfilterMessage, flags: u16) -> io::Result<u32> {
-        let seq = seq();
+        let seq = next_seq();
         self.0
             .send_to(&encode(msg, flags, seq), &SocketAddr::new(0, 0), 0)?;
         Ok(seq)
@@ -83,7 +83,15 @@ impl Socket {
     }
 }
 
-fn seq() -> u32 {
+/// A whole request made by hand (header included).
+impl Socket {
+    pub(super) fn send(&self, msg: &[u8]) -> io::Result<()> {
+        self.0.send_to(msg, &SocketAddr::new(0, 0), 0).map(|_| ())
+    }
+}
+
+/// The sequence number of the next request.
+pub(super) fn next_seq() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static SEQ: AtomicU32 = AtomicU32::new(1);
     SEQ.fetch_add(1, Ordering::Relaxed)

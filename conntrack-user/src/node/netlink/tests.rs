@@ -58,6 +58,34 @@ fn emit(msg: ConntrackMessage, family: NetfilterProtoFamily, portid: u32) -> Vec
 }
 
 #[test]
+fn the_dump_reader_reads_what_the_typed_parser_reads() {
+    // The kernel's own message (its type aside, a dumped entry carries the same attributes).
+    let (id, e) = super::dump::entry_of(&KERNEL_DESTROY[16..]).unwrap();
+    assert_eq!(e, parse_destroyed(&KERNEL_DESTROY).unwrap().entry);
+    assert_eq!(id, 0x8f58_5911);
+    // IPv6 and UDP, as the crate builds them.
+    let (orig, reply) = (
+        tuple("fd00::1", 5353, "fd00::2", 53, 17),
+        tuple("fd00::2", 53, "fd00::1", 5353, 17),
+    );
+    let msg = ConntrackMessage::New(vec![
+        ConntrackAttribute::CtaTupleOrig(to_ct_tuple(&orig)),
+        ConntrackAttribute::CtaTupleReply(to_ct_tuple(&reply)),
+        ConntrackAttribute::CtaStatus(Status::Confirmed),
+    ]);
+    let b = emit(msg, NetfilterProtoFamily::IPv6, 0);
+    let (id, e) = super::dump::entry_of(&b[16..]).unwrap();
+    assert_eq!(
+        (id, e.orig, e.reply, e.status, e.tcp_state),
+        (0, orig, reply, 1 << 3, None)
+    );
+    // Cut anywhere: an entry or nothing, never a panic.
+    for len in 0..KERNEL_DESTROY.len() {
+        let _ = super::dump::entry_of(&KERNEL_DESTROY[16.min(len)..len]);
+    }
+}
+
+#[test]
 fn a_kernel_destroy_event_gives_tuples_status_state_port_and_age() {
     let d = parse_destroyed(&KERNEL_DESTROY).unwrap();
     assert_eq!(d.entry.orig, tuple("192.0.2.1", 40000, "192.0.2.2", 80, 6));

@@ -1,0 +1,158 @@
+//! `ct-trace top`: who fills the conntrack table, a snapshot every interval (`node::top` reads
+//! it): on a terminal the full-screen view (`top_view`); otherwise (piped, `--once`, `-c`)
+//! text, one screen per snapshot, or `-o json`, one object per line.
+
+use std::{
+    io::{self, IsTerminal as _, Write},
+    process::ExitCode,
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    cli::TopArgs,
+    node::{
+        doctor::{mem_total, writeups_max},
+        services::{Rulesets, MAX_ENTRIES},
+        top::{Group, Sampler, Snapshot},
+    },
+    output::report::{rfc3339, Format},
+};
+
+pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
+    // Service names from kube-proxy's rules, read once: a top of a table that changes every
+    // second does not need them fresher than its start.
+    let names = Rulesets::read().parse(MAX_ENTRIES);
+    let count = if args.once { Some(1) } else { args.count };
+    // On a terminal, until interrupted: the full-screen view, which shows as many rows as the
+    // screen has (its own sorts need more than `--limit`'s default).
+    let view = args.output == Format::Text && count.is_none() && io::stdout().is_terminal();
+    let limit = if view {
+        args.limit.max(500)
+    } else {
+        args.limit
+    };
+    let budget = args.cpu_budget as f64 / 100.0;
+    let mut sampler = Sampler::start(names, limit as usize, args.cap as usize, budget)
+        .context("reading the conntrack table through ctnetlink (needs CAP_NET_ADMIN)")?;
+    sampler.ram_max = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| mem_total(&m))
+        .map(|ram| writeups_max(ram, usize::BITS).max);
+    if view {
+        super::top_view::run(sampler, args.interval).context("the terminal view")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut shown = 0u64;
+    let mut out = io::stdout().lock();
+    loop {
+        std::thread::sleep(sampler.wait(args.interval));
+        let s = sampler
+            .sample()
+            .context("reading the conntrack table through ctnetlink")?;
+        let r = match args.output {
+            Format::Json => writeln!(out, "{}", json(&s)),
+            Format::Text => text(&mut out, &s),
+        }
+        .and_then(|_| out.flush());
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => break,
+            r => r.context("writing the snapshot")?,
+        }
+        shown += 1;
+        if count.is_some_and(|c| shown >= c) {
+            break;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A snapshot as one JSON line, `kind` and `time` first like every report ct-trace prints.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    kind: &'static str,
+    time: String,
+    #[serde(flatten)]
+    snapshot: &'a Snapshot,
+}
+
+fn json(s: &Snapshot) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    serde_json::to_string(&Line {
+        kind: "top",
+        time: rfc3339(now),
+        snapshot: s,
+    })
+    .expect("a snapshot serializes")
+}
+
+fn rate(v: Option<f64>) -> String {
+    v.map_or("-".into(), |r| format!("{r:.1}/s"))
+}
+
+fn text(w: &mut impl Write, s: &Snapshot) -> io::Result<()> {
+    let fill = s.fill.map_or("?".into(), |f| format!("{:.1}%", f * 100.0));
+    let max = s.max.map_or("?".into(), |m| m.to_string());
+    writeln!(
+        w,
+        "conntrack table of netns {}: {} / {max} entries ({fill}; high at {:.0}%{}), over {:.1} s",
+        s.netns,
+        s.entries,
+        s.alert_fill * 100.0,
+        s.ram_max.map_or(String::new(), |m| format!(
+            "; the write-ups' size for this RAM: {m}"
+        )),
+        s.interval_s
+    )?;
+    writeln!(
+        w,
+        "new {}  invalid {}  drop {}  early_drop {}  insert_failed {}  (dump: {:.0} ms of CPU){}",
+        rate(Some(s.per_s.new)),
+        rate(s.per_s.invalid),
+        rate(s.per_s.drop),
+        rate(s.per_s.early_drop),
+        rate(s.per_s.insert_failed),
+        s.dump_cpu_ms,
+        s.counters_source
+            .map_or(" (kernel counters unreadable)".into(), |c| format!(
+                " (counters: {})",
+                serde_json::to_value(c)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ))
+    )?;
+    for (title, rows) in [
+        ("SERVICE", &s.by_service),
+        ("BACKEND", &s.by_backend),
+        ("CLIENT", &s.by_client),
+        ("STATE", &s.by_state),
+    ] {
+        writeln!(w)?;
+        table(w, title, rows)?;
+    }
+    writeln!(w)
+}
+
+fn table(w: &mut impl Write, title: &str, rows: &[Group]) -> io::Result<()> {
+    let width = rows
+        .iter()
+        .map(|r| r.key.len())
+        .chain([title.len()])
+        .max()
+        .unwrap_or(0);
+    writeln!(w, "{title:<width$}  {:>8}  {:>6}  NAME", "ENTRIES", "NEW")?;
+    for r in rows {
+        writeln!(
+            w,
+            "{:<width$}  {:>8}  {:>6}  {}",
+            r.key,
+            r.entries,
+            r.new,
+            r.name.as_deref().unwrap_or("")
+        )?;
+    }
+    Ok(())
+}

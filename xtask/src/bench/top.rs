@@ -1,0 +1,192 @@
+//! `ct-trace top` on a filled table: the node namespace's table filled with UDP flows from the
+//! client to the server (4 sockets x every destination port: up to 262,140 entries, unreplied,
+//! kept 600 s), then one snapshot from exec to exit (`--once`, two dumps: the baseline and the
+//! snapshot) and a steady run (`--interval 1`): its CPU per second and its memory.
+
+use std::{
+    process::Stdio,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context as _, Result};
+
+use super::{
+    numbers::group,
+    process::{cpu_seconds, sh_in, vm_kib, Proc},
+    report::{median, spread, Section},
+    topology::Topo,
+    Bins, Config, SERVER,
+};
+
+pub(super) struct TopBench {
+    pub(super) entries: u64,
+    pub(super) fill_s: f64,
+    pub(super) once_ms: Vec<f64>,
+    pub(super) steady_s: f64,
+    pub(super) snapshots: usize,
+    pub(super) cpu_per_s: f64,
+    pub(super) peak_kib: f64,
+    pub(super) rss_kib: f64,
+}
+
+const MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+/// `nf_conntrack_max` (global: only the init namespace may set it) raised for the part and
+/// restored on drop, also on error.
+struct RaisedMax(String);
+
+impl RaisedMax {
+    fn to_at_least(n: u64) -> Result<Self> {
+        let saved = std::fs::read_to_string(MAX).context(MAX)?;
+        if saved.trim().parse::<u64>().unwrap_or(0) < n {
+            std::fs::write(MAX, n.to_string()).context(MAX)?;
+        }
+        Ok(Self(saved))
+    }
+}
+
+impl Drop for RaisedMax {
+    fn drop(&mut self) {
+        let _ = std::fs::write(MAX, self.0.trim());
+    }
+}
+
+fn entries(ns: &str) -> Result<u64> {
+    Ok(sh_in(ns, "cat /proc/sys/net/netfilter/nf_conntrack_count")?
+        .trim()
+        .parse()?)
+}
+
+pub(super) fn top(topo: &Topo, bins: &Bins, cfg: &Config) -> Result<TopBench> {
+    let sockets = if cfg.smoke { 1 } else { 4 };
+    let ports = if cfg.smoke { 20_000 } else { 65_535 };
+    let want = sockets * ports;
+    let _max = RaisedMax::to_at_least(want + 65_536)?;
+    sh_in(
+        &topo.node,
+        "sysctl -qw net.netfilter.nf_conntrack_udp_timeout=600 net.netfilter.nf_conntrack_udp_timeout_stream=600",
+    )?;
+    let before = entries(&topo.node)?;
+    let t0 = Instant::now();
+    sh_in(
+        &topo.cli,
+        &format!(
+            "python3 -c \"
+import socket
+for _ in range({sockets}):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for p in range(1, {ports} + 1):
+        s.sendto(b'x', ('{SERVER}', p))
+\""
+        ),
+    )?;
+    let fill_s = t0.elapsed().as_secs_f64();
+    let filled = entries(&topo.node)?;
+    ensure!(
+        filled >= before + want * 99 / 100,
+        "the table holds {filled} entries after sending {want} new flows (before: {before})"
+    );
+    eprintln!("bench: top: {filled} entries in the node's table ({fill_s:.1} s to fill)");
+
+    let mut once_ms = Vec::new();
+    for _ in 0..if cfg.smoke { 1 } else { 3 } {
+        let t = Instant::now();
+        let mut p = Proc::start(
+            &topo.node,
+            &[
+                &bins.ct_trace,
+                "top",
+                "-o",
+                "json",
+                "--once",
+                "--interval",
+                "1ms",
+            ],
+            Stdio::piped(),
+            Stdio::piped(),
+        )?;
+        let f = p.finish(Duration::from_secs(120))?;
+        ensure!(f.status.success(), "ct-trace top: {}", f.stderr.trim());
+        once_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let snap: serde_json::Value =
+            serde_json::from_str(f.stdout.trim()).context("ct-trace top's JSON")?;
+        let n = snap["entries"].as_u64().unwrap_or(0);
+        ensure!(
+            n + 1000 >= filled && n <= filled + 1000,
+            "top saw {n} entries, the kernel counts {filled}"
+        );
+    }
+
+    // Long enough for a few snapshots of the full table: each waits until its dump's CPU fits
+    // top's default budget (5% of a core).
+    let steady = Duration::from_secs(if cfg.smoke { 3 } else { 30 });
+    let t = Instant::now();
+    let mut p = Proc::start(
+        &topo.node,
+        &[&bins.ct_trace, "top", "-o", "json", "--interval", "1"],
+        Stdio::piped(),
+        Stdio::piped(),
+    )?;
+    thread::sleep(steady);
+    let cpu = cpu_seconds(p.pid())?;
+    let steady_s = t.elapsed().as_secs_f64();
+    let peak_kib = vm_kib(p.pid(), "VmHWM:")? as f64;
+    let rss_kib = vm_kib(p.pid(), "VmRSS:")? as f64;
+    let f = p.interrupt(Duration::from_secs(15))?;
+    let snapshots = f.stdout.lines().count();
+    ensure!(
+        snapshots > 0,
+        "ct-trace top printed nothing: {}",
+        f.stderr.trim()
+    );
+    // Later parts must not find a full table.
+    sh_in(&topo.node, "conntrack -F 2>/dev/null || true")?;
+    Ok(TopBench {
+        entries: filled,
+        fill_s,
+        once_ms,
+        steady_s,
+        snapshots,
+        cpu_per_s: cpu / steady_s,
+        peak_kib,
+        rss_kib,
+    })
+}
+
+pub(super) fn top_section(t: &TopBench) -> Section {
+    let f0 = |v: f64| format!("{v:.0}");
+    Section {
+        title: "top on a filled table".into(),
+        about: format!(
+            "`ct-trace top` in the node namespace with {} conntrack entries (UDP flows from the client to the server, unreplied, filled in {:.1} s): one snapshot from exec to exit (`--once`: the Service names, a baseline dump and the snapshot's dump), then `--interval 1` for {:.0} s ({} snapshots): CPU per second of wall time and memory.",
+            group(t.entries), t.fill_s, t.steady_s, t.snapshots
+        ),
+        header: vec!["measure", "median", "min-max"],
+        rows: vec![
+            vec![
+                "--once, exec -> exit (ms)".into(),
+                f0(median(&t.once_ms)),
+                spread(&t.once_ms, f0),
+            ],
+            vec![
+                "--interval 1: CPU (share of one core)".into(),
+                format!("{:.3}", t.cpu_per_s),
+                "-".into(),
+            ],
+            vec![
+                "peak RSS (VmHWM, MiB)".into(),
+                format!("{:.1}", t.peak_kib / 1024.0),
+                "-".into(),
+            ],
+            vec![
+                "RSS at the end (VmRSS, MiB)".into(),
+                format!("{:.1}", t.rss_kib / 1024.0),
+                "-".into(),
+            ],
+        ],
+        notes: vec![
+            "each snapshot is a full ctnetlink dump of the table, paced so that the dumps take at most 5% of a core (`--cpu-budget`): on a large table snapshots come less often than `--interval`; an incremental view (events or kernel-side counters) would keep them frequent".into(),
+        ],
+    }
+}
