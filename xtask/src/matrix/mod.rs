@@ -507,7 +507,17 @@ mod tests {
         // job's targets are common ones: its label names them.
         assert_eq!(
             extra,
-            ["-", "-", "-", "-", "-", "-", "lab,no_procfs", "lab,no_procfs", "-"]
+            [
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "lab,no_procfs",
+                "lab,no_procfs",
+                "-"
+            ]
         );
         let labels: Vec<String> = all.iter().map(|j| j.label()).collect();
         assert_eq!(labels[0], "kprobe");
