@@ -4,7 +4,7 @@
 use super::*;
 use crate::{node::netlink::Tuple, pipeline::events::addrs};
 
-fn midstream_of(skb: u64, ts: u64) -> Event {
+pub(super) fn midstream_of(skb: u64, ts: u64) -> Event {
     let mut p = conntrack_common::Pressure {
         skb,
         entries: u32::MAX,
@@ -16,7 +16,7 @@ fn midstream_of(skb: u64, ts: u64) -> Event {
     Event::Pressure(Kind::Midstream, p)
 }
 
-fn gone_for(how: How) -> Gone {
+pub(super) fn gone_for(how: How) -> Gone {
     use crate::node::netlink::{Destroyed, Entry};
     let p = packet();
     let (src, dst) = addrs(&p);

@@ -553,4 +553,5 @@ fn invalid_packets_and_attributions_carry_the_service_name() {
     }
 }
 
+mod contract;
 mod midstream;
