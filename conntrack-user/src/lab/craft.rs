@@ -131,7 +131,7 @@ impl Segment {
 
     /// The flags as ct-trace prints them (`ACK`, `PSH|ACK`, `RST`, ...).
     pub fn flag_names(&self) -> String {
-        crate::pipeline::events::tcp_flags(self.flags)
+        crate::output::flags::TcpFlags(self.flags).to_string()
     }
 }
 

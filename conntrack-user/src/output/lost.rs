@@ -13,6 +13,7 @@ use crate::{
     node::netlink::{tcp_state_name, Entry, IPS_ASSURED},
     output::{
         endpoint::{endpoint, endpoint_of, service_name_text},
+        flags::TcpFlags,
         time::Time,
     },
 };
@@ -118,7 +119,7 @@ pub struct TableFullReport {
     pub sport: Option<u16>,
     pub dst: IpAddr,
     pub dport: Option<u16>,
-    pub flags: Option<String>,
+    pub flags: Option<TcpFlags>,
     /// The Service the refused flow asked for, `namespace/name:portname` as kube-proxy's rules name it
     /// (omitted when no rule names it; see README "Service names").
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -158,7 +159,7 @@ pub struct MidstreamReport {
     pub sport: u16,
     pub dst: IpAddr,
     pub dport: u16,
-    pub flags: String,
+    pub flags: TcpFlags,
     pub seq: u32,
     pub ack: u32,
     pub len: u16,

@@ -2,10 +2,11 @@
 //! counts and prints them (`sink`), ct-trace's kernel counters and their notices (`counters`),
 //! the exit summary with its tallies (`summary`, `table`), and the Prometheus families
 //! (`metrics`), `--pcap`'s packets (`pcap`), stdout itself (`writer`), and events' times
-//! (`time`).
+//! (`time`) and TCP flags (`flags`), kept as numbers until they are printed.
 
 pub mod counters;
 pub mod endpoint;
+pub mod flags;
 pub mod lost;
 pub mod metrics;
 pub mod pcap;

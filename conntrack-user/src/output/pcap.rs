@@ -50,7 +50,7 @@ use pcap_file::{
     DataLink, Endianness,
 };
 
-use crate::output::report::{Report, Time};
+use crate::output::report::{Report, TcpFlags, Time};
 
 /// The second comment of every packet.
 pub const RECONSTRUCTED: &str = "reconstructed by ct-trace from the event above (headers only: \
@@ -81,7 +81,7 @@ pub enum PcapError {
 
 /// A packet as a report describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fields<'a> {
+pub struct Fields {
     /// The report's `time`.
     pub time: Time,
     /// Where it was seen, without the namespace (`netfilter ipv4/prerouting`).
@@ -92,8 +92,7 @@ pub struct Fields<'a> {
     pub dst: IpAddr,
     pub sport: Option<u16>,
     pub dport: Option<u16>,
-    /// TCP flags as reports spell them (`RST|ACK`).
-    pub flags: Option<&'a str>,
+    pub flags: Option<TcpFlags>,
     pub seq: Option<u32>,
     pub ack: Option<u32>,
     /// Transport payload bytes.
@@ -111,7 +110,7 @@ fn family(src: IpAddr, dst: IpAddr) -> &'static str {
 
 /// The packet a report carries; `None` for the kinds without one (`attribution`, `evicted`,
 /// counters, flows, the summary) and for records whose headers could not be read.
-pub fn fields(r: &Report) -> Option<Fields<'_>> {
+pub fn fields(r: &Report) -> Option<Fields> {
     let f = match r {
         Report::Invalid(v) | Report::Ignored(v) => Fields {
             time: v.time,
@@ -122,7 +121,7 @@ pub fn fields(r: &Report) -> Option<Fields<'_>> {
             dst: v.dst,
             sport: v.sport,
             dport: v.dport,
-            flags: v.flags.as_deref(),
+            flags: v.flags,
             seq: v.seq,
             ack: v.ack,
             len: v.len,
@@ -143,7 +142,7 @@ pub fn fields(r: &Report) -> Option<Fields<'_>> {
                 dst,
                 sport: s.sport,
                 dport: s.dport,
-                flags: s.flags.as_deref(),
+                flags: s.flags,
                 seq: s.seq,
                 ack: s.ack,
                 len: Some(0),
@@ -158,7 +157,7 @@ pub fn fields(r: &Report) -> Option<Fields<'_>> {
             dst: m.dst,
             sport: Some(m.sport),
             dport: Some(m.dport),
-            flags: Some(&m.flags),
+            flags: Some(m.flags),
             seq: Some(m.seq),
             ack: Some(m.ack),
             len: Some(m.len),
@@ -173,7 +172,7 @@ pub fn fields(r: &Report) -> Option<Fields<'_>> {
             dst: t.dst,
             sport: t.sport,
             dport: t.dport,
-            flags: t.flags.as_deref(),
+            flags: t.flags,
             seq: None,
             ack: None,
             len: None,
@@ -182,24 +181,6 @@ pub fn fields(r: &Report) -> Option<Fields<'_>> {
     };
     // A record without headers decodes to 0.0.0.0 > 0.0.0.0.
     (!(f.src.is_unspecified() && f.dst.is_unspecified())).then_some(f)
-}
-
-/// TCP flag names as reports spell them (`SYN|ACK`, `none`) to the header's flags byte.
-pub fn flag_bits(s: &str) -> u8 {
-    use conntrack_common::tcp_flags::{ACK, CWR, ECE, FIN, PSH, RST, SYN, URG};
-    s.split('|')
-        .map(|n| match n {
-            "FIN" => FIN,
-            "SYN" => SYN,
-            "RST" => RST,
-            "PSH" => PSH,
-            "ACK" => ACK,
-            "URG" => URG,
-            "ECE" => ECE,
-            "CWR" => CWR,
-            _ => 0,
-        })
-        .fold(0, |a, b| a | b)
 }
 
 /// The Internet checksum (RFC 1071) of the concatenated parts (each of even length but the
@@ -219,7 +200,7 @@ fn checksum(parts: &[&[u8]]) -> u16 {
 }
 
 /// The packet's headers as bytes, and its length on the wire (headers + payload).
-pub fn build(f: &Fields<'_>) -> (Vec<u8>, u32) {
+pub fn build(f: &Fields) -> (Vec<u8>, u32) {
     let mut l4 = Vec::new();
     let ports = f.sport.zip(f.dport);
     match (f.proto, ports) {
@@ -230,7 +211,7 @@ pub fn build(f: &Fields<'_>) -> (Vec<u8>, u32) {
             l4.extend_from_slice(&f.ack.unwrap_or(0).to_be_bytes());
             // Data offset 5 words: no options.
             l4.push(5 << 4);
-            l4.push(f.flags.map_or(0, flag_bits));
+            l4.push(f.flags.map_or(0, |f| f.0));
             // Window, checksum, urgent pointer.
             l4.extend_from_slice(&[0; 6]);
         }

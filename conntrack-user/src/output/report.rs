@@ -8,7 +8,7 @@ use serde::Serialize;
 /// The packet that made the kernel send a reset, as it arrived.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Trigger {
-    pub flags: String,
+    pub flags: TcpFlags,
     pub seq: u32,
     pub ack: u32,
     pub len: u16,
@@ -23,7 +23,7 @@ pub struct ResetReport {
     pub sport: Option<u16>,
     pub dst: Option<IpAddr>,
     pub dport: Option<u16>,
-    pub flags: Option<String>,
+    pub flags: Option<TcpFlags>,
     pub seq: Option<u32>,
     pub ack: Option<u32>,
     /// `enum sk_rst_reason` name (6.10+), or why it is not known.
@@ -106,7 +106,7 @@ pub struct InvalidReport {
     pub sport: Option<u16>,
     pub dst: IpAddr,
     pub dport: Option<u16>,
-    pub flags: Option<String>,
+    pub flags: Option<TcpFlags>,
     pub seq: Option<u32>,
     pub ack: Option<u32>,
     pub len: Option<u16>,
@@ -502,6 +502,7 @@ pub enum Format {
 }
 
 pub use super::endpoint::{endpoint, endpoint_of, service_name_text};
+pub use super::flags::TcpFlags;
 pub use super::time::Time;
 
 /// Nanoseconds since the epoch as RFC 3339 with nanoseconds (`2026-11-22T03:21:07.123456789Z`).
@@ -527,7 +528,7 @@ mod tests {
             sport: Some(80),
             dst: Some("fd00::2".parse().unwrap()),
             dport: Some(4000),
-            flags: Some("RST|ACK".into()),
+            flags: Some(TcpFlags(0x14)),
             seq: Some(0),
             ack: Some(1),
             reason: Some("NO_SOCKET".into()),

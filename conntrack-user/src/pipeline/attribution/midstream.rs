@@ -10,9 +10,9 @@ use conntrack_common::{Hook, Pressure, Reset, IPPROTO_TCP, IPPROTO_UDP};
 use super::shared::{Output, Shared, VerdictId, FATE_WAIT, MAX_PENDING, RECENT};
 use crate::{
     node::netlink::Tuple,
-    output::report::{Report, ResetReport, Time},
+    output::report::{Report, ResetReport, TcpFlags, Time},
     pipeline::bounded::Bounded,
-    pipeline::events::{addrs, tcp_flags},
+    pipeline::events::addrs,
     pipeline::lost::{
         EvictedReport, FlowEntry, Gone, How, LostEntries, LostReport, MidstreamReport,
         TableFullReport,
@@ -100,7 +100,7 @@ pub(super) fn table_full(p: &Pressure, sh: &Shared, out: &mut Output) {
         sport,
         dst,
         dport,
-        flags: tcp.then(|| tcp_flags(k.tcp_flags)),
+        flags: tcp.then_some(TcpFlags(k.tcp_flags)),
         service_name,
     }));
 }
@@ -143,7 +143,7 @@ impl Midstream {
             sport: k.sport,
             dst,
             dport: k.dport,
-            flags: tcp_flags(k.tcp_flags),
+            flags: TcpFlags(k.tcp_flags),
             seq: k.seq,
             ack: k.ack,
             len: k.payload_len,

@@ -14,11 +14,11 @@ use crate::{
     node::netlink::Tuple,
     output::report::{
         endpoint_of, AttributionReport, ConntrackReport, Fate, Report, ResetReport, StrayTally,
-        Time, Trigger,
+        TcpFlags, Time, Trigger,
     },
     pipeline::bounded::Bounded,
     pipeline::enrich::Request,
-    pipeline::events::{addrs, tcp_flags},
+    pipeline::events::addrs,
     pipeline::lost::{how_name, LostReport},
 };
 
@@ -122,9 +122,9 @@ pub(super) fn reset_report(kind: Kind, r: &Reset, sh: &mut Shared) -> ResetRepor
         // The event carries the packet that caused the reset; the reset goes back.
         let (rflags, seq, ack) = if has_packet {
             let (f, s, a) = reset_for(p.tcp_flags, p.seq, p.ack, p.payload_len);
-            (Some(tcp_flags(f)), Some(s), Some(a))
+            (Some(TcpFlags(f)), Some(s), Some(a))
         } else {
-            (Some("RST".to_string()), None, None)
+            (Some(TcpFlags::RST), None, None)
         };
         ResetReport {
             time: sh.time(r.header.ts_ns),
@@ -142,8 +142,8 @@ pub(super) fn reset_report(kind: Kind, r: &Reset, sh: &mut Shared) -> ResetRepor
             } else {
                 None
             },
-            trigger: has_packet.then(|| Trigger {
-                flags: tcp_flags(p.tcp_flags),
+            trigger: has_packet.then_some(Trigger {
+                flags: TcpFlags(p.tcp_flags),
                 seq: p.seq,
                 ack: p.ack,
                 len: p.payload_len,
@@ -161,7 +161,7 @@ pub(super) fn reset_report(kind: Kind, r: &Reset, sh: &mut Shared) -> ResetRepor
             sport: known.then_some(p.sport),
             dst: known.then_some(b),
             dport: known.then_some(p.dport),
-            flags: Some("RST".into()),
+            flags: Some(TcpFlags::RST),
             seq: None,
             ack: None,
             reason,

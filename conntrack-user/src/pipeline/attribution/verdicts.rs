@@ -12,10 +12,10 @@ use super::{
 };
 use crate::{
     node::netlink::Tuple,
-    output::report::{ConntrackReport, Fate, InvalidReport, Report, ResetReport, Time},
+    output::report::{ConntrackReport, Fate, InvalidReport, Report, ResetReport, TcpFlags, Time},
     pipeline::bounded::Bounded,
     pipeline::enrich::Request,
-    pipeline::events::{addrs, tcp_flags},
+    pipeline::events::addrs,
 };
 
 /// A verdict within this long after a reason for the same `sk_buff` is about the same packet
@@ -256,7 +256,7 @@ impl Verdicts {
             sport: Some(p.sport),
             dst,
             dport: Some(p.dport),
-            flags: Some(tcp_flags(p.tcp_flags)),
+            flags: Some(TcpFlags(p.tcp_flags)),
             seq: Some(p.seq),
             ack: Some(p.ack),
             len: Some(p.payload_len),
@@ -330,7 +330,7 @@ impl Verdicts {
             sport: tcp.then_some(p.sport),
             dst,
             dport: tcp.then_some(p.dport),
-            flags: tcp.then(|| tcp_flags(p.tcp_flags)),
+            flags: tcp.then_some(TcpFlags(p.tcp_flags)),
             seq: tcp.then_some(p.seq),
             ack: tcp.then_some(p.ack),
             len: tcp.then_some(p.payload_len),
