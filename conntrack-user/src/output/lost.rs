@@ -14,6 +14,7 @@ use crate::{
     output::{
         endpoint::{endpoint, endpoint_of, service_name_text},
         flags::TcpFlags,
+        tags::NfHook,
         time::Time,
     },
 };
@@ -151,7 +152,7 @@ pub struct EvictedReport {
 pub struct MidstreamReport {
     pub time: Time,
     pub netns: u32,
-    pub hook: &'static str,
+    pub hook: NfHook,
     pub entries: Option<u32>,
     pub entries_source: &'static str,
     pub max: Option<u32>,

@@ -2,7 +2,8 @@
 //! counts and prints them (`sink`), ct-trace's kernel counters and their notices (`counters`),
 //! the exit summary with its tallies (`summary`, `table`), and the Prometheus families
 //! (`metrics`), `--pcap`'s packets (`pcap`), stdout itself (`writer`), and events' times
-//! (`time`) and TCP flags (`flags`), kept as numbers until they are printed.
+//! (`time`), TCP flags (`flags`) and the words reports carry (`tags`), kept typed until they
+//! are printed.
 
 pub mod counters;
 pub mod endpoint;
@@ -14,5 +15,6 @@ pub mod report;
 pub mod sink;
 pub mod summary;
 pub mod table;
+pub mod tags;
 pub mod time;
 pub mod writer;

@@ -42,11 +42,11 @@ pub struct ResetReport {
     /// the packet belonged to a flow conntrack was tracking (a port scan, a segment of a
     /// long-gone flow): harmless, not attributed, shown only with `--resets all`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cause: Option<&'static str>,
+    pub cause: Option<ResetCause>,
     /// `skipped` on a `stray` whose entry lookup could not be made in time: nothing showed the
     /// flow was tracked, so nothing is blamed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub enrichment: Option<&'static str>,
+    pub enrichment: Option<Enrichment>,
 }
 
 /// One direction's TCP window as conntrack tracks it (`struct ip_ct_tcp_state`,
@@ -98,7 +98,7 @@ pub struct ConntrackReport {
 pub struct InvalidReport {
     pub time: Time,
     pub netns: u32,
-    pub hook: &'static str,
+    pub hook: NfHook,
     pub in_iface: Option<String>,
     pub out_iface: Option<String>,
     pub proto: u8,
@@ -132,7 +132,7 @@ pub struct InvalidReport {
     /// `skipped` when the ctnetlink lookup of the entry could not be made in time (the lookup
     /// queue was full, or the answer came too late): `conntrack` is then null.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub enrichment: Option<&'static str>,
+    pub enrichment: Option<Enrichment>,
     /// The Service this flow belongs to, `namespace/name:portname` as kube-proxy's rules name it
     /// (omitted when no rule names it; see README "Service names").
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,7 +154,7 @@ pub struct AttributionReport {
     pub reset_netns: u32,
     pub reset_reason: Option<String>,
     pub invalid_netns: u32,
-    pub invalid_hook: &'static str,
+    pub invalid_hook: NfHook,
     pub invalid_reason: String,
     pub invalid_time: Time,
     pub seq: u32,
@@ -165,13 +165,13 @@ pub struct AttributionReport {
     /// marked it INVALID; the `invalid_*` fields describe that verdict) or `entry_lost` (its
     /// flow's entry was gone and conntrack picked it up mid-stream; the `invalid_*` fields then
     /// describe that packet at the node, and `lost` the entry it had).
-    pub cause: &'static str,
+    pub cause: ResetCause,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<crate::output::lost::LostReport>,
     /// `skipped` when the entry behind the reset could not be looked up in time (`client` is
     /// then the packet's destination and `service` null).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub enrichment: Option<&'static str>,
+    pub enrichment: Option<Enrichment>,
     /// The Service, `namespace/name:portname` as kube-proxy's rules name it: by the `service`
     /// address when it is known, else by the `backend` (omitted when no rule names either).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -339,7 +339,7 @@ impl Report {
 
     /// A reset of a packet of no flow conntrack was tracking (see [`ResetReport::cause`]).
     pub fn is_stray(&self) -> bool {
-        matches!(self, Self::RstSent(r) if r.cause == Some("stray"))
+        matches!(self, Self::RstSent(r) if r.cause == Some(ResetCause::Stray))
     }
 
     /// When it happened; `None` for the flow rows and the summary, which are made at exit.
@@ -382,9 +382,9 @@ impl Report {
                     opt(&r.reason),
                 );
                 match r.cause {
-                    Some("entry_lost") => s.push_str(" caused_by=entry_lost"),
-                    Some("stray") => s.push_str(" caused_by=stray"),
-                    Some(_) => s.push_str(" caused_by=invalid"),
+                    Some(ResetCause::EntryLost) => s.push_str(" caused_by=entry_lost"),
+                    Some(ResetCause::Stray) => s.push_str(" caused_by=stray"),
+                    Some(ResetCause::InvalidPacket) => s.push_str(" caused_by=invalid"),
                     None => {}
                 }
             }
@@ -503,6 +503,7 @@ pub enum Format {
 
 pub use super::endpoint::{endpoint, endpoint_of, service_name_text};
 pub use super::flags::TcpFlags;
+pub use super::tags::{Enrichment, NfHook, ResetCause};
 pub use super::time::Time;
 
 /// Nanoseconds since the epoch as RFC 3339 with nanoseconds (`2026-11-22T03:21:07.123456789Z`).

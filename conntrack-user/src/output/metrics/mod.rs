@@ -30,6 +30,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::output::tags::ResetCause;
 use crate::{output::counters::Counters, output::report::Report};
 
 /// Distinct `service` label values of `ct_trace_attributed_resets_total`; beyond: `other`.
@@ -249,7 +250,7 @@ impl Metrics {
                     Some(false) => "untracked",
                     None => "unknown",
                 };
-                let key = (v.hook, v.fate.name(), reason_class(&v.reason), flow);
+                let key = (v.hook.name(), v.fate.name(), reason_class(&v.reason), flow);
                 let invalid = &self.invalid;
                 self.invalid_series
                     .entry(key)
@@ -265,7 +266,7 @@ impl Metrics {
                     })
                     .inc();
             }
-            Report::RstSent(r) if r.cause == Some("stray") => {
+            Report::RstSent(r) if r.cause == Some(ResetCause::Stray) => {
                 let packet = if r.caused_by_invalid {
                     "invalid"
                 } else {
@@ -292,7 +293,10 @@ impl Metrics {
                     "other".to_string()
                 };
                 self.attributed
-                    .get_or_create(&vec![("cause", a.cause.to_string()), ("service", service)])
+                    .get_or_create(&vec![
+                        ("cause", a.cause.name().to_string()),
+                        ("service", service),
+                    ])
                     .inc();
             }
             Report::Evicted(_) => {

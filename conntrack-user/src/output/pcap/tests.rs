@@ -5,13 +5,13 @@ use std::net::Ipv4Addr;
 use pcap_file::pcapng::{Block, PcapNgReader};
 
 use super::*;
-use crate::output::report::{CounterReport, Fate, InvalidReport, ResetReport};
+use crate::output::report::{CounterReport, Fate, InvalidReport, NfHook, ResetReport};
 
 fn invalid(src: &str, dst: &str) -> Report {
     Report::Invalid(InvalidReport {
         time: "2026-11-22T03:21:07.123456789Z".into(),
         netns: 4026532246,
-        hook: "prerouting",
+        hook: NfHook::of(0),
         in_iface: Some("eth0".into()),
         out_iface: None,
         proto: 6,

@@ -5,12 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use conntrack_common::{Hook, Pressure, Reset, IPPROTO_TCP, IPPROTO_UDP};
+use conntrack_common::{Pressure, Reset, IPPROTO_TCP, IPPROTO_UDP};
 
 use super::shared::{Output, Shared, VerdictId, FATE_WAIT, MAX_PENDING, RECENT};
 use crate::{
     node::netlink::Tuple,
     output::report::{Report, ResetReport, TcpFlags, Time},
+    output::tags::NfHook,
     pipeline::bounded::Bounded,
     pipeline::events::addrs,
     pipeline::lost::{
@@ -135,7 +136,7 @@ impl Midstream {
         let report = MidstreamReport {
             time: sh.time(p.header.ts_ns),
             netns: k.netns,
-            hook: Hook::name_of(p.hook),
+            hook: NfHook::of(p.hook),
             entries: entries(p, sh),
             entries_source: entries_source(p),
             max: sh.batch.ct_max,

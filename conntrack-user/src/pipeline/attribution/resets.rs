@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, time::Instant};
 
-use conntrack_common::{flags, Cause, Hook, Kind, Reset, IPPROTO_TCP};
+use conntrack_common::{flags, Cause, Kind, Reset, IPPROTO_TCP};
 
 use super::{
     flows::Flows,
@@ -16,6 +16,7 @@ use crate::{
         endpoint_of, AttributionReport, ConntrackReport, Fate, Report, ResetReport, StrayTally,
         TcpFlags, Time, Trigger,
     },
+    output::tags::{Enrichment, NfHook, ResetCause},
     pipeline::bounded::Bounded,
     pipeline::enrich::Request,
     pipeline::events::addrs,
@@ -73,7 +74,7 @@ struct Known {
     /// Why conntrack let it through without its NAT (`invalid_reason`).
     reason: String,
     fate: Fate,
-    enrichment: Option<&'static str>,
+    enrichment: Option<Enrichment>,
     /// The entry its flow lost (`cause: "entry_lost"`).
     lost: Option<LostReport>,
 }
@@ -150,7 +151,11 @@ pub(super) fn reset_report(kind: Kind, r: &Reset, sh: &mut Shared) -> ResetRepor
             }),
             socket: Some(r.flags & flags::NO_SOCKET == 0),
             caused_by_invalid: caused && !lost,
-            cause: caused.then_some(if lost { "entry_lost" } else { "invalid_packet" }),
+            cause: caused.then_some(if lost {
+                ResetCause::EntryLost
+            } else {
+                ResetCause::InvalidPacket
+            }),
             enrichment: None,
         }
     } else {
@@ -260,8 +265,8 @@ impl Resets {
         } else {
             self.strays.midstream += 1;
         }
-        rep.cause = Some("stray");
-        rep.enrichment = skipped.then_some("skipped");
+        rep.cause = Some(ResetCause::Stray);
+        rep.enrichment = skipped.then_some(Enrichment::Skipped);
         out.reports.push(Report::RstSent(rep));
     }
 
@@ -315,7 +320,7 @@ impl Resets {
         let known = Known {
             reason: h.reason,
             fate: h.fate,
-            enrichment: skipped.then_some("skipped"),
+            enrichment: skipped.then_some(Enrichment::Skipped),
             lost: None,
         };
         let a = self.attribute(&h.reset, &h.report, entry.as_ref(), known, sh);
@@ -427,7 +432,7 @@ fn attribution_report(
         reset_netns: reset.netns,
         reset_reason: reset.reason.clone(),
         invalid_netns: r.cause.netns,
-        invalid_hook: Hook::name_of(r.cause.hook),
+        invalid_hook: NfHook::of(r.cause.hook),
         invalid_reason,
         invalid_time: sh.time(r.cause.ts_ns),
         seq: p.seq,
@@ -435,9 +440,9 @@ fn attribution_report(
         delay_us: r.header.ts_ns.saturating_sub(r.cause.ts_ns) / 1000,
         fate,
         cause: if lost.is_some() {
-            "entry_lost"
+            ResetCause::EntryLost
         } else {
-            "invalid_packet"
+            ResetCause::InvalidPacket
         },
         lost,
         enrichment,

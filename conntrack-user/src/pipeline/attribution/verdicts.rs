@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, time::Instant};
 
-use conntrack_common::{flags, ips, Drop, Hook, Reason, Reset, Verdict, IPPROTO_TCP, NO_REASON};
+use conntrack_common::{flags, ips, Drop, Reason, Reset, Verdict, IPPROTO_TCP, NO_REASON};
 
 use super::{
     resets::Invalid,
@@ -13,6 +13,7 @@ use super::{
 use crate::{
     node::netlink::Tuple,
     output::report::{ConntrackReport, Fate, InvalidReport, Report, ResetReport, TcpFlags, Time},
+    output::tags::{Enrichment, NfHook},
     pipeline::bounded::Bounded,
     pipeline::enrich::Request,
     pipeline::events::addrs,
@@ -130,7 +131,7 @@ impl Verdicts {
     pub fn expire(&mut self, id: VerdictId, mut p: Pending, sh: &Shared, out: &mut Output) -> Done {
         if let Some(t) = p.lookup.take() {
             self.tokens.remove(&t);
-            p.report.enrichment = Some("skipped");
+            p.report.enrichment = Some(Enrichment::Skipped);
             self.enrichment_skipped += 1;
         }
         self.finish(id, p, sh, out)
@@ -175,7 +176,7 @@ impl Verdicts {
                 p.report.conntrack = e;
             }
             None => {
-                p.report.enrichment = Some("skipped");
+                p.report.enrichment = Some(Enrichment::Skipped);
                 self.enrichment_skipped += 1;
             }
         }
@@ -248,7 +249,7 @@ impl Verdicts {
         let mut report = InvalidReport {
             time: sh.time(r.header.ts_ns),
             netns: p.netns,
-            hook: Hook::name_of(r.hook),
+            hook: NfHook::of(r.hook),
             in_iface: None,
             out_iface: None,
             proto: p.proto,
@@ -322,7 +323,7 @@ impl Verdicts {
         let report = InvalidReport {
             time: sh.time(v.header.ts_ns),
             netns: p.netns,
-            hook: Hook::name_of(v.hook),
+            hook: NfHook::of(v.hook),
             in_iface: (sh.ctx.ifname)(p.ifindex),
             out_iface: (sh.ctx.ifname)(v.out_ifindex),
             proto: p.proto,

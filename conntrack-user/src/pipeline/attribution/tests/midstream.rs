@@ -66,7 +66,7 @@ fn a_midstream_waits_for_its_lost_entry_and_its_reset_is_attributed_to_it() {
     let Report::Attribution(a) = &out.reports[2] else {
         panic!()
     };
-    assert_eq!(a.cause, "entry_lost");
+    assert_eq!(a.cause, ResetCause::EntryLost);
     assert_eq!(a.service.as_deref(), Some("10.96.0.10:80"));
     assert_eq!(a.lost.as_ref().unwrap().how, How::Deleted);
 }

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::output::report::{Direction, Fate};
+use crate::output::report::{Direction, Enrichment, Fate, ResetCause};
 use crate::pipeline::lost::How;
 use conntrack_common::{
     flags, Cause, Drop, Header, InvalidSeen, Packet, Reason, Verdict, IPPROTO_TCP, WIRE_VERSION,
@@ -218,7 +218,10 @@ fn a_full_room_of_verdicts_reports_its_oldest_at_once() {
     }
     match &out.reports[..] {
         [Report::Invalid(r)] => {
-            assert_eq!((r.fate, r.enrichment), (Fate::Passed, Some("skipped")));
+            assert_eq!(
+                (r.fate, r.enrichment),
+                (Fate::Passed, Some(Enrichment::Skipped))
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -438,7 +441,10 @@ fn a_reset_of_a_suppressed_verdict_is_still_attributed_with_its_lookup() {
     let [Report::RstSent(r)] = &out.reports[..] else {
         panic!("{:?}", out.reports)
     };
-    assert_eq!((r.cause, r.enrichment), (Some("stray"), Some("skipped")));
+    assert_eq!(
+        (r.cause, r.enrichment),
+        (Some(ResetCause::Stray), Some(Enrichment::Skipped))
+    );
     assert_eq!(c.enrichment_skipped(), 1);
     assert_eq!(c.strays().invalid, 1);
 }
@@ -464,7 +470,7 @@ fn a_verdict_waits_for_its_lookup_then_its_reset_follows() {
     let Report::Invalid(v) = &out.reports[0] else {
         unreachable!()
     };
-    assert_eq!(v.enrichment, Some("skipped"));
+    assert_eq!(v.enrichment, Some(Enrichment::Skipped));
     // The attribution asks again, urgently, and goes out with the answer.
     let urgent = out.lookups.last().expect("an urgent lookup");
     assert!(urgent.urgent);
