@@ -143,14 +143,14 @@ pub struct InvalidReport {
 pub struct AttributionReport {
     pub time: Time,
     /// The host whose connection was reset: the original source of the conntrack entry.
-    pub client: Option<String>,
+    pub client: Option<Endpoint>,
     /// The address the client connected to (conntrack original destination, before DNAT).
-    pub service: Option<String>,
+    pub service: Option<Endpoint>,
     /// The address that answered (the backend, after DNAT), source of the INVALID packet.
-    pub backend: String,
+    pub backend: Endpoint,
     /// Who sent the reset, and to whom.
-    pub reset_src: String,
-    pub reset_dst: String,
+    pub reset_src: Endpoint,
+    pub reset_dst: Endpoint,
     pub reset_netns: u32,
     pub reset_reason: Option<String>,
     pub invalid_netns: u32,
@@ -501,7 +501,7 @@ pub enum Format {
     Json,
 }
 
-pub use super::endpoint::{endpoint, endpoint_of, service_name_text};
+pub use super::endpoint::{endpoint, endpoint_of, service_name_text, Endpoint};
 pub use super::flags::TcpFlags;
 pub use super::tags::{Enrichment, NfHook, ResetCause};
 pub use super::time::Time;

@@ -282,7 +282,7 @@ impl Metrics {
                 let service = a
                     .service_name
                     .clone()
-                    .or_else(|| a.service.clone())
+                    .or_else(|| a.service.map(|s| s.to_string()))
                     .unwrap_or_else(|| "unknown".to_string());
                 let service = if self.services.contains(&service) {
                     service

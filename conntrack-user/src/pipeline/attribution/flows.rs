@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::output::report::{AttributionReport, FlowReport, Time};
+use crate::output::report::{AttributionReport, Endpoint, FlowReport, Time};
 
 /// Flows in the reset summary; attributions of further flows are summed in one
 /// `(other flows)` row.
@@ -17,21 +17,33 @@ pub struct FlowStats {
     pub last: Time,
 }
 
+/// A row of the summary: a flow's client, Service and backend as the attribution names them,
+/// or the row of further flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum FlowKey {
+    Flow {
+        client: Option<Endpoint>,
+        service: Option<Endpoint>,
+        backend: Endpoint,
+    },
+    Other,
+}
+
 #[derive(Default)]
 pub(super) struct Flows {
-    flows: HashMap<(String, String, String), FlowStats>,
+    flows: HashMap<FlowKey, FlowStats>,
 }
 
 impl Flows {
     /// Counts an attribution in its flow's row.
     pub fn count(&mut self, a: &AttributionReport) {
-        let mut key = (
-            a.client.clone().unwrap_or_else(|| "?".into()),
-            a.service.clone().unwrap_or_else(|| "-".into()),
-            a.backend.clone(),
-        );
+        let mut key = FlowKey::Flow {
+            client: a.client,
+            service: a.service,
+            backend: a.backend,
+        };
         if self.flows.len() >= MAX_FLOWS && !self.flows.contains_key(&key) {
-            key = ("(other flows)".into(), "-".into(), "-".into());
+            key = FlowKey::Other;
         }
         let f = self.flows.entry(key).or_default();
         f.resets += 1;
@@ -49,10 +61,26 @@ impl Flows {
         let mut v: Vec<_> = self
             .flows
             .iter()
-            .map(|((client, service, backend), s)| FlowReport {
-                client: client.clone(),
-                service: service.clone(),
-                backend: backend.clone(),
+            .map(|(key, s)| {
+                // Rendered once per flow, at exit.
+                let (client, service, backend) = match key {
+                    FlowKey::Flow {
+                        client,
+                        service,
+                        backend,
+                    } => (
+                        client.map_or_else(|| "?".into(), |c| c.to_string()),
+                        service.map_or_else(|| "-".into(), |s| s.to_string()),
+                        backend.to_string(),
+                    ),
+                    FlowKey::Other => ("(other flows)".into(), "-".into(), "-".into()),
+                };
+                (client, service, backend, s)
+            })
+            .map(|(client, service, backend, s)| FlowReport {
+                client,
+                service,
+                backend,
                 resets: s.resets,
                 reasons: s.reasons.clone(),
                 first: s.first,

@@ -13,7 +13,7 @@ use super::{
 use crate::{
     node::netlink::Tuple,
     output::report::{
-        endpoint_of, AttributionReport, ConntrackReport, Fate, Report, ResetReport, StrayTally,
+        AttributionReport, ConntrackReport, Endpoint, Fate, Report, ResetReport, StrayTally,
         TcpFlags, Time, Trigger,
     },
     output::tags::{Enrichment, NfHook, ResetCause},
@@ -418,17 +418,17 @@ fn attribution_report(
     // Attributions are TCP: the reset answers a TCP packet.
     let service_name = sh.service_name(service, Some(backend), conntrack_common::IPPROTO_TCP);
     let (client, service, backend) = (
-        client.map(|a| a.to_string()),
-        service.map(|a| a.to_string()),
-        backend.to_string(),
+        client.map(Endpoint::from),
+        service.map(Endpoint::from),
+        Endpoint::from(backend),
     );
     AttributionReport {
         time: reset.time,
         client,
         service,
         backend,
-        reset_src: endpoint_of(reset.src, reset.sport),
-        reset_dst: endpoint_of(reset.dst, reset.dport),
+        reset_src: Endpoint::new(reset.src, reset.sport),
+        reset_dst: Endpoint::new(reset.dst, reset.dport),
         reset_netns: reset.netns,
         reset_reason: reset.reason.clone(),
         invalid_netns: r.cause.netns,

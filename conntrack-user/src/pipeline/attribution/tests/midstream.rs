@@ -67,7 +67,10 @@ fn a_midstream_waits_for_its_lost_entry_and_its_reset_is_attributed_to_it() {
         panic!()
     };
     assert_eq!(a.cause, ResetCause::EntryLost);
-    assert_eq!(a.service.as_deref(), Some("10.96.0.10:80"));
+    assert_eq!(
+        a.service.map(|e| e.to_string()).as_deref(),
+        Some("10.96.0.10:80")
+    );
     assert_eq!(a.lost.as_ref().unwrap().how, How::Deleted);
 }
 
