@@ -2,7 +2,7 @@
 //! counts and prints them (`sink`), ct-trace's kernel counters and their notices (`counters`),
 //! the exit summary with its tallies (`summary`, `table`), and the Prometheus families
 //! (`metrics`), `--pcap`'s packets (`pcap`), stdout itself (`writer`), and events' times
-//! (`time`), TCP flags (`flags`) and the words reports carry (`tags`), kept typed until they
+//! (`time`), TCP flags (`flags`), conntrack's reasons (`reason`) and the words reports carry (`tags`), kept typed until they
 //! are printed.
 
 pub mod counters;
@@ -11,6 +11,7 @@ pub mod flags;
 pub mod lost;
 pub mod metrics;
 pub mod pcap;
+pub mod reason;
 pub mod report;
 pub mod sink;
 pub mod summary;

@@ -112,7 +112,7 @@ pub struct InvalidReport {
     pub len: Option<u16>,
     /// Conntrack's own words for the refusal, as its log line would print them (e.g. "SEQ is
     /// over upper bound 1234 (over the window of the receiver)"), or `unknown (why)`.
-    pub reason: String,
+    pub reason: ReasonText,
     /// By how many sequence numbers the packet missed the bound the reason names (SEQ or ACK
     /// over the upper bound).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -155,7 +155,7 @@ pub struct AttributionReport {
     pub reset_reason: Option<String>,
     pub invalid_netns: u32,
     pub invalid_hook: NfHook,
-    pub invalid_reason: String,
+    pub invalid_reason: ReasonText,
     pub invalid_time: Time,
     pub seq: u32,
     pub ack: u32,
@@ -503,6 +503,7 @@ pub enum Format {
 
 pub use super::endpoint::{endpoint, endpoint_of, service_name_text, Endpoint};
 pub use super::flags::TcpFlags;
+pub use super::reason::ReasonText;
 pub use super::tags::{Enrichment, NfHook, ResetCause};
 pub use super::time::Time;
 

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use pcap_file::pcapng::{Block, PcapNgReader};
 
 use super::*;
-use crate::output::report::{CounterReport, Fate, InvalidReport, NfHook, ResetReport};
+use crate::output::report::{CounterReport, Fate, InvalidReport, NfHook, ReasonText, ResetReport};
 
 fn invalid(src: &str, dst: &str) -> Report {
     Report::Invalid(InvalidReport {
@@ -23,7 +23,7 @@ fn invalid(src: &str, dst: &str) -> Report {
         seq: Some(0xdead_beef),
         ack: Some(7),
         len: Some(100),
-        reason: "SEQ is over upper bound".into(),
+        reason: ReasonText::fixed("SEQ is over upper bound"),
         missed_by: Some(1),
         fate: Fate::Passed,
         drop_reason: None,

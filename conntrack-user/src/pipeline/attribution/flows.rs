@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::output::report::{AttributionReport, Endpoint, FlowReport, Time};
+use crate::output::report::{AttributionReport, Endpoint, FlowReport, ReasonText, Time};
 
 /// Flows in the reset summary; attributions of further flows are summed in one
 /// `(other flows)` row.
@@ -12,7 +12,7 @@ pub const MAX_FLOWS: usize = 10_000;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
     pub resets: u64,
-    pub reasons: Vec<String>,
+    pub reasons: Vec<ReasonText>,
     pub first: Time,
     pub last: Time,
 }
@@ -82,7 +82,7 @@ impl Flows {
                 service,
                 backend,
                 resets: s.resets,
-                reasons: s.reasons.clone(),
+                reasons: s.reasons.iter().map(|r| r.to_string()).collect(),
                 first: s.first,
                 last: s.last,
             })

@@ -13,14 +13,14 @@ use super::{
 use crate::{
     node::netlink::Tuple,
     output::report::{
-        AttributionReport, ConntrackReport, Endpoint, Fate, Report, ResetReport, StrayTally,
-        TcpFlags, Time, Trigger,
+        AttributionReport, ConntrackReport, Endpoint, Fate, ReasonText, Report, ResetReport,
+        StrayTally, TcpFlags, Time, Trigger,
     },
     output::tags::{Enrichment, NfHook, ResetCause},
     pipeline::bounded::Bounded,
     pipeline::enrich::Request,
     pipeline::events::addrs,
-    pipeline::lost::{how_name, LostReport},
+    pipeline::lost::{How, LostReport},
 };
 
 /// The reset the kernel sends for a packet no socket owns (tcp_v4_send_reset(),
@@ -40,6 +40,24 @@ pub fn reset_for(flags_in: u8, seq: u32, ack: u32, len: u16) -> (u8, u32, u32) {
     }
 }
 
+/// The reason of an `entry_lost` attribution.
+fn entry_lost_reason(how: How) -> &'static str {
+    match how {
+        How::Evicted => {
+            "entry lost (evicted): conntrack picked the flow up mid-stream without the Service's NAT"
+        }
+        How::Expired => {
+            "entry lost (expired): conntrack picked the flow up mid-stream without the Service's NAT"
+        }
+        How::Deleted => {
+            "entry lost (deleted): conntrack picked the flow up mid-stream without the Service's NAT"
+        }
+        How::Unknown => {
+            "entry lost (unknown): conntrack picked the flow up mid-stream without the Service's NAT"
+        }
+    }
+}
+
 /// What is known of the INVALID packet behind a reset: from its verdict (waiting, or reported
 /// recently), or nothing when the verdict was not seen.
 #[derive(Clone)]
@@ -47,7 +65,7 @@ pub(super) struct Invalid {
     pub conntrack: Option<ConntrackReport>,
     pub tracked: Option<bool>,
     /// Why conntrack let it through without its NAT (`invalid_reason`).
-    pub reason: String,
+    pub reason: ReasonText,
     pub fate: Fate,
 }
 
@@ -63,7 +81,7 @@ impl Invalid {
         Self {
             conntrack: None,
             tracked: None,
-            reason: reason.to_string(),
+            reason: ReasonText::fixed(reason),
             fate: Fate::Passed,
         }
     }
@@ -72,7 +90,7 @@ impl Invalid {
 /// What is known of the packet behind an attributed reset.
 struct Known {
     /// Why conntrack let it through without its NAT (`invalid_reason`).
-    reason: String,
+    reason: ReasonText,
     fate: Fate,
     enrichment: Option<Enrichment>,
     /// The entry its flow lost (`cause: "entry_lost"`).
@@ -84,7 +102,7 @@ struct Known {
 struct Held {
     reset: Reset,
     report: ResetReport,
-    reason: String,
+    reason: ReasonText,
     fate: Fate,
     deadline: Instant,
 }
@@ -353,10 +371,7 @@ impl Resets {
             self.stray(rep, false, out);
             return;
         }
-        let reason = format!(
-            "entry lost ({}): conntrack picked the flow up mid-stream without the Service's NAT",
-            how_name(lost.how)
-        );
+        let reason = ReasonText::fixed(entry_lost_reason(lost.how));
         let known = Known {
             reason,
             fate: Fate::Passed,

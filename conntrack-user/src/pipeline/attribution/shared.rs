@@ -11,7 +11,7 @@ use std::{
 use crate::{
     kernel::btf::CtLayout,
     node::services::ServiceLookup,
-    output::report::{InvalidReport, Report, Time},
+    output::report::{InvalidReport, ReasonText, Report, Time},
     pipeline::enrich::Request,
     pipeline::lost::FlowEntry,
 };
@@ -88,12 +88,21 @@ pub(super) struct Shared {
     pub names: Option<ServiceLookup>,
     /// The time of the call being handled.
     pub now: Instant,
+    /// The reason of a verdict without a reason record, made once.
+    pub reason_unknown: ReasonText,
     next_token: u64,
 }
 
 impl Shared {
     pub fn new(ctx: Context) -> Self {
+        let reason_unknown = match &ctx.reason_unknown {
+            Some(why) => ReasonText::new(why.as_str()),
+            None => ReasonText::fixed(
+                "unknown (conntrack logged no reason for this packet: no entry was found or created for it)",
+            ),
+        };
         Self {
+            reason_unknown,
             ctx,
             batch: Batch::default(),
             names: None,

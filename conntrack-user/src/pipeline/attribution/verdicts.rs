@@ -12,7 +12,9 @@ use super::{
 };
 use crate::{
     node::netlink::Tuple,
-    output::report::{ConntrackReport, Fate, InvalidReport, Report, ResetReport, TcpFlags, Time},
+    output::report::{
+        ConntrackReport, Fate, InvalidReport, ReasonText, Report, ResetReport, TcpFlags, Time,
+    },
     output::tags::{Enrichment, NfHook},
     pipeline::bounded::Bounded,
     pipeline::enrich::Request,
@@ -42,7 +44,7 @@ struct PendingReason {
 
 /// What a reason record says, ready to go into a report.
 struct ReasonInfo {
-    text: String,
+    text: ReasonText,
     missed_by: Option<u32>,
     conntrack: Option<ConntrackReport>,
     /// Whether conntrack refused the packet with a confirmed entry of its flow in hand (`None`:
@@ -225,7 +227,7 @@ impl Verdicts {
         let conntrack = layout.and_then(|l| crate::pipeline::reason::conntrack(r, l));
         let (seq, ack) = (r.packet.seq, r.packet.ack);
         ReasonInfo {
-            text: crate::pipeline::reason::render(&fmt, r.args, state),
+            text: ReasonText::new(crate::pipeline::reason::render(&fmt, r.args, state)),
             missed_by: crate::pipeline::reason::missed_by(&fmt, r.args[0], seq, ack).or_else(
                 || crate::pipeline::reason::missed_by_window(&fmt, conntrack.as_ref(), seq, ack),
             ),
@@ -292,15 +294,9 @@ impl Verdicts {
             }
             _ => None,
         };
-        let (reason, missed_by, kernel_ct, tracked) = match (info, &sh.ctx.reason_unknown) {
-            (Some(i), _) => (i.text, i.missed_by, i.conntrack, i.tracked),
-            (None, Some(why)) => (why.clone(), None, None, None),
-            (None, None) => (
-                "unknown (conntrack logged no reason for this packet: no entry was found or created for it)".to_string(),
-                None,
-                None,
-                None,
-            ),
+        let (reason, missed_by, kernel_ct, tracked) = match info {
+            Some(i) => (i.text, i.missed_by, i.conntrack, i.tracked),
+            None => (sh.reason_unknown.clone(), None, None, None),
         };
         // Without the kernel's word on the entry, its lookup tells whether the flow was tracked.
         let lookup = if tracked.is_none() && tcp && sh.ctx.lookups {
