@@ -50,16 +50,16 @@ use pcap_file::{
     DataLink, Endianness,
 };
 
-use crate::output::report::{Report, TcpFlags, Time};
+use crate::output::{
+    packet::Spec,
+    report::{Report, TcpFlags, Time},
+};
 
 /// The second comment of every packet.
 pub const RECONSTRUCTED: &str = "reconstructed by ct-trace from the event above (headers only: \
      no IP or TCP options, no payload; TTL 64, IP ID 0 and TCP window 0 are placeholders)";
 
-/// Placeholder TTL / hop limit: the events do not carry it.
-const TTL: u8 = 64;
 const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
@@ -183,111 +183,36 @@ pub fn fields(r: &Report) -> Option<Fields> {
     (!(f.src.is_unspecified() && f.dst.is_unspecified())).then_some(f)
 }
 
-/// The Internet checksum (RFC 1071) of the concatenated parts (each of even length but the
-/// last).
-fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
-    for p in parts {
-        for c in p.chunks(2) {
-            let w = u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]);
-            sum += u32::from(w);
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// The packet's headers as bytes, and its length on the wire (headers + payload).
+/// The packet's headers as bytes (built by [`crate::output::packet`]), and its length on the
+/// wire (headers + payload).
 pub fn build(f: &Fields) -> (Vec<u8>, u32) {
-    let mut l4 = Vec::new();
-    let ports = f.sport.zip(f.dport);
-    match (f.proto, ports) {
-        (IPPROTO_TCP, Some((sp, dp))) => {
-            l4.extend_from_slice(&sp.to_be_bytes());
-            l4.extend_from_slice(&dp.to_be_bytes());
-            l4.extend_from_slice(&f.seq.unwrap_or(0).to_be_bytes());
-            l4.extend_from_slice(&f.ack.unwrap_or(0).to_be_bytes());
-            // Data offset 5 words: no options.
-            l4.push(5 << 4);
-            l4.push(f.flags.map_or(0, |f| f.0));
-            // Window, checksum, urgent pointer.
-            l4.extend_from_slice(&[0; 6]);
-        }
-        (IPPROTO_UDP, Some((sp, dp))) => {
-            l4.extend_from_slice(&sp.to_be_bytes());
-            l4.extend_from_slice(&dp.to_be_bytes());
-            l4.extend_from_slice(&8u16.to_be_bytes());
-            l4.extend_from_slice(&[0; 2]);
-        }
-        // ICMP and the rest: the events carry no more than the IP header.
-        _ => {}
+    let pkt = Spec {
+        src: f.src,
+        dst: f.dst,
+        proto: f.proto,
+        ports: f.sport.zip(f.dport),
+        seq: f.seq.unwrap_or(0),
+        ack: f.ack.unwrap_or(0),
+        flags: f.flags.map_or(0, |f| f.0),
+        window: 0,
+        ip_id: 0,
+        dont_fragment: false,
+        payload: &[],
     }
-    let l4_len = l4.len() as u16;
-    let mut pkt = Vec::with_capacity(40 + l4.len());
-    let pseudo: Vec<u8> = match (f.src, f.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let total = 20 + l4_len;
-            let mut h = [0u8; 20];
-            h[0] = 0x45;
-            h[2..4].copy_from_slice(&total.to_be_bytes());
-            h[8] = TTL;
-            h[9] = f.proto;
-            h[12..16].copy_from_slice(&s.octets());
-            h[16..20].copy_from_slice(&d.octets());
-            let c = checksum(&[&h]);
-            h[10..12].copy_from_slice(&c.to_be_bytes());
-            pkt.extend_from_slice(&h);
-            [
-                &s.octets()[..],
-                &d.octets(),
-                &[0, f.proto],
-                &l4_len.to_be_bytes(),
-            ]
-            .concat()
-        }
-        (s, d) => {
-            let (s, d) = (to_v6(s), to_v6(d));
-            pkt.push(0x60);
-            pkt.extend_from_slice(&[0; 3]);
-            pkt.extend_from_slice(&l4_len.to_be_bytes());
-            pkt.push(f.proto);
-            pkt.push(TTL);
-            pkt.extend_from_slice(&s.octets());
-            pkt.extend_from_slice(&d.octets());
-            [
-                &s.octets()[..],
-                &d.octets(),
-                &u32::from(l4_len).to_be_bytes(),
-                &[0, 0, 0, f.proto],
-            ]
-            .concat()
-        }
+    .build();
+    let ip_header = if f.src.is_ipv4() && f.dst.is_ipv4() {
+        20
+    } else {
+        40
     };
-    let at = match f.proto {
-        IPPROTO_TCP => 16,
-        _ => 6,
+    // The payload is on the wire only behind a transport header.
+    let payload = if pkt.len() == ip_header {
+        0
+    } else {
+        f.len.unwrap_or(0)
     };
-    if !l4.is_empty() {
-        let mut c = checksum(&[&pseudo, &l4]);
-        // UDP: a computed 0 is sent as all ones (0 means "no checksum").
-        if f.proto == IPPROTO_UDP && c == 0 {
-            c = 0xffff;
-        }
-        l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    }
-    pkt.extend_from_slice(&l4);
-    let payload = if l4.is_empty() { 0 } else { f.len.unwrap_or(0) };
     let wire = pkt.len() as u32 + u32::from(payload);
     (pkt, wire)
-}
-
-fn to_v6(a: IpAddr) -> std::net::Ipv6Addr {
-    match a {
-        IpAddr::V6(a) => a,
-        IpAddr::V4(a) => a.to_ipv6_mapped(),
-    }
 }
 
 /// Writes the packets of reports to a pcapng file.
