@@ -1,7 +1,7 @@
 //! What ct-trace prints: one [`Report`] per event, as a JSON object or an aligned text line.
 //! Field names are the public interface (documented in README.md); add, never rename.
 
-use std::{fmt::Write as _, net::IpAddr};
+use std::{fmt::Write as _, net::IpAddr, sync::Arc};
 
 use serde::Serialize;
 
@@ -28,7 +28,7 @@ pub struct ResetReport {
     pub ack: Option<u32>,
     /// `enum sk_rst_reason` name (6.10+), or why it is not known.
     pub reason: Option<String>,
-    pub iface: Option<String>,
+    pub iface: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trigger: Option<Trigger>,
     /// Whether a socket owned the triggering packet (false: "no socket", the ct-trace case).
@@ -99,8 +99,8 @@ pub struct InvalidReport {
     pub time: Time,
     pub netns: u32,
     pub hook: NfHook,
-    pub in_iface: Option<String>,
-    pub out_iface: Option<String>,
+    pub in_iface: Option<Arc<str>>,
+    pub out_iface: Option<Arc<str>>,
     pub proto: u8,
     pub src: IpAddr,
     pub sport: Option<u16>,

@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -54,7 +55,7 @@ pub struct Context {
     /// Whether entries can be looked up over ctnetlink (the enrichment thread runs).
     pub lookups: bool,
     /// Interface names of ct-trace's namespace (the caller caches them).
-    pub ifname: Box<dyn FnMut(u32) -> Option<String>>,
+    pub ifname: Box<dyn FnMut(u32) -> Option<Arc<str>>>,
 }
 
 /// The facts of the node that hold for a batch of events, read by the caller outside the

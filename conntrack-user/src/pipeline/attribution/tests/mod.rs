@@ -19,7 +19,7 @@ fn ctx() -> Context {
         verdicts: true,
         own_netns: 1,
         lookups: false,
-        ifname: Box::new(|i| (i != 0).then(|| format!("if{i}"))),
+        ifname: Box::new(|i| (i != 0).then(|| format!("if{i}").into())),
     }
 }
 
