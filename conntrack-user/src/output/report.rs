@@ -309,14 +309,16 @@ pub enum Report {
     /// Conntrack logged the packet as out of window but only ignored it (6.1+
     /// `NFCT_TCP_IGNORE`): it kept its entry and its NAT, so it is not INVALID.
     Ignored(InvalidReport),
-    Attribution(AttributionReport),
+    // The two largest kinds are boxed: every report moves through the pipeline's queues at the
+    // size of its largest kind.
+    Attribution(Box<AttributionReport>),
     TableFull(crate::output::lost::TableFullReport),
     Evicted(crate::output::lost::EvictedReport),
     Midstream(crate::output::lost::MidstreamReport),
     Lost(CounterReport),
     Suppressed(CounterReport),
     Flow(FlowReport),
-    Summary(SummaryReport),
+    Summary(Box<SummaryReport>),
 }
 
 impl Report {

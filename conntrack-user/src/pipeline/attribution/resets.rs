@@ -246,7 +246,7 @@ impl Resets {
             };
             let a = self.attribute(&raw, &rep, ct.as_ref(), known, sh);
             out.reports.push(Report::RstSent(rep));
-            out.reports.push(Report::Attribution(a));
+            out.reports.push(Report::Attribution(Box::new(a)));
             return;
         }
         let token = sh.token();
@@ -343,7 +343,7 @@ impl Resets {
         };
         let a = self.attribute(&h.reset, &h.report, entry.as_ref(), known, sh);
         out.reports.push(Report::RstSent(h.report));
-        out.reports.push(Report::Attribution(a));
+        out.reports.push(Report::Attribution(Box::new(a)));
     }
 
     /// A reset of a packet picked up mid-stream: attributed to the lost entry only when one
@@ -380,7 +380,7 @@ impl Resets {
         };
         let a = self.attribute(&r, &rep, None, known, sh);
         out.reports.push(Report::RstSent(rep));
-        out.reports.push(Report::Attribution(a));
+        out.reports.push(Report::Attribution(Box::new(a)));
     }
 
     /// The attribution of a reset, counted in its flow's row of the summary.
