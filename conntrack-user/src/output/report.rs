@@ -122,7 +122,8 @@ pub struct InvalidReport {
     /// `dropped`; e.g. `NO_SOCKET` with `passed`: it reached a host that had no socket for it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drop_reason: Option<String>,
-    pub conntrack: Option<ConntrackReport>,
+    /// Boxed: most verdicts have none, and each report moves through the pipeline's queues.
+    pub conntrack: Option<Box<ConntrackReport>>,
     /// Whether the packet belonged to a flow conntrack was tracking: a confirmed entry had its
     /// tuple (the kernel's entry at the refusal, or the ctnetlink lookup just after). `false`
     /// for port scans (SYN|FIN, NULL, XMAS, FIN segments to closed ports) and strays of long-gone

@@ -62,7 +62,7 @@ fn entry_lost_reason(how: How) -> &'static str {
 /// recently), or nothing when the verdict was not seen.
 #[derive(Clone)]
 pub(super) struct Invalid {
-    pub conntrack: Option<ConntrackReport>,
+    pub conntrack: Option<Box<ConntrackReport>>,
     pub tracked: Option<bool>,
     /// Why conntrack let it through without its NAT (`invalid_reason`).
     pub reason: ReasonText,
@@ -244,7 +244,7 @@ impl Resets {
                 enrichment: None,
                 lost: None,
             };
-            let a = self.attribute(&raw, &rep, ct.as_ref(), known, sh);
+            let a = self.attribute(&raw, &rep, ct.as_deref(), known, sh);
             out.reports.push(Report::RstSent(rep));
             out.reports.push(Report::Attribution(Box::new(a)));
             return;

@@ -16,7 +16,7 @@ use crate::{
         ConntrackReport, Fate, InvalidReport, ReasonText, Report, ResetReport, TcpFlags, Time,
     },
     output::tags::{Enrichment, NfHook},
-    pipeline::bounded::Bounded,
+    pipeline::bounded::{Bounded, KeyHash},
     pipeline::enrich::Request,
     pipeline::events::addrs,
 };
@@ -46,7 +46,7 @@ struct PendingReason {
 struct ReasonInfo {
     text: ReasonText,
     missed_by: Option<u32>,
-    conntrack: Option<ConntrackReport>,
+    conntrack: Option<Box<ConntrackReport>>,
     /// Whether conntrack refused the packet with a confirmed entry of its flow in hand (`None`:
     /// it refused it before looking one up).
     tracked: Option<bool>,
@@ -67,7 +67,7 @@ pub(super) struct Verdicts {
     /// By `sk_buff` address.
     reasons: Bounded<u64, PendingReason>,
     /// Lookups in flight for pending verdicts.
-    tokens: HashMap<u64, VerdictId>,
+    tokens: HashMap<u64, VerdictId, KeyHash>,
     /// Reasons on packets that were neither INVALID nor TCP (not reported).
     pub reasons_unmatched: u64,
     /// Verdicts that went out without their lookup's answer.
@@ -80,7 +80,7 @@ impl Verdicts {
             pending: Bounded::new(MAX_PENDING),
             recent: Bounded::new(RECENT),
             reasons: Bounded::new(MAX_WAITING),
-            tokens: HashMap::new(),
+            tokens: HashMap::default(),
             reasons_unmatched: 0,
             enrichment_skipped: 0,
         }
@@ -175,7 +175,7 @@ impl Verdicts {
         match entry {
             Some(e) => {
                 p.report.tracked = Some(e.is_some());
-                p.report.conntrack = e;
+                p.report.conntrack = e.map(Box::new);
             }
             None => {
                 p.report.enrichment = Some(Enrichment::Skipped);
@@ -231,7 +231,7 @@ impl Verdicts {
             missed_by: crate::pipeline::reason::missed_by(&fmt, r.args[0], seq, ack).or_else(
                 || crate::pipeline::reason::missed_by_window(&fmt, conntrack.as_ref(), seq, ack),
             ),
-            conntrack,
+            conntrack: conntrack.map(Box::new),
             // A refusal with an entry: was it one conntrack was already tracking, or one this
             // very packet was about to create (e.g. "invalid new" for a stray FIN)?
             tracked: (r.has_ct != 0).then_some(r.ct_status & ips::CONFIRMED != 0),
