@@ -27,7 +27,7 @@ pub struct ResetReport {
     pub seq: Option<u32>,
     pub ack: Option<u32>,
     /// `enum sk_rst_reason` name (6.10+), or why it is not known.
-    pub reason: Option<String>,
+    pub reason: Option<Arc<str>>,
     pub iface: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trigger: Option<Trigger>,
@@ -121,7 +121,7 @@ pub struct InvalidReport {
     /// Why the kernel freed the packet when it did not survive (`NETFILTER_DROP` with
     /// `dropped`; e.g. `NO_SOCKET` with `passed`: it reached a host that had no socket for it).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub drop_reason: Option<String>,
+    pub drop_reason: Option<Arc<str>>,
     /// Boxed: most verdicts have none, and each report moves through the pipeline's queues.
     pub conntrack: Option<Box<ConntrackReport>>,
     /// Whether the packet belonged to a flow conntrack was tracking: a confirmed entry had its
@@ -153,7 +153,7 @@ pub struct AttributionReport {
     pub reset_src: Endpoint,
     pub reset_dst: Endpoint,
     pub reset_netns: u32,
-    pub reset_reason: Option<String>,
+    pub reset_reason: Option<Arc<str>>,
     pub invalid_netns: u32,
     pub invalid_hook: NfHook,
     pub invalid_reason: ReasonText,

@@ -127,14 +127,14 @@ pub(super) fn reset_report(kind: Kind, r: &Reset, sh: &mut Shared) -> ResetRepor
     let lost = r.cause.cause == Cause::EntryLost as u8;
     let reason = if r.flags & flags::NO_REASON_ARG != 0 {
         if kind == Kind::RstSent {
-            Some("unknown (tcp_send_reset has no reason argument before Linux 6.10)".into())
+            Some(sh.rst_no_reason.clone())
         } else {
             None
         }
     } else {
-        Some(match sh.ctx.rst_reasons.get(&r.reason) {
-            Some(n) => crate::kernel::btf::short_reason(n).to_string(),
-            None => r.reason.to_string(),
+        Some(match sh.rst_names.get(&r.reason) {
+            Some(n) => n.clone(),
+            None => r.reason.to_string().into(),
         })
     };
     if kind == Kind::RstSent {

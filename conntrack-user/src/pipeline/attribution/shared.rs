@@ -91,6 +91,13 @@ pub(super) struct Shared {
     pub now: Instant,
     /// The reason of a verdict without a reason record, made once.
     pub reason_unknown: ReasonText,
+    /// Reset and drop reasons by number, their short names made once and shared by the reports.
+    pub rst_names: HashMap<u32, Arc<str>>,
+    pub drop_names: HashMap<u32, Arc<str>>,
+    /// `reason` of a reset sent on a kernel whose tracepoint has no reason argument.
+    pub rst_no_reason: Arc<str>,
+    /// `drop_reason` on a kernel whose `kfree_skb` has no reason.
+    pub drop_no_reason: Arc<str>,
     next_token: u64,
 }
 
@@ -102,8 +109,19 @@ impl Shared {
                 "unknown (conntrack logged no reason for this packet: no entry was found or created for it)",
             ),
         };
+        let short = |m: &HashMap<u32, String>| -> HashMap<u32, Arc<str>> {
+            m.iter()
+                .map(|(k, n)| (*k, Arc::from(crate::kernel::btf::short_reason(n))))
+                .collect()
+        };
         Self {
             reason_unknown,
+            rst_names: short(&ctx.rst_reasons),
+            drop_names: short(&ctx.drop_reasons),
+            rst_no_reason: Arc::from(
+                "unknown (tcp_send_reset has no reason argument before Linux 6.10)",
+            ),
+            drop_no_reason: Arc::from("unknown (kfree_skb has no reason on this kernel)"),
             ctx,
             batch: Batch::default(),
             names: None,

@@ -372,12 +372,10 @@ impl Verdicts {
             (r, Some(nf)) if r == nf => Fate::Dropped,
             _ => Fate::Passed,
         };
-        p.report.drop_reason = Some(match sh.ctx.drop_reasons.get(&d.reason) {
-            Some(n) => crate::kernel::btf::short_reason(n).to_string(),
-            None if d.reason == NO_REASON => {
-                "unknown (kfree_skb has no reason on this kernel)".into()
-            }
-            None => d.reason.to_string(),
+        p.report.drop_reason = Some(match sh.drop_names.get(&d.reason) {
+            Some(n) => n.clone(),
+            None if d.reason == NO_REASON => sh.drop_no_reason.clone(),
+            None => d.reason.to_string().into(),
         });
         p.fate_done = true;
         if p.lookup.is_some() {
