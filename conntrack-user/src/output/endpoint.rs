@@ -7,7 +7,7 @@ use std::{
 };
 
 /// ` service_name=ns/name:port` at the end of a text line, when known.
-pub fn service_name_text(s: &mut String, name: &Option<String>) {
+pub fn service_name_text(s: &mut String, name: &Option<std::sync::Arc<str>>) {
     if let Some(n) = name {
         let _ = write!(s, " service_name={n}");
     }

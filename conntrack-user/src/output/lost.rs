@@ -5,6 +5,7 @@
 use std::{
     fmt::Write as _,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use serde::Serialize;
@@ -124,7 +125,7 @@ pub struct TableFullReport {
     /// The Service the refused flow asked for, `namespace/name:portname` as kube-proxy's rules name it
     /// (omitted when no rule names it; see README "Service names").
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub service_name: Option<String>,
+    pub service_name: Option<Arc<str>>,
 }
 
 /// `evicted`: an entry removed by `early_drop` to make room.
@@ -143,7 +144,7 @@ pub struct EvictedReport {
     /// The Service this flow belongs to, `namespace/name:portname` as kube-proxy's rules name it
     /// (omitted when no rule names it; see README "Service names").
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub service_name: Option<String>,
+    pub service_name: Option<Arc<str>>,
 }
 
 /// `midstream`: a TCP packet other than a SYN created a new entry: its flow's entry was lost, and
@@ -169,7 +170,7 @@ pub struct MidstreamReport {
     /// The Service this flow belongs to, `namespace/name:portname` as kube-proxy's rules name it
     /// (omitted when no rule names it; see README "Service names").
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub service_name: Option<String>,
+    pub service_name: Option<Arc<str>>,
 }
 
 pub fn how_name(h: How) -> &'static str {

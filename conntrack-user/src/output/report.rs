@@ -137,7 +137,7 @@ pub struct InvalidReport {
     /// The Service this flow belongs to, `namespace/name:portname` as kube-proxy's rules name it
     /// (omitted when no rule names it; see README "Service names").
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub service_name: Option<String>,
+    pub service_name: Option<Arc<str>>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -176,7 +176,7 @@ pub struct AttributionReport {
     /// The Service, `namespace/name:portname` as kube-proxy's rules name it: by the `service`
     /// address when it is known, else by the `backend` (omitted when no rule names either).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub service_name: Option<String>,
+    pub service_name: Option<Arc<str>>,
 }
 
 /// What happened to an INVALID packet after conntrack refused it.

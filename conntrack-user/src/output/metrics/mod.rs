@@ -281,7 +281,8 @@ impl Metrics {
                 // not be looked up in time) `unknown`.
                 let service = a
                     .service_name
-                    .clone()
+                    .as_deref()
+                    .map(str::to_string)
                     .or_else(|| a.service.map(|s| s.to_string()))
                     .unwrap_or_else(|| "unknown".to_string());
                 let service = if self.services.contains(&service) {

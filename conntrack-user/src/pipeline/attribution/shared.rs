@@ -147,7 +147,7 @@ impl Shared {
         service: Option<SocketAddr>,
         backend: Option<SocketAddr>,
         proto: u8,
-    ) -> Option<String> {
+    ) -> Option<Arc<str>> {
         self.names.as_ref()?.name(service, backend, proto)
     }
 
@@ -160,7 +160,7 @@ impl Shared {
         dst: IpAddr,
         dport: Option<u16>,
         proto: u8,
-    ) -> Option<String> {
+    ) -> Option<Arc<str>> {
         let (sport, dport) = (sport?, dport?);
         self.names.as_ref()?.name_of_packet(
             SocketAddr::new(src, sport),
@@ -171,7 +171,7 @@ impl Shared {
 
     /// The name of the Service of a conntrack entry (original destination, reply source), or
     /// of the packet itself without one.
-    pub fn invalid_service_name(&self, r: &InvalidReport) -> Option<String> {
+    pub fn invalid_service_name(&self, r: &InvalidReport) -> Option<Arc<str>> {
         match &r.conntrack {
             Some(c) => self.service_name(
                 Some(SocketAddr::new(c.orig_dst, c.orig_dport)),
@@ -183,7 +183,7 @@ impl Shared {
     }
 
     /// The name of the Service of a lost entry.
-    pub fn entry_service_name(&self, e: &FlowEntry) -> Option<String> {
+    pub fn entry_service_name(&self, e: &FlowEntry) -> Option<Arc<str>> {
         self.service_name(Some(e.orig_dst), Some(e.reply_src), e.proto)
     }
 }
