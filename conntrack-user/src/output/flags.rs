@@ -25,15 +25,12 @@ const NAMES: [(u8, &str); 8] = [
     (CWR, "CWR"),
 ];
 
-impl fmt::Display for TcpFlags {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl TcpFlags {
+    /// The names, written into `buf`: at most 31 bytes ("FIN|SYN|RST|PSH|ACK|URG|ECE|CWR").
+    fn spell(self, buf: &mut [u8; 32]) -> &str {
         if self.0 == 0 {
-            // Width and alignment apply to the whole word, as for a string.
-            return f.pad("none");
+            return "none";
         }
-        // At most 31 bytes ("FIN|SYN|RST|PSH|ACK|URG|ECE|CWR"): written on the stack, then
-        // padded as one string.
-        let mut buf = [0u8; 32];
         let mut n = 0;
         for (b, name) in NAMES {
             if self.0 & b != 0 {
@@ -46,13 +43,20 @@ impl fmt::Display for TcpFlags {
             }
         }
         // Only ASCII names were written.
-        f.pad(std::str::from_utf8(&buf[..n]).unwrap_or_default())
+        std::str::from_utf8(&buf[..n]).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for TcpFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Width and alignment apply to the whole word, as for a string.
+        f.pad(self.spell(&mut [0; 32]))
     }
 }
 
 impl Serialize for TcpFlags {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(self.spell(&mut [0; 32]))
     }
 }
 
