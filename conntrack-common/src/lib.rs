@@ -18,8 +18,10 @@ pub mod counter;
 #[cfg(any(feature = "std", test))]
 pub mod kstat;
 pub mod plan;
+pub mod reason;
 
 pub use counter::{Counter, COUNTERS};
+pub use reason::ReasonClass;
 
 /// IP protocol numbers.
 pub const IPPROTO_ICMP: u8 = 1;

@@ -357,7 +357,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     );
     if cli.output == Format::Json && !sink.broken_pipe {
         let mut out = io::stdout().lock();
-        let _ = writeln!(out, "{}", Report::Summary(summary.clone()).json());
+        let _ = writeln!(out, "{}", Report::Summary(Box::new(summary.clone())).json());
         let _ = out.flush();
     }
     print_summary(&summary, &corr, verdicts, &flows);

@@ -1,12 +1,13 @@
 //! One TCP segment forged from the server's side of a live connection, the way a misbehaving
 //! backend (or the write-ups' "boom-server") would send it: the connection's exact sequence
 //! numbers are read from the server socket with `TCP_REPAIR`, the IPv4 and TCP headers are
-//! built here with their checksums, and the packet leaves through an `IPPROTO_RAW` socket
-//! (`IP_HDRINCL` implied) opened in the server's namespace.
+//! built by ct-trace's one packet builder (`output::packet`, which `--pcap` uses too), and the
+//! packet leaves through an `IPPROTO_RAW` socket (`IP_HDRINCL` implied) opened in the server's
+//! namespace.
 
 use std::{
     io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::SocketAddrV4,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
@@ -19,6 +20,7 @@ const TCP_SEND_QUEUE: i32 = 2;
 /// Leaves repair mode without sending a window probe (`TCP_REPAIR_OFF_NO_WP`).
 const TCP_REPAIR_OFF_NO_WP: i32 = -1;
 
+use crate::output::packet::Spec;
 pub use conntrack_common::tcp_flags::{ACK, PSH, RST};
 
 /// The sequence numbers of one side of a connection, as its socket knows them.
@@ -98,71 +100,29 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// The whole IPv4 packet: a 20-byte IP header, a 20-byte TCP header, the payload; both
-    /// checksums filled in.
+    /// The whole IPv4 packet: a 20-byte IP header (DF, TTL 64), a 20-byte TCP header, the
+    /// payload; both checksums filled in (by the one packet builder, `output::packet`).
     pub fn packet(&self) -> Vec<u8> {
-        let tcp_len = 20 + self.payload.len();
-        let total = 20 + tcp_len;
-        let mut p = vec![0u8; total];
-        // IPv4: version 4, IHL 5; DF; TTL 64; protocol TCP.
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        p[4..6].copy_from_slice(&0x4c41u16.to_be_bytes());
-        p[6] = 0x40;
-        p[8] = 64;
-        p[9] = libc::IPPROTO_TCP as u8;
-        p[12..16].copy_from_slice(&self.src.ip().octets());
-        p[16..20].copy_from_slice(&self.dst.ip().octets());
-        let ip_sum = checksum(&[&p[..20]]);
-        p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-        let t = &mut p[20..];
-        t[0..2].copy_from_slice(&self.src.port().to_be_bytes());
-        t[2..4].copy_from_slice(&self.dst.port().to_be_bytes());
-        t[4..8].copy_from_slice(&self.seq.to_be_bytes());
-        t[8..12].copy_from_slice(&self.ack.to_be_bytes());
-        t[12] = 5 << 4;
-        t[13] = self.flags;
-        t[14..16].copy_from_slice(&self.window.to_be_bytes());
-        t[20..].copy_from_slice(&self.payload);
-        let sum = tcp_checksum(*self.src.ip(), *self.dst.ip(), t);
-        t[16..18].copy_from_slice(&sum.to_be_bytes());
-        p
+        Spec {
+            src: (*self.src.ip()).into(),
+            dst: (*self.dst.ip()).into(),
+            proto: libc::IPPROTO_TCP as u8,
+            ports: Some((self.src.port(), self.dst.port())),
+            seq: self.seq,
+            ack: self.ack,
+            flags: self.flags,
+            window: self.window,
+            ip_id: 0x4c41,
+            dont_fragment: true,
+            payload: &self.payload,
+        }
+        .build()
     }
 
     /// The flags as ct-trace prints them (`ACK`, `PSH|ACK`, `RST`, ...).
     pub fn flag_names(&self) -> String {
-        crate::pipeline::events::tcp_flags(self.flags)
+        crate::output::flags::TcpFlags(self.flags).to_string()
     }
-}
-
-/// The Internet checksum (RFC 1071) over the concatenation of `parts` (each of even length
-/// except possibly the last).
-pub fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
-    for part in parts {
-        let mut chunks = part.chunks_exact(2);
-        for c in &mut chunks {
-            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-        }
-        if let [last] = chunks.remainder() {
-            sum += u32::from(*last) << 8;
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// The TCP checksum: over the IPv4 pseudo-header (addresses, protocol, TCP length) and the
-/// segment (its checksum field zero when building, as is when verifying).
-pub fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
-    let mut pseudo = [0u8; 12];
-    pseudo[0..4].copy_from_slice(&src.octets());
-    pseudo[4..8].copy_from_slice(&dst.octets());
-    pseudo[9] = libc::IPPROTO_TCP as u8;
-    pseudo[10..12].copy_from_slice(&(segment.len() as u16).to_be_bytes());
-    checksum(&[&pseudo, segment])
 }
 
 /// A raw IPv4 socket (`IPPROTO_RAW`: the caller writes the IP header) in the calling thread's
@@ -210,9 +170,23 @@ impl RawSocket {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use conntrack_common::tcp_flags::{RST, SYN};
 
     use super::*;
+    use crate::output::packet::checksum;
+
+    /// The TCP checksum: over the IPv4 pseudo-header (addresses, protocol, TCP length) and the
+    /// segment (its checksum field zero when building, as is when verifying).
+    fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
+        let mut pseudo = [0u8; 12];
+        pseudo[0..4].copy_from_slice(&src.octets());
+        pseudo[4..8].copy_from_slice(&dst.octets());
+        pseudo[9] = libc::IPPROTO_TCP as u8;
+        pseudo[10..12].copy_from_slice(&(segment.len() as u16).to_be_bytes());
+        checksum(&[&pseudo, segment])
+    }
 
     fn seg(payload: &[u8]) -> Segment {
         Segment {

@@ -5,6 +5,7 @@
 use std::{
     fmt::Write as _,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use serde::Serialize;
@@ -13,6 +14,8 @@ use crate::{
     node::netlink::{tcp_state_name, Entry, IPS_ASSURED},
     output::{
         endpoint::{endpoint, endpoint_of, service_name_text},
+        flags::TcpFlags,
+        tags::NfHook,
         time::Time,
     },
 };
@@ -118,11 +121,11 @@ pub struct TableFullReport {
     pub sport: Option<u16>,
     pub dst: IpAddr,
     pub dport: Option<u16>,
-    pub flags: Option<String>,
+    pub flags: Option<TcpFlags>,
     /// The Service the refused flow asked for, `namespace/name:portname` as kube-proxy's rules name it
     /// (omitted when no rule names it; see README "Service names").
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub service_name: Option<String>,
+    pub service_name: Option<Arc<str>>,
 }
 
 /// `evicted`: an entry removed by `early_drop` to make room.
@@ -141,7 +144,7 @@ pub struct EvictedReport {
     /// The Service this flow belongs to, `namespace/name:portname` as kube-proxy's rules name it
     /// (omitted when no rule names it; see README "Service names").
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub service_name: Option<String>,
+    pub service_name: Option<Arc<str>>,
 }
 
 /// `midstream`: a TCP packet other than a SYN created a new entry: its flow's entry was lost, and
@@ -150,7 +153,7 @@ pub struct EvictedReport {
 pub struct MidstreamReport {
     pub time: Time,
     pub netns: u32,
-    pub hook: &'static str,
+    pub hook: NfHook,
     pub entries: Option<u32>,
     pub entries_source: &'static str,
     pub max: Option<u32>,
@@ -158,7 +161,7 @@ pub struct MidstreamReport {
     pub sport: u16,
     pub dst: IpAddr,
     pub dport: u16,
-    pub flags: String,
+    pub flags: TcpFlags,
     pub seq: u32,
     pub ack: u32,
     pub len: u16,
@@ -167,7 +170,7 @@ pub struct MidstreamReport {
     /// The Service this flow belongs to, `namespace/name:portname` as kube-proxy's rules name it
     /// (omitted when no rule names it; see README "Service names").
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub service_name: Option<String>,
+    pub service_name: Option<Arc<str>>,
 }
 
 pub fn how_name(h: How) -> &'static str {

@@ -50,16 +50,16 @@ use pcap_file::{
     DataLink, Endianness,
 };
 
-use crate::output::report::{Report, Time};
+use crate::output::{
+    packet::Spec,
+    report::{Report, TcpFlags, Time},
+};
 
 /// The second comment of every packet.
 pub const RECONSTRUCTED: &str = "reconstructed by ct-trace from the event above (headers only: \
      no IP or TCP options, no payload; TTL 64, IP ID 0 and TCP window 0 are placeholders)";
 
-/// Placeholder TTL / hop limit: the events do not carry it.
-const TTL: u8 = 64;
 const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
@@ -81,7 +81,7 @@ pub enum PcapError {
 
 /// A packet as a report describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fields<'a> {
+pub struct Fields {
     /// The report's `time`.
     pub time: Time,
     /// Where it was seen, without the namespace (`netfilter ipv4/prerouting`).
@@ -92,8 +92,7 @@ pub struct Fields<'a> {
     pub dst: IpAddr,
     pub sport: Option<u16>,
     pub dport: Option<u16>,
-    /// TCP flags as reports spell them (`RST|ACK`).
-    pub flags: Option<&'a str>,
+    pub flags: Option<TcpFlags>,
     pub seq: Option<u32>,
     pub ack: Option<u32>,
     /// Transport payload bytes.
@@ -111,7 +110,7 @@ fn family(src: IpAddr, dst: IpAddr) -> &'static str {
 
 /// The packet a report carries; `None` for the kinds without one (`attribution`, `evicted`,
 /// counters, flows, the summary) and for records whose headers could not be read.
-pub fn fields(r: &Report) -> Option<Fields<'_>> {
+pub fn fields(r: &Report) -> Option<Fields> {
     let f = match r {
         Report::Invalid(v) | Report::Ignored(v) => Fields {
             time: v.time,
@@ -122,7 +121,7 @@ pub fn fields(r: &Report) -> Option<Fields<'_>> {
             dst: v.dst,
             sport: v.sport,
             dport: v.dport,
-            flags: v.flags.as_deref(),
+            flags: v.flags,
             seq: v.seq,
             ack: v.ack,
             len: v.len,
@@ -143,7 +142,7 @@ pub fn fields(r: &Report) -> Option<Fields<'_>> {
                 dst,
                 sport: s.sport,
                 dport: s.dport,
-                flags: s.flags.as_deref(),
+                flags: s.flags,
                 seq: s.seq,
                 ack: s.ack,
                 len: Some(0),
@@ -158,7 +157,7 @@ pub fn fields(r: &Report) -> Option<Fields<'_>> {
             dst: m.dst,
             sport: Some(m.sport),
             dport: Some(m.dport),
-            flags: Some(&m.flags),
+            flags: Some(m.flags),
             seq: Some(m.seq),
             ack: Some(m.ack),
             len: Some(m.len),
@@ -173,7 +172,7 @@ pub fn fields(r: &Report) -> Option<Fields<'_>> {
             dst: t.dst,
             sport: t.sport,
             dport: t.dport,
-            flags: t.flags.as_deref(),
+            flags: t.flags,
             seq: None,
             ack: None,
             len: None,
@@ -184,129 +183,36 @@ pub fn fields(r: &Report) -> Option<Fields<'_>> {
     (!(f.src.is_unspecified() && f.dst.is_unspecified())).then_some(f)
 }
 
-/// TCP flag names as reports spell them (`SYN|ACK`, `none`) to the header's flags byte.
-pub fn flag_bits(s: &str) -> u8 {
-    use conntrack_common::tcp_flags::{ACK, CWR, ECE, FIN, PSH, RST, SYN, URG};
-    s.split('|')
-        .map(|n| match n {
-            "FIN" => FIN,
-            "SYN" => SYN,
-            "RST" => RST,
-            "PSH" => PSH,
-            "ACK" => ACK,
-            "URG" => URG,
-            "ECE" => ECE,
-            "CWR" => CWR,
-            _ => 0,
-        })
-        .fold(0, |a, b| a | b)
-}
-
-/// The Internet checksum (RFC 1071) of the concatenated parts (each of even length but the
-/// last).
-fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
-    for p in parts {
-        for c in p.chunks(2) {
-            let w = u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]);
-            sum += u32::from(w);
-        }
+/// The packet's headers as bytes (built by [`crate::output::packet`]), and its length on the
+/// wire (headers + payload).
+pub fn build(f: &Fields) -> (Vec<u8>, u32) {
+    let pkt = Spec {
+        src: f.src,
+        dst: f.dst,
+        proto: f.proto,
+        ports: f.sport.zip(f.dport),
+        seq: f.seq.unwrap_or(0),
+        ack: f.ack.unwrap_or(0),
+        flags: f.flags.map_or(0, |f| f.0),
+        window: 0,
+        ip_id: 0,
+        dont_fragment: false,
+        payload: &[],
     }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// The packet's headers as bytes, and its length on the wire (headers + payload).
-pub fn build(f: &Fields<'_>) -> (Vec<u8>, u32) {
-    let mut l4 = Vec::new();
-    let ports = f.sport.zip(f.dport);
-    match (f.proto, ports) {
-        (IPPROTO_TCP, Some((sp, dp))) => {
-            l4.extend_from_slice(&sp.to_be_bytes());
-            l4.extend_from_slice(&dp.to_be_bytes());
-            l4.extend_from_slice(&f.seq.unwrap_or(0).to_be_bytes());
-            l4.extend_from_slice(&f.ack.unwrap_or(0).to_be_bytes());
-            // Data offset 5 words: no options.
-            l4.push(5 << 4);
-            l4.push(f.flags.map_or(0, flag_bits));
-            // Window, checksum, urgent pointer.
-            l4.extend_from_slice(&[0; 6]);
-        }
-        (IPPROTO_UDP, Some((sp, dp))) => {
-            l4.extend_from_slice(&sp.to_be_bytes());
-            l4.extend_from_slice(&dp.to_be_bytes());
-            l4.extend_from_slice(&8u16.to_be_bytes());
-            l4.extend_from_slice(&[0; 2]);
-        }
-        // ICMP and the rest: the events carry no more than the IP header.
-        _ => {}
-    }
-    let l4_len = l4.len() as u16;
-    let mut pkt = Vec::with_capacity(40 + l4.len());
-    let pseudo: Vec<u8> = match (f.src, f.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let total = 20 + l4_len;
-            let mut h = [0u8; 20];
-            h[0] = 0x45;
-            h[2..4].copy_from_slice(&total.to_be_bytes());
-            h[8] = TTL;
-            h[9] = f.proto;
-            h[12..16].copy_from_slice(&s.octets());
-            h[16..20].copy_from_slice(&d.octets());
-            let c = checksum(&[&h]);
-            h[10..12].copy_from_slice(&c.to_be_bytes());
-            pkt.extend_from_slice(&h);
-            [
-                &s.octets()[..],
-                &d.octets(),
-                &[0, f.proto],
-                &l4_len.to_be_bytes(),
-            ]
-            .concat()
-        }
-        (s, d) => {
-            let (s, d) = (to_v6(s), to_v6(d));
-            pkt.push(0x60);
-            pkt.extend_from_slice(&[0; 3]);
-            pkt.extend_from_slice(&l4_len.to_be_bytes());
-            pkt.push(f.proto);
-            pkt.push(TTL);
-            pkt.extend_from_slice(&s.octets());
-            pkt.extend_from_slice(&d.octets());
-            [
-                &s.octets()[..],
-                &d.octets(),
-                &u32::from(l4_len).to_be_bytes(),
-                &[0, 0, 0, f.proto],
-            ]
-            .concat()
-        }
+    .build();
+    let ip_header = if f.src.is_ipv4() && f.dst.is_ipv4() {
+        20
+    } else {
+        40
     };
-    let at = match f.proto {
-        IPPROTO_TCP => 16,
-        _ => 6,
+    // The payload is on the wire only behind a transport header.
+    let payload = if pkt.len() == ip_header {
+        0
+    } else {
+        f.len.unwrap_or(0)
     };
-    if !l4.is_empty() {
-        let mut c = checksum(&[&pseudo, &l4]);
-        // UDP: a computed 0 is sent as all ones (0 means "no checksum").
-        if f.proto == IPPROTO_UDP && c == 0 {
-            c = 0xffff;
-        }
-        l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    }
-    pkt.extend_from_slice(&l4);
-    let payload = if l4.is_empty() { 0 } else { f.len.unwrap_or(0) };
     let wire = pkt.len() as u32 + u32::from(payload);
     (pkt, wire)
-}
-
-fn to_v6(a: IpAddr) -> std::net::Ipv6Addr {
-    match a {
-        IpAddr::V6(a) => a,
-        IpAddr::V4(a) => a.to_ipv6_mapped(),
-    }
 }
 
 /// Writes the packets of reports to a pcapng file.

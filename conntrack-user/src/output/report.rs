@@ -1,14 +1,14 @@
 //! What ct-trace prints: one [`Report`] per event, as a JSON object or an aligned text line.
 //! Field names are the public interface (documented in README.md); add, never rename.
 
-use std::{fmt::Write as _, net::IpAddr};
+use std::{fmt::Write as _, net::IpAddr, sync::Arc};
 
 use serde::Serialize;
 
 /// The packet that made the kernel send a reset, as it arrived.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Trigger {
-    pub flags: String,
+    pub flags: TcpFlags,
     pub seq: u32,
     pub ack: u32,
     pub len: u16,
@@ -23,12 +23,12 @@ pub struct ResetReport {
     pub sport: Option<u16>,
     pub dst: Option<IpAddr>,
     pub dport: Option<u16>,
-    pub flags: Option<String>,
+    pub flags: Option<TcpFlags>,
     pub seq: Option<u32>,
     pub ack: Option<u32>,
     /// `enum sk_rst_reason` name (6.10+), or why it is not known.
-    pub reason: Option<String>,
-    pub iface: Option<String>,
+    pub reason: Option<Arc<str>>,
+    pub iface: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trigger: Option<Trigger>,
     /// Whether a socket owned the triggering packet (false: "no socket", the ct-trace case).
@@ -42,11 +42,11 @@ pub struct ResetReport {
     /// the packet belonged to a flow conntrack was tracking (a port scan, a segment of a
     /// long-gone flow): harmless, not attributed, shown only with `--resets all`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cause: Option<&'static str>,
+    pub cause: Option<ResetCause>,
     /// `skipped` on a `stray` whose entry lookup could not be made in time: nothing showed the
     /// flow was tracked, so nothing is blamed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub enrichment: Option<&'static str>,
+    pub enrichment: Option<Enrichment>,
 }
 
 /// One direction's TCP window as conntrack tracks it (`struct ip_ct_tcp_state`,
@@ -98,21 +98,21 @@ pub struct ConntrackReport {
 pub struct InvalidReport {
     pub time: Time,
     pub netns: u32,
-    pub hook: &'static str,
-    pub in_iface: Option<String>,
-    pub out_iface: Option<String>,
+    pub hook: NfHook,
+    pub in_iface: Option<Arc<str>>,
+    pub out_iface: Option<Arc<str>>,
     pub proto: u8,
     pub src: IpAddr,
     pub sport: Option<u16>,
     pub dst: IpAddr,
     pub dport: Option<u16>,
-    pub flags: Option<String>,
+    pub flags: Option<TcpFlags>,
     pub seq: Option<u32>,
     pub ack: Option<u32>,
     pub len: Option<u16>,
     /// Conntrack's own words for the refusal, as its log line would print them (e.g. "SEQ is
     /// over upper bound 1234 (over the window of the receiver)"), or `unknown (why)`.
-    pub reason: String,
+    pub reason: ReasonText,
     /// By how many sequence numbers the packet missed the bound the reason names (SEQ or ACK
     /// over the upper bound).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -121,8 +121,9 @@ pub struct InvalidReport {
     /// Why the kernel freed the packet when it did not survive (`NETFILTER_DROP` with
     /// `dropped`; e.g. `NO_SOCKET` with `passed`: it reached a host that had no socket for it).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub drop_reason: Option<String>,
-    pub conntrack: Option<ConntrackReport>,
+    pub drop_reason: Option<Arc<str>>,
+    /// Boxed: most verdicts have none, and each report moves through the pipeline's queues.
+    pub conntrack: Option<Box<ConntrackReport>>,
     /// Whether the packet belonged to a flow conntrack was tracking: a confirmed entry had its
     /// tuple (the kernel's entry at the refusal, or the ctnetlink lookup just after). `false`
     /// for port scans (SYN|FIN, NULL, XMAS, FIN segments to closed ports) and strays of long-gone
@@ -132,30 +133,30 @@ pub struct InvalidReport {
     /// `skipped` when the ctnetlink lookup of the entry could not be made in time (the lookup
     /// queue was full, or the answer came too late): `conntrack` is then null.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub enrichment: Option<&'static str>,
+    pub enrichment: Option<Enrichment>,
     /// The Service this flow belongs to, `namespace/name:portname` as kube-proxy's rules name it
     /// (omitted when no rule names it; see README "Service names").
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub service_name: Option<String>,
+    pub service_name: Option<Arc<str>>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct AttributionReport {
     pub time: Time,
     /// The host whose connection was reset: the original source of the conntrack entry.
-    pub client: Option<String>,
+    pub client: Option<Endpoint>,
     /// The address the client connected to (conntrack original destination, before DNAT).
-    pub service: Option<String>,
+    pub service: Option<Endpoint>,
     /// The address that answered (the backend, after DNAT), source of the INVALID packet.
-    pub backend: String,
+    pub backend: Endpoint,
     /// Who sent the reset, and to whom.
-    pub reset_src: String,
-    pub reset_dst: String,
+    pub reset_src: Endpoint,
+    pub reset_dst: Endpoint,
     pub reset_netns: u32,
-    pub reset_reason: Option<String>,
+    pub reset_reason: Option<Arc<str>>,
     pub invalid_netns: u32,
-    pub invalid_hook: &'static str,
-    pub invalid_reason: String,
+    pub invalid_hook: NfHook,
+    pub invalid_reason: ReasonText,
     pub invalid_time: Time,
     pub seq: u32,
     pub ack: u32,
@@ -165,17 +166,17 @@ pub struct AttributionReport {
     /// marked it INVALID; the `invalid_*` fields describe that verdict) or `entry_lost` (its
     /// flow's entry was gone and conntrack picked it up mid-stream; the `invalid_*` fields then
     /// describe that packet at the node, and `lost` the entry it had).
-    pub cause: &'static str,
+    pub cause: ResetCause,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<crate::output::lost::LostReport>,
     /// `skipped` when the entry behind the reset could not be looked up in time (`client` is
     /// then the packet's destination and `service` null).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub enrichment: Option<&'static str>,
+    pub enrichment: Option<Enrichment>,
     /// The Service, `namespace/name:portname` as kube-proxy's rules name it: by the `service`
     /// address when it is known, else by the `backend` (omitted when no rule names either).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub service_name: Option<String>,
+    pub service_name: Option<Arc<str>>,
 }
 
 /// What happened to an INVALID packet after conntrack refused it.
@@ -313,14 +314,16 @@ pub enum Report {
     /// Conntrack logged the packet as out of window but only ignored it (6.1+
     /// `NFCT_TCP_IGNORE`): it kept its entry and its NAT, so it is not INVALID.
     Ignored(InvalidReport),
-    Attribution(AttributionReport),
+    // The two largest kinds are boxed: every report moves through the pipeline's queues at the
+    // size of its largest kind.
+    Attribution(Box<AttributionReport>),
     TableFull(crate::output::lost::TableFullReport),
     Evicted(crate::output::lost::EvictedReport),
     Midstream(crate::output::lost::MidstreamReport),
     Lost(CounterReport),
     Suppressed(CounterReport),
     Flow(FlowReport),
-    Summary(SummaryReport),
+    Summary(Box<SummaryReport>),
 }
 
 impl Report {
@@ -343,7 +346,7 @@ impl Report {
 
     /// A reset of a packet of no flow conntrack was tracking (see [`ResetReport::cause`]).
     pub fn is_stray(&self) -> bool {
-        matches!(self, Self::RstSent(r) if r.cause == Some("stray"))
+        matches!(self, Self::RstSent(r) if r.cause == Some(ResetCause::Stray))
     }
 
     /// When it happened; `None` for the flow rows and the summary, which are made at exit.
@@ -386,9 +389,9 @@ impl Report {
                     opt(&r.reason),
                 );
                 match r.cause {
-                    Some("entry_lost") => s.push_str(" caused_by=entry_lost"),
-                    Some("stray") => s.push_str(" caused_by=stray"),
-                    Some(_) => s.push_str(" caused_by=invalid"),
+                    Some(ResetCause::EntryLost) => s.push_str(" caused_by=entry_lost"),
+                    Some(ResetCause::Stray) => s.push_str(" caused_by=stray"),
+                    Some(ResetCause::InvalidPacket) => s.push_str(" caused_by=invalid"),
                     None => {}
                 }
             }
@@ -505,7 +508,10 @@ pub enum Format {
     Json,
 }
 
-pub use super::endpoint::{endpoint, endpoint_of, service_name_text};
+pub use super::endpoint::{endpoint, endpoint_of, service_name_text, Endpoint};
+pub use super::flags::TcpFlags;
+pub use super::reason::ReasonText;
+pub use super::tags::{Enrichment, NfHook, ResetCause};
 pub use super::time::Time;
 
 /// Nanoseconds since the epoch as RFC 3339 with nanoseconds (`2026-11-22T03:21:07.123456789Z`).
@@ -531,7 +537,7 @@ mod tests {
             sport: Some(80),
             dst: Some("fd00::2".parse().unwrap()),
             dport: Some(4000),
-            flags: Some("RST|ACK".into()),
+            flags: Some(TcpFlags(0x14)),
             seq: Some(0),
             ack: Some(1),
             reason: Some("NO_SOCKET".into()),

@@ -13,11 +13,65 @@
 
 use std::{
     collections::{hash_map::Entry, HashMap, VecDeque},
-    hash::Hash,
+    hash::{BuildHasher, Hash, Hasher, RandomState},
 };
 
+/// The hasher of the maps: keys are integers the kernel made (`sk_buff` addresses, boot-clock
+/// stamps) or ct-trace's own tokens, never chosen by a peer, so SipHash's defence against chosen
+/// keys is not needed and costs a large share of the per-event time in a storm. A multiply-mix
+/// of the key's words with a per-map random seed, and a final avalanche.
+#[derive(Clone, Copy)]
+pub struct KeyHash(u64);
+
+impl Default for KeyHash {
+    fn default() -> Self {
+        Self(RandomState::new().hash_one(0u64))
+    }
+}
+
+impl BuildHasher for KeyHash {
+    type Hasher = Mix;
+    fn build_hasher(&self) -> Mix {
+        Mix(self.0)
+    }
+}
+
+pub struct Mix(u64);
+
+impl Hasher for Mix {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(23) ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_u32(&mut self, x: u32) {
+        self.write_u64(u64::from(x));
+    }
+
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // murmur3's finaliser: every input bit reaches the low bits the table indexes by.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
 pub struct Bounded<K, V> {
-    map: HashMap<K, (u64, V)>,
+    map: HashMap<K, (u64, V), KeyHash>,
     /// Keys oldest first, with the sequence number they were inserted under.
     order: VecDeque<(u64, K)>,
     next: u64,
@@ -28,7 +82,7 @@ impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
     /// A map that holds at most `cap` entries (at least one).
     pub fn new(cap: usize) -> Self {
         Self {
-            map: HashMap::new(),
+            map: HashMap::default(),
             order: VecDeque::new(),
             next: 0,
             cap: cap.max(1),

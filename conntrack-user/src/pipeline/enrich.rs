@@ -202,7 +202,7 @@ fn lookup(ct: &Conntrack, t: &Tuple) -> Option<ConntrackReport> {
 /// Interface names of ct-trace's namespace by index, cached for a few seconds (interfaces come
 /// and go, rarely).
 pub struct IfNames {
-    cache: HashMap<u32, (Instant, Option<String>)>,
+    cache: HashMap<u32, (Instant, Option<Arc<str>>)>,
 }
 
 impl Default for IfNames {
@@ -221,7 +221,8 @@ impl IfNames {
         }
     }
 
-    pub fn name(&mut self, ifindex: u32) -> Option<String> {
+    /// The name of an interface, shared: resolved at most once per [`Self::TTL`].
+    pub fn name(&mut self, ifindex: u32) -> Option<Arc<str>> {
         if ifindex == 0 {
             return None;
         }
@@ -234,7 +235,9 @@ impl IfNames {
         if self.cache.len() >= Self::MAX {
             self.cache.clear();
         }
-        let n = Some(resolve(ifindex).unwrap_or_else(|| format!("if{ifindex}")));
+        let n = Some(Arc::from(
+            resolve(ifindex).unwrap_or_else(|| format!("if{ifindex}")),
+        ));
         self.cache.insert(ifindex, (now, n.clone()));
         n
     }

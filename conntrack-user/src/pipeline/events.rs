@@ -96,31 +96,6 @@ pub fn addrs(p: &Packet) -> (IpAddr, IpAddr) {
     (v(&p.saddr), v(&p.daddr))
 }
 
-/// TCP flags in tcpdump's order, e.g. `SYN|ACK`.
-pub fn tcp_flags(f: u8) -> String {
-    use conntrack_common::tcp_flags::{ACK, CWR, ECE, FIN, PSH, RST, SYN, URG};
-    const NAMES: [(u8, &str); 8] = [
-        (FIN, "FIN"),
-        (SYN, "SYN"),
-        (RST, "RST"),
-        (PSH, "PSH"),
-        (ACK, "ACK"),
-        (URG, "URG"),
-        (ECE, "ECE"),
-        (CWR, "CWR"),
-    ];
-    let v: Vec<&str> = NAMES
-        .iter()
-        .filter(|(b, _)| f & b != 0)
-        .map(|(_, n)| *n)
-        .collect();
-    if v.is_empty() {
-        "none".into()
-    } else {
-        v.join("|")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,13 +340,6 @@ mod tests {
         let mut unknown = vec![0u8; std::mem::size_of::<Header>()];
         unknown[..2].copy_from_slice(&[WIRE_VERSION, 200]);
         std::fs::write(dir.join("unknown-kind.bin"), unknown).unwrap();
-    }
-
-    #[test]
-    fn flags_read_like_tcpdump() {
-        assert_eq!(tcp_flags(0x12), "SYN|ACK");
-        assert_eq!(tcp_flags(0x14), "RST|ACK");
-        assert_eq!(tcp_flags(0), "none");
     }
 
     #[test]

@@ -113,6 +113,16 @@ impl ServiceNames {
         backend: Option<SocketAddr>,
         proto: u8,
     ) -> Option<&str> {
+        self.shared_name(service, backend, proto).map(|n| &**n)
+    }
+
+    /// [`Self::name`] as the index holds it, to be shared by the reports.
+    pub fn shared_name(
+        &self,
+        service: Option<SocketAddr>,
+        backend: Option<SocketAddr>,
+        proto: u8,
+    ) -> Option<&Arc<str>> {
         if let Some(s) = service {
             if let Some(n) = self.services.get(&Key::new(s.ip(), s.port(), proto)) {
                 return Some(n);
@@ -129,14 +139,24 @@ impl ServiceNames {
                 return Some(n);
             }
         }
-        names.first().map(|n| &**n)
+        names.first()
     }
 
     /// For a packet whose direction is not known (no conntrack entry): its destination as a
     /// Service address, then either end as a backend.
     pub fn name_of_packet(&self, src: SocketAddr, dst: SocketAddr, proto: u8) -> Option<&str> {
-        self.name(Some(dst), Some(src), proto)
-            .or_else(|| self.name(None, Some(dst), proto))
+        self.shared_name_of_packet(src, dst, proto).map(|n| &**n)
+    }
+
+    /// [`Self::name_of_packet`] as the index holds it.
+    pub fn shared_name_of_packet(
+        &self,
+        src: SocketAddr,
+        dst: SocketAddr,
+        proto: u8,
+    ) -> Option<&Arc<str>> {
+        self.shared_name(Some(dst), Some(src), proto)
+            .or_else(|| self.shared_name(None, Some(dst), proto))
     }
 
     /// Every name a backend has (sorted).
@@ -371,23 +391,23 @@ impl ServiceLookup {
         }
     }
 
-    /// [`ServiceNames::name`], owned.
+    /// [`ServiceNames::name`], shared (the index's own copy of the name).
     pub fn name(
         &self,
         service: Option<SocketAddr>,
         backend: Option<SocketAddr>,
         proto: u8,
-    ) -> Option<String> {
+    ) -> Option<Arc<str>> {
         self.snapshot()
-            .name(service, backend, proto)
-            .map(str::to_string)
+            .shared_name(service, backend, proto)
+            .cloned()
     }
 
-    /// [`ServiceNames::name_of_packet`], owned.
-    pub fn name_of_packet(&self, src: SocketAddr, dst: SocketAddr, proto: u8) -> Option<String> {
+    /// [`ServiceNames::name_of_packet`], shared.
+    pub fn name_of_packet(&self, src: SocketAddr, dst: SocketAddr, proto: u8) -> Option<Arc<str>> {
         self.snapshot()
-            .name_of_packet(src, dst, proto)
-            .map(str::to_string)
+            .shared_name_of_packet(src, dst, proto)
+            .cloned()
     }
 }
 

@@ -30,6 +30,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::output::tags::ResetCause;
 use crate::{output::counters::Counters, output::report::Report};
 
 /// Distinct `service` label values of `ct_trace_attributed_resets_total`; beyond: `other`.
@@ -249,7 +250,7 @@ impl Metrics {
                     Some(false) => "untracked",
                     None => "unknown",
                 };
-                let key = (v.hook, v.fate.name(), reason_class(&v.reason), flow);
+                let key = (v.hook.name(), v.fate.name(), v.reason.class().name(), flow);
                 let invalid = &self.invalid;
                 self.invalid_series
                     .entry(key)
@@ -265,7 +266,7 @@ impl Metrics {
                     })
                     .inc();
             }
-            Report::RstSent(r) if r.cause == Some("stray") => {
+            Report::RstSent(r) if r.cause == Some(ResetCause::Stray) => {
                 let packet = if r.caused_by_invalid {
                     "invalid"
                 } else {
@@ -280,8 +281,9 @@ impl Metrics {
                 // not be looked up in time) `unknown`.
                 let service = a
                     .service_name
-                    .clone()
-                    .or_else(|| a.service.clone())
+                    .as_deref()
+                    .map(str::to_string)
+                    .or_else(|| a.service.map(|s| s.to_string()))
                     .unwrap_or_else(|| "unknown".to_string());
                 let service = if self.services.contains(&service) {
                     service
@@ -292,7 +294,10 @@ impl Metrics {
                     "other".to_string()
                 };
                 self.attributed
-                    .get_or_create(&vec![("cause", a.cause.to_string()), ("service", service)])
+                    .get_or_create(&vec![
+                        ("cause", a.cause.name().to_string()),
+                        ("service", service),
+                    ])
                     .inc();
             }
             Report::Evicted(_) => {
@@ -395,79 +400,5 @@ fn raise(c: &Counter, value: u64) {
     let now = c.get();
     if value > now {
         c.inc_by(value - now);
-    }
-}
-
-/// The bounded class of conntrack's words for a refusal (the numbers in them would make a label
-/// per packet). The message texts are those of nf_conntrack_proto_tcp.c's
-/// `nf_ct_l4proto_log_invalid()` calls.
-pub fn reason_class(reason: &str) -> &'static str {
-    // Case-insensitive, without allocating: this runs once per reported verdict.
-    let has = |needle: &str| {
-        reason
-            .as_bytes()
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
-    };
-    if reason
-        .get(..7)
-        .is_some_and(|p| p.eq_ignore_ascii_case("unknown"))
-    {
-        "unknown"
-    } else if has("seq is over") {
-        "seq_over"
-    } else if has("seq is under") {
-        "seq_under"
-    } else if has("ack is over") {
-        "ack_over"
-    } else if has("ack is under") {
-        "ack_under"
-    } else if has("flag") {
-        "bad_flags"
-    } else if has("invalid new") || has("invalid state") {
-        "invalid_new"
-    } else if has("rst") {
-        "rst_window"
-    } else if has("ignore") {
-        "ignored"
-    } else {
-        "other"
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reasons_have_bounded_classes() {
-        for (words, class) in [
-            (
-                "SEQ is over upper bound 2875013249 (over the window of the receiver)",
-                "seq_over",
-            ),
-            (
-                "SEQ is under lower bound (already ACKed data retransmitted)",
-                "seq_under",
-            ),
-            (
-                "ACK is over upper bound 12 (ACKed data not seen yet)",
-                "ack_over",
-            ),
-            (
-                "ACK is under the lower bound (possible overly delayed ACK)",
-                "ack_under",
-            ),
-            ("invalid tcp flag combination", "bad_flags"),
-            ("invalid new", "invalid_new"),
-            ("invalid rst", "rst_window"),
-            ("unknown (no reason kprobes on this kernel)", "unknown"),
-            (
-                "packet (index 3) in dir 1 invalid, state ESTABLISHED",
-                "other",
-            ),
-        ] {
-            assert_eq!(reason_class(words), class, "{words}");
-        }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::output::report::{AttributionReport, FlowReport, Time};
+use crate::output::report::{AttributionReport, Endpoint, FlowReport, ReasonText, Time};
 
 /// Flows in the reset summary; attributions of further flows are summed in one
 /// `(other flows)` row.
@@ -12,26 +12,38 @@ pub const MAX_FLOWS: usize = 10_000;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
     pub resets: u64,
-    pub reasons: Vec<String>,
+    pub reasons: Vec<ReasonText>,
     pub first: Time,
     pub last: Time,
 }
 
+/// A row of the summary: a flow's client, Service and backend as the attribution names them,
+/// or the row of further flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum FlowKey {
+    Flow {
+        client: Option<Endpoint>,
+        service: Option<Endpoint>,
+        backend: Endpoint,
+    },
+    Other,
+}
+
 #[derive(Default)]
 pub(super) struct Flows {
-    flows: HashMap<(String, String, String), FlowStats>,
+    flows: HashMap<FlowKey, FlowStats>,
 }
 
 impl Flows {
     /// Counts an attribution in its flow's row.
     pub fn count(&mut self, a: &AttributionReport) {
-        let mut key = (
-            a.client.clone().unwrap_or_else(|| "?".into()),
-            a.service.clone().unwrap_or_else(|| "-".into()),
-            a.backend.clone(),
-        );
+        let mut key = FlowKey::Flow {
+            client: a.client,
+            service: a.service,
+            backend: a.backend,
+        };
         if self.flows.len() >= MAX_FLOWS && !self.flows.contains_key(&key) {
-            key = ("(other flows)".into(), "-".into(), "-".into());
+            key = FlowKey::Other;
         }
         let f = self.flows.entry(key).or_default();
         f.resets += 1;
@@ -49,12 +61,28 @@ impl Flows {
         let mut v: Vec<_> = self
             .flows
             .iter()
-            .map(|((client, service, backend), s)| FlowReport {
-                client: client.clone(),
-                service: service.clone(),
-                backend: backend.clone(),
+            .map(|(key, s)| {
+                // Rendered once per flow, at exit.
+                let (client, service, backend) = match key {
+                    FlowKey::Flow {
+                        client,
+                        service,
+                        backend,
+                    } => (
+                        client.map_or_else(|| "?".into(), |c| c.to_string()),
+                        service.map_or_else(|| "-".into(), |s| s.to_string()),
+                        backend.to_string(),
+                    ),
+                    FlowKey::Other => ("(other flows)".into(), "-".into(), "-".into()),
+                };
+                (client, service, backend, s)
+            })
+            .map(|(client, service, backend, s)| FlowReport {
+                client,
+                service,
+                backend,
                 resets: s.resets,
-                reasons: s.reasons.clone(),
+                reasons: s.reasons.iter().map(|r| r.to_string()).collect(),
                 first: s.first,
                 last: s.last,
             })

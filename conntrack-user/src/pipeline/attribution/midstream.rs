@@ -5,14 +5,15 @@
 
 use std::time::{Duration, Instant};
 
-use conntrack_common::{Hook, Pressure, Reset, IPPROTO_TCP, IPPROTO_UDP};
+use conntrack_common::{Pressure, Reset, IPPROTO_TCP, IPPROTO_UDP};
 
 use super::shared::{Output, Shared, VerdictId, FATE_WAIT, MAX_PENDING, RECENT};
 use crate::{
     node::netlink::Tuple,
-    output::report::{Report, ResetReport, Time},
+    output::report::{Report, ResetReport, TcpFlags, Time},
+    output::tags::NfHook,
     pipeline::bounded::Bounded,
-    pipeline::events::{addrs, tcp_flags},
+    pipeline::events::addrs,
     pipeline::lost::{
         EvictedReport, FlowEntry, Gone, How, LostEntries, LostReport, MidstreamReport,
         TableFullReport,
@@ -100,7 +101,7 @@ pub(super) fn table_full(p: &Pressure, sh: &Shared, out: &mut Output) {
         sport,
         dst,
         dport,
-        flags: tcp.then(|| tcp_flags(k.tcp_flags)),
+        flags: tcp.then_some(TcpFlags(k.tcp_flags)),
         service_name,
     }));
 }
@@ -135,7 +136,7 @@ impl Midstream {
         let report = MidstreamReport {
             time: sh.time(p.header.ts_ns),
             netns: k.netns,
-            hook: Hook::name_of(p.hook),
+            hook: NfHook::of(p.hook),
             entries: entries(p, sh),
             entries_source: entries_source(p),
             max: sh.batch.ct_max,
@@ -143,7 +144,7 @@ impl Midstream {
             sport: k.sport,
             dst,
             dport: k.dport,
-            flags: tcp_flags(k.tcp_flags),
+            flags: TcpFlags(k.tcp_flags),
             seq: k.seq,
             ack: k.ack,
             len: k.payload_len,

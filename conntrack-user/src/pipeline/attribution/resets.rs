@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, time::Instant};
 
-use conntrack_common::{flags, Cause, Hook, Kind, Reset, IPPROTO_TCP};
+use conntrack_common::{flags, Cause, Kind, Reset, IPPROTO_TCP};
 
 use super::{
     flows::Flows,
@@ -13,13 +13,14 @@ use super::{
 use crate::{
     node::netlink::Tuple,
     output::report::{
-        endpoint_of, AttributionReport, ConntrackReport, Fate, Report, ResetReport, StrayTally,
-        Time, Trigger,
+        AttributionReport, ConntrackReport, Endpoint, Fate, ReasonText, Report, ResetReport,
+        StrayTally, TcpFlags, Time, Trigger,
     },
+    output::tags::{Enrichment, NfHook, ResetCause},
     pipeline::bounded::Bounded,
     pipeline::enrich::Request,
-    pipeline::events::{addrs, tcp_flags},
-    pipeline::lost::{how_name, LostReport},
+    pipeline::events::addrs,
+    pipeline::lost::{How, LostReport},
 };
 
 /// The reset the kernel sends for a packet no socket owns (tcp_v4_send_reset(),
@@ -39,14 +40,32 @@ pub fn reset_for(flags_in: u8, seq: u32, ack: u32, len: u16) -> (u8, u32, u32) {
     }
 }
 
+/// The reason of an `entry_lost` attribution.
+fn entry_lost_reason(how: How) -> &'static str {
+    match how {
+        How::Evicted => {
+            "entry lost (evicted): conntrack picked the flow up mid-stream without the Service's NAT"
+        }
+        How::Expired => {
+            "entry lost (expired): conntrack picked the flow up mid-stream without the Service's NAT"
+        }
+        How::Deleted => {
+            "entry lost (deleted): conntrack picked the flow up mid-stream without the Service's NAT"
+        }
+        How::Unknown => {
+            "entry lost (unknown): conntrack picked the flow up mid-stream without the Service's NAT"
+        }
+    }
+}
+
 /// What is known of the INVALID packet behind a reset: from its verdict (waiting, or reported
 /// recently), or nothing when the verdict was not seen.
 #[derive(Clone)]
 pub(super) struct Invalid {
-    pub conntrack: Option<ConntrackReport>,
+    pub conntrack: Option<Box<ConntrackReport>>,
     pub tracked: Option<bool>,
     /// Why conntrack let it through without its NAT (`invalid_reason`).
-    pub reason: String,
+    pub reason: ReasonText,
     pub fate: Fate,
 }
 
@@ -62,7 +81,7 @@ impl Invalid {
         Self {
             conntrack: None,
             tracked: None,
-            reason: reason.to_string(),
+            reason: ReasonText::fixed(reason),
             fate: Fate::Passed,
         }
     }
@@ -71,9 +90,9 @@ impl Invalid {
 /// What is known of the packet behind an attributed reset.
 struct Known {
     /// Why conntrack let it through without its NAT (`invalid_reason`).
-    reason: String,
+    reason: ReasonText,
     fate: Fate,
-    enrichment: Option<&'static str>,
+    enrichment: Option<Enrichment>,
     /// The entry its flow lost (`cause: "entry_lost"`).
     lost: Option<LostReport>,
 }
@@ -83,7 +102,7 @@ struct Known {
 struct Held {
     reset: Reset,
     report: ResetReport,
-    reason: String,
+    reason: ReasonText,
     fate: Fate,
     deadline: Instant,
 }
@@ -108,23 +127,23 @@ pub(super) fn reset_report(kind: Kind, r: &Reset, sh: &mut Shared) -> ResetRepor
     let lost = r.cause.cause == Cause::EntryLost as u8;
     let reason = if r.flags & flags::NO_REASON_ARG != 0 {
         if kind == Kind::RstSent {
-            Some("unknown (tcp_send_reset has no reason argument before Linux 6.10)".into())
+            Some(sh.rst_no_reason.clone())
         } else {
             None
         }
     } else {
-        Some(match sh.ctx.rst_reasons.get(&r.reason) {
-            Some(n) => crate::kernel::btf::short_reason(n).to_string(),
-            None => r.reason.to_string(),
+        Some(match sh.rst_names.get(&r.reason) {
+            Some(n) => n.clone(),
+            None => r.reason.to_string().into(),
         })
     };
     if kind == Kind::RstSent {
         // The event carries the packet that caused the reset; the reset goes back.
         let (rflags, seq, ack) = if has_packet {
             let (f, s, a) = reset_for(p.tcp_flags, p.seq, p.ack, p.payload_len);
-            (Some(tcp_flags(f)), Some(s), Some(a))
+            (Some(TcpFlags(f)), Some(s), Some(a))
         } else {
-            (Some("RST".to_string()), None, None)
+            (Some(TcpFlags::RST), None, None)
         };
         ResetReport {
             time: sh.time(r.header.ts_ns),
@@ -142,15 +161,19 @@ pub(super) fn reset_report(kind: Kind, r: &Reset, sh: &mut Shared) -> ResetRepor
             } else {
                 None
             },
-            trigger: has_packet.then(|| Trigger {
-                flags: tcp_flags(p.tcp_flags),
+            trigger: has_packet.then_some(Trigger {
+                flags: TcpFlags(p.tcp_flags),
                 seq: p.seq,
                 ack: p.ack,
                 len: p.payload_len,
             }),
             socket: Some(r.flags & flags::NO_SOCKET == 0),
             caused_by_invalid: caused && !lost,
-            cause: caused.then_some(if lost { "entry_lost" } else { "invalid_packet" }),
+            cause: caused.then_some(if lost {
+                ResetCause::EntryLost
+            } else {
+                ResetCause::InvalidPacket
+            }),
             enrichment: None,
         }
     } else {
@@ -161,7 +184,7 @@ pub(super) fn reset_report(kind: Kind, r: &Reset, sh: &mut Shared) -> ResetRepor
             sport: known.then_some(p.sport),
             dst: known.then_some(b),
             dport: known.then_some(p.dport),
-            flags: Some("RST".into()),
+            flags: Some(TcpFlags::RST),
             seq: None,
             ack: None,
             reason,
@@ -221,9 +244,9 @@ impl Resets {
                 enrichment: None,
                 lost: None,
             };
-            let a = self.attribute(&raw, &rep, ct.as_ref(), known, sh);
+            let a = self.attribute(&raw, &rep, ct.as_deref(), known, sh);
             out.reports.push(Report::RstSent(rep));
-            out.reports.push(Report::Attribution(a));
+            out.reports.push(Report::Attribution(Box::new(a)));
             return;
         }
         let token = sh.token();
@@ -260,8 +283,8 @@ impl Resets {
         } else {
             self.strays.midstream += 1;
         }
-        rep.cause = Some("stray");
-        rep.enrichment = skipped.then_some("skipped");
+        rep.cause = Some(ResetCause::Stray);
+        rep.enrichment = skipped.then_some(Enrichment::Skipped);
         out.reports.push(Report::RstSent(rep));
     }
 
@@ -315,12 +338,12 @@ impl Resets {
         let known = Known {
             reason: h.reason,
             fate: h.fate,
-            enrichment: skipped.then_some("skipped"),
+            enrichment: skipped.then_some(Enrichment::Skipped),
             lost: None,
         };
         let a = self.attribute(&h.reset, &h.report, entry.as_ref(), known, sh);
         out.reports.push(Report::RstSent(h.report));
-        out.reports.push(Report::Attribution(a));
+        out.reports.push(Report::Attribution(Box::new(a)));
     }
 
     /// A reset of a packet picked up mid-stream: attributed to the lost entry only when one
@@ -348,10 +371,7 @@ impl Resets {
             self.stray(rep, false, out);
             return;
         }
-        let reason = format!(
-            "entry lost ({}): conntrack picked the flow up mid-stream without the Service's NAT",
-            how_name(lost.how)
-        );
+        let reason = ReasonText::fixed(entry_lost_reason(lost.how));
         let known = Known {
             reason,
             fate: Fate::Passed,
@@ -360,7 +380,7 @@ impl Resets {
         };
         let a = self.attribute(&r, &rep, None, known, sh);
         out.reports.push(Report::RstSent(rep));
-        out.reports.push(Report::Attribution(a));
+        out.reports.push(Report::Attribution(Box::new(a)));
     }
 
     /// The attribution of a reset, counted in its flow's row of the summary.
@@ -413,21 +433,21 @@ fn attribution_report(
     // Attributions are TCP: the reset answers a TCP packet.
     let service_name = sh.service_name(service, Some(backend), conntrack_common::IPPROTO_TCP);
     let (client, service, backend) = (
-        client.map(|a| a.to_string()),
-        service.map(|a| a.to_string()),
-        backend.to_string(),
+        client.map(Endpoint::from),
+        service.map(Endpoint::from),
+        Endpoint::from(backend),
     );
     AttributionReport {
         time: reset.time,
         client,
         service,
         backend,
-        reset_src: endpoint_of(reset.src, reset.sport),
-        reset_dst: endpoint_of(reset.dst, reset.dport),
+        reset_src: Endpoint::new(reset.src, reset.sport),
+        reset_dst: Endpoint::new(reset.dst, reset.dport),
         reset_netns: reset.netns,
         reset_reason: reset.reason.clone(),
         invalid_netns: r.cause.netns,
-        invalid_hook: Hook::name_of(r.cause.hook),
+        invalid_hook: NfHook::of(r.cause.hook),
         invalid_reason,
         invalid_time: sh.time(r.cause.ts_ns),
         seq: p.seq,
@@ -435,9 +455,9 @@ fn attribution_report(
         delay_us: r.header.ts_ns.saturating_sub(r.cause.ts_ns) / 1000,
         fate,
         cause: if lost.is_some() {
-            "entry_lost"
+            ResetCause::EntryLost
         } else {
-            "invalid_packet"
+            ResetCause::InvalidPacket
         },
         lost,
         enrichment,

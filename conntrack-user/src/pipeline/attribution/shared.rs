@@ -5,13 +5,14 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use crate::{
     kernel::btf::CtLayout,
     node::services::ServiceLookup,
-    output::report::{InvalidReport, Report, Time},
+    output::report::{InvalidReport, ReasonText, Report, Time},
     pipeline::enrich::Request,
     pipeline::lost::FlowEntry,
 };
@@ -54,7 +55,7 @@ pub struct Context {
     /// Whether entries can be looked up over ctnetlink (the enrichment thread runs).
     pub lookups: bool,
     /// Interface names of ct-trace's namespace (the caller caches them).
-    pub ifname: Box<dyn FnMut(u32) -> Option<String>>,
+    pub ifname: Box<dyn FnMut(u32) -> Option<Arc<str>>>,
 }
 
 /// The facts of the node that hold for a batch of events, read by the caller outside the
@@ -88,12 +89,39 @@ pub(super) struct Shared {
     pub names: Option<ServiceLookup>,
     /// The time of the call being handled.
     pub now: Instant,
+    /// The reason of a verdict without a reason record, made once.
+    pub reason_unknown: ReasonText,
+    /// Reset and drop reasons by number, their short names made once and shared by the reports.
+    pub rst_names: HashMap<u32, Arc<str>>,
+    pub drop_names: HashMap<u32, Arc<str>>,
+    /// `reason` of a reset sent on a kernel whose tracepoint has no reason argument.
+    pub rst_no_reason: Arc<str>,
+    /// `drop_reason` on a kernel whose `kfree_skb` has no reason.
+    pub drop_no_reason: Arc<str>,
     next_token: u64,
 }
 
 impl Shared {
     pub fn new(ctx: Context) -> Self {
+        let reason_unknown = match &ctx.reason_unknown {
+            Some(why) => ReasonText::new(why.as_str()),
+            None => ReasonText::fixed(
+                "unknown (conntrack logged no reason for this packet: no entry was found or created for it)",
+            ),
+        };
+        let short = |m: &HashMap<u32, String>| -> HashMap<u32, Arc<str>> {
+            m.iter()
+                .map(|(k, n)| (*k, Arc::from(crate::kernel::btf::short_reason(n))))
+                .collect()
+        };
         Self {
+            reason_unknown,
+            rst_names: short(&ctx.rst_reasons),
+            drop_names: short(&ctx.drop_reasons),
+            rst_no_reason: Arc::from(
+                "unknown (tcp_send_reset has no reason argument before Linux 6.10)",
+            ),
+            drop_no_reason: Arc::from("unknown (kfree_skb has no reason on this kernel)"),
             ctx,
             batch: Batch::default(),
             names: None,
@@ -119,7 +147,7 @@ impl Shared {
         service: Option<SocketAddr>,
         backend: Option<SocketAddr>,
         proto: u8,
-    ) -> Option<String> {
+    ) -> Option<Arc<str>> {
         self.names.as_ref()?.name(service, backend, proto)
     }
 
@@ -132,7 +160,7 @@ impl Shared {
         dst: IpAddr,
         dport: Option<u16>,
         proto: u8,
-    ) -> Option<String> {
+    ) -> Option<Arc<str>> {
         let (sport, dport) = (sport?, dport?);
         self.names.as_ref()?.name_of_packet(
             SocketAddr::new(src, sport),
@@ -143,7 +171,7 @@ impl Shared {
 
     /// The name of the Service of a conntrack entry (original destination, reply source), or
     /// of the packet itself without one.
-    pub fn invalid_service_name(&self, r: &InvalidReport) -> Option<String> {
+    pub fn invalid_service_name(&self, r: &InvalidReport) -> Option<Arc<str>> {
         match &r.conntrack {
             Some(c) => self.service_name(
                 Some(SocketAddr::new(c.orig_dst, c.orig_dport)),
@@ -155,7 +183,7 @@ impl Shared {
     }
 
     /// The name of the Service of a lost entry.
-    pub fn entry_service_name(&self, e: &FlowEntry) -> Option<String> {
+    pub fn entry_service_name(&self, e: &FlowEntry) -> Option<Arc<str>> {
         self.service_name(Some(e.orig_dst), Some(e.reply_src), e.proto)
     }
 }

@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, time::Instant};
 
-use conntrack_common::{flags, ips, Drop, Hook, Reason, Reset, Verdict, IPPROTO_TCP, NO_REASON};
+use conntrack_common::{flags, ips, Drop, Reason, Reset, Verdict, IPPROTO_TCP, NO_REASON};
 
 use super::{
     resets::Invalid,
@@ -12,10 +12,13 @@ use super::{
 };
 use crate::{
     node::netlink::Tuple,
-    output::report::{ConntrackReport, Fate, InvalidReport, Report, ResetReport, Time},
-    pipeline::bounded::Bounded,
+    output::report::{
+        ConntrackReport, Fate, InvalidReport, ReasonText, Report, ResetReport, TcpFlags, Time,
+    },
+    output::tags::{Enrichment, NfHook},
+    pipeline::bounded::{Bounded, KeyHash},
     pipeline::enrich::Request,
-    pipeline::events::{addrs, tcp_flags},
+    pipeline::events::addrs,
 };
 
 /// A verdict within this long after a reason for the same `sk_buff` is about the same packet
@@ -41,9 +44,9 @@ struct PendingReason {
 
 /// What a reason record says, ready to go into a report.
 struct ReasonInfo {
-    text: String,
+    text: ReasonText,
     missed_by: Option<u32>,
-    conntrack: Option<ConntrackReport>,
+    conntrack: Option<Box<ConntrackReport>>,
     /// Whether conntrack refused the packet with a confirmed entry of its flow in hand (`None`:
     /// it refused it before looking one up).
     tracked: Option<bool>,
@@ -64,7 +67,7 @@ pub(super) struct Verdicts {
     /// By `sk_buff` address.
     reasons: Bounded<u64, PendingReason>,
     /// Lookups in flight for pending verdicts.
-    tokens: HashMap<u64, VerdictId>,
+    tokens: HashMap<u64, VerdictId, KeyHash>,
     /// Reasons on packets that were neither INVALID nor TCP (not reported).
     pub reasons_unmatched: u64,
     /// Verdicts that went out without their lookup's answer.
@@ -77,7 +80,7 @@ impl Verdicts {
             pending: Bounded::new(MAX_PENDING),
             recent: Bounded::new(RECENT),
             reasons: Bounded::new(MAX_WAITING),
-            tokens: HashMap::new(),
+            tokens: HashMap::default(),
             reasons_unmatched: 0,
             enrichment_skipped: 0,
         }
@@ -130,7 +133,7 @@ impl Verdicts {
     pub fn expire(&mut self, id: VerdictId, mut p: Pending, sh: &Shared, out: &mut Output) -> Done {
         if let Some(t) = p.lookup.take() {
             self.tokens.remove(&t);
-            p.report.enrichment = Some("skipped");
+            p.report.enrichment = Some(Enrichment::Skipped);
             self.enrichment_skipped += 1;
         }
         self.finish(id, p, sh, out)
@@ -172,10 +175,10 @@ impl Verdicts {
         match entry {
             Some(e) => {
                 p.report.tracked = Some(e.is_some());
-                p.report.conntrack = e;
+                p.report.conntrack = e.map(Box::new);
             }
             None => {
-                p.report.enrichment = Some("skipped");
+                p.report.enrichment = Some(Enrichment::Skipped);
                 self.enrichment_skipped += 1;
             }
         }
@@ -224,11 +227,11 @@ impl Verdicts {
         let conntrack = layout.and_then(|l| crate::pipeline::reason::conntrack(r, l));
         let (seq, ack) = (r.packet.seq, r.packet.ack);
         ReasonInfo {
-            text: crate::pipeline::reason::render(&fmt, r.args, state),
+            text: ReasonText::new(crate::pipeline::reason::render(&fmt, r.args, state)),
             missed_by: crate::pipeline::reason::missed_by(&fmt, r.args[0], seq, ack).or_else(
                 || crate::pipeline::reason::missed_by_window(&fmt, conntrack.as_ref(), seq, ack),
             ),
-            conntrack,
+            conntrack: conntrack.map(Box::new),
             // A refusal with an entry: was it one conntrack was already tracking, or one this
             // very packet was about to create (e.g. "invalid new" for a stray FIN)?
             tracked: (r.has_ct != 0).then_some(r.ct_status & ips::CONFIRMED != 0),
@@ -248,7 +251,7 @@ impl Verdicts {
         let mut report = InvalidReport {
             time: sh.time(r.header.ts_ns),
             netns: p.netns,
-            hook: Hook::name_of(r.hook),
+            hook: NfHook::of(r.hook),
             in_iface: None,
             out_iface: None,
             proto: p.proto,
@@ -256,7 +259,7 @@ impl Verdicts {
             sport: Some(p.sport),
             dst,
             dport: Some(p.dport),
-            flags: Some(tcp_flags(p.tcp_flags)),
+            flags: Some(TcpFlags(p.tcp_flags)),
             seq: Some(p.seq),
             ack: Some(p.ack),
             len: Some(p.payload_len),
@@ -291,15 +294,9 @@ impl Verdicts {
             }
             _ => None,
         };
-        let (reason, missed_by, kernel_ct, tracked) = match (info, &sh.ctx.reason_unknown) {
-            (Some(i), _) => (i.text, i.missed_by, i.conntrack, i.tracked),
-            (None, Some(why)) => (why.clone(), None, None, None),
-            (None, None) => (
-                "unknown (conntrack logged no reason for this packet: no entry was found or created for it)".to_string(),
-                None,
-                None,
-                None,
-            ),
+        let (reason, missed_by, kernel_ct, tracked) = match info {
+            Some(i) => (i.text, i.missed_by, i.conntrack, i.tracked),
+            None => (sh.reason_unknown.clone(), None, None, None),
         };
         // Without the kernel's word on the entry, its lookup tells whether the flow was tracked.
         let lookup = if tracked.is_none() && tcp && sh.ctx.lookups {
@@ -322,7 +319,7 @@ impl Verdicts {
         let report = InvalidReport {
             time: sh.time(v.header.ts_ns),
             netns: p.netns,
-            hook: Hook::name_of(v.hook),
+            hook: NfHook::of(v.hook),
             in_iface: (sh.ctx.ifname)(p.ifindex),
             out_iface: (sh.ctx.ifname)(v.out_ifindex),
             proto: p.proto,
@@ -330,7 +327,7 @@ impl Verdicts {
             sport: tcp.then_some(p.sport),
             dst,
             dport: tcp.then_some(p.dport),
-            flags: tcp.then(|| tcp_flags(p.tcp_flags)),
+            flags: tcp.then_some(TcpFlags(p.tcp_flags)),
             seq: tcp.then_some(p.seq),
             ack: tcp.then_some(p.ack),
             len: tcp.then_some(p.payload_len),
@@ -375,12 +372,10 @@ impl Verdicts {
             (r, Some(nf)) if r == nf => Fate::Dropped,
             _ => Fate::Passed,
         };
-        p.report.drop_reason = Some(match sh.ctx.drop_reasons.get(&d.reason) {
-            Some(n) => crate::kernel::btf::short_reason(n).to_string(),
-            None if d.reason == NO_REASON => {
-                "unknown (kfree_skb has no reason on this kernel)".into()
-            }
-            None => d.reason.to_string(),
+        p.report.drop_reason = Some(match sh.drop_names.get(&d.reason) {
+            Some(n) => n.clone(),
+            None if d.reason == NO_REASON => sh.drop_no_reason.clone(),
+            None => d.reason.to_string().into(),
         });
         p.fate_done = true;
         if p.lookup.is_some() {

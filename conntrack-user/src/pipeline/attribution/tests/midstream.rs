@@ -4,7 +4,7 @@
 use super::*;
 use crate::{node::netlink::Tuple, pipeline::events::addrs};
 
-fn midstream_of(skb: u64, ts: u64) -> Event {
+pub(super) fn midstream_of(skb: u64, ts: u64) -> Event {
     let mut p = conntrack_common::Pressure {
         skb,
         entries: u32::MAX,
@@ -16,7 +16,7 @@ fn midstream_of(skb: u64, ts: u64) -> Event {
     Event::Pressure(Kind::Midstream, p)
 }
 
-fn gone_for(how: How) -> Gone {
+pub(super) fn gone_for(how: How) -> Gone {
     use crate::node::netlink::{Destroyed, Entry};
     let p = packet();
     let (src, dst) = addrs(&p);
@@ -66,8 +66,11 @@ fn a_midstream_waits_for_its_lost_entry_and_its_reset_is_attributed_to_it() {
     let Report::Attribution(a) = &out.reports[2] else {
         panic!()
     };
-    assert_eq!(a.cause, "entry_lost");
-    assert_eq!(a.service.as_deref(), Some("10.96.0.10:80"));
+    assert_eq!(a.cause, ResetCause::EntryLost);
+    assert_eq!(
+        a.service.map(|e| e.to_string()).as_deref(),
+        Some("10.96.0.10:80")
+    );
     assert_eq!(a.lost.as_ref().unwrap().how, How::Deleted);
 }
 
