@@ -419,3 +419,41 @@ fn the_terminal_view_shows_who_fills_the_table_and_answers_its_keys() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Started with SIGINT ignored (what a non-interactive shell's background job inherits), `top`
+/// still ends on SIGINT, and on SIGTERM, at once and with success.
+#[test]
+fn top_ends_on_sigint_and_sigterm_even_when_sigint_was_ignored() {
+    if !need_root("top_ends_on_sigint_and_sigterm_even_when_sigint_was_ignored") {
+        return;
+    }
+    let ns = filled();
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name, "sh", "-c"])
+            .arg(r#"trap "" INT; exec "$0" top -o json --interval 1"#)
+            .arg(bin())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Its first snapshot: it is running its loop.
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(line.starts_with(r#"{"kind":"top""#), "{line}");
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let t0 = std::time::Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if t0.elapsed() > std::time::Duration::from_secs(5) {
+                let _ = child.kill();
+                panic!("top still running 5 s after signal {sig}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(status.success(), "signal {sig}: {status}");
+    }
+}

@@ -219,11 +219,11 @@ impl Sampler {
             ram_max: None,
         };
         me.prev_counters = kstat::read().ok();
-        let cpu = thread_cpu();
+        // The baseline's cost does not pace the first snapshot: `--once` answers after
+        // `--interval`, whatever the table's size; the budget holds from the second on.
         me.ct.dump(|id, _| {
             me.prev_ids.insert(id);
         })?;
-        me.last_cost = thread_cpu().saturating_sub(cpu);
         Ok(me)
     }
 

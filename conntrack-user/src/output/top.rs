@@ -5,6 +5,8 @@
 use std::{
     io::{self, IsTerminal as _, Write},
     process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -19,7 +21,44 @@ use crate::{
     output::report::{rfc3339, Format},
 };
 
+/// Set by SIGINT, SIGTERM or SIGHUP: `top` then ends as it would after its last snapshot.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Whether a signal asked `top` to end.
+pub(super) fn stopped() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+/// Catches the signals that end `top`. Their default action would do, but a process started
+/// from a non-interactive shell's background job inherits SIGINT ignored (and a supervisor may
+/// ignore SIGHUP): a handler is the one way to be stopped by them everywhere, and lets the
+/// terminal view restore the terminal.
+fn catch_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// Sleeps `d`, in steps short enough to end within 50 ms of a signal; false when one came.
+pub(super) fn sleep_unless_stopped(d: Duration) -> bool {
+    let until = Instant::now() + d;
+    while !stopped() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+    false
+}
+
 pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
+    catch_signals();
     // Service names from kube-proxy's rules, read once: a top of a table that changes every
     // second does not need them fresher than its start.
     let names = Rulesets::read().parse(MAX_ENTRIES);
@@ -46,7 +85,9 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     let mut shown = 0u64;
     let mut out = io::stdout().lock();
     loop {
-        std::thread::sleep(sampler.wait(args.interval));
+        if !sleep_unless_stopped(sampler.wait(args.interval)) {
+            break;
+        }
         let s = sampler
             .sample()
             .context("reading the conntrack table through ctnetlink")?;

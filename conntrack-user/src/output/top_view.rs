@@ -41,7 +41,9 @@ const HELP: &str =
 pub fn run(mut sampler: Sampler, interval: Duration) -> io::Result<()> {
     let (tx, rx) = mpsc::sync_channel::<Result<Snapshot, String>>(1);
     std::thread::spawn(move || loop {
-        std::thread::sleep(sampler.wait(interval));
+        if !super::top::sleep_unless_stopped(sampler.wait(interval)) {
+            return;
+        }
         let s = sampler.sample().map_err(|e| e.to_string());
         if tx.send(s).is_err() {
             return;
@@ -64,6 +66,9 @@ fn event_loop(
         error: None,
     };
     loop {
+        if super::top::stopped() {
+            return Ok(());
+        }
         terminal.draw(|f| draw(f, &v))?;
         // Keys first (answered within 50 ms), then a snapshot if one came.
         if event::poll(Duration::from_millis(50))? {
@@ -95,6 +100,7 @@ fn event_loop(
             }
             Ok(Err(e)) => v.error = Some(e),
             Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) if super::top::stopped() => return Ok(()),
             Err(RecvTimeoutError::Disconnected) => {
                 return Err(io::Error::other("the table reader stopped"))
             }
