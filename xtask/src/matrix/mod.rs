@@ -58,9 +58,18 @@ pub enum Mode {
 }
 
 /// The kernels the matrix runs the fexit mode on by default: Debian 12's 6.1, the kernel `auto`
-/// gives it (no netfilter link). 6.12 and 7.2 take the netfilter link in `auto`; `--vm-mode
-/// fexit` runs them too.
-pub const FEXIT_SERIES: &[Series] = &[Series::V6_1];
+/// gives it (no netfilter link), and Debian 13's 6.12, the newest kernel a node may run with
+/// the netfilter link unusable (another program at its priorities, a policy refusing it), whose
+/// nf_conntrack_in and trampolines differ from 6.1's. 7.2 takes the netfilter link in `auto`;
+/// `--vm-mode fexit` runs it too.
+pub const FEXIT_SERIES: &[Series] = &[Series::V6_1, Series::V6_12];
+
+/// The kernels the matrix runs the kprobe mode on by default: the oldest (5.10: no module BTF,
+/// kprobes are its only way in), 6.1 (kprobes beside fexit) and the newest (7.2). 6.12 runs its
+/// fexit and netfilter jobs instead: its kprobe job would prove the same kprobe code between
+/// 6.1's and 7.2's (the same prototypes of nf_conntrack_in and the log helpers), at the cost of
+/// a full job of TCG, and CI must end within its hour. `--vm-mode kprobe` runs it too.
+pub const KPROBE_SERIES: &[Series] = &[Series::V5_10, Series::V6_1, Series::V7_2];
 
 /// What a default fexit job runs: the fexit program only replaces the verdict's source, so the
 /// targets that count verdicts against the kernel (`exact`, `lost`: entries lost, seen by the
@@ -108,8 +117,8 @@ impl Mode {
 }
 
 /// The (kernel, mode) jobs: every kernel of `kernels` (all when empty) in every mode of `modes`
-/// (all when empty: fexit only on [`FEXIT_SERIES`]) it supports, kernel by kernel, without
-/// duplicates.
+/// (all when empty: fexit only on [`FEXIT_SERIES`], kprobe only on [`KPROBE_SERIES`]) it
+/// supports, kernel by kernel, without duplicates.
 pub fn jobs(kernels: &[Series], modes: &[Mode]) -> Vec<(Series, Mode)> {
     let kernels = if kernels.is_empty() {
         &Series::ALL[..]
@@ -125,7 +134,11 @@ pub fn jobs(kernels: &[Series], modes: &[Mode]) -> Vec<(Series, Mode)> {
     let mut jobs = Vec::new();
     for &s in kernels {
         for &m in &Mode::ALL {
-            let by_default = m != Mode::Fexit || FEXIT_SERIES.contains(&s);
+            let by_default = match m {
+                Mode::Fexit => FEXIT_SERIES.contains(&s),
+                Mode::Kprobe => KPROBE_SERIES.contains(&s),
+                Mode::Netfilter => true,
+            };
             let wanted = modes.contains(&m) && (by_default || explicit);
             if wanted && m.supported_on(s) && !jobs.contains(&(s, m)) {
                 jobs.push((s, m));

@@ -12,8 +12,8 @@ fn kprobe_everywhere_netfilter_from_6_4() {
             (V5_10, Kprobe),
             (V6_1, Kprobe),
             (V6_1, Fexit),
-            (V6_12, Kprobe),
             (V6_12, Netfilter),
+            (V6_12, Fexit),
             (V7_2, Kprobe),
             (V7_2, Netfilter)
         ]
@@ -38,6 +38,11 @@ fn kprobe_everywhere_netfilter_from_6_4() {
     );
     assert_eq!(jobs(&[V6_1], &[Netfilter]), []);
     assert_eq!(jobs(&[V5_10], &[]), [(V5_10, Kprobe)]);
+    // Asked for, kprobe runs on 6.12 too.
+    assert_eq!(
+        jobs(&[V6_12], &[Kprobe, Netfilter]),
+        [(V6_12, Kprobe), (V6_12, Netfilter)]
+    );
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -84,26 +89,27 @@ fn the_lab_and_no_procfs_run_on_5_10_and_6_1_unless_targets_are_asked_for() {
             "-",
             "-",
             "-",
+            "lab,no_procfs",
+            "lab,no_procfs",
             "-",
-            "lab,no_procfs",
-            "lab,no_procfs",
             "-"
         ]
     );
     let labels: Vec<String> = all.iter().map(|j| j.label()).collect();
     assert_eq!(labels[0], "kprobe");
-    assert_eq!(labels[6], "kprobe+lab+no_procfs");
-    assert_eq!((all[6].series, all[7].series), (V5_10, V6_1));
+    assert_eq!(labels[5], "kprobe+lab+no_procfs");
+    assert_eq!((all[5].series, all[6].series), (V5_10, V6_1));
     assert_eq!(
-        all[7].binaries,
+        all[6].binaries,
         [
             ("lab".into(), PathBuf::from("/t/lab")),
             ("no_procfs".into(), PathBuf::from("/t/no_procfs"))
         ]
     );
     // Asked targets: those, in every job, and no extra job.
+    assert_eq!(labels[7], "fexit+exact+lost+invalid");
     assert_eq!(labels[8], "fexit+exact+lost+invalid");
-    assert_eq!(all[8].series, V6_1);
+    assert_eq!((all[7].series, all[8].series), (V6_1, V6_12));
     assert_eq!(matrix_jobs(&jobs(&[], &[]), &asked).len(), 7);
     let err = MatrixJob::new(V6_1, Kprobe, &strings(&["lab"]), &built[..5], true)
         .err()
