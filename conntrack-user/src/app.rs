@@ -140,17 +140,11 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         .map(crate::node::private::ReadyFile::check)
         .transpose()
         .context("--ready-file")?;
-    log::debug!(
-        "memory at start (peak, now KiB): {:?}",
-        preflight::memory_kib()
-    );
+    preflight::log_memory("at start");
     let kbtf = load::facts(&KernelBtf::load()?);
     // The parsed BTF is gone: give its memory back before aya parses its own copy.
     trim_heap();
-    log::debug!(
-        "memory after BTF (peak, now KiB): {:?}",
-        preflight::memory_kib()
-    );
+    preflight::log_memory("after BTF");
     let own_netns =
         kstat::netns_inode("self").context("reading this process's network namespace")?;
     let features = load::KernelFeatures::probe(&kbtf, version, cli.attach);
@@ -206,10 +200,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         reasons,
     } = attached;
     let verdicts = mode.is_some();
-    log::debug!(
-        "memory after attach (peak, now KiB): {:?}",
-        preflight::memory_kib()
-    );
+    preflight::log_memory("after attach");
     announce(
         cli,
         &lines,
@@ -248,11 +239,25 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     trim_heap();
     let mut corr = Correlator::new(ctx);
     corr.set_service_names(services.as_ref().map(|s| s.lookup()));
-    log::debug!(
-        "memory when ready (peak, now KiB): {:?}",
-        preflight::memory_kib()
-    );
+    preflight::log_memory("when ready");
 
+    // The signals that end the run are caught before the ready file says ct-trace is ready:
+    // whoever stops it once it is (a test, `top`'s tracer) gets the summary and a clean detach.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    let [int, term, hup] = {
+        let _in_rt = rt.enter();
+        // SIGHUP: a closed terminal (or `kill -HUP`) ends the run like Ctrl-C, with the summary.
+        [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+        ]
+        .map(tokio::signal::unix::signal)
+    };
+    let mut signals = [int?, term?, hup?];
     if let Some(r) = &mut ready {
         r.create(&format!("{}\n", std::process::id()))
             .context("--ready-file")?;
@@ -280,10 +285,6 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         }),
         pcap,
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the event loop")?;
     let scrapes = listener.map(|l| {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         // The address bound, not the one asked for: `:0` gets its port from the kernel, and
@@ -302,7 +303,15 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
         &mut ct_max,
     );
     let mut ring = rt
-        .block_on(run(cli, ring, &mut pipe, &mut counters, &mut sink, scrapes))
+        .block_on(run(
+            cli,
+            ring,
+            &mut pipe,
+            &mut counters,
+            &mut sink,
+            scrapes,
+            &mut signals,
+        ))
         .context("writing events")?;
 
     // Detach everything first: the counts below then describe a closed interval, and every
@@ -372,15 +381,12 @@ async fn run<W: io::Write>(
     counters: &mut Counters,
     sink: &mut Sink<'_, W>,
     mut scrapes: Option<tokio::sync::mpsc::Receiver<metrics::http::Scrape>>,
+    [sigint, sigterm, sighup]: &mut [tokio::signal::unix::Signal; 3],
 ) -> io::Result<RingBuf<MapData>> {
     // SAFETY: the ring buffer owns its fd and the AsyncFd owns the ring buffer, so the fd stays
     // open for as long as it is registered.
     let mut afd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
-    // A closed terminal (or `kill -HUP`) ends the run like Ctrl-C: with the summary.
-    let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
     // A duration beyond what the clock can add is as good as none.
     let deadline = cli
         .duration

@@ -233,6 +233,16 @@ pub struct TopArgs {
     /// it are counted under `other`.
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..=4_194_304))]
     pub cap: u64,
+
+    /// Show the table alone: start no tracer for the resets broken flows cause (by default top
+    /// runs `ct-trace -o json --kind attribution,lost` as its child in the same namespace and
+    /// counts its attributions by Service, backend and client).
+    #[arg(long)]
+    pub no_resets: bool,
+
+    /// The tracer's `--attach` mode (see `ct-trace --help`).
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto, value_name = "MODE", conflicts_with = "no_resets")]
+    pub attach: AttachMode,
 }
 
 /// `--window`: seconds, or a duration like 500ms; 0 samples nothing.

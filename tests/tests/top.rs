@@ -371,28 +371,30 @@ fn the_terminal_view_shows_who_fills_the_table_and_answers_its_keys() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // By Service first: the named Service on top with its 30 entries.
+    // By Service first: the named Service on top with its 30 entries, and (RST) no reset
+    // caused since top started.
     let s = tmux.wait_for("the Services", |s| s.contains("10.96.0.10:80/tcp"));
     assert!(s.contains("65 / "), "{s}");
+    assert!(s.contains("resets caused 0.0/s (0 since start)"), "{s}");
     assert!(
         s.contains("by service, sorted by entries (4 groups)"),
         "{s}"
     );
     assert_eq!(
         row(&s, "10.96.0.10:80/tcp"),
-        ["10.96.0.10:80/tcp", "30", "0", "shop/web:http"],
+        ["10.96.0.10:80/tcp", "30", "0", "0", "shop/web:http"],
         "{s}"
     );
     assert_eq!(
         row(&s, "10.96.0.53:53/udp"),
-        ["10.96.0.53:53/udp", "5", "0"],
+        ["10.96.0.53:53/udp", "5", "0", "0"],
         "{s}"
     );
 
     // `c`: by client; the chatty client's 20 TIME_WAIT entries.
     tmux.run(&["send-keys", "-t", "top", "c"]);
     let s = tmux.wait_for("the clients", |s| s.contains("by client"));
-    assert_eq!(row(&s, "10.0.0.99"), ["10.0.0.99", "20", "0"], "{s}");
+    assert_eq!(row(&s, "10.0.0.99"), ["10.0.0.99", "20", "0", "0"], "{s}");
     // `t`: by state, `k`: sorted by key.
     tmux.run(&["send-keys", "-t", "top", "t", "k"]);
     let s = tmux.wait_for("the states by key", |s| {
@@ -406,7 +408,8 @@ fn the_terminal_view_shows_who_fills_the_table_and_answers_its_keys() {
         })
         .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{s}");
-    assert_eq!(row(&s, "SYN_SENT"), ["SYN_SENT", "10", "0"], "{s}");
+    // States have no caused resets of their own.
+    assert_eq!(row(&s, "SYN_SENT"), ["SYN_SENT", "10", "0", "-"], "{s}");
 
     // `q` quits and gives the terminal back.
     tmux.run(&["send-keys", "-t", "top", "q"]);

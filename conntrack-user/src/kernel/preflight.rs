@@ -182,6 +182,11 @@ pub fn kallsyms_lookup(text: &str, names: &[&str; 4]) -> [u64; 4] {
     out
 }
 
+/// Logs (debug) the memory at a point of the start-up: `-v` shows what each phase costs.
+pub fn log_memory(when: &str) {
+    log::debug!("memory {when} (peak, now KiB): {:?}", memory_kib());
+}
+
 /// Peak and current resident memory of this process in KiB (`VmHWM`, `VmRSS`), for `-v`.
 pub fn memory_kib() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -18,7 +18,7 @@ use std::{
 use serde::Serialize;
 
 use crate::node::{
-    kstat,
+    caused, kstat,
     netlink::{tcp_state_name, Conntrack, Entry},
     services::ServiceNames,
 };
@@ -90,6 +90,10 @@ pub struct Snapshot {
     pub by_state: Vec<Group>,
     /// Distinct keys of each grouping (`other` counts as one when the cap was reached).
     pub groups: HashMap<Grouping, usize>,
+    /// The resets broken flows caused since top started, from its tracer (absent with
+    /// `--no-resets` and in the doctor's one-off look).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resets: Option<caused::Resets>,
 }
 
 /// The fill the write-ups alert at.
@@ -348,6 +352,7 @@ impl Sampler {
             by_client: client.rows(self.limit, |a| (a.to_string(), None)),
             by_state: state.rows(self.limit, |s| (s.to_string(), None)),
             groups,
+            resets: None,
         })
     }
 }

@@ -10,10 +10,12 @@ use std::{
 };
 
 use anyhow::Context as _;
+use clap::ValueEnum as _;
 
 use crate::{
     cli::TopArgs,
     node::{
+        caused::{self, Tracer},
         doctor::{mem_total, writeups_max},
         services::{Rulesets, MAX_ENTRIES},
         top::{Group, Sampler, Snapshot},
@@ -72,6 +74,19 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         args.limit
     };
     let budget = args.cpu_budget as f64 / 100.0;
+    // The tracer first, attached before the table's baseline is read: the first snapshot's
+    // resets and its table cover the same interval. It lives as long as this function (its
+    // drop stops the child), on the thread that started it (the child's PR_SET_PDEATHSIG).
+    let tracer = (!args.no_resets).then(|| {
+        let mode = args
+            .attach
+            .to_possible_value()
+            .expect("no skipped variants");
+        let t = Tracer::start(mode.get_name());
+        t.wait_ready(caused::ATTACH_WAIT, stopped);
+        t
+    });
+    let mut resets = tracer.as_ref().map(Tracer::reader);
     let mut sampler = Sampler::start(names, limit as usize, args.cap as usize, budget)
         .context("reading the conntrack table through ctnetlink (needs CAP_NET_ADMIN)")?;
     sampler.ram_max = std::fs::read_to_string("/proc/meminfo")
@@ -79,7 +94,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         .and_then(|m| mem_total(&m))
         .map(|ram| writeups_max(ram, usize::BITS).max);
     if view {
-        super::top_view::run(sampler, args.interval).context("the terminal view")?;
+        super::top_view::run(sampler, resets, args.interval).context("the terminal view")?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut shown = 0u64;
@@ -88,9 +103,10 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         if !sleep_unless_stopped(sampler.wait(args.interval)) {
             break;
         }
-        let s = sampler
+        let mut s = sampler
             .sample()
             .context("reading the conntrack table through ctnetlink")?;
+        s.resets = resets.as_mut().map(|r| r.snapshot(limit as usize));
         let r = match args.output {
             Format::Json => writeln!(out, "{}", json(&s)),
             Format::Text => text(&mut out, &s),
@@ -165,6 +181,9 @@ fn text(w: &mut impl Write, s: &Snapshot) -> io::Result<()> {
                     .unwrap_or_default()
             ))
     )?;
+    if let Some(r) = &s.resets {
+        resets_line(w, r)?;
+    }
     for (title, rows) in [
         ("SERVICE", &s.by_service),
         ("BACKEND", &s.by_backend),
@@ -174,7 +193,67 @@ fn text(w: &mut impl Write, s: &Snapshot) -> io::Result<()> {
         writeln!(w)?;
         table(w, title, rows)?;
     }
+    if let Some(r) = s.resets.as_ref().filter(|r| r.caused > 0) {
+        for (title, rows) in [
+            ("SERVICE (resets caused)", &r.by_service),
+            ("BACKEND (resets caused)", &r.by_backend),
+            ("CLIENT (resets caused)", &r.by_client),
+        ] {
+            writeln!(w)?;
+            reset_table(w, title, rows)?;
+        }
+    }
     writeln!(w)
+}
+
+/// The resets line: what the tracer counted, or why it counts nothing.
+fn resets_line(w: &mut impl Write, r: &caused::Resets) -> io::Result<()> {
+    match r.state {
+        caused::State::Starting => writeln!(w, "resets caused: (the tracer is still attaching)"),
+        caused::State::Failed if r.caused == 0 => writeln!(
+            w,
+            "resets caused: unknown (the tracer failed: {})",
+            r.error.as_deref().unwrap_or("?")
+        ),
+        state => writeln!(
+            w,
+            "resets caused: {} since start ({:.1}/s; invalid packet {}, entry lost {}){}{}",
+            r.caused,
+            r.per_s,
+            r.invalid_packet,
+            r.entry_lost,
+            if r.unseen > 0 {
+                format!("; {} events lost, some resets may be missing", r.unseen)
+            } else {
+                String::new()
+            },
+            if state == caused::State::Failed {
+                format!(" (the tracer ended: {})", r.error.as_deref().unwrap_or("?"))
+            } else {
+                String::new()
+            }
+        ),
+    }
+}
+
+fn reset_table(w: &mut impl Write, title: &str, rows: &[caused::Group]) -> io::Result<()> {
+    let width = rows
+        .iter()
+        .map(|r| r.key.len())
+        .chain([title.len()])
+        .max()
+        .unwrap_or(0);
+    writeln!(w, "{title:<width$}  {:>8}  NAME", "RESETS")?;
+    for r in rows {
+        writeln!(
+            w,
+            "{:<width$}  {:>8}  {}",
+            r.key,
+            r.resets,
+            r.name.as_deref().unwrap_or("")
+        )?;
+    }
+    Ok(())
 }
 
 fn table(w: &mut impl Write, title: &str, rows: &[Group]) -> io::Result<()> {

@@ -17,7 +17,10 @@ use ratatui::{
     DefaultTerminal, Frame,
 };
 
-use crate::node::top::{Group, Grouping, Sampler, Snapshot, ALERT_FILL};
+use crate::node::{
+    caused::{self, Reader},
+    top::{Group, Grouping, Sampler, Snapshot, ALERT_FILL},
+};
 
 /// How rows are ordered.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -38,13 +41,18 @@ const HELP: &str =
     "s service  b backend  c client  t state  tab next   e entries  n new  k key   q quit";
 
 /// Runs the view until `q`, Esc or Ctrl-C; the terminal is restored whatever happens.
-pub fn run(mut sampler: Sampler, interval: Duration) -> io::Result<()> {
+pub fn run(mut sampler: Sampler, mut resets: Option<Reader>, interval: Duration) -> io::Result<()> {
     let (tx, rx) = mpsc::sync_channel::<Result<Snapshot, String>>(1);
     std::thread::spawn(move || loop {
         if !super::top::sleep_unless_stopped(sampler.wait(interval)) {
             return;
         }
-        let s = sampler.sample().map_err(|e| e.to_string());
+        let s = sampler.sample().map(|mut s| {
+            // Every caused group, whatever the screen shows: the RST column looks them up.
+            s.resets = resets.as_mut().map(|r| r.snapshot(usize::MAX));
+            s
+        });
+        let s = s.map_err(|e| e.to_string());
         if tx.send(s).is_err() {
             return;
         }
@@ -139,6 +147,37 @@ fn rate(v: Option<f64>) -> String {
     v.map_or("-".into(), |r| format!("{r:.1}/s"))
 }
 
+/// The caused resets of the grouping's groups, by key (none for the state grouping).
+fn reset_rows(s: &Snapshot, g: Grouping) -> Option<&[caused::Group]> {
+    let r = s.resets.as_ref()?;
+    Some(match g {
+        Grouping::Service => &r.by_service,
+        Grouping::Backend => &r.by_backend,
+        Grouping::Client => &r.by_client,
+        Grouping::State => return None,
+    })
+}
+
+/// The resets part of the rates line.
+fn resets_text(s: &Snapshot) -> String {
+    match &s.resets {
+        None => String::new(),
+        Some(r) => match r.state {
+            caused::State::Starting => "  resets caused: attaching".into(),
+            caused::State::Failed if r.caused == 0 => format!(
+                "  resets caused: unknown ({})",
+                r.error.as_deref().unwrap_or("the tracer failed")
+            ),
+            _ => format!(
+                "  resets caused {:.1}/s ({} since start{})",
+                r.per_s,
+                r.caused,
+                if r.unseen > 0 { ", some lost" } else { "" }
+            ),
+        },
+    }
+}
+
 fn draw(f: &mut Frame, v: &View) {
     let [head, gauge, rates, body, foot] = Layout::vertical([
         Constraint::Length(1),
@@ -183,12 +222,13 @@ fn draw(f: &mut Frame, v: &View) {
     );
     f.render_widget(
         Paragraph::new(format!(
-            "new {}  invalid {}  drop {}  early_drop {}  insert_failed {}  (over {:.1} s; dump {:.0} ms of CPU)",
+            "new {}  invalid {}  drop {}  early_drop {}  insert_failed {}{}  (over {:.1} s; dump {:.0} ms of CPU)",
             rate(Some(s.per_s.new)),
             rate(s.per_s.invalid),
             rate(s.per_s.drop),
             rate(s.per_s.early_drop),
             rate(s.per_s.insert_failed),
+            resets_text(s),
             s.interval_s,
             s.dump_cpu_ms
         )),
@@ -205,12 +245,24 @@ fn draw(f: &mut Frame, v: &View) {
         Sort::New => "new",
         Sort::Key => "key",
     };
+    let caused = reset_rows(s, v.grouping);
+    let rst = |key: &str| match caused {
+        // `other` of the table and `other` of the resets are different sets of keys.
+        None => "-".to_string(),
+        Some(_) if key == "other" => "-".to_string(),
+        Some(rows) => rows
+            .iter()
+            .find(|r| r.key == key)
+            .map_or(0, |r| r.resets)
+            .to_string(),
+    };
     let table = Table::new(
         shown.iter().map(|g| {
             Row::new([
                 g.key.clone(),
                 g.entries.to_string(),
                 g.new.to_string(),
+                rst(&g.key),
                 g.name.clone().unwrap_or_default(),
             ])
         }),
@@ -218,11 +270,12 @@ fn draw(f: &mut Frame, v: &View) {
             Constraint::Length(44),
             Constraint::Length(9),
             Constraint::Length(7),
+            Constraint::Length(7),
             Constraint::Min(10),
         ],
     )
     .header(
-        Row::new([title(v.grouping), "ENTRIES", "NEW", "NAME"])
+        Row::new([title(v.grouping), "ENTRIES", "NEW", "RST", "NAME"])
             .style(Style::new().add_modifier(Modifier::BOLD)),
     )
     .block(Block::bordered().title(Line::from(format!(
