@@ -20,5 +20,4 @@ pub mod table;
 pub mod tags;
 pub mod time;
 pub mod top;
-pub mod top_view;
 pub mod writer;

@@ -1,17 +1,19 @@
 //! `ct-trace top`: who fills the conntrack table, a snapshot every interval (`node::top` reads
-//! it): on a terminal the full-screen view (`top_view`); otherwise (piped, `--once`, `-c`)
+//! it): on a terminal the full-screen view (`view`); otherwise (piped, `--once`, `-c`)
 //! text, one screen per snapshot, or `-o json`, one object per line.
+
+mod stop;
+mod view;
 
 use std::{
     io::{self, IsTerminal as _, Write},
     process::ExitCode,
-    sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use clap::ValueEnum as _;
 
+use self::stop::{catch_signals, sleep_unless_stopped, stopped};
 use crate::{
     cli::TopArgs,
     node::{
@@ -22,42 +24,6 @@ use crate::{
     },
     output::report::{rfc3339, Format},
 };
-
-/// Set by SIGINT, SIGTERM or SIGHUP: `top` then ends as it would after its last snapshot.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-/// Whether a signal asked `top` to end.
-pub(super) fn stopped() -> bool {
-    STOP.load(Ordering::Relaxed)
-}
-
-/// Catches the signals that end `top`. Their default action would do, but a process started
-/// from a non-interactive shell's background job inherits SIGINT ignored (and a supervisor may
-/// ignore SIGHUP): a handler is the one way to be stopped by them everywhere, and lets the
-/// terminal view restore the terminal.
-fn catch_signals() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
-}
-
-/// Sleeps `d`, in steps short enough to end within 50 ms of a signal; false when one came.
-pub(super) fn sleep_unless_stopped(d: Duration) -> bool {
-    let until = Instant::now() + d;
-    while !stopped() {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return true;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(50)));
-    }
-    false
-}
 
 pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     catch_signals();
@@ -94,7 +60,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         .and_then(|m| mem_total(&m))
         .map(|ram| writeups_max(ram, usize::BITS).max);
     if view {
-        super::top_view::run(sampler, resets, args.interval).context("the terminal view")?;
+        view::run(sampler, resets, args.interval).context("the terminal view")?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut shown = 0u64;
@@ -126,7 +92,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
 
 /// A snapshot as one JSON line, `kind` and `time` first like every report ct-trace prints.
 #[derive(serde::Serialize)]
-struct Line<'a> {
+struct JsonLine<'a> {
     kind: &'static str,
     time: String,
     #[serde(flatten)]
@@ -137,7 +103,7 @@ fn json(s: &Snapshot) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    serde_json::to_string(&Line {
+    serde_json::to_string(&JsonLine {
         kind: "top",
         time: rfc3339(now),
         snapshot: s,

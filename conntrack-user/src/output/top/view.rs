@@ -44,7 +44,7 @@ const HELP: &str =
 pub fn run(mut sampler: Sampler, mut resets: Option<Reader>, interval: Duration) -> io::Result<()> {
     let (tx, rx) = mpsc::sync_channel::<Result<Snapshot, String>>(1);
     std::thread::spawn(move || loop {
-        if !super::top::sleep_unless_stopped(sampler.wait(interval)) {
+        if !super::stop::sleep_unless_stopped(sampler.wait(interval)) {
             return;
         }
         let s = sampler.sample().map(|mut s| {
@@ -74,7 +74,7 @@ fn event_loop(
         error: None,
     };
     loop {
-        if super::top::stopped() {
+        if super::stop::stopped() {
             return Ok(());
         }
         terminal.draw(|f| draw(f, &v))?;
@@ -108,7 +108,7 @@ fn event_loop(
             }
             Ok(Err(e)) => v.error = Some(e),
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) if super::top::stopped() => return Ok(()),
+            Err(RecvTimeoutError::Disconnected) if super::stop::stopped() => return Ok(()),
             Err(RecvTimeoutError::Disconnected) => {
                 return Err(io::Error::other("the table reader stopped"))
             }
