@@ -5,7 +5,13 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand};
 
 pub use crate::kernel::load::AttachMode;
-use crate::output::report::Format;
+
+/// Output format (`-o`): every subcommand prints text or JSON lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
 
 /// Watch conntrack mark TCP packets INVALID, and the connection resets they cause.
 ///

@@ -7,9 +7,9 @@ use aya::maps::{MapData, PerCpuArray};
 use conntrack_common::{Counter, COUNTERS};
 
 use crate::{
+    output::correlated::Correlated,
     output::report::{CounterReport, Report},
     output::time::boot_now,
-    pipeline::attribution::Correlator,
 };
 
 /// The kernel's per-CPU counters of ct-trace, summed.
@@ -50,7 +50,7 @@ impl Counters {
     }
 
     /// Notices for the loss and suppression counters that moved since the last call.
-    pub(crate) fn notices(&mut self, corr: &Correlator, out: &mut Vec<Report>) {
+    pub(crate) fn notices(&mut self, corr: &dyn Correlated, out: &mut Vec<Report>) {
         use Counter::*;
         for c in [
             LostInvalid,

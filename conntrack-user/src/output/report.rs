@@ -204,15 +204,7 @@ impl Fate {
     }
 }
 
-/// The direction a packet travelled in, relative to its conntrack entry.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// As the connection was opened (client -> Service).
-    Original,
-    /// The answer (backend -> client).
-    Reply,
-}
+pub use crate::node::netlink::Direction;
 
 /// A kernel counter that moved since the last report: records lost to a full ring buffer or to
 /// a failure, or suppressed by the event budget. Nothing is lost or suppressed silently.
@@ -501,12 +493,7 @@ impl Report {
     }
 }
 
-/// Output format (`-o`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
-}
+pub use crate::cli::Format;
 
 pub use super::endpoint::{endpoint, endpoint_of, service_name_text, Endpoint};
 pub use super::flags::TcpFlags;

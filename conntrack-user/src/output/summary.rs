@@ -15,11 +15,11 @@ use crate::{
     output::report::{Format, InvalidTally, Report, SummaryReport},
     output::time::boot_now,
     output::{
+        correlated::Correlated,
         counters::Counters,
         sink::Tally,
         table::{self, EvictedTally, KindTally, TableTally},
     },
-    pipeline::attribution::Correlator,
 };
 
 /// The program whose skipped runs may each have been an INVALID verdict (kprobe mode; the
@@ -35,7 +35,7 @@ pub(crate) struct KernelInvalid {
 pub(crate) fn summarize(
     tally: &Tally,
     counters: &Counters,
-    corr: &Correlator,
+    corr: &dyn Correlated,
     netns: u32,
     kernel: Option<KernelInvalid>,
     missed_runs: Option<&BTreeMap<String, u64>>,
@@ -124,7 +124,7 @@ pub(crate) type Stats<'a> = Option<&'a std::collections::HashMap<String, u64>>;
 pub(crate) fn table_tally(
     tally: &Tally,
     counters: &Counters,
-    corr: &Correlator,
+    corr: &dyn Correlated,
     (before, after): (Stats<'_>, Stats<'_>),
     overflows: u64,
 ) -> TableTally {
@@ -182,7 +182,7 @@ pub(crate) fn table_tally(
 /// The human summary, on stderr.
 pub(crate) fn print_summary(
     s: &SummaryReport,
-    corr: &Correlator,
+    corr: &dyn Correlated,
     verdicts: bool,
     flows: &[crate::output::report::FlowReport],
 ) {

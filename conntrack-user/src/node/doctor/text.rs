@@ -8,7 +8,7 @@ use std::{
 use serde::Serialize;
 
 use super::{inspect, rules, sizing, Posture, Table, VsDefault};
-use crate::{node::tools::RulesRead, output::report::Format};
+use crate::{cli::Format, node::tools::RulesRead};
 
 /// The names the JSON output uses, for the text output.
 pub(super) fn name(v: impl Serialize) -> String {

@@ -56,7 +56,15 @@ pub struct Entry {
     pub tcp_state: Option<u8>,
 }
 
-pub use crate::output::report::Direction;
+/// The direction a packet travelled in, relative to its conntrack entry.
+#[derive(Clone, Copy, Debug, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// As the connection was opened (client -> Service).
+    Original,
+    /// The answer (backend -> client).
+    Reply,
+}
 
 /// Names of `enum tcp_conntrack` (include/uapi/linux/netfilter/nf_conntrack_tcp.h);
 /// netlink-packet-netfilter 0.4.0 gives the state as a bare `u8`.

@@ -242,3 +242,24 @@ impl Correlator {
 
 #[cfg(test)]
 mod tests;
+
+impl crate::output::correlated::Correlated for Correlator {
+    fn time(&self, boot_ns: u64) -> Time {
+        Correlator::time(self, boot_ns)
+    }
+    fn ct_max(&self) -> Option<u32> {
+        Correlator::ct_max(self)
+    }
+    fn reasons_unmatched(&self) -> u64 {
+        Correlator::reasons_unmatched(self)
+    }
+    fn enrichment_skipped(&self) -> u64 {
+        Correlator::enrichment_skipped(self)
+    }
+    fn strays(&self) -> StrayTally {
+        Correlator::strays(self)
+    }
+    fn evicted_inferred(&self) -> u64 {
+        Correlator::evicted_inferred(self)
+    }
+}
