@@ -137,7 +137,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     let mut ready = cli
         .ready_file
         .as_deref()
-        .map(crate::node::private::ReadyFile::check)
+        .map(crate::private::ReadyFile::check)
         .transpose()
         .context("--ready-file")?;
     preflight::log_memory("at start");
@@ -178,7 +178,14 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     }
     let stats_before = kstat::read().ok();
     let kernel_before = kstat::invalid().ok();
-    let attached = match load::attach(crate::EBPF_OBJECT, &kbtf, &features, cli.attach, &globals) {
+    let attached = match load::attach(
+        crate::EBPF_OBJECT,
+        &kbtf,
+        &features,
+        cli.attach,
+        &globals,
+        &crate::node::netlink::conntrack_hooked_at,
+    ) {
         Ok(a) => a,
         Err(e) => {
             if let Some(log) = e.verifier_log() {

@@ -2,8 +2,9 @@
 //!
 //! Folders by concept: `kernel/` (what the kernel offers, the attach plan, loading),
 //! `pipeline/` (decode, correlate, enrich: records to reports), `output/` (report types, text,
-//! JSON, the summary's tallies), `node/` (ctnetlink, the kernel's counters, the doctor, the
-//! private directories every file ct-trace creates goes in).
+//! JSON, the summary's tallies), `node/` (ctnetlink, the kernel's counters, the doctor, `top`),
+//! and below them all `private/` (the private directories and files every file ct-trace creates
+//! goes in, used by every layer that writes one).
 //! `app` only wires them together; `cli` is the command line.
 
 pub mod app;
@@ -16,6 +17,7 @@ pub mod lab;
 pub mod node;
 pub mod output;
 pub mod pipeline;
+pub mod private;
 
 /// The compiled eBPF object.
 pub static EBPF_OBJECT: &[u8] =

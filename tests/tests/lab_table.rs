@@ -160,7 +160,7 @@ fn a_killed_table_full_lab_has_its_sysctls_restored_by_cleanup() {
         .spawn()
         .expect("spawn lab");
     let pid = child.id();
-    // The lab's root-only directory (see conntrack-user/src/node/private).
+    // The lab's root-only directory (see conntrack-user/src/private).
     let state = format!("/run/ct-trace/lab/ctt-lab-{pid}.sysctl");
     let t0 = Instant::now();
     while sysctls() == before {

@@ -4,13 +4,13 @@
 //! The log outlives ct-trace, so the user can read it: `/run/ct-trace/verifier/PROGRAM.log`
 //! (root's, 0700, the last log of each program), or where `/run` cannot be written (a pod's
 //! read-only root) in a new `$TMPDIR/ct-trace-verifier-XXXXXX/` of its own. Never at a fixed
-//! name in a directory others can write to: see `node::private`.
+//! name in a directory others can write to: see `private`.
 
 use std::io;
 
 use aya::programs::ProgramError;
 
-use crate::node::private::PrivateDir;
+use crate::private::PrivateDir;
 
 /// Why a program did not load.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@
 //! removed by the next run or `ct-trace lab cleanup`.
 //!
 //! The lab's files (ct-trace's ready file, the saved sysctls) live in `/run/ct-trace/lab`
-//! (`lab_dir`), a directory only root can use (`node::private`): no other user can plant,
+//! (`lab_dir`), a directory only root can use (`private`): no other user can plant,
 //! redirect or forge them.
 
 mod craft;
@@ -39,8 +39,8 @@ pub use self::{
 };
 use crate::{
     kernel::load::AttachMode,
-    node::private::{FileError, PrivateDir},
     output::report::Format,
+    private::{FileError, PrivateDir},
 };
 
 /// Opens (or makes) the lab's own directory, `/run/ct-trace/lab` (root's, 0700, checked at

@@ -11,7 +11,7 @@
 use std::io;
 
 use super::{topology::PREFIX, LabError};
-use crate::node::private::PrivateDir;
+use crate::private::PrivateDir;
 
 const MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 const BUCKETS: &str = "/proc/sys/net/netfilter/nf_conntrack_buckets";

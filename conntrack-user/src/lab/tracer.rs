@@ -20,7 +20,7 @@ use super::{
     topology::{owner_pid, LAB_PREFIX},
     LabError,
 };
-use crate::{kernel::load::AttachMode, node::private::PrivateDir};
+use crate::{kernel::load::AttachMode, private::PrivateDir};
 
 /// A bound in case the lab never stops it (the lab itself was killed: the child also gets
 /// SIGTERM as its parent-death signal).

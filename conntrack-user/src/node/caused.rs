@@ -20,7 +20,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::node::private::PrivateDir;
+use crate::private::PrivateDir;
 
 /// How long the tracer may take to attach before top goes on without it.
 pub const ATTACH_WAIT: Duration = Duration::from_secs(30);

@@ -64,7 +64,7 @@ const IPPROTO_TCP: u8 = 6;
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
     #[error(transparent)]
-    Create(#[from] crate::node::private::FileError),
+    Create(#[from] crate::private::FileError),
     #[error("writing {}", path.display())]
     Io {
         path: PathBuf,
@@ -231,7 +231,7 @@ impl PcapWriter<File> {
     /// Creates (mode 0600) or truncates `path` and writes the section header to it. A link,
     /// another user's file or one with other hard links is refused (see `private::create_own`).
     pub fn create(path: &Path) -> Result<Self, PcapError> {
-        Self::new(crate::node::private::create_own(path)?, path)
+        Self::new(crate::private::create_own(path)?, path)
     }
 }
 

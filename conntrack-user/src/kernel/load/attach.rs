@@ -22,8 +22,12 @@ use crate::{
     kernel::progstats::ProgramSet,
     kernel::trampoline,
     kernel::verifier::program_error,
-    node::netlink,
 };
+
+/// Whether conntrack's hook runs at (family, hook) in this network namespace; `None` when the
+/// hooks cannot be listed. The caller's node layer reads it (nfnetlink_hook): the kernel layer
+/// only asks.
+pub type ConntrackHooked<'a> = &'a dyn Fn(Family, HookNum) -> Option<bool>;
 
 /// What got attached, kept alive for as long as ct-trace runs (dropping it detaches).
 pub struct Attached {
@@ -50,6 +54,7 @@ pub fn attach(
     feat: &KernelFeatures,
     wanted: AttachMode,
     globals: &Globals,
+    hooked: ConntrackHooked<'_>,
 ) -> Result<Attached, LoadError> {
     let decided = decide(PLAN, feat, wanted)?;
     let (ebpf, btf) = load_object(object, kbtf, feat, &decided, globals)?;
@@ -80,7 +85,7 @@ pub fn attach(
             Attach::Kretprobe(f) => {
                 attach_kprobe(&mut out, row.program, "kretprobe", f).map(|()| true)
             }
-            Attach::Netfilter => attach_netfilter(&mut out, object, row.program),
+            Attach::Netfilter => attach_netfilter(&mut out, object, row.program, hooked),
             Attach::Fexit(f) => attach_fexit(&mut out, object, row.program, f, kbtf).map(|()| true),
         }?;
         if attached {
@@ -173,6 +178,7 @@ fn attach_netfilter(
     out: &mut Attached,
     object: &[u8],
     program: &'static str,
+    hooked: ConntrackHooked<'_>,
 ) -> Result<bool, LoadError> {
     let nf = NetfilterProgram::load(object, program, &out.ebpf)?;
     let mut any = false;
@@ -182,7 +188,7 @@ fn attach_netfilter(
             // Conntrack registers its hooks in a namespace only when a rule or NAT needs them;
             // without them `_nfct` is 0 on every packet, which would read as a flood of INVALID
             // verdicts.
-            match netlink::conntrack_hooked(family as u8, hook as u32) {
+            match hooked(family, hook) {
                 Some(false) => {
                     out.lines.push(format!(
                         "skipped {program} at {at}: conntrack is not active for {} in this network namespace (no rule or NAT uses it)",

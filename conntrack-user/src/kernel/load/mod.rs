@@ -15,7 +15,7 @@ mod features;
 mod globals;
 mod mode;
 
-pub use attach::{attach, Attached};
+pub use attach::{attach, Attached, ConntrackHooked};
 pub use decide::{attach_mode, choose_mode, decide, Decided, Decision};
 pub use features::{facts, KernelFeatures};
 pub use globals::Globals;

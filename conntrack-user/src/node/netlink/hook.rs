@@ -76,3 +76,11 @@ pub fn conntrack_hooked(pf: u8, hooknum: u32) -> Option<bool> {
             .any(|e| e.function.contains("conntrack_in") || e.function.contains("conntrack_local"))
     })
 }
+
+/// [`conntrack_hooked`] in the attach layer's terms (`kernel::load::ConntrackHooked`).
+pub fn conntrack_hooked_at(
+    family: conntrack_common::Family,
+    hook: conntrack_common::Hook,
+) -> Option<bool> {
+    conntrack_hooked(family as u8, hook as u32)
+}

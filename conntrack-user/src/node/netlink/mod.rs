@@ -31,7 +31,7 @@ use netlink_packet_netfilter::conntrack::Status;
 pub use self::{
     ctnetlink::Conntrack,
     destroy::{parse_destroyed, DestroyEvents, Destroyed},
-    hook::{conntrack_hooked, hooks, HookEntry},
+    hook::{conntrack_hooked, conntrack_hooked_at, hooks, HookEntry},
 };
 
 /// `IPS_ASSURED` in `ct->status`.
