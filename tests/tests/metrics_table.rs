@@ -4,7 +4,8 @@
 //! count exactly as `conntrack -L` lists them, `other` the rest with `--metrics-top-services 1`,
 //! every series labelled with the namespace's inode, and the kernel's statistics counters as
 //! `/proc/net/stat/nf_conntrack` of the namespace sums them, read before and after (ten scrapes
-//! in a row; the scrapes' loopback packets are untracked, so only `ignore` moves meanwhile).
+//! in a row; the scrapes' loopback packets are untracked, so only `ignore` moves meanwhile), also
+//! through ctnetlink where the procfs file is hidden.
 //!
 //! Everything runs in a namespace the test created; every wait is bounded.
 
@@ -178,5 +179,23 @@ fn the_table_by_service_and_the_kernels_statistics_of_the_watched_namespace() {
         by_service(&m, netns),
         BTreeMap::from([("shop/web:http".to_string(), 30), ("other".to_string(), 12)])
     );
+    drop(ct.stop());
+
+    // Where /proc/net/stat/nf_conntrack does not exist (Ubuntu's kernels): the same counters
+    // through ctnetlink, which no longer reports `ignore` (5.14+): absent, never a made-up 0.
+    let mut ct = CtTrace::start_without_procfs(&ns, &["--metrics", "127.0.0.1:0"]);
+    let before: Vec<u64> = STATS.iter().map(|(_, k)| ns.kernel_counter(k)).collect();
+    let m = scrape(&ns, &mut ct);
+    let after: Vec<u64> = STATS.iter().map(|(_, k)| ns.kernel_counter(k)).collect();
+    assert_eq!(by_service(&m, netns), want, "through ctnetlink");
+    for (j, (name, _)) in STATS.iter().enumerate() {
+        let got = m.get(&format!(
+            "ct_trace_conntrack_stat_{name}_total{{netns=\"{netns}\"}}"
+        ));
+        match got {
+            Some(v) => assert!((before[j]..=after[j]).contains(&(*v as u64)), "{name}: {v}"),
+            None => assert_eq!(*name, "ignore", "only `ignore` may be absent"),
+        }
+    }
     drop(ct.stop());
 }
