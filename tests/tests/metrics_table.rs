@@ -4,7 +4,7 @@
 //! count exactly as `conntrack -L` lists them, `other` the rest with `--metrics-top-services 1`,
 //! every series labelled with the namespace's inode, and the kernel's statistics counters as
 //! `/proc/net/stat/nf_conntrack` of the namespace sums them, read before and after (ten scrapes
-//! in a row; the scrapes' loopback packets are untracked, so only `ignore` moves meanwhile), also
+//! in a row, beside another namespace's table growing; the scrapes' loopback packets are untracked, so only `ignore` moves meanwhile), also
 //! through ctnetlink where the procfs file is hidden.
 //!
 //! Everything runs in a namespace the test created; every wait is bounded.
@@ -148,7 +148,14 @@ fn the_table_by_service_and_the_kernels_statistics_of_the_watched_namespace() {
 
     // Ten scrapes in a row: each of the kernel's counters lies between the readings around the
     // scrape, and equals them when nothing moved the counters in between.
+    // Beside them, another namespace's table grows by an entry a scrape: none of it is the
+    // watched namespace's.
+    let unrelated = Netns::new("mtable-other");
     for i in 0..10 {
+        unrelated.exec(&format!(
+            "conntrack -I -p tcp -s 10.0.0.9 -d 10.96.0.10 --sport {} --dport 80 --state ESTABLISHED -t 600 2>/dev/null",
+            20_000 + i
+        ));
         let before: Vec<u64> = STATS.iter().map(|(_, k)| ns.kernel_counter(k)).collect();
         let m = scrape(&ns, &mut ct);
         let after: Vec<u64> = STATS.iter().map(|(_, k)| ns.kernel_counter(k)).collect();
@@ -167,6 +174,11 @@ fn the_table_by_service_and_the_kernels_statistics_of_the_watched_namespace() {
         // 42 entries were inserted in this namespace, none since.
         assert_eq!(after[3], 42, "insert");
     }
+    assert_eq!(
+        unrelated.kernel_counter("insert"),
+        10,
+        "the unrelated namespace's"
+    );
     drop(ct.stop());
 
     // One Service named, the other summed under `other`.
