@@ -4,8 +4,9 @@
 //! count exactly as `conntrack -L` lists them, `other` the rest with `--metrics-top-services 1`,
 //! every series labelled with the namespace's inode, and the kernel's statistics counters as
 //! `/proc/net/stat/nf_conntrack` of the namespace sums them, read before and after (ten scrapes
-//! in a row, beside another namespace's table growing; the scrapes' loopback packets are untracked, so only `ignore` moves meanwhile), also
-//! through ctnetlink where the procfs file is hidden.
+//! in a row, beside another namespace's table growing; the scrapes' loopback packets are
+//! untracked, so only `ignore` moves meanwhile), also through ctnetlink where the procfs file is
+//! hidden.
 //!
 //! Everything runs in a namespace the test created; every wait is bounded.
 
