@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
-use conntrack_common::{Filter, COUNTERS};
+use conntrack_common::COUNTERS;
 use log::{info, warn};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
@@ -83,29 +83,6 @@ fn trim_heap() {
     unsafe { libc::malloc_trim(0) };
 }
 
-fn filter(cli: &Cli) -> Filter {
-    let mut f = Filter {
-        caused_only: u8::from(cli.resets == Resets::Caused),
-        netns: cli.netns.unwrap_or(0),
-        port: cli.port.unwrap_or(0),
-        ..Default::default()
-    };
-    if let Some((addr, len)) = cli.host {
-        f.prefix_len = len;
-        match addr {
-            std::net::IpAddr::V4(a) => {
-                f.family = 4;
-                f.addr[..4].copy_from_slice(&a.octets());
-            }
-            std::net::IpAddr::V6(a) => {
-                f.family = 6;
-                f.addr = a.octets();
-            }
-        }
-    }
-    f
-}
-
 /// One run, its phases in order: preflight, attach, open the maps, stream, detach, summarize.
 /// Kept as one function (about 150 lines) because each phase hands its state to the next, and
 /// the kernel counters must be read at exact points between them.
@@ -157,7 +134,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     let globals = load::Globals {
         netns: own_netns,
         budget_per_cpu: cli.event_budget.div_ceil(cpus),
-        filter: filter(cli),
+        filter: cli.filter(),
         ct_hook_fns,
         nf_hook_slow: preflight::nf_hook_slow(&kallsyms).unwrap_or_default(),
     };
@@ -288,6 +265,11 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
                 &programs,
                 rst_names,
                 metric_costs,
+                &metrics::table::TableConfig {
+                    netns: own_netns,
+                    top_services: cli.metrics_top_services.into(),
+                    names: services.as_ref().map(|s| s.lookup()).unwrap_or_default(),
+                },
             )
         }),
         pcap,
@@ -424,7 +406,7 @@ async fn run<W: io::Write>(
                     pipe.read_table();
                     m.undecodable = pipe.decode_errors;
                     m.refresh(counters, pipe.batch.entries.map(u64::from), pipe.batch.ct_max.map(u64::from));
-                    let _ = reply.send(m.encode());
+                    m.answer(reply, Instant::now());
                 }
             }
             _ = tick.tick() => {
@@ -439,6 +421,9 @@ async fn run<W: io::Write>(
                     }
                 }
                 pipe.settle(now, false);
+                if let Some(m) = &mut sink.metrics {
+                    m.poll(now);
+                }
                 if now.duration_since(last_notice) >= NOTICE_EVERY {
                     last_notice = now;
                     counters.notices(pipe.corr, &mut pipe.out.reports);

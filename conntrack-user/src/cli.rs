@@ -91,6 +91,12 @@ pub struct Cli {
     #[arg(long, value_parser = crate::output::metrics::http::parse_listen, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// With --metrics: how many Services `ct_trace_conntrack_entries_by_service` names, the
+    /// heaviest by conntrack entries; the rest are summed under service="other", so there are
+    /// at most N+1 series. The table is dumped for it at most every 5 s, when a scrape needs it.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u16).range(0..=1000), requires = "metrics")]
+    pub metrics_top_services: u16,
+
     /// Also write the packet of every event that carries one (invalid, ignored, rst_sent,
     /// rst_received, midstream, table_full) to FILE as pcapng, with the event's JSON line as
     /// its comment. Packets are rebuilt from the events' header fields (headers only), whatever
@@ -109,6 +115,32 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Cli {
+    /// The kernel-side filter of `--resets`, `--netns`, `--port` and `--host`.
+    pub fn filter(&self) -> conntrack_common::Filter {
+        let mut f = conntrack_common::Filter {
+            caused_only: u8::from(self.resets == Resets::Caused),
+            netns: self.netns.unwrap_or(0),
+            port: self.port.unwrap_or(0),
+            ..Default::default()
+        };
+        if let Some((addr, len)) = self.host {
+            f.prefix_len = len;
+            match addr {
+                std::net::IpAddr::V4(a) => {
+                    f.family = 4;
+                    f.addr[..4].copy_from_slice(&a.octets());
+                }
+                std::net::IpAddr::V6(a) => {
+                    f.family = 6;
+                    f.addr = a.octets();
+                }
+            }
+        }
+        f
+    }
 }
 
 /// Which resets are shown (`--resets`).

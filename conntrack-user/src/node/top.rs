@@ -337,12 +337,7 @@ impl Sampler {
             per_s,
             dump_cpu_ms: (self.last_cost.as_secs_f64() * 1e4).round() / 10.0,
             counters_source: kstat::source(),
-            by_service: service.rows(self.limit, |k| {
-                (
-                    addr(k),
-                    names.name(Some(k.0), None, k.1).map(str::to_string),
-                )
-            }),
+            by_service: service_rows(service, self.limit, names),
             by_backend: backend.rows(self.limit, |k| {
                 (
                     addr(k),
@@ -355,6 +350,35 @@ impl Sampler {
             resets: None,
         })
     }
+}
+
+/// The table by Service alone, as `top`'s `by_service` counts it (the same dump, keys and
+/// names), for `--metrics`: the entries the dump returned, and the `limit` heaviest groups of at
+/// most `cap` distinct keys, then `other`.
+pub fn by_service(
+    ct: &Conntrack,
+    names: &ServiceNames,
+    cap: usize,
+    limit: usize,
+) -> io::Result<(u64, Vec<Group>)> {
+    let mut service = Tally::<(SocketAddr, u8)>::new(cap);
+    let entries = ct.dump(|_, e: Entry| {
+        service.add(
+            (SocketAddr::new(e.orig.dst, e.orig.dport), e.orig.proto),
+            false,
+        );
+    })?;
+    Ok((entries, service_rows(service, limit, names)))
+}
+
+/// A Service's group: `addr:port/proto`, named where kube-proxy's rules name the address.
+fn service_rows(t: Tally<(SocketAddr, u8)>, limit: usize, names: &ServiceNames) -> Vec<Group> {
+    t.rows(limit, |(a, p)| {
+        (
+            format!("{a}/{}", proto_name(*p)),
+            names.name(Some(*a), None, *p).map(str::to_string),
+        )
+    })
 }
 
 fn sysctl(name: &str) -> Option<u64> {

@@ -14,14 +14,18 @@
 //! Every label has a bounded set of values (documented in README.md); Services beyond
 //! [`MAX_SERVICES`] are counted as `service="other"`.
 //!
-//! Series node_exporter already has (`node_nf_conntrack_stat_*`, the host's entries and limit)
-//! are not repeated, except the watched namespace's entries and limit, which node_exporter reads
-//! only for its own namespace.
+//! Series node_exporter already has (`node_nf_conntrack_*`) are repeated only for the watched
+//! namespace, labelled `netns` (`table`): node_exporter reads them only for its own namespace,
+//! and ct-trace may watch a pod's.
 
 pub mod http;
 mod programs;
+pub mod table;
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Instant,
+};
 
 use conntrack_common::Counter as K;
 use prometheus_client::{
@@ -58,8 +62,9 @@ pub(crate) struct Metrics {
     attributed: Family<Labels, Counter>,
     strays: Family<Labels, Counter>,
     ct_events: Family<Labels, Counter>,
-    entries: Gauge,
-    limit: Gauge,
+    table: table::TableFamilies,
+    /// Scrapes waiting for the dump they started (see `table`).
+    parked: Vec<http::Scrape>,
     suppressed: Family<Labels, Counter>,
     lost: Family<Labels, Counter>,
     services: HashSet<String>,
@@ -105,6 +110,7 @@ impl Metrics {
         programs: &[(&'static str, String)],
         rst_names: HashMap<u32, String>,
         costs: crate::kernel::progstats::ProgramSet,
+        table: &table::TableConfig,
     ) -> Self {
         let mut registry = Registry::default();
         let invalid = Family::<Labels, Counter>::default();
@@ -148,18 +154,7 @@ impl Metrics {
              unassured entry dropped for room), midstream (a flow picked up without its entry)",
             ct_events.clone(),
         );
-        let entries = Gauge::default();
-        registry.register(
-            "ct_trace_conntrack_entries",
-            "Conntrack entries in the watched network namespace",
-            entries.clone(),
-        );
-        let limit = Gauge::default();
-        registry.register(
-            "ct_trace_conntrack_entries_limit",
-            "nf_conntrack_max",
-            limit.clone(),
-        );
+        let table = table::TableFamilies::register(&mut registry, table);
         let suppressed = Family::<Labels, Counter>::default();
         registry.register(
             "ct_trace_events_suppressed",
@@ -204,8 +199,8 @@ impl Metrics {
             attributed,
             strays,
             ct_events,
-            entries,
-            limit,
+            table,
+            parked: Vec::new(),
             suppressed,
             lost,
             services: HashSet::new(),
@@ -355,10 +350,7 @@ impl Metrics {
             &self.lost.get_or_create(&labels([("kind", "undecodable")])),
             self.undecodable,
         );
-        // -1: not known (no reading yet); a gauge has no "absent".
-        let gauge = |v: Option<u64>| v.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
-        self.entries.set(gauge(entries));
-        self.limit.set(gauge(limit));
+        self.table.refresh(entries, limit);
         self.programs.refresh();
     }
 
@@ -374,6 +366,27 @@ impl Metrics {
                 .unwrap_or(n)
                 .to_ascii_lowercase(),
             None => "unknown".into(),
+        }
+    }
+
+    /// Answers a scrape (after [`Self::refresh`]): now, or, when it started a dump of the table,
+    /// once [`Self::poll`] has the dump or gave up waiting for it.
+    pub(crate) fn answer(&mut self, reply: http::Scrape, now: Instant) {
+        if self.table.dump_wanted(now) {
+            self.parked.push(reply);
+        } else {
+            let _ = reply.send(self.encode());
+        }
+    }
+
+    /// On the event loop's tick: takes a finished dump in and answers the scrapes that waited
+    /// for it (or for too long).
+    pub(crate) fn poll(&mut self, now: Instant) {
+        if !self.table.poll(now) && !self.parked.is_empty() {
+            let text = self.encode();
+            for reply in self.parked.drain(..) {
+                let _ = reply.send(text.clone());
+            }
         }
     }
 
