@@ -116,7 +116,9 @@ pub(super) fn costs(topo: &Topo, bins: &Bins, cfg: &Config, modes: &[Mode]) -> R
                 Ok(ct) => ct,
                 Err(e) if w == WORKLOADS[0] => {
                     let why = format!("{e:#}");
-                    let line = why.lines().last().unwrap_or_default().to_string();
+                    // ct-trace's own line, without "exited before it was ready (exit status: 2)".
+                    let last = why.lines().last().unwrap_or_default();
+                    let line = last.split_once("): ").map_or(last, |(_, l)| l).to_string();
                     eprintln!("bench: cost: ct-trace --attach {}: {line}", mode.name());
                     out.not_offered.push((mode, line));
                     continue 'modes;

@@ -91,15 +91,15 @@ pub struct Args {
     /// Only the VM part: its tables are printed, BENCHMARKS.md is not written.
     #[arg(long)]
     pub vm_only: bool,
-    /// Interleaved rounds in the VM [default: 3].
+    /// Interleaved rounds in the VM [default: 5].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
     pub vm_rounds: Option<u32>,
     /// Seconds of each hot-path run in the VM [default: 2].
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..=60))]
     pub vm_secs: Option<u64>,
-    /// Seconds one VM boot may take, from qemu's start to its exit.
-    #[arg(long, default_value_t = 1800, value_name = "SECS")]
-    pub vm_timeout: u64,
+    /// Seconds one VM boot may take, from qemu's start to its exit [default: 1800].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(60..))]
+    pub vm_timeout: Option<u64>,
     /// Inside a VM guest (what the VM part runs): the guest's measurements only, no build,
     /// results on one console line.
     #[arg(long, hide = true)]
