@@ -43,7 +43,7 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 
-use crate::{cargo, print_table, root, run};
+use crate::host::{cargo, print_table, root, run};
 
 use self::{
     hotpath::hot_path,
