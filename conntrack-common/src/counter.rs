@@ -1,7 +1,7 @@
 //! ct-trace's in-kernel counters: one slot per event class and failure path, counted when the
 //! thing happens, before any budget, filter or ring buffer. Userspace reports these.
 
-use crate::Kind;
+use crate::kind::Kind;
 
 /// Slots of the per-CPU `COUNTERS` array: every event class and every failure path has one,
 /// incremented in the kernel at the moment it happens, independent of the ring buffer. Userspace

@@ -15,12 +15,14 @@
 extern crate std;
 
 pub mod counter;
+pub mod kind;
 #[cfg(any(feature = "std", test))]
 pub mod kstat;
 pub mod plan;
 pub mod reason;
 
 pub use counter::{Counter, COUNTERS};
+pub use kind::Kind;
 pub use reason::ReasonClass;
 
 /// IP protocol numbers.
@@ -100,45 +102,6 @@ pub const DEFAULT_EVENT_BUDGET: u32 = 20_000;
 
 /// How often the per-CPU event budget refills (1 s).
 pub const BUDGET_WINDOW_NS: u64 = 1_000_000_000;
-
-/// What a record is. The discriminants are part of the wire format.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// `tcp:tcp_send_reset`: this host sent a RST; [`Reset`] follows.
-    RstSent = 1,
-    /// `tcp:tcp_receive_reset`: a connection of this host was reset by its peer; [`Reset`] follows.
-    RstReceived = 2,
-    /// Conntrack left a packet without an entry (INVALID); [`Verdict`] follows.
-    Invalid = 3,
-    /// `kfree_skb` with reason NETFILTER_DROP for a packet seen INVALID; [`Drop`] follows.
-    Drop = 4,
-    /// Conntrack logged why it refused a packet (its log helpers); [`Reason`] follows.
-    Reason = 5,
-    /// A TCP packet other than a SYN created a brand-new entry: conntrack picked its flow up
-    /// mid-stream (`nf_conntrack_tcp_loose`), so the flow's earlier entry, and its NAT, were
-    /// lost; [`Pressure`] follows.
-    Midstream = 6,
-    /// Netfilter dropped a packet conntrack could not make an entry for while the table was
-    /// full ("nf_conntrack: table full, dropping packet"); [`Pressure`] follows.
-    TableFull = 7,
-}
-
-impl TryFrom<u8> for Kind {
-    type Error = u8;
-    fn try_from(v: u8) -> Result<Self, u8> {
-        Ok(match v {
-            1 => Self::RstSent,
-            2 => Self::RstReceived,
-            3 => Self::Invalid,
-            4 => Self::Drop,
-            5 => Self::Reason,
-            6 => Self::Midstream,
-            7 => Self::TableFull,
-            other => return Err(other),
-        })
-    }
-}
 
 /// First bytes of every record.
 #[repr(C)]

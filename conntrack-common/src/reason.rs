@@ -3,7 +3,7 @@
 //! a 12-byte prefix can tell, everything else is `other` there). The words are those of
 //! nf_conntrack_proto_tcp.c's `nf_ct_l4proto_log_invalid()` calls.
 
-use crate::Counter;
+use crate::counter::Counter;
 
 /// A reason's class, named as the `reason` label of `ct_trace_invalid_total` spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -52,6 +52,23 @@ impl ReasonClass {
             Self::Ignored
         } else {
             Self::Other
+        }
+    }
+
+    /// The class the kernel side tells from the first 12 bytes of the log format it reads
+    /// (`class()` in conntrack-ebpf's reason probes): the prefixes of `of`'s words that a
+    /// 12-byte read can hold; anything else is `Other` there, and `of` on the whole words is
+    /// the finer answer userspace gives.
+    #[inline(always)]
+    pub fn of_prefix(w: &[u8; 12]) -> Self {
+        match w {
+            b"SEQ is over " => Self::SeqOver,
+            b"SEQ is under" => Self::SeqUnder,
+            b"ACK is over " => Self::AckOver,
+            b"ACK is under" => Self::AckUnder,
+            b"invalid tcp " => Self::BadFlags,
+            _ if w[..8] == *b"ignored " => Self::Ignored,
+            _ => Self::Other,
         }
     }
 
@@ -123,5 +140,39 @@ mod tests {
             ReasonClass::of(b"SEQ is over upper bound %u").counter(),
             Counter::ReasonSeqOver
         );
+    }
+
+    /// The kernel's 12-byte class never disagrees with the whole words' class: it is the same
+    /// class or `Other` (what 12 bytes cannot tell), and every class with its own kernel
+    /// counter is told by its prefix.
+    #[test]
+    fn the_kernels_prefix_class_agrees_with_the_words() {
+        for words in [
+            "SEQ is over upper bound %u (over the window of the receiver)",
+            "SEQ is under lower bound (already ACKed data retransmitted)",
+            "ACK is over upper bound %u (ACKed data not seen yet)",
+            "ACK is under the lower bound (possible overly delayed ACK)",
+            "invalid tcp flag combination",
+            "ignored ACK under lower bound %u",
+            "invalid new",
+            "invalid rst",
+            "packet (index %d) in dir %d invalid, state %s",
+            "short",
+        ] {
+            let mut w = [0u8; 12];
+            let n = words.len().min(12);
+            w[..n].copy_from_slice(&words.as_bytes()[..n]);
+            let (kernel, user) = (
+                ReasonClass::of_prefix(&w),
+                ReasonClass::of(words.as_bytes()),
+            );
+            assert!(
+                kernel == user || kernel == ReasonClass::Other,
+                "{words}: {kernel:?} vs {user:?}"
+            );
+            if user.counter() != Counter::ReasonOther {
+                assert_eq!(kernel, user, "{words}: its counter needs the prefix");
+            }
+        }
     }
 }

@@ -29,7 +29,9 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::{FExitContext, ProbeContext, RetProbeContext},
 };
-use conntrack_common::{ctinfo, Counter, Kind, Reason, CT_TCP_BYTES, CT_TUPLE_BYTES, FMT_BYTES};
+use conntrack_common::{
+    ctinfo, Counter, Kind, Reason, ReasonClass, CT_TCP_BYTES, CT_TUPLE_BYTES, FMT_BYTES,
+};
 
 use crate::{
     config,
@@ -219,21 +221,14 @@ fn log_reason(
 
 /// The class of a conntrack log message, by its first words (nf_conntrack_proto_tcp.c:
 /// "SEQ is over upper bound %u ...", "ACK is under the lower bound ...", tcp_error()'s
-/// "invalid tcp flag combination", the 6.1+ IGNORE outcomes' "ignored ...").
+/// "invalid tcp flag combination", the 6.1+ IGNORE outcomes' "ignored ..."): the shared
+/// `ReasonClass`, told from the 12 bytes read here, and the kernel counter it keeps.
 #[inline(always)]
 fn class(text: *const u8) -> Counter {
     // SAFETY: probe read of a kernel string's first bytes (a shorter string reads its NUL and
-    // whatever follows it, which no prefix below can match across).
+    // whatever follows it, which no prefix can match across).
     let w = unsafe { read::<[u8; 12]>(text, 0) }.unwrap_or([0; 12]);
-    match &w {
-        b"SEQ is over " => Counter::ReasonSeqOver,
-        b"SEQ is under" => Counter::ReasonSeqUnder,
-        b"ACK is over " => Counter::ReasonAckOver,
-        b"ACK is under" => Counter::ReasonAckUnder,
-        b"invalid tcp " => Counter::ReasonBadFlags,
-        _ if w[..8] == *b"ignored " => Counter::ReasonIgnored,
-        _ => Counter::ReasonOther,
-    }
+    ReasonClass::of_prefix(&w).counter()
 }
 
 /// One `nf_conntrack_in()` call in progress on a CPU. Softirq processing can interrupt a

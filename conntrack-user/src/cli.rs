@@ -4,6 +4,11 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "lab")]
+mod lab;
+
+#[cfg(feature = "lab")]
+pub use self::lab::{CompareArgs, Fix, LabAction, RunArgs, Scenario};
 pub use crate::kernel::load::AttachMode;
 
 /// Output format (`-o`): every subcommand prints text or JSON lines.
@@ -88,7 +93,7 @@ pub struct Cli {
     /// (`:PORT` for every address, IPv6 and IPv4; port 0: one the kernel picks, announced on
     /// stderr). Counts come from ct-trace's in-kernel counters, so they equal the kernel's at
     /// any event rate. Combines with `-o json`, `--summary` and `-q`.
-    #[arg(long, value_parser = crate::output::metrics::http::parse_listen, value_name = "ADDR:PORT")]
+    #[arg(long, value_parser = parse_listen, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
 
     /// With --metrics: how many Services `ct_trace_conntrack_entries_by_service` names, the
@@ -212,7 +217,7 @@ pub enum Command {
     #[cfg(feature = "lab")]
     Lab {
         #[command(subcommand)]
-        action: crate::lab::LabAction,
+        action: LabAction,
     },
     /// A build without the lab (the DaemonSet's image): not in `--help`, and whatever follows
     /// `lab` is taken as is, so that `ct-trace lab ...` gets one line saying why there is none
@@ -301,6 +306,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}"))
 }
 
+/// `ADDR:PORT` for `--metrics`; `:PORT` listens on every address, IPv6 and IPv4 (`[::]`, see
+/// `output::metrics::http::bind`). Port 0: one the kernel picks, announced once bound.
+pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("[::]{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse()
+        .map_err(|_| format!("`{s}` is not ADDR:PORT (e.g. 127.0.0.1:9469, [::1]:9469 or :9469)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,5 +357,18 @@ mod tests {
         assert_eq!(parse_window("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_window("-1").is_err());
         assert!(parse_window("soon").is_err());
+    }
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert_eq!(
+            parse_listen("127.0.0.1:9469"),
+            Ok("127.0.0.1:9469".parse().unwrap())
+        );
+        assert_eq!(parse_listen(":9469"), Ok("[::]:9469".parse().unwrap()));
+        assert_eq!(parse_listen(":0"), Ok("[::]:0".parse().unwrap()));
+        assert_eq!(parse_listen("[::1]:1"), Ok("[::1]:1".parse().unwrap()));
+        assert!(parse_listen("localhost").is_err());
+        assert!(parse_listen("1.2.3.4").is_err());
     }
 }

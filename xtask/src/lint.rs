@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use crate::{cargo, run, EBPF_TOOLCHAIN};
+use crate::host::{cargo, run, EBPF_TOOLCHAIN};
 
 pub fn lint() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;

@@ -29,17 +29,13 @@ use std::{
 
 use serde_json::Value;
 
+pub use self::topology::{wire, Wiring};
 use self::{
     report::Verdict,
     topology::{Lab, SERVICE},
 };
-pub use self::{
-    scenario::{Fix, Scenario},
-    topology::{wire, Wiring},
-};
 use crate::{
-    kernel::load::AttachMode,
-    output::report::Format,
+    cli::{Fix, Format, LabAction, Scenario},
     private::{FileError, PrivateDir},
 };
 
@@ -47,58 +43,6 @@ use crate::{
 /// every open).
 pub(crate) fn lab_dir() -> Result<PrivateDir, LabError> {
     Ok(PrivateDir::in_run("lab")?)
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum LabAction {
-    /// Build the lab, run the workload, do the scenario's fault, trace it, print the events
-    /// and a verdict, tear down.
-    Run(RunArgs),
-    /// Run a scenario once per fix (none, liberal, drop-invalid, bigger-table) and print a table.
-    Compare(CompareArgs),
-    /// Remove namespaces left by labs that were killed (SIGKILL) before they could tear down.
-    Cleanup,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
-    /// What to do to the live connections.
-    #[arg(long, value_enum)]
-    pub scenario: Scenario,
-    /// The mitigation applied in the lab's node namespace.
-    #[arg(long, value_enum, default_value_t = Fix::None)]
-    pub fix: Fix,
-    /// Output format: text (an event digest and the verdict), json (ct-trace's events, then
-    /// one `lab_verdict` object).
-    #[arg(short, long, value_enum, default_value_t = Format::Text)]
-    pub output: Format,
-    /// Also write the run's offending packets as pcapng (what `ct-trace --pcap` writes: each
-    /// packet with its event as a comment).
-    #[arg(long, value_name = "FILE")]
-    pub pcap: Option<std::path::PathBuf>,
-    /// Allow the global sysctls `table-full` changes (`nf_conntrack_max`,
-    /// `nf_conntrack_buckets`: every namespace's table, the host's too, for the few seconds of
-    /// the run; restored after it). Meant for a throwaway VM or a test box.
-    #[arg(long)]
-    pub allow_host_sysctl: bool,
-    /// How the ct-trace the lab runs attaches (as `ct-trace --attach`).
-    #[arg(long, value_enum, value_name = "MODE")]
-    pub attach: Option<AttachMode>,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct CompareArgs {
-    #[arg(long, value_enum)]
-    pub scenario: Scenario,
-    /// Output format: text (the table) or json (one `lab_compare` object).
-    #[arg(short, long, value_enum, default_value_t = Format::Text)]
-    pub output: Format,
-    /// See `lab run --allow-host-sysctl`.
-    #[arg(long)]
-    pub allow_host_sysctl: bool,
-    /// How the ct-trace the lab runs attaches (as `ct-trace --attach`).
-    #[arg(long, value_enum, value_name = "MODE")]
-    pub attach: Option<AttachMode>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,10 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::cli::{Fix, Scenario};
+
 use super::{
-    scenario::{Fix, Scenario, Tally, Trigger},
+    scenario::{Tally, Trigger},
     workload::Outcome,
 };
 

@@ -9,7 +9,10 @@ use std::{
 
 use serde::Serialize;
 
-use crate::node::netlink::{self, Conntrack};
+use crate::{
+    cli::{Fix, Scenario},
+    node::netlink::{self, Conntrack},
+};
 
 use super::{
     craft::{self, RawSocket, Segment, ACK, PSH, RST},
@@ -18,75 +21,6 @@ use super::{
     workload::{short_request, ConnResult, LongConn},
     LabError,
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Scenario {
-    /// No fault: the workload alone (expects no reset).
-    Clean,
-    /// One segment from the server with SEQ 2^30 past the client's window on a live
-    /// connection: INVALID ("SEQ is over upper bound"), passed without the Service's NAT.
-    OutOfWindow,
-    /// The live flows' conntrack entries deleted (ctnetlink), then the server speaks: its reply
-    /// is picked up mid-stream without the NAT (cause entry_lost).
-    LostEntry,
-    /// The write-ups' boom-server packet: data 100000 below the window. Linux 6.1+ only
-    /// IGNOREs it (not INVALID, no reset).
-    BoomServer,
-    /// A RST from the server with SEQ 2^30 past the client's window: INVALID ("invalid rst" /
-    /// out of window), passed without NAT; the client owns no such connection and answers no
-    /// RST (RFC 793): an INVALID verdict that costs nothing, which ct-trace must not blame.
-    InvalidRst,
-    /// The write-ups' shrunk table: `nf_conntrack_max` set to the node's entries plus 8 (a
-    /// global sysctl: needs `--allow-host-sysctl`), then 16 more connections to the Service;
-    /// conntrack has no room for the excess, netfilter drops their SYNs and they time out.
-    TableFull,
-}
-
-impl Scenario {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Clean => "clean",
-            Self::OutOfWindow => "out-of-window",
-            Self::LostEntry => "lost-entry",
-            Self::BoomServer => "boom-server",
-            Self::InvalidRst => "invalid-rst",
-            Self::TableFull => "table-full",
-        }
-    }
-
-    /// Whether the scenario changes global sysctls (`--allow-host-sysctl`).
-    pub fn global(self) -> bool {
-        self == Self::TableFull
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Fix {
-    /// No mitigation (kube-proxy before 1.15, tcp_be_liberal 0).
-    None,
-    /// net.netfilter.nf_conntrack_tcp_be_liberal=1 in the lab's node namespace.
-    Liberal,
-    /// iptables -A FORWARD -m conntrack --ctstate INVALID -j DROP in the lab's node namespace.
-    DropInvalid,
-    /// A table with room to spare: `table-full` shrinks it to the entries plus 128 instead of
-    /// plus 8. Other scenarios do not shrink the table, so it changes nothing there.
-    BiggerTable,
-}
-
-impl Fix {
-    pub const ALL: [Fix; 4] = [Fix::None, Fix::Liberal, Fix::DropInvalid, Fix::BiggerTable];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Liberal => "liberal",
-            Self::DropInvalid => "drop-invalid",
-            Self::BiggerTable => "bigger-table",
-        }
-    }
-}
 
 const LIBERAL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
 

@@ -23,7 +23,7 @@ use super::{
     topology::Topo,
     Bins, Config,
 };
-use crate::output;
+use crate::host::output;
 
 /// The storm's run with the kernel's own log instead of ct-trace.
 pub(super) struct KlogRun {

@@ -55,7 +55,10 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 
-use crate::{cargo, print_table, root, run, vm::Series};
+use crate::{
+    host::{cargo, print_table, root, run},
+    vm::Series,
+};
 
 use self::{
     cost::{cost_section, costs},

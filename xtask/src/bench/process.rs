@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 
-use crate::output;
+use crate::host::output;
 
 fn reader(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
     thread::spawn(move || {

@@ -6,7 +6,7 @@ use std::{process::Command, thread};
 use anyhow::Result;
 
 use super::{hotpath::Hot, numbers::group, observer::Observer, startup::Startup, storm::Storm};
-use crate::output;
+use crate::host::output;
 
 pub(super) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();

@@ -5,7 +5,7 @@ use std::{path::Path, process::Command};
 use anyhow::{Context as _, Result};
 
 use super::{process::sh_in, IPERF_PORT, LOAD_PORT, SERVER, SERVICE};
-use crate::output;
+use crate::host::output;
 
 /// client (10.77.1.2) -- node (routes; DNATs the Service 10.96.0.10 ports 5201 and 7000 to the
 /// server; blackholes 10.77.9.0/24) -- server (10.77.2.2). Namespaces deleted on drop.

@@ -30,7 +30,7 @@ use super::{
     Args, Bins, Config,
 };
 use crate::{
-    root,
+    host::root,
     vm::{self, Job, Outcome, Series},
 };
 

@@ -22,9 +22,8 @@ use serde_json::Value;
 pub use self::report::Report;
 use self::report::{common_tests, extra_cell, summarize};
 use crate::{
-    cargo, phase,
+    host::{cargo, phase, CARGO_TEST},
     vm::{self, Job, Series},
-    TestArgs, CARGO_TEST,
 };
 
 mod report;
@@ -275,9 +274,54 @@ pub fn test_executables(messages: &str, wanted: &[String]) -> Result<Vec<(String
     Ok(out)
 }
 
+/// `cargo xtask test`'s flags for the VM matrix.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Restrict the VM matrix to this kernel series (repeatable) [default: 5.10, 6.1, 6.12 and
+    /// 7.2].
+    #[arg(long = "vm-kernel", value_name = "SERIES")]
+    pub vm_kernels: Vec<Series>,
+    /// Restrict the VM matrix to this attach mode (repeatable) [default: kprobe on every kernel,
+    /// netfilter on 6.4+].
+    #[arg(long = "vm-mode", value_enum, value_name = "MODE")]
+    pub vm_modes: Vec<Mode>,
+    /// Integration test target to run in the VMs (repeatable), on every kernel [default:
+    /// `matrix::VM_TESTS` everywhere and `matrix::VM_EXTRA_TESTS` on their kernels].
+    #[arg(long = "vm-test", value_name = "NAME")]
+    pub vm_tests: Vec<String>,
+    /// Prebuilt integration test binary for the VMs, NAME=PATH (repeatable; for work on xtask
+    /// itself): replaces `--vm-test` and the build of the test binaries; with `--vm-only`
+    /// nothing is built, ct-trace is taken as it is in target/release.
+    #[arg(long = "vm-binary", value_name = "NAME=PATH", hide = true, value_parser = parse_binary)]
+    pub vm_binaries: Vec<(String, PathBuf)>,
+    /// Seconds one VM job (boot, tests, power-off) may take (under TCG on a 2-CPU machine, two
+    /// side by side, beside other work: 580-730 s; 5.10's, the longest, about 1250 s: its
+    /// namespaces take 3.7 times 6.1's to make, and each ct-trace start 1.2 times; with the lab
+    /// in the same job it took 1667 s, hence the lab's jobs of their own).
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    pub vm_timeout: u64,
+    /// VM jobs side by side, each guest with one vCPU [default: the number of host CPUs].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub vm_jobs: Option<u32>,
+    /// Seconds the whole VM matrix may take (keeps CI within its limit when jobs hang): later
+    /// jobs get the time left as their timeout, or fail without booting. The six jobs took
+    /// 1495 s two at a time on a quiet 2-CPU machine (before 5.10), 2953 s with 5.10 and the lab
+    /// beside other work.
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    pub vm_budget: u64,
+}
+
+fn parse_binary(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s.split_once('=').ok_or("expected NAME=PATH")?;
+    let path = Path::new(path)
+        .canonicalize()
+        .map_err(|e| format!("{path}: {e}"))?;
+    Ok((name.to_string(), path))
+}
+
 /// The root integration tests inside VMs: finds the test binaries (built by the host run, or now
 /// with `--vm-only`), then runs the (kernel, mode) jobs.
-pub fn from_args(a: &TestArgs, bin: &Path, phases: &mut Vec<(String, f64)>) -> Result<Report> {
+pub fn from_args(a: &Args, bin: &Path, phases: &mut Vec<(String, f64)>) -> Result<Report> {
     let pairs = jobs(&a.vm_kernels, &a.vm_modes);
     ensure!(
         !pairs.is_empty(),

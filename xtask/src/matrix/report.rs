@@ -3,8 +3,8 @@
 //! panic messages and one line per failed job.
 
 use crate::{
+    host::print_table,
     libtest::Counts,
-    print_table,
     vm::{self, JobResult, Outcome},
 };
 

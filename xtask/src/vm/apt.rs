@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{secs, Series};
-use crate::{output, run};
+use crate::host::{output, run};
 
 pub(super) struct Apt {
     dir: PathBuf,

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{ensure, Context as _, Result};
 
 use super::{guest::INIT, kernel::Kernel, remove_dir, Series};
-use crate::run;
+use crate::host::run;
 
 /// Modules every guest loads (with their dependencies), on the kernels that have them:
 /// virtio-9p for the host's `/`, veth, conntrack/NAT for iptables (legacy and nft backends) and

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 
 use super::{apt::Apt, remove_dir, secs, Series};
-use crate::run;
+use crate::host::run;
 
 /// A fetched kernel: its cache folder, vmlinux and modules.
 pub(super) struct Kernel {

@@ -47,7 +47,7 @@ use clap::ValueEnum;
 
 pub use self::guest::script;
 use self::{apt::Apt, kernel::Kernel};
-use crate::{cache, print_table};
+use crate::host::{cache, print_table};
 
 const DEFAULT_COMMAND: &str = "uname -r && cat /proc/version";
 

@@ -90,7 +90,7 @@ pub(super) fn boot(
 
 /// The workspace the guest must see at its own path (its `target/` and `tests/`).
 fn workdir() -> Result<PathBuf> {
-    crate::root()
+    crate::host::root()
         .canonicalize()
         .context("resolving the workspace root")
 }

@@ -331,18 +331,6 @@ pub fn classic(openmetrics: &str) -> String {
     out
 }
 
-/// `ADDR:PORT` for `--metrics`; `:PORT` listens on every address, IPv6 and IPv4 (`[::]`, see
-/// [`bind`]). Port 0: one the kernel picks, announced once bound.
-pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    let full = if s.starts_with(':') {
-        format!("[::]{s}")
-    } else {
-        s.to_string()
-    };
-    full.parse()
-        .map_err(|_| format!("`{s}` is not ADDR:PORT (e.g. 127.0.0.1:9469, [::1]:9469 or :9469)"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,19 +342,6 @@ mod tests {
             classic(om),
             "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total{k=\"v\"} 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
         );
-    }
-
-    #[test]
-    fn listen_addresses_parse() {
-        assert_eq!(
-            parse_listen("127.0.0.1:9469"),
-            Ok("127.0.0.1:9469".parse().unwrap())
-        );
-        assert_eq!(parse_listen(":9469"), Ok("[::]:9469".parse().unwrap()));
-        assert_eq!(parse_listen(":0"), Ok("[::]:0".parse().unwrap()));
-        assert_eq!(parse_listen("[::1]:1"), Ok("[::1]:1".parse().unwrap()));
-        assert!(parse_listen("localhost").is_err());
-        assert!(parse_listen("1.2.3.4").is_err());
     }
 
     #[test]
