@@ -106,7 +106,7 @@ pub(super) struct Costs {
 /// read. A mode ct-trace refuses to start in is not offered by the kernel.
 pub(super) fn costs(topo: &Topo, bins: &Bins, cfg: &Config, modes: &[Mode]) -> Result<Costs> {
     let modes = if modes.is_empty() { &MODES[..] } else { modes };
-    let _servers = Servers::start(topo, bins)?;
+    let mut servers = Servers::start(topo, bins)?;
     let _stats = StatsOn::enable()?;
     let mut out = Costs::default();
     'modes: for &mode in modes {
@@ -125,7 +125,8 @@ pub(super) fn costs(topo: &Topo, bins: &Bins, cfg: &Config, modes: &[Mode]) -> R
                 }
                 Err(e) => return Err(e),
             };
-            w.run(topo, bins, cfg.secs)
+            servers
+                .run(w, topo, bins, cfg.secs)
                 .with_context(|| format!("{} with ct-trace {}", w.name(), mode.name()))?;
             let (summary, _) = ct.stop()?;
             let programs = programs(&summary)?;

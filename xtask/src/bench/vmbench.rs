@@ -113,7 +113,13 @@ pub(super) fn vm_bench(a: &Args) -> Result<Vec<VmBench>> {
             series: r.series,
             version: r.version.clone(),
             result: match r.outcome {
-                Outcome::Failed(why) => Err(why),
+                // The guest's own error line (`xtask: ...`) says more than its exit code.
+                Outcome::Failed(why) => Err(
+                    match r.console.iter().rev().find(|l| l.starts_with("xtask: ")) {
+                        Some(line) => format!("{why}: {}", line.trim()),
+                        None => why,
+                    },
+                ),
                 _ => parse(&r.console).map_err(|e| format!("{e:#}")),
             },
         })
