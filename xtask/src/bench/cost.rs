@@ -16,7 +16,7 @@ use super::{
     hotpath::{Servers, Workload, WORKLOADS},
     numbers::group,
     observer::start_ct_trace,
-    report::Section,
+    report::{spread, Section},
     topology::Topo,
     Bins, Config,
 };
@@ -66,10 +66,29 @@ impl ProgCost {
 pub(super) struct ModeCost {
     pub(super) mode: Mode,
     pub(super) workload: Workload,
+    /// Summed over the rounds.
     pub(super) programs: Vec<ProgCost>,
+    /// Each round's ns a packet.
+    pub(super) per_round: Vec<f64>,
 }
 
 impl ModeCost {
+    /// Adds another round's counters.
+    fn add(&mut self, round: ModeCost) {
+        self.per_round
+            .push(round.per_packet_ns().unwrap_or(f64::NAN));
+        for p in round.programs {
+            match self.programs.iter_mut().find(|q| q.program == p.program) {
+                Some(q) => {
+                    q.runs += p.runs;
+                    q.run_ns += p.run_ns;
+                    q.missed = q.missed.zip(p.missed).map(|(a, b)| a + b);
+                }
+                None => self.programs.push(p),
+            }
+        }
+    }
+
     /// What the mode's verdict programs cost a packet: the sum of their ns a run (the kprobe
     /// mode runs two, the kprobe and the kretprobe, for each packet); `None` when one did not run.
     pub(super) fn per_packet_ns(&self) -> Option<f64> {
@@ -101,50 +120,77 @@ pub(super) struct Costs {
     pub(super) not_offered: Vec<(Mode, String)>,
 }
 
-/// Each mode of `modes` (all of ct-trace's when empty) on each workload: ct-trace started with
-/// `--attach MODE`, one run of the workload, ct-trace stopped and its summary's `programs`
-/// read. A mode ct-trace refuses to start in is not offered by the kernel.
+/// Each mode of `modes` (all of ct-trace's when empty) on each workload, in `cfg.rounds`
+/// rounds (round r takes the modes in an order rotated by r, as the hot path does its
+/// observers): ct-trace started with `--attach MODE`, one run of the workload, ct-trace stopped
+/// and its summary's `programs` read and added up over the rounds. A mode ct-trace refuses to
+/// start in is not offered by the kernel.
 pub(super) fn costs(topo: &Topo, bins: &Bins, cfg: &Config, modes: &[Mode]) -> Result<Costs> {
-    let modes = if modes.is_empty() { &MODES[..] } else { modes };
+    let mut modes: Vec<Mode> = if modes.is_empty() {
+        MODES.to_vec()
+    } else {
+        modes.to_vec()
+    };
     let mut servers = Servers::start(topo, bins)?;
     let _stats = StatsOn::enable()?;
     let mut out = Costs::default();
-    'modes: for &mode in modes {
-        for w in WORKLOADS {
-            let base = format!("{}-cost", cfg.shm);
-            let ct = match start_ct_trace(topo, bins, &base, &["--attach", mode.name()]) {
-                Ok(ct) => ct,
-                Err(e) if w == WORKLOADS[0] => {
-                    let why = format!("{e:#}");
-                    // ct-trace's own line, without "exited before it was ready (exit status: 2)".
-                    let last = why.lines().last().unwrap_or_default();
-                    let line = last.split_once("): ").map_or(last, |(_, l)| l).to_string();
-                    eprintln!("bench: cost: ct-trace --attach {}: {line}", mode.name());
-                    out.not_offered.push((mode, line));
-                    continue 'modes;
+    let base = format!("{}-cost", cfg.shm);
+    // Which modes start at all, from a first start each.
+    modes.retain(|&mode| {
+        match start_ct_trace(topo, bins, &base, &["--attach", mode.name()]) {
+            Ok(ct) => ct.stop().is_ok(),
+            Err(e) => {
+                let why = format!("{e:#}");
+                // ct-trace's own line, without "exited before it was ready (exit status: 2)".
+                let last = why.lines().last().unwrap_or_default();
+                let line = last.split_once("): ").map_or(last, |(_, l)| l).to_string();
+                eprintln!("bench: cost: ct-trace --attach {}: {line}", mode.name());
+                out.not_offered.push((mode, line));
+                false
+            }
+        }
+    });
+    for r in 0..cfg.rounds as usize {
+        for i in 0..modes.len() {
+            let mode = modes[(r + i) % modes.len()];
+            for w in WORKLOADS {
+                let ct = start_ct_trace(topo, bins, &base, &["--attach", mode.name()])?;
+                servers
+                    .run(w, topo, bins, cfg.secs)
+                    .with_context(|| format!("{} with ct-trace {}", w.name(), mode.name()))?;
+                let (summary, _) = ct.stop()?;
+                let round = ModeCost {
+                    mode,
+                    workload: w,
+                    programs: programs(&summary)?,
+                    per_round: Vec::new(),
+                };
+                let ns = round.per_packet_ns().unwrap_or(f64::NAN);
+                eprintln!(
+                    "bench: cost round {}: {} {}: {ns:.0} ns a packet ({})",
+                    r + 1,
+                    mode.name(),
+                    w.name(),
+                    round.verdict_programs()
+                );
+                match out
+                    .runs
+                    .iter_mut()
+                    .find(|m| m.mode == mode && m.workload == w)
+                {
+                    Some(m) => m.add(round),
+                    None => {
+                        let mut m = round;
+                        m.per_round.push(ns);
+                        out.runs.push(m);
+                    }
                 }
-                Err(e) => return Err(e),
-            };
-            servers
-                .run(w, topo, bins, cfg.secs)
-                .with_context(|| format!("{} with ct-trace {}", w.name(), mode.name()))?;
-            let (summary, _) = ct.stop()?;
-            let programs = programs(&summary)?;
-            let mc = ModeCost {
-                mode,
-                workload: w,
-                programs,
-            };
-            eprintln!(
-                "bench: cost: {} {}: {:.0} ns a packet ({})",
-                mode.name(),
-                w.name(),
-                mc.per_packet_ns().unwrap_or(f64::NAN),
-                mc.verdict_programs()
-            );
-            out.runs.push(mc);
+            }
         }
     }
+    // In the modes' order, as the tables read best.
+    out.runs
+        .sort_by_key(|m| (modes.iter().position(|&x| x == m.mode), m.workload as u8));
     Ok(out)
 }
 
@@ -174,6 +220,7 @@ impl Costs {
             "runs": self.runs.iter().map(|m| json!({
                 "mode": m.mode.name(),
                 "workload": m.workload.name(),
+                "per_round": m.per_round,
                 "programs": m.programs.iter().map(|p| json!({
                     "program": p.program,
                     "attach": p.attach,
@@ -204,6 +251,12 @@ impl Costs {
                 workload: Workload::from_name(name)
                     .with_context(|| format!("no workload `{name}`"))?,
                 programs: programs(r)?,
+                per_round: r["per_round"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_f64)
+                    .collect(),
             });
         }
         for n in v["not_offered"].as_array().into_iter().flatten() {
@@ -241,11 +294,12 @@ pub(super) fn cost_section(title: String, where_: &str, costs: &Costs) -> Sectio
             ]);
         }
         notes.push(format!(
-            "{}, {}: {} ns a packet ({})",
+            "{}, {}: {} ns a packet ({}; the rounds' own: {})",
             m.mode.name(),
             m.workload.name(),
             m.per_packet_ns().map_or("-".into(), |v| format!("{v:.0}")),
-            m.verdict_programs()
+            m.verdict_programs(),
+            spread(&m.per_round, |v| format!("{v:.0}"))
         ));
     }
     for (m, why) in &costs.not_offered {
@@ -257,7 +311,7 @@ pub(super) fn cost_section(title: String, where_: &str, costs: &Costs) -> Sectio
     }
     Section {
         title,
-        about: format!("What each of ct-trace's BPF programs cost {where_}, as the kernel itself counts it (`kernel.bpf_stats_enabled=1` for this part only, restored after; runs and run_time_ns from BPF_OBJ_GET_INFO_BY_FD, which ct-trace prints in its exit summary's `programs`): ct-trace started with `--attach MODE` in each mode the kernel offers, one run of each hot-path workload, then stopped. A packet through the node runs the mode's verdict programs once at each conntrack hook it passes; ns a packet = the sum of their ns a run."),
+        about: format!("What each of ct-trace's BPF programs cost {where_}, as the kernel itself counts it (`kernel.bpf_stats_enabled=1` for this part only, restored after; runs and run_time_ns from BPF_OBJ_GET_INFO_BY_FD, which ct-trace prints in its exit summary's `programs`): in interleaved rounds, ct-trace started with `--attach MODE` in each mode the kernel offers for one run of each hot-path workload, then stopped; runs and ns summed over the rounds, and the rounds' own ns a packet as min-max. A packet through the node runs the mode's verdict programs once at each conntrack hook it passes; ns a packet = the sum of their ns a run."),
         header: vec![
             "mode",
             "workload",

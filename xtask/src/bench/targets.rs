@@ -335,6 +335,7 @@ mod tests {
                         missed: Some(0),
                     })
                     .collect(),
+                per_round: Vec::new(),
             })
             .collect()
     }
