@@ -15,12 +15,7 @@
 //! aya has no netfilter program type, so this is compiled under a `classifier/` section that
 //! aya-obj accepts; aya is never asked to load it (see conntrack-user's `netfilter` module).
 
-use aya_ebpf::{
-    cty::c_void,
-    helpers::generated as gen,
-    macros::map,
-    maps::PerCpuArray,
-};
+use aya_ebpf::{cty::c_void, helpers::generated as gen, macros::map, maps::PerCpuArray};
 use conntrack_common::{
     ctinfo, flags, ips, tcp_flags, Cause, Counter, Hook, Kind, Offsets, Packet, PendingDrop,
     Pressure, Verdict, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, NFPROTO_IPV4, NFPROTO_IPV6,
