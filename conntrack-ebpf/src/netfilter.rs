@@ -53,6 +53,10 @@ pub extern "C" fn ctt_nf_verdict(ctx: *const NfCtx) -> i32 {
         (skb, core::ptr::read_volatile(skb.add(off) as *const u64))
     };
     // The hot path: a packet of a known flow costs this load and two compares, nothing else.
+    // Measured by tests/scripts/nf-cost.sh with kernel.bpf_stats_enabled=1, a run costs within
+    // 1-3 ns of an empty netfilter program's at the same hooks; that floor is 60-100 ns a run on
+    // a kvm-clock guest, almost all of it the statistics' own two sched_clock() reads around
+    // the program (`__bpf_prog_run()`, commit 492ecee892c2 "bpf: enable program stats").
     if nfct == 0 {
         // SAFETY: as above.
         let state = unsafe { (*ctx).state };

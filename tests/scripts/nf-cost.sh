@@ -7,6 +7,9 @@
 #   tests/scripts/nf-cost.sh [SECS [ROUNDS [WORKLOADS [OBSERVERS]]]]
 #   e.g. tests/scripts/nf-cost.sh 5 3 "bulk rr crr" "ct empty nfct"
 #
+# Observers: `ct` (ct-trace --attach netfilter, $CT_TRACE_BIN or target/release/ct-trace),
+# `ct=PATH` (another ct-trace binary, e.g. main's, for a before/after in one run), `empty`, `nfct`.
+#
 # Prints one line per run: workload observer runs ns ns/run; then the median ns/run of each.
 # bpf_stats_enabled is put back to its previous value at exit.
 set -euo pipefail
@@ -68,9 +71,11 @@ workload() {
 run() { # workload observer -> "runs ns"
 	local w=$1 o=$2 out
 	case $o in
-	ct)
+	ct | ct=*)
+		local bin=$BIN
+		[ "$o" = ct ] || bin=${o#ct=}
 		rm -f "$tmp/ready"
-		ip netns exec $N "$BIN" --attach netfilter -o json -q --ready-file "$tmp/ready" \
+		ip netns exec $N "$bin" --attach netfilter -o json -q --ready-file "$tmp/ready" \
 			>"$tmp/ct.json" 2>"$tmp/ct.err" &
 		local pid=$!
 		for _ in $(seq 300); do [ -e "$tmp/ready" ] && break; sleep 0.1; done
