@@ -115,6 +115,19 @@ pub fn skb_nfct_offset() -> u32 {
     unsafe { core::ptr::read_volatile(&OFFSETS.skb_nfct) }
 }
 
+/// `skb->head` and `skb->network_header` offsets, read alone like [`skb_nfct_offset`]: the
+/// netfilter program loads both fields directly from its trusted `skb` (no helper call).
+#[inline(always)]
+pub fn skb_head_offsets() -> (u32, u32) {
+    // SAFETY: as above.
+    unsafe {
+        (
+            core::ptr::read_volatile(&OFFSETS.skb_head),
+            core::ptr::read_volatile(&OFFSETS.skb_network_header),
+        )
+    }
+}
+
 #[inline(always)]
 pub fn rst_has_reason() -> bool {
     // SAFETY: as above.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{MapData, PerCpuArray};
-use conntrack_common::{Counter, COUNTERS};
+use conntrack_common::{counter::Role, Counter, COUNTERS};
 
 use crate::{
     output::correlated::Correlated,
@@ -51,24 +51,13 @@ impl Counters {
 
     /// Notices for the loss and suppression counters that moved since the last call.
     pub(crate) fn notices(&mut self, corr: &dyn Correlated, out: &mut Vec<Report>) {
-        use Counter::*;
-        for c in [
-            LostInvalid,
-            LostReset,
-            LostReason,
-            LostDrop,
-            ReadFailed,
-            MapUpdateFailed,
-            StackLost,
-            SuppressedInvalid,
-            SuppressedReset,
-            SuppressedReason,
-            SuppressedDrop,
-            LostMidstream,
-            LostTableFull,
-            SuppressedMidstream,
-            SuppressedTableFull,
-        ] {
+        // Every counter whose role says records went unsent: the budget's and the losses'.
+        for c in Counter::ALL {
+            let suppressed = match c.role() {
+                Role::Suppressed(_) => true,
+                Role::Lost(_) => false,
+                Role::Count | Role::Filtered(_) => continue,
+            };
             let now = self.read(c);
             let delta = now.saturating_sub(self.noticed[c as usize]);
             if delta == 0 {
@@ -80,10 +69,10 @@ impl Counters {
                 counter: c.name(),
                 count: delta,
             };
-            out.push(match c {
-                SuppressedInvalid | SuppressedReset | SuppressedReason | SuppressedDrop
-                | SuppressedMidstream | SuppressedTableFull => Report::Suppressed(r),
-                _ => Report::Lost(r),
+            out.push(if suppressed {
+                Report::Suppressed(r)
+            } else {
+                Report::Lost(r)
             });
         }
     }

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use conntrack_common::Counter;
+use conntrack_common::{counter::Role, Counter};
 
 use crate::{
     cli::Cli,
@@ -72,24 +72,19 @@ pub(crate) fn summarize(
     }
     // Printed events only: a kind none of whose events reached stdout is not listed.
     events.retain(|_, v| *v > 0);
-    let mut lost = BTreeMap::from([
-        ("invalid", get("lost_invalid")),
-        ("reset", get("lost_reset")),
-        ("reason", get("lost_reason")),
-        ("drop", get("lost_drop")),
-        ("midstream", get("lost_midstream")),
-        ("table_full", get("lost_table_full")),
-        ("undecodable", tally.decode_errors),
-        ("unreadable_packet", get("read_failed")),
-        ("kretprobe_stack", get("stack_lost")),
-    ]);
+    // The tables of unsent records, by the role each counter declares (conntrack-common's
+    // `counters!`), keyed by record kind.
+    let of_role = |want: fn(Role) -> bool| -> BTreeMap<&'static str, u64> {
+        Counter::ALL
+            .iter()
+            .filter(|k| want(k.role()))
+            .filter_map(|k| Some((k.role().kind()?, get(k.name()))))
+            .collect()
+    };
+    let mut lost = of_role(|r| matches!(r, Role::Lost(_)));
+    lost.insert("undecodable", tally.decode_errors);
     lost.retain(|_, v| *v > 0);
-    let mut filtered = BTreeMap::from([
-        ("reset", get("filtered_reset")),
-        ("invalid", get("filtered_invalid")),
-        ("midstream", get("filtered_midstream")),
-        ("table_full", get("filtered_table_full")),
-    ]);
+    let mut filtered = of_role(|r| matches!(r, Role::Filtered(_)));
     for (k, n) in &tally.filtered {
         *filtered.entry(k).or_default() += n;
     }
@@ -99,14 +94,7 @@ pub(crate) fn summarize(
         netns,
         invalid,
         events,
-        suppressed: BTreeMap::from([
-            ("invalid", get("suppressed_invalid")),
-            ("reset", get("suppressed_reset")),
-            ("reason", get("suppressed_reason")),
-            ("drop", get("suppressed_drop")),
-            ("midstream", get("suppressed_midstream")),
-            ("table_full", get("suppressed_table_full")),
-        ]),
+        suppressed: of_role(|r| matches!(r, Role::Suppressed(_))),
         lost,
         filtered,
         enrichment_skipped: corr.enrichment_skipped(),

@@ -27,7 +27,7 @@ use std::{
     time::Instant,
 };
 
-use conntrack_common::Counter as K;
+use conntrack_common::{counter::Role, Counter as K};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -83,25 +83,22 @@ type InvalidKey = (&'static str, &'static str, &'static str, &'static str);
 /// The kernel counters behind each `(family, labels)` series that comes from them.
 const INVALID_NOT_SENT: [K; 3] = [K::SuppressedInvalid, K::LostInvalid, K::FilteredInvalid];
 const CT_EVENTS: [(&str, K); 2] = [("table_full", K::TableFull), ("midstream", K::Midstream)];
-const SUPPRESSED: [(&str, K); 6] = [
-    ("invalid", K::SuppressedInvalid),
-    ("reset", K::SuppressedReset),
-    ("reason", K::SuppressedReason),
-    ("drop", K::SuppressedDrop),
-    ("midstream", K::SuppressedMidstream),
-    ("table_full", K::SuppressedTableFull),
-];
-const LOST: [(&str, K); 9] = [
-    ("invalid", K::LostInvalid),
-    ("reset", K::LostReset),
-    ("reason", K::LostReason),
-    ("drop", K::LostDrop),
-    ("midstream", K::LostMidstream),
-    ("table_full", K::LostTableFull),
-    ("unreadable_packet", K::ReadFailed),
-    ("kretprobe_stack", K::StackLost),
-    ("map_update_failed", K::MapUpdateFailed),
-];
+/// The counters of one role (conntrack-common's `counters!` table), with the record kind each is
+/// about: the `kind` label of `ct_trace_suppressed_total` and `ct_trace_lost_total`.
+fn of_role(want: fn(Role) -> bool) -> impl Iterator<Item = (&'static str, K)> {
+    K::ALL
+        .into_iter()
+        .filter(move |c| want(c.role()))
+        .filter_map(|c| Some((c.role().kind()?, c)))
+}
+
+fn suppressed_counters() -> impl Iterator<Item = (&'static str, K)> {
+    of_role(|r| matches!(r, Role::Suppressed(_)))
+}
+
+fn lost_counters() -> impl Iterator<Item = (&'static str, K)> {
+    of_role(|r| matches!(r, Role::Lost(_)))
+}
 
 impl Metrics {
     /// `programs`: (program, attach point) of every program attached.
@@ -223,10 +220,10 @@ impl Metrics {
             let _ = m.strays.get_or_create(&labels([("packet", p)]));
         }
         let _ = m.ct_events.get_or_create(&labels([("kind", "evicted")]));
-        for (k, _) in SUPPRESSED {
+        for (k, _) in suppressed_counters() {
             let _ = m.suppressed.get_or_create(&labels([("kind", k)]));
         }
-        for (k, _) in LOST {
+        for (k, _) in lost_counters() {
             let _ = m.lost.get_or_create(&labels([("kind", k)]));
         }
         let _ = m.lost.get_or_create(&labels([("kind", "undecodable")]));
@@ -334,13 +331,13 @@ impl Metrics {
                 counters.read(c),
             );
         }
-        for (k, c) in SUPPRESSED {
+        for (k, c) in suppressed_counters() {
             raise(
                 &self.suppressed.get_or_create(&labels([("kind", k)])),
                 counters.read(c),
             );
         }
-        for (k, c) in LOST {
+        for (k, c) in lost_counters() {
             raise(
                 &self.lost.get_or_create(&labels([("kind", k)])),
                 counters.read(c),
