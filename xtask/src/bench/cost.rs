@@ -311,7 +311,7 @@ pub(super) fn cost_section(title: String, where_: &str, costs: &Costs) -> Sectio
     }
     Section {
         title,
-        about: format!("What each of ct-trace's BPF programs cost {where_}, as the kernel itself counts it (`kernel.bpf_stats_enabled=1` for this part only, restored after; runs and run_time_ns from BPF_OBJ_GET_INFO_BY_FD, which ct-trace prints in its exit summary's `programs`): in interleaved rounds, ct-trace started with `--attach MODE` in each mode the kernel offers for one run of each hot-path workload, then stopped; runs and ns summed over the rounds, and the rounds' own ns a packet as min-max. A packet through the node runs the mode's verdict programs once at each conntrack hook it passes; ns a packet = the sum of their ns a run."),
+        about: format!("What each of ct-trace's BPF programs cost {where_}, as the kernel itself counts it (`kernel.bpf_stats_enabled=1` for this part only, restored after; runs and run_time_ns from BPF_OBJ_GET_INFO_BY_FD, which ct-trace prints in its exit summary's `programs`): in interleaved rounds, ct-trace started with `--attach MODE` in each mode the kernel offers for one run of each hot-path workload, then stopped; runs and ns summed over the rounds, and the rounds' own ns a packet as min-max. A packet through the node runs the mode's verdict programs once at each conntrack hook it passes; ns a packet = the sum of their ns a run. The kernel times the programs alone: the way in (a kprobe's breakpoint, a kretprobe's return trampoline, a BPF trampoline, the netfilter hook's indirect call) is not in these figures; the hot-path ratios include it."),
         header: vec![
             "mode",
             "workload",
