@@ -36,7 +36,7 @@ use conntrack_common::{
 use crate::{
     config,
     maps::{allow, count, EVENTS},
-    netfilter::{on_invalid, on_new},
+    netfilter::{on_invalid, on_new, syn_or_not_tcp},
     skb::{header, netns_inum, read, read_packet},
 };
 
@@ -307,11 +307,14 @@ pub fn ctt_ct_in_ret(ctx: RetProbeContext) -> u32 {
     };
     // SAFETY: per-CPU value.
     let frame = unsafe { *frame };
-    verdict(
-        frame.skb as *const u8,
-        frame.state as *const u8,
-        ctx.ret::<u32>(),
-    );
+    let (skb, state) = (frame.skb as *const u8, frame.state as *const u8);
+    if skb.is_null() || state.is_null() {
+        return 0;
+    }
+    // SAFETY: probe read (the skb pointer came through a map: the verifier knows no type for
+    // it); the skb is alive until its caller returns.
+    let nfct = unsafe { read::<u64>(skb, config::skb_nfct_offset()) }.unwrap_or(1);
+    verdict(skb, state, nfct, ctx.ret::<u32>());
     0
 }
 
@@ -324,20 +327,32 @@ pub fn ctt_ct_in_ret(ctx: RetProbeContext) -> u32 {
 pub fn ctt_ct_fexit(ctx: FExitContext) -> u32 {
     let skb: *const u8 = ctx.arg(0);
     let state: *const u8 = ctx.arg(1);
-    verdict(skb, state, ctx.arg::<u64>(2) as u32);
+    if skb.is_null() || state.is_null() {
+        return 0;
+    }
+    // A tracing program's arguments are typed by BTF (PTR_TO_BTF_ID, 5.5: 9e15db66136a "bpf:
+    // Implement accurate raw_tp context access via BTF"), so `_nfct` is one direct load (the
+    // verifier makes it a fault-safe BPF_PROBE_MEM load at the frozen .rodata offset), not a
+    // bpf_probe_read_kernel() call: this runs for every packet.
+    // SAFETY: a load the verifier checks against struct sk_buff's BTF.
+    let nfct = unsafe {
+        core::ptr::read_volatile(skb.add(config::skb_nfct_offset() as usize) as *const u64)
+    };
+    // A NEW packet that is a SYN or not TCP is no mid-stream pickup: told from the headers with
+    // direct loads too (as the netfilter program does), without on_new's reads.
+    if nfct & ctinfo::MASK == ctinfo::NEW && syn_or_not_tcp(skb) {
+        return 0;
+    }
+    verdict(skb, state, nfct, ctx.arg::<u64>(2) as u32);
     0
 }
 
-/// What conntrack made of a packet, once `nf_conntrack_in()` returned `ret`: the common tail of
-/// the kretprobe and the fexit program. Ordinary packets (an entry, not NEW) return after one
-/// read, with no map write.
+/// What conntrack made of a packet (`skb->_nfct` after the call: `nfct`), once
+/// `nf_conntrack_in()` returned `ret`: the common tail of the kretprobe and the fexit program,
+/// each of which reads `nfct` its own way. Ordinary packets (an entry, not NEW) return at once,
+/// with no map write.
 #[inline(always)]
-fn verdict(skb: *const u8, state: *const u8, ret: u32) {
-    if skb.is_null() || state.is_null() {
-        return;
-    }
-    // SAFETY: probe read; the skb is alive until its caller returns.
-    let nfct = unsafe { read::<u64>(skb, config::skb_nfct_offset()) }.unwrap_or(1);
+fn verdict(skb: *const u8, state: *const u8, nfct: u64, ret: u32) {
     if nfct != 0 {
         if nfct & ctinfo::MASK == ctinfo::NEW && watched(state) {
             on_new(state, skb, nfct);

@@ -81,12 +81,13 @@ const FIRST_BYTES: usize = 60;
 /// Whether a NEW packet is surely no mid-stream pickup: a TCP SYN, or not TCP. Nearly every
 /// NEW packet is a connection's SYN, and `on_new` (ct status, then every header, each a
 /// `bpf_probe_read_kernel` call, in a subprogram) made them cost ~500 ns a run on the bench's
-/// crr workload: this answers with two direct loads from the trusted skb and one probe read.
+/// crr workload: this answers with two direct loads from the skb (the netfilter program's
+/// trusted one, or an fexit program's BTF-typed argument) and one probe read.
 /// It reads the same bytes `read_packet` would and decides only where each of read_packet's
 /// reads falls inside its own, which succeeded: it says `true` only where `on_new` would report
 /// nothing. When unsure (the read fails; IPv4 options) it says `false` and `on_new` decides.
 #[inline(always)]
-fn syn_or_not_tcp(skb: *const u8) -> bool {
+pub fn syn_or_not_tcp(skb: *const u8) -> bool {
     let (head_off, nh_off) = config::skb_head_offsets();
     let mut first = core::mem::MaybeUninit::<[u8; FIRST_BYTES]>::uninit();
     // SAFETY: plain loads from the verifier-typed skb at constant (frozen .rodata) offsets, as
