@@ -9,9 +9,11 @@ with (almost) nothing in the program, so ctt_nf_verdict's figure can be read aga
                            program's cost without the per-run accounting of bpf_stats_enabled
 
 Attaches at IPv4 PRE_ROUTING and LOCAL_OUT of the caller's namespace, priority -190 (behind
-conntrack), prints `ready`, waits for a line (or EOF) on stdin, then prints `RUNS NS`.
+conntrack), prints `ready` (and creates $CTT_READY_FILE when set), waits for a line on stdin
+(or, when stdin is at its end from the start, e.g. /dev/null, for SIGINT or SIGTERM), then
+prints `RUNS NS`. `cargo xtask bench` runs it the second way (xtask/src/bench/cost.rs).
 """
-import ctypes, os, struct, sys
+import ctypes, os, signal, struct, sys
 
 libc = ctypes.CDLL(None, use_errno=True)
 SYS_BPF = 321
@@ -77,7 +79,15 @@ def main():
         lc = struct.pack("<IIIIIIiI", fd, 0, BPF_NETFILTER, 0, 2, hook, -190, 0)
         links.append(bpf(BPF_LINK_CREATE, lc)[0])
     print("ready", flush=True)
-    sys.stdin.readline()
+    ready = os.environ.get("CTT_READY_FILE")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        if ready:
+            open(ready, "x").close()
+        if not sys.stdin.readline():
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
     info = ctypes.create_string_buffer(256)
     bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", fd, 256, ctypes.addressof(info)))
     # struct bpf_prog_info: run_time_ns at 192, run_cnt at 200 (include/uapi/linux/bpf.h).

@@ -8,15 +8,24 @@
 //! Counting adds two clock reads to every run of every BPF program, so the hot-path ratios are
 //! measured with the switch as it was, not here.
 
-use anyhow::{Context as _, Result};
+use std::{
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
 use conntrack_common::plan::{Mode, MODES};
 use serde_json::{json, Value};
+
+use crate::host::root;
 
 use super::{
     hotpath::{Servers, Workload, WORKLOADS},
     numbers::group,
     observer::start_ct_trace,
-    report::{spread, Section},
+    process::Proc,
+    report::{median, spread, Section},
     topology::Topo,
     Bins, Config,
 };
@@ -116,6 +125,10 @@ impl ModeCost {
 #[derive(Default)]
 pub(super) struct Costs {
     pub(super) runs: Vec<ModeCost>,
+    /// Where the netfilter mode ran: each workload's ns a run of an empty netfilter program at
+    /// the same hooks, one value a round (`floor_run`): what any program costs a run here,
+    /// the statistics' own clock reads included.
+    pub(super) floor: Vec<(Workload, Vec<f64>)>,
     /// Modes ct-trace would not start in, with its one line saying why.
     pub(super) not_offered: Vec<(Mode, String)>,
 }
@@ -150,9 +163,28 @@ pub(super) fn costs(topo: &Topo, bins: &Bins, cfg: &Config, modes: &[Mode]) -> R
             }
         }
     });
+    // `None`: the floor, an empty netfilter program, in the rotation beside the modes.
+    let mut entries: Vec<Option<Mode>> = modes.iter().copied().map(Some).collect();
+    if modes.contains(&Mode::Netfilter) {
+        entries.push(None);
+    }
     for r in 0..cfg.rounds as usize {
-        for i in 0..modes.len() {
-            let mode = modes[(r + i) % modes.len()];
+        for i in 0..entries.len() {
+            let Some(mode) = entries[(r + i) % entries.len()] else {
+                for w in WORKLOADS {
+                    let ns = floor_run(topo, bins, cfg, &mut servers, w, &base)?;
+                    eprintln!(
+                        "bench: cost round {}: empty netfilter program {}: {ns:.0} ns a run",
+                        r + 1,
+                        w.name()
+                    );
+                    match out.floor.iter_mut().find(|(fw, _)| *fw == w) {
+                        Some((_, v)) => v.push(ns),
+                        None => out.floor.push((w, vec![ns])),
+                    }
+                }
+                continue;
+            };
             for w in WORKLOADS {
                 let ct = start_ct_trace(topo, bins, &base, &["--attach", mode.name()])?;
                 servers
@@ -194,6 +226,61 @@ pub(super) fn costs(topo: &Topo, bins: &Bins, cfg: &Config, modes: &[Mode]) -> R
     Ok(out)
 }
 
+/// One run of workload `w` with an empty netfilter program (`r0 = NF_ACCEPT`,
+/// tests/scripts/nf_floor.py) attached where ct-trace's verdict program goes (IPv4 PRE_ROUTING
+/// and LOCAL_OUT, behind conntrack): its ns a run, the kernel's own figure.
+fn floor_run(
+    topo: &Topo,
+    bins: &Bins,
+    cfg: &Config,
+    servers: &mut Servers,
+    w: Workload,
+    base: &str,
+) -> Result<f64> {
+    let ready = format!("{base}-floor.ready");
+    let _ = std::fs::remove_file(&ready);
+    let script = root().join("tests/scripts/nf_floor.py");
+    let script = script.to_string_lossy();
+    let env = format!("CTT_READY_FILE={ready}");
+    let argv = ["env", env.as_str(), "python3", &script, "empty"];
+    let mut p = Proc::start(&topo.node, &argv, Stdio::piped(), Stdio::piped())?;
+    let t0 = Instant::now();
+    while !Path::new(&ready).exists() {
+        if p.exited().is_some() || t0.elapsed() > Duration::from_secs(30) {
+            let f = p.finish(Duration::from_secs(1))?;
+            bail!(
+                "the empty netfilter program did not attach: {}",
+                f.stderr.trim()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let run = servers
+        .run(w, topo, bins, cfg.secs)
+        .with_context(|| format!("{} with an empty netfilter program", w.name()));
+    let f = p.interrupt(Duration::from_secs(10))?;
+    let _ = std::fs::remove_file(&ready);
+    run?;
+    // `RUNS NS`, the last line.
+    let last = f.stdout.lines().last().unwrap_or_default().to_string();
+    let (runs, ns) = last
+        .split_once(' ')
+        .and_then(|(r, n)| Some((r.parse::<f64>().ok()?, n.parse::<f64>().ok()?)))
+        .with_context(|| format!("nf_floor.py printed `{last}`: {}", f.stderr.trim()))?;
+    ensure!(runs > 0.0, "the empty netfilter program never ran");
+    Ok(ns / runs)
+}
+
+impl Costs {
+    /// Each workload's floor (ns a run of an empty netfilter program), median of the rounds.
+    pub(super) fn floor_of(&self, w: Workload) -> Option<f64> {
+        self.floor
+            .iter()
+            .find(|(fw, _)| *fw == w)
+            .map(|(_, v)| median(v))
+    }
+}
+
 /// The summary's `programs`, those the kernel counted runs of.
 fn programs(summary: &Value) -> Result<Vec<ProgCost>> {
     let list = summary["programs"]
@@ -229,6 +316,9 @@ impl Costs {
                     "missed_runs": p.missed,
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
+            "floor": self.floor.iter()
+                .map(|(w, v)| json!({"workload": w.name(), "per_round": v}))
+                .collect::<Vec<_>>(),
             "not_offered": self.not_offered.iter()
                 .map(|(m, why)| json!({"mode": m.name(), "why": why}))
                 .collect::<Vec<_>>(),
@@ -258,6 +348,12 @@ impl Costs {
                     .filter_map(Value::as_f64)
                     .collect(),
             });
+        }
+        for f in v["floor"].as_array().into_iter().flatten() {
+            let name = f["workload"].as_str().unwrap_or_default();
+            let w = Workload::from_name(name).with_context(|| format!("no workload `{name}`"))?;
+            let v = f["per_round"].as_array().into_iter().flatten();
+            out.floor.push((w, v.filter_map(Value::as_f64).collect()));
         }
         for n in v["not_offered"].as_array().into_iter().flatten() {
             let why = n["why"].as_str().unwrap_or_default().to_string();
@@ -300,6 +396,23 @@ pub(super) fn cost_section(title: String, where_: &str, costs: &Costs) -> Sectio
             m.per_packet_ns().map_or("-".into(), |v| format!("{v:.0}")),
             m.verdict_programs(),
             spread(&m.per_round, |v| format!("{v:.0}"))
+        ));
+    }
+    if !costs.floor.is_empty() {
+        let each: Vec<String> = costs
+            .floor
+            .iter()
+            .map(|(w, v)| {
+                let of = |x: f64| format!("{x:.0}");
+                format!("{} {} ns ({})", w.name(), of(median(v)), spread(v, of))
+            })
+            .collect();
+        notes.push(format!(
+            "floor: an empty netfilter program (`r0 = NF_ACCEPT`, tests/scripts/nf_floor.py) at \
+             the same hooks, in the same rounds, costs a run: {}. Every program's figure includes \
+             what the statistics themselves cost (two clock reads a run, commit 492ecee892c2), \
+             and an empty program's figure is that alone: the difference is the program's own work",
+            each.join("; ")
         ));
     }
     for (m, why) in &costs.not_offered {
