@@ -4,8 +4,6 @@
 //! dead backend, 5 UDP; `top -o json --once` must give each group's exact count, the same as
 //! `conntrack -L` grouped the same way, and count entries created during its interval as new.
 
-use std::collections::BTreeMap;
-
 use integration_tests::{bin, need_root, Background, Netns};
 use serde_json::Value;
 use top_flows::{conntrack_l, groups, insert, Flow, FLOWS};

@@ -145,7 +145,10 @@ fn every_snapshot_equals_conntrack_l_while_the_table_changes() {
     let t0 = Instant::now();
     let s = top.after(t0, t0).pop().unwrap();
     exact(&ns, &s, "at the start");
-    assert_eq!((s["unwatched"].as_u64(), s["resyncs"].as_u64()), (Some(15), Some(0)));
+    assert_eq!(
+        (s["unwatched"].as_u64(), s["resyncs"].as_u64()),
+        (Some(15), Some(0))
+    );
 
     // New flows: 7 SYN_SENT from 10.0.0.2, 3 UDP; each counted new once.
     let snaps = top.change(|| {
@@ -186,7 +189,10 @@ fn every_snapshot_equals_conntrack_l_while_the_table_changes() {
     let quiet = top.change(|| std::thread::sleep(Duration::from_secs(1)));
     let s = quiet.last().unwrap();
     exact(&ns, s, "quiet");
-    assert_eq!(s["checks"], checks, "no dump when every entry sends events: {s}");
+    assert_eq!(
+        s["checks"], checks,
+        "no dump when every entry sends events: {s}"
+    );
     assert_eq!(s["resyncs"], 0, "{s}");
 }
 

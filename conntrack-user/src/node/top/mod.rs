@@ -253,7 +253,13 @@ fn rcvbuf() -> i32 {
 }
 
 impl Sampler {
-    fn open(names: ServiceNames, limit: usize, cap: usize, budget: f64, events: bool) -> io::Result<Self> {
+    fn open(
+        names: ServiceNames,
+        limit: usize,
+        cap: usize,
+        budget: f64,
+        events: bool,
+    ) -> io::Result<Self> {
         // Subscribed before the first dump: no change falls between the two.
         let events = match events && sysctl("nf_conntrack_events") != Some(0) {
             true => Some(CtEvents::open(rcvbuf())?),

@@ -105,7 +105,11 @@ impl<K: Hash + Eq + Clone> Groups<K> {
     }
 
     /// Heaviest first, `limit` of them, then `other`.
-    pub(super) fn rows(&self, limit: usize, show: impl Fn(&K) -> (String, Option<String>)) -> Vec<Group> {
+    pub(super) fn rows(
+        &self,
+        limit: usize,
+        show: impl Fn(&K) -> (String, Option<String>),
+    ) -> Vec<Group> {
         let groups = self
             .slots
             .iter()
@@ -208,7 +212,8 @@ impl Model {
     fn groups_of(&mut self, e: &Entry, state: &'static str) -> [u32; 4] {
         let p = e.orig.proto;
         [
-            self.service.slot(&(SocketAddr::new(e.orig.dst, e.orig.dport), p)),
+            self.service
+                .slot(&(SocketAddr::new(e.orig.dst, e.orig.dport), p)),
             self.backend
                 .slot(&(SocketAddr::new(e.reply.src, e.reply.sport), p)),
             self.client.slot(&e.orig.src),

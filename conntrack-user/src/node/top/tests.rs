@@ -65,7 +65,9 @@ const TIME_WAIT: Option<u8> = Some(7);
 
 /// (key, entries, new) of a grouping's rows.
 fn got(rows: Vec<Group>) -> Vec<(String, u64, u64)> {
-    rows.into_iter().map(|g| (g.key, g.entries, g.new)).collect()
+    rows.into_iter()
+        .map(|g| (g.key, g.entries, g.new))
+        .collect()
 }
 
 fn row(k: &str, e: u64, n: u64) -> (String, u64, u64) {
@@ -88,7 +90,10 @@ fn dump(m: &mut Model, entries: &[(u32, Entry)]) {
 #[test]
 fn events_after_the_dump_add_move_and_remove_entries() {
     let mut m = Model::new(100);
-    dump(&mut m, &[(1, tcp(1, 1000, EST)), (2, tcp(2, 2000, TIME_WAIT))]);
+    dump(
+        &mut m,
+        &[(1, tcp(1, 1000, EST)), (2, tcp(2, 2000, TIME_WAIT))],
+    );
     assert_eq!((m.len(), m.unwatched()), (2, 2));
     m.apply(&Event::New(3, tcp(1, 1001, Some(1))));
     m.apply(&Event::Update(3, tcp(1, 1001, EST)));
@@ -173,7 +178,11 @@ fn groups_beyond_the_cap_are_other_and_freed_slots_are_taken_again() {
     let clients = |m: &Model| got(m.client.rows(10, |a| (a.to_string(), None)));
     assert_eq!(
         clients(&m),
-        [row("10.0.0.1", 1, 1), row("10.0.0.2", 1, 1), row("other", 1, 1)]
+        [
+            row("10.0.0.1", 1, 1),
+            row("10.0.0.2", 1, 1),
+            row("other", 1, 1)
+        ]
     );
     assert_eq!(m.client.distinct(), 3);
     m.apply(&Event::Destroy(1, tcp(1, 1000, None)));
