@@ -461,7 +461,6 @@ impl Sampler {
             (Grouping::State, m.state.distinct()),
         ]);
         let names = &self.names;
-        let addr = |(a, p): &(SocketAddr, u8)| format!("{a}/{}", proto_name(*p));
         let s = Snapshot {
             netns: self.netns,
             interval_s: (secs * 1000.0).round() / 1000.0,
@@ -479,19 +478,13 @@ impl Sampler {
             unwatched: m.unwatched(),
             counters_source: kstat::source(),
             by_service: m.service.rows(self.limit, |(a, p)| {
-                (
-                    format!("{a}/{}", proto_name(*p)),
-                    names.name(Some(*a), None, *p).map(str::to_string),
-                )
+                names.name(Some(*a), None, *p).map(str::to_string)
             }),
-            by_backend: m.backend.rows(self.limit, |k| {
-                (
-                    addr(k),
-                    names.name(None, Some(k.0), k.1).map(str::to_string),
-                )
+            by_backend: m.backend.rows(self.limit, |(a, p)| {
+                names.name(None, Some(*a), *p).map(str::to_string)
             }),
-            by_client: m.client.rows(self.limit, |a| (a.to_string(), None)),
-            by_state: m.state.rows(self.limit, |s| (s.to_string(), None)),
+            by_client: m.client.rows(self.limit, |_| None),
+            by_state: m.state.rows(self.limit, |_| None),
             groups,
             resets: None,
         };

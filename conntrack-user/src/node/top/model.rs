@@ -23,16 +23,22 @@ const OTHER: u32 = u32::MAX;
 pub(super) struct Groups<K> {
     index: HashMap<K, u32>,
     slots: Vec<(Option<K>, u64, u64)>,
+    /// Each slot's key as shown, made when the slot is taken: a snapshot of a grouping of
+    /// 65,536 keys, all as heavy, finds the first ones by key without formatting them all.
+    shown: Vec<Box<str>>,
+    show: fn(&K) -> String,
     free: Vec<u32>,
     other: (u64, u64),
     cap: usize,
 }
 
 impl<K: Hash + Eq + Clone> Groups<K> {
-    pub(super) fn new(cap: usize) -> Self {
+    pub(super) fn new(cap: usize, show: fn(&K) -> String) -> Self {
         Self {
             index: HashMap::new(),
             slots: Vec::new(),
+            shown: Vec::new(),
+            show,
             free: Vec::new(),
             other: (0, 0),
             cap,
@@ -51,10 +57,12 @@ impl<K: Hash + Eq + Clone> Groups<K> {
         let i = match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize] = (Some(k.clone()), 0, 0);
+                self.shown[i as usize] = (self.show)(k).into();
                 i
             }
             None => {
                 self.slots.push((Some(k.clone()), 0, 0));
+                self.shown.push((self.show)(k).into());
                 (self.slots.len() - 1) as u32
             }
         };
@@ -86,6 +94,7 @@ impl<K: Hash + Eq + Clone> Groups<K> {
             if let Some(k) = s.0.take() {
                 self.index.remove(&k);
             }
+            self.shown[i as usize] = Box::default();
             s.2 = 0;
             self.free.push(i);
         }
@@ -104,27 +113,39 @@ impl<K: Hash + Eq + Clone> Groups<K> {
         self.index.len() + usize::from(self.other.0 > 0)
     }
 
-    /// Heaviest first, `limit` of them, then `other`.
-    pub(super) fn rows(
-        &self,
-        limit: usize,
-        show: impl Fn(&K) -> (String, Option<String>),
-    ) -> Vec<Group> {
-        let groups = self
-            .slots
-            .iter()
-            .filter_map(|(k, e, n)| Some((k.as_ref()?, *e, *n)))
-            .filter(|(_, e, _)| *e > 0)
-            .map(|(k, entries, new)| {
-                let (key, name) = show(k);
+    /// Heaviest first (ties by key, as shown), `limit` of them, then `other`; `name`: the
+    /// name of a key, asked of the rows shown only.
+    pub(super) fn rows(&self, limit: usize, name: impl Fn(&K) -> Option<String>) -> Vec<Group> {
+        let mut live: Vec<(u64, &str, u32)> = (self.slots.iter().enumerate())
+            .filter(|(_, s)| s.0.is_some() && s.1 > 0)
+            .map(|(i, s)| (s.1, &*self.shown[i], i as u32))
+            .collect();
+        let mut rest = self.other;
+        for (e, _, i) in &live {
+            rest.0 += e;
+            rest.1 += self.slots[*i as usize].2;
+        }
+        let order = |a: &(u64, &str, u32), b: &(u64, &str, u32)| b.0.cmp(&a.0).then(a.1.cmp(b.1));
+        if limit > 0 && live.len() > limit {
+            live.select_nth_unstable_by(limit - 1, order);
+            live.truncate(limit);
+        }
+        live.sort_unstable_by(order);
+        let shown: Vec<Group> = live
+            .into_iter()
+            .map(|(entries, key, i)| {
+                let (k, _, new) = &self.slots[i as usize];
+                rest.0 -= entries;
+                rest.1 -= new;
                 Group {
-                    key,
-                    name,
+                    key: key.to_string(),
+                    name: k.as_ref().and_then(&name),
                     entries,
-                    new,
+                    new: *new,
                 }
-            });
-        rows(groups.collect(), self.other, limit)
+            })
+            .collect();
+        rows(shown, rest, limit)
     }
 }
 
@@ -164,6 +185,11 @@ fn key(id: u32, orig: &Tuple) -> u64 {
     u64::from(id) << 32 | (h.finish() & 0xffff_ffff)
 }
 
+/// A Service's or a backend's key as shown: `addr:port/proto`.
+fn addr((a, p): &(SocketAddr, u8)) -> String {
+    format!("{a}/{}", proto_name(*p))
+}
+
 /// The state group of an entry: its TCP state, or its protocol.
 fn state_of(e: &Entry) -> &'static str {
     match (e.orig.proto, e.tcp_state) {
@@ -176,10 +202,10 @@ impl Model {
     pub(super) fn new(cap: usize) -> Self {
         Self {
             entries: HashMap::new(),
-            service: Groups::new(cap),
-            backend: Groups::new(cap),
-            client: Groups::new(cap),
-            state: Groups::new(cap),
+            service: Groups::new(cap, addr),
+            backend: Groups::new(cap, addr),
+            client: Groups::new(cap, IpAddr::to_string),
+            state: Groups::new(cap, |s| s.to_string()),
             unwatched: 0,
             new: 0,
             interval: 1,

@@ -75,7 +75,7 @@ fn row(k: &str, e: u64, n: u64) -> (String, u64, u64) {
 }
 
 fn states(m: &Model) -> Vec<(String, u64, u64)> {
-    got(m.state.rows(10, |s| (s.to_string(), None)))
+    got(m.state.rows(10, |_| None))
 }
 
 /// A dump, as `Sampler::dump` gives it to the model.
@@ -109,10 +109,7 @@ fn events_after_the_dump_add_move_and_remove_entries() {
         states(&m),
         [row("ESTABLISHED", 1, 1), row("FIN_WAIT", 1, 0)]
     );
-    assert_eq!(
-        got(m.client.rows(10, |a| (a.to_string(), None))),
-        [row("10.0.0.1", 2, 1)]
-    );
+    assert_eq!(got(m.client.rows(10, |_| None)), [row("10.0.0.1", 2, 1)]);
     m.reset_new();
     assert_eq!(
         states(&m),
@@ -175,7 +172,7 @@ fn groups_beyond_the_cap_are_other_and_freed_slots_are_taken_again() {
     for c in 1..=3 {
         m.apply(&Event::New(u32::from(c), tcp(c, 1000, EST)));
     }
-    let clients = |m: &Model| got(m.client.rows(10, |a| (a.to_string(), None)));
+    let clients = |m: &Model| got(m.client.rows(10, |_| None));
     assert_eq!(
         clients(&m),
         [
@@ -191,4 +188,29 @@ fn groups_beyond_the_cap_are_other_and_freed_slots_are_taken_again() {
     m.apply(&Event::New(4, tcp(4, 1000, EST)));
     assert_eq!(clients(&m), [row("10.0.0.2", 1, 0), row("10.0.0.4", 1, 1)]);
     assert_eq!(m.client.distinct(), 2);
+}
+
+#[test]
+fn rows_of_many_groups_are_the_heaviest_then_the_first_by_key() {
+    let mut m = Model::new(100);
+    // Clients 10.0.0.1..=12: two entries each, 10.0.0.12 three; 10.0.0.10 and .11 sort
+    // before .2 as shown.
+    let mut id = 0;
+    for c in 1..=12u8 {
+        for p in 0..2 + u16::from(c == 12) {
+            id += 1;
+            m.apply(&Event::New(id, tcp(c, 1000 + p, EST)));
+        }
+    }
+    let rows = got(m.client.rows(4, |_| None));
+    assert_eq!(
+        rows,
+        [
+            row("10.0.0.12", 3, 3),
+            row("10.0.0.1", 2, 2),
+            row("10.0.0.10", 2, 2),
+            row("10.0.0.11", 2, 2),
+            row("other", 16, 16)
+        ]
+    );
 }
