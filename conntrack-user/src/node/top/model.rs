@@ -326,8 +326,9 @@ impl Model {
         }
     }
 
-    /// One entry of the dump: added (not new: it may have been there before the last look),
-    /// or its state taken from the dump.
+    /// One entry of the dump: added (`new`: counted as created, when there are no events to
+    /// count them; otherwise it may have been there before the last look), or its state taken
+    /// from the dump.
     pub(super) fn dumped(&mut self, id: u32, e: &Entry, new: bool) {
         let k = key(id, &e.orig);
         match self.entries.get_mut(&k) {
@@ -335,7 +336,10 @@ impl Model {
                 s.flags |= SEEN;
                 self.restate(k, state_of(e));
             }
-            None => self.put(k, e, state_of(e), new, SEEN),
+            None => {
+                self.put(k, e, state_of(e), new, SEEN);
+                self.new += u64::from(new);
+            }
         }
     }
 
