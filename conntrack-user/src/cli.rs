@@ -267,9 +267,10 @@ pub struct TopArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub limit: u64,
 
-    /// The share of one core (percent) the table's dumps may take: on a large table the next
-    /// snapshot waits longer than `--interval` until its dump's CPU fits.
-    #[arg(long, default_value_t = 5, value_name = "PERCENT", value_parser = clap::value_parser!(u64).range(1..=100))]
+    /// The share of one core (percent) the table's dumps may take after the first: the dumps
+    /// that check the entries which send no events (created before top started) wait until
+    /// the last one's CPU fits.
+    #[arg(long, default_value_t = 2, value_name = "PERCENT", value_parser = clap::value_parser!(u64).range(1..=100))]
     pub cpu_budget: u64,
 
     /// Distinct keys counted per grouping (bounds memory on a table of any size); keys beyond

@@ -4,67 +4,11 @@
 //! dead backend, 5 UDP; `top -o json --once` must give each group's exact count, the same as
 //! `conntrack -L` grouped the same way, and count entries created during its interval as new.
 
-use std::collections::BTreeMap;
-
 use integration_tests::{bin, need_root, Background, Netns};
 use serde_json::Value;
+use top_flows::{conntrack_l, groups, insert, Flow, FLOWS};
 
-/// One kind of flow: `n` entries from `client` (ports from `port`) to `service`, answered by
-/// `backend`, in `state` (TCP), with `conntrack -I`'s `extra` flags.
-#[derive(Clone, Copy)]
-struct Flow {
-    n: u32,
-    proto: &'static str,
-    client: &'static str,
-    port: u32,
-    service: &'static str,
-    backend: &'static str,
-    state: &'static str,
-    extra: &'static str,
-}
-
-const FLOWS: [Flow; 4] = [
-    Flow {
-        n: 30,
-        proto: "tcp",
-        client: "10.0.0.1",
-        port: 10000,
-        service: "10.96.0.10:80",
-        backend: "10.77.2.2:8080",
-        state: "ESTABLISHED",
-        extra: "-u ASSURED",
-    },
-    Flow {
-        n: 20,
-        proto: "tcp",
-        client: "10.0.0.99",
-        port: 20000,
-        service: "10.96.0.11:80",
-        backend: "10.77.3.3:8080",
-        state: "TIME_WAIT",
-        extra: "",
-    },
-    Flow {
-        n: 10,
-        proto: "tcp",
-        client: "10.0.0.2",
-        port: 30000,
-        service: "10.96.0.12:80",
-        backend: "10.77.9.9:8080",
-        state: "SYN_SENT",
-        extra: "",
-    },
-    Flow {
-        n: 5,
-        proto: "udp",
-        client: "10.0.0.3",
-        port: 40000,
-        service: "10.96.0.53:53",
-        backend: "10.77.4.4:53",
-        state: "",
-        extra: "",
-    },
-];
+mod top_flows;
 
 /// kube-proxy's iptables rules naming the first Service (`syncProxyRules()`,
 /// pkg/proxy/iptables/proxier.go): the cluster IP's rule carries the name.
@@ -78,77 +22,11 @@ const RULES: &str = "*nat
 COMMIT
 ";
 
-/// Inserts `n` entries of one kind of flow, client ports from `port`.
-fn insert(ns: &Netns, f: Flow, from: u32) {
-    let Flow {
-        n,
-        proto,
-        client,
-        port,
-        service,
-        backend,
-        state,
-        extra,
-    } = f;
-    let (sip, sport) = service.split_once(':').unwrap();
-    let (bip, bport) = backend.split_once(':').unwrap();
-    let state = if state.is_empty() {
-        String::new()
-    } else {
-        format!("--state {state}")
-    };
-    ns.exec(&format!(
-        "for p in $(seq {} {}); do conntrack -I -p {proto} -s {client} -d {sip} --sport $p --dport {sport} -r {bip} -q {client} --reply-port-src {bport} --reply-port-dst $p {state} -t 600 {extra} 2>/dev/null || exit 1; done",
-        port + from,
-        port + from + n - 1
-    ));
-}
-
-/// `conntrack -L` grouped as `top` groups: (service, backend, client, state) -> entries.
-fn conntrack_l(ns: &Netns) -> [BTreeMap<String, u64>; 4] {
-    let mut g: [BTreeMap<String, u64>; 4] = Default::default();
-    for line in ns.exec("conntrack -L 2>/dev/null").lines() {
-        let w: Vec<&str> = line.split_whitespace().collect();
-        let field = |k: &str, nth: usize| {
-            w.iter()
-                .filter_map(|x| x.strip_prefix(k))
-                .nth(nth)
-                .unwrap_or_else(|| panic!("no {k} in {line}"))
-                .to_string()
-        };
-        let proto = w[0];
-        let state = if proto == "tcp" { w[3] } else { proto };
-        let keys = [
-            format!("{}:{}/{proto}", field("dst=", 0), field("dport=", 0)),
-            format!("{}:{}/{proto}", field("src=", 1), field("sport=", 1)),
-            field("src=", 0),
-            state.to_string(),
-        ];
-        for (i, k) in keys.into_iter().enumerate() {
-            *g[i].entry(k).or_default() += 1;
-        }
-    }
-    g
-}
-
 fn top(ns: &Netns, args: &str) -> Value {
     let out = ns.exec(&format!("{} top -o json {args}", bin().display()));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 1, "one snapshot: {out}");
     serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("top's JSON ({e}): {out}"))
-}
-
-fn groups(v: &Value) -> BTreeMap<String, u64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|g| {
-            (
-                g["key"].as_str().unwrap().to_string(),
-                g["entries"].as_u64().unwrap(),
-            )
-        })
-        .collect()
 }
 
 /// A namespace with kube-proxy's rules for the first Service and the table filled with

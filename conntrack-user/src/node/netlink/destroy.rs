@@ -13,12 +13,12 @@ use netlink_packet_netfilter::{
 
 use super::{
     ctnetlink::entry,
-    socket::{frames, nla_value, setsockopt, Socket},
+    socket::{frames, nla_value, Socket},
     Entry,
 };
 
 /// `NFNLGRP_CONNTRACK_DESTROY` (include/uapi/linux/netfilter/nfnetlink.h).
-const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
+pub(super) const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 
 /// An entry conntrack destroyed, as its ctnetlink destroy event says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,17 +98,11 @@ const DESTROY_RCVBUF: i32 = 8 << 20;
 impl DestroyEvents {
     pub fn open() -> io::Result<Self> {
         // A receive waits at most 100 ms, so the thread notices a stop.
-        let mut sock = Socket::open(Duration::from_millis(100))?;
-        // Bound first (the kernel picks the port): an unbound socket gets no multicast.
-        sock.0.bind_auto()?;
-        sock.0.add_membership(NFNLGRP_CONNTRACK_DESTROY)?;
-        // Best effort: without it the default buffer is used.
-        let _ = setsockopt(
-            &sock.0,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            &DESTROY_RCVBUF,
-        );
+        let sock = Socket::subscribe(
+            Duration::from_millis(100),
+            &[NFNLGRP_CONNTRACK_DESTROY],
+            DESTROY_RCVBUF,
+        )?;
         Ok(Self {
             sock,
             buf: vec![0u8; 1 << 16],

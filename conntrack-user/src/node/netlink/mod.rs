@@ -12,12 +12,14 @@
 //!   `/proc/net/stat/nf_conntrack` does not exist.
 //!
 //! By file: `socket` (the transport all share), `ctnetlink` (the lookup), `dump` (the whole
-//! table, read in place), `destroy` (the destroy events), `hook` (the hook dump), `stats` (the
+//! table, read in place), `destroy` (the destroy events), `events` (every entry event, read in
+//! place, for `top`), `hook` (the hook dump), `stats` (the
 //! counters).
 
 mod ctnetlink;
 mod destroy;
 mod dump;
+mod events;
 mod hook;
 mod socket;
 pub mod stats;
@@ -31,6 +33,7 @@ use netlink_packet_netfilter::conntrack::Status;
 pub use self::{
     ctnetlink::Conntrack,
     destroy::{parse_destroyed, DestroyEvents, Destroyed},
+    events::{parse_event, CtEvents, Event, Got},
     hook::{conntrack_hooked, conntrack_hooked_at, hooks, HookEntry},
 };
 

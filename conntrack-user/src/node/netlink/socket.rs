@@ -42,6 +42,19 @@ impl Socket {
         Ok(Self(sock))
     }
 
+    /// A socket bound to a port the kernel picks (an unbound socket gets no multicast) and
+    /// subscribed to the nfnetlink multicast `groups`, its receive buffer raised to `rcvbuf`
+    /// (SO_RCVBUFFORCE, root; best effort: without it the default buffer is used).
+    pub(super) fn subscribe(timeout: Duration, groups: &[u32], rcvbuf: i32) -> io::Result<Self> {
+        let mut sock = Self::open(timeout)?;
+        sock.0.bind_auto()?;
+        for g in groups {
+            sock.0.add_membership(*g)?;
+        }
+        let _ = setsockopt(&sock.0, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &rcvbuf);
+        Ok(sock)
+    }
+
     /// Sends `msg` to the kernel as a request; returns its sequence number.
     pub(super) fn request(&self, msg: NetfilterMessage, flags: u16) -> io::Result<u32> {
         let seq = next_seq();

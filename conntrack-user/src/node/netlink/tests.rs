@@ -335,3 +335,27 @@ fn a_live_entry_is_looked_up_and_its_deletion_seen() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn parse_event_tells_new_update_and_destroy_apart() {
+    let Some(Some(Event::Destroy(id, e))) = parse_event(&KERNEL_DESTROY) else {
+        panic!("a destroy event");
+    };
+    assert_eq!((id, e.orig.dport, e.tcp_state), (0x8f58_5911, 80, Some(3)));
+    // The same message as a NEW event (IPCTNL_MSG_CT_NEW, NLM_F_CREATE|NLM_F_EXCL) and as
+    // an update (no flags).
+    let mut m = KERNEL_DESTROY;
+    m[4] = 0;
+    m[6..8].copy_from_slice(&0x600u16.to_ne_bytes());
+    assert!(matches!(parse_event(&m), Some(Some(Event::New(..)))));
+    m[6..8].copy_from_slice(&0u16.to_ne_bytes());
+    assert!(matches!(parse_event(&m), Some(Some(Event::Update(..)))));
+    // Cut short: an event, unreadable.
+    let mut short = KERNEL_DESTROY[..40].to_vec();
+    short[0..4].copy_from_slice(&40u32.to_ne_bytes());
+    assert_eq!(parse_event(&short), Some(None));
+    // Not a ctnetlink entry message.
+    let mut other = KERNEL_DESTROY;
+    other[4] = 3;
+    assert_eq!(parse_event(&other), None);
+}

@@ -13,7 +13,7 @@ use std::{
 use anyhow::Context as _;
 use clap::ValueEnum as _;
 
-use self::stop::{catch_signals, sleep_unless_stopped, stopped};
+use self::stop::{catch_signals, stopped};
 use crate::{
     cli::TopArgs,
     node::{
@@ -66,7 +66,10 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     let mut shown = 0u64;
     let mut out = io::stdout().lock();
     loop {
-        if !sleep_unless_stopped(sampler.wait(args.interval)) {
+        if !sampler
+            .pass(args.interval, stopped)
+            .context("following the conntrack table's events")?
+        {
             break;
         }
         let mut s = sampler
@@ -131,13 +134,19 @@ fn text(w: &mut impl Write, s: &Snapshot) -> io::Result<()> {
     )?;
     writeln!(
         w,
-        "new {}  invalid {}  drop {}  early_drop {}  insert_failed {}  (dump: {:.0} ms of CPU){}",
+        "new {}  invalid {}  drop {}  early_drop {}  insert_failed {}  (dump: {:.0} ms of CPU; resyncs {}{}){}",
         rate(Some(s.per_s.new)),
         rate(s.per_s.invalid),
         rate(s.per_s.drop),
         rate(s.per_s.early_drop),
         rate(s.per_s.insert_failed),
         s.dump_cpu_ms,
+        s.resyncs,
+        if s.unwatched > 0 {
+            format!("; {} entries from before top, checked by dumps", s.unwatched)
+        } else {
+            String::new()
+        },
         s.counters_source
             .map_or(" (kernel counters unreadable)".into(), |c| format!(
                 " (counters: {})",

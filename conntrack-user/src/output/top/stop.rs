@@ -1,10 +1,7 @@
 //! How `ct-trace top` is told to end: SIGINT, SIGTERM or SIGHUP set a flag its loops and its
 //! view look at.
 
-use std::{
-    sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
-};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Set by SIGINT, SIGTERM or SIGHUP: `top` then ends as it would after its last snapshot.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -27,17 +24,4 @@ pub fn catch_signals() {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
-}
-
-/// Sleeps `d`, in steps short enough to end within 50 ms of a signal; false when one came.
-pub fn sleep_unless_stopped(d: Duration) -> bool {
-    let until = Instant::now() + d;
-    while !stopped() {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return true;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(50)));
-    }
-    false
 }

@@ -44,10 +44,12 @@ const HELP: &str =
 pub fn run(mut sampler: Sampler, mut resets: Option<Reader>, interval: Duration) -> io::Result<()> {
     let (tx, rx) = mpsc::sync_channel::<Result<Snapshot, String>>(1);
     std::thread::spawn(move || loop {
-        if !super::stop::sleep_unless_stopped(sampler.wait(interval)) {
-            return;
-        }
-        let s = sampler.sample().map(|mut s| {
+        let s = match sampler.pass(interval, super::stop::stopped) {
+            Ok(true) => sampler.sample(),
+            Ok(false) => return,
+            Err(e) => Err(e),
+        };
+        let s = s.map(|mut s| {
             // Every caused group, whatever the screen shows: the RST column looks them up.
             s.resets = resets.as_mut().map(|r| r.snapshot(usize::MAX));
             s
@@ -222,7 +224,7 @@ fn draw(f: &mut Frame, v: &View) {
     );
     f.render_widget(
         Paragraph::new(format!(
-            "new {}  invalid {}  drop {}  early_drop {}  insert_failed {}{}  (over {:.1} s; dump {:.0} ms of CPU)",
+            "new {}  invalid {}  drop {}  early_drop {}  insert_failed {}{}  (over {:.1} s; dump {:.0} ms of CPU; resyncs {})",
             rate(Some(s.per_s.new)),
             rate(s.per_s.invalid),
             rate(s.per_s.drop),
@@ -230,7 +232,8 @@ fn draw(f: &mut Frame, v: &View) {
             rate(s.per_s.insert_failed),
             resets_text(s),
             s.interval_s,
-            s.dump_cpu_ms
+            s.dump_cpu_ms,
+            s.resyncs
         )),
         rates,
     );
