@@ -174,8 +174,9 @@ mod tests {
             self.0 ^= self.0 << 17;
             self.0
         }
-        fn some<T>(&mut self, v: T) -> Option<T> {
-            (self.next() % 3 != 0).then_some(v)
+        /// `f`'s value two times in three, else `None`.
+        fn some<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Option<T> {
+            (self.next() % 3 != 0).then(|| f(self))
         }
         fn text(&mut self) -> Arc<str> {
             let words = [
@@ -219,35 +220,35 @@ mod tests {
             reply_sport: g.next() as u16,
             reply_dst: g.ip(),
             reply_dport: g.next() as u16,
-            tcp_state: g.some("ESTABLISHED"),
+            tcp_state: g.some(|_| "ESTABLISHED"),
             assured: g.next() % 2 == 0,
-            original_window: g.some(window(g)),
-            reply_window: g.some(window(g)),
+            original_window: g.some(window),
+            reply_window: g.some(window),
         };
         let fates = [Fate::Dropped, Fate::Passed, Fate::Unknown, Fate::Accepted];
         InvalidReport {
             time: Time(g.next()),
             netns: g.next() as u32,
             hook: NfHook::of(g.next() as u8 % 6),
-            in_iface: g.some(g.text()),
-            out_iface: g.some(g.text()),
+            in_iface: g.some(|g| g.text()),
+            out_iface: g.some(|g| g.text()),
             proto: g.next() as u8,
             src: g.ip(),
-            sport: g.some(g.next() as u16),
+            sport: g.some(|g| g.next() as u16),
             dst: g.ip(),
-            dport: g.some(g.next() as u16),
-            flags: g.some(TcpFlags(g.next() as u8)),
-            seq: g.some(g.next() as u32),
-            ack: g.some(g.next() as u32),
-            len: g.some(g.next() as u16),
+            dport: g.some(|g| g.next() as u16),
+            flags: g.some(|g| TcpFlags(g.next() as u8)),
+            seq: g.some(|g| g.next() as u32),
+            ack: g.some(|g| g.next() as u32),
+            len: g.some(|g| g.next() as u16),
             reason: ReasonText::new(g.text()),
-            missed_by: g.some(g.next() as u32),
+            missed_by: g.some(|g| g.next() as u32),
             fate: fates[(g.next() % 4) as usize],
-            drop_reason: g.some(g.text()),
-            conntrack: g.some(Box::new(conntrack)),
-            tracked: g.some(g.next() % 2 == 0),
-            enrichment: g.some(Enrichment::Skipped),
-            service_name: g.some(g.text()),
+            drop_reason: g.some(|g| g.text()),
+            conntrack: g.some(|_| Box::new(conntrack)),
+            tracked: g.some(|g| g.next() % 2 == 0),
+            enrichment: g.some(|_| Enrichment::Skipped),
+            service_name: g.some(|g| g.text()),
         }
     }
 
