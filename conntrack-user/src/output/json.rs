@@ -176,7 +176,7 @@ mod tests {
         }
         /// `f`'s value two times in three, else `None`.
         fn some<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Option<T> {
-            (self.next() % 3 != 0).then(|| f(self))
+            (!self.next().is_multiple_of(3)).then(|| f(self))
         }
         fn text(&mut self) -> Arc<str> {
             let words = [
@@ -192,7 +192,7 @@ mod tests {
         }
         fn ip(&mut self) -> IpAddr {
             let x = self.next();
-            if x % 2 == 0 {
+            if x.is_multiple_of(2) {
                 IpAddr::from((x as u32).to_be_bytes())
             } else {
                 IpAddr::from((u128::from(x) << 64 | u128::from(x >> 7)).to_be_bytes())
@@ -207,7 +207,7 @@ mod tests {
             td_maxwin: g.next() as u32,
             td_maxack: g.next() as u32,
             td_scale: g.next() as u8,
-            liberal: g.next() % 2 == 0,
+            liberal: g.next().is_multiple_of(2),
         };
         let conntrack = ConntrackReport {
             source: "kernel",
@@ -221,7 +221,7 @@ mod tests {
             reply_dst: g.ip(),
             reply_dport: g.next() as u16,
             tcp_state: g.some(|_| "ESTABLISHED"),
-            assured: g.next() % 2 == 0,
+            assured: g.next().is_multiple_of(2),
             original_window: g.some(window),
             reply_window: g.some(window),
         };
@@ -246,7 +246,7 @@ mod tests {
             fate: fates[(g.next() % 4) as usize],
             drop_reason: g.some(|g| g.text()),
             conntrack: g.some(|_| Box::new(conntrack)),
-            tracked: g.some(|g| g.next() % 2 == 0),
+            tracked: g.some(|g| g.next().is_multiple_of(2)),
             enrichment: g.some(|_| Enrichment::Skipped),
             service_name: g.some(|g| g.text()),
         }

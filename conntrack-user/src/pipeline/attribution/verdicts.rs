@@ -132,7 +132,13 @@ impl Verdicts {
     }
 
     /// A verdict whose wait is over goes out with what is known.
-    pub fn expire(&mut self, id: VerdictId, mut p: Box<Pending>, sh: &Shared, out: &mut Output) -> Done {
+    pub fn expire(
+        &mut self,
+        id: VerdictId,
+        mut p: Box<Pending>,
+        sh: &Shared,
+        out: &mut Output,
+    ) -> Done {
         if let Some(t) = p.lookup.take() {
             self.tokens.remove(&t);
             p.report.enrichment = Some(Enrichment::Skipped);
@@ -141,7 +147,13 @@ impl Verdicts {
         self.finish(id, p, sh, out)
     }
 
-    fn finish(&mut self, id: VerdictId, mut p: Box<Pending>, sh: &Shared, out: &mut Output) -> Done {
+    fn finish(
+        &mut self,
+        id: VerdictId,
+        mut p: Box<Pending>,
+        sh: &Shared,
+        out: &mut Output,
+    ) -> Done {
         // Named now, when the entry's lookup (if any) is in.
         p.report.service_name = sh.invalid_service_name(&p.report);
         let invalid = Invalid {
