@@ -3,8 +3,8 @@
 //! definition of the bytes: the tests below compare this writer with serde_json on reports of
 //! every shape. Why by hand: through serde a line costs a visitor call per field, an escape
 //! scan of every string byte by byte (the time, the flags, the hook, the fate are never
-//! escaped) and a formatter for each address; in a storm that was a quarter of the userspace
-//! event path (ctt-pipeline, BENCHMARKS.md).
+//! escaped) and a formatter for each address; writing them here made `ctt-pipeline` (the
+//! userspace event path, BENCHMARKS.md) 1.2-1.4x faster in alternating runs.
 
 use std::{io::Write as _, net::IpAddr};
 
