@@ -13,8 +13,9 @@
 //!   `SKIPPED: ` marker lines, all read from libtest's output by `libtest.rs`.
 //! - `vm`: boot Debian's 5.10, 6.1, 6.12 and 7.2 kernels under qemu and run a command in each,
 //!   with the host's userland shared read-only (see `vm/mod.rs`).
-//! - `bench`: hot-path, storm and start-up measurements in namespaces of its own, written to
-//!   BENCHMARKS.md (see `bench/`); `test` runs its `--smoke` form.
+//! - `bench`: hot-path, per-program cost, storm and start-up measurements in namespaces of its
+//!   own, and the attach modes the host lacks inside VM kernels, written to BENCHMARKS.md (see
+//!   `bench/`); `test` runs its `--smoke` form (no VM).
 
 mod bench;
 mod host;

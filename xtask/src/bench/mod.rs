@@ -11,17 +11,28 @@
 //!   counts with the kernel's, events written per second, CPU and memory.
 //! - Kernel log: the same flood with conntrack's own logging of INVALID TCP
 //!   (`nf_conntrack_log_invalid=6`) instead of ct-trace, its lines counted from `/dev/kmsg`.
+//! - Per-program cost: the hot-path workloads with ct-trace in each attach mode the kernel
+//!   offers (the host's: netfilter only, it has no kprobes and no BPF trampolines), each
+//!   program's runs and nanoseconds as the kernel counts them (`kernel.bpf_stats_enabled=1` for
+//!   this part only, restored after).
 //! - Start-up: exec to ready, peak and idle memory.
 //! - `ct-trace top` on a table of 262,140 entries: one snapshot, CPU and memory at 1 s.
+//! - VM: inside Debian kernels under qemu (`--vm-kernel`, default 6.1; `--no-vm` skips it), in
+//!   one guest invocation, the hot path with no observer, ct-trace in each mode the kernel
+//!   offers (6.1: fexit and kprobe) and tcpdump in interleaved rounds, and the per-program cost
+//!   in each mode: the attach modes the host cannot run, side by side.
 //!
-//! `--smoke` runs every part briefly (about 40 s); a reconciliation FAIL is then an error.
-//! Without it, `BENCHMARKS.md` at the workspace root is written.
+//! `--smoke` runs every host part briefly (about 40 s) and no VM; a reconciliation FAIL is then
+//! an error. Without it, `BENCHMARKS.md` at the workspace root is written.
 //!
 //! One file per part: `process` (processes in namespaces, /proc readings), `topology` (the three
-//! namespaces), `observer` (ct-trace and tcpdump on the node), `hotpath`, `storm`, `klog` (the
-//! kernel's own logging), `startup`, `top` (`ct-trace top` on a filled table), `pipeline` (the userspace event path alone), `report` (the
-//! tables and BENCHMARKS.md) and `targets` (the issue's targets against this run).
+//! namespaces), `observer` (ct-trace and tcpdump on the node), `hotpath`, `cost` (the kernel's
+//! per-program figures), `storm`, `klog` (the kernel's own logging), `startup`, `top` (`ct-trace
+//! top` on a filled table), `pipeline` (the userspace event path alone), `vmbench` (the guest's
+//! side and the host's), `report` (the tables and BENCHMARKS.md) and `targets` (the issues'
+//! targets against this run).
 
+mod cost;
 mod flood;
 mod hotpath;
 mod klog;
@@ -35,6 +46,7 @@ mod storm;
 mod targets;
 mod top;
 mod topology;
+mod vmbench;
 
 use std::{
     process::{Command, Stdio},
@@ -43,17 +55,22 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 
-use crate::host::{cargo, print_table, root, run};
+use crate::{
+    host::{cargo, print_table, root, run},
+    vm::Series,
+};
 
 use self::{
+    cost::{cost_section, costs},
     hotpath::hot_path,
     pipeline::{pipeline, pipeline_section},
     process::{loadavg, ShmFiles},
     report::{markdown, sections, Section},
     startup::startup,
     storm::storm,
-    targets::targets,
+    targets::{issue21_targets, targets},
     topology::Topo,
+    vmbench::{in_guest, vm_bench, vm_sections},
 };
 
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -68,6 +85,31 @@ pub struct Args {
     /// Seconds of each hot-path run [default: 3; smoke: 1].
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..=60))]
     pub secs: Option<u64>,
+    /// Kernel series of the VM part (repeatable) [default: 6.1].
+    #[arg(long = "vm-kernel", value_name = "SERIES")]
+    pub vm_kernels: Vec<Series>,
+    /// No VM part (the smoke has none).
+    #[arg(long, conflicts_with = "vm_only")]
+    pub no_vm: bool,
+    /// Only the VM part: its tables are printed, BENCHMARKS.md is not written.
+    #[arg(long)]
+    pub vm_only: bool,
+    /// Interleaved rounds in the VM [default: 5].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub vm_rounds: Option<u32>,
+    /// Seconds of each hot-path run in the VM [default: 2].
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub vm_secs: Option<u64>,
+    /// Seconds one VM boot may take, from qemu's start to its exit [default: 1800].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(60..))]
+    pub vm_timeout: Option<u64>,
+    /// Inside a VM guest (what the VM part runs): the guest's measurements only, no build,
+    /// results on one console line.
+    #[arg(long, hide = true)]
+    pub in_guest: bool,
+    /// With --in-guest: an attach mode to measure (repeatable).
+    #[arg(long = "guest-mode", hide = true, value_name = "MODE")]
+    pub guest_modes: Vec<String>,
 }
 
 impl Args {
@@ -105,6 +147,25 @@ struct Config {
 }
 
 pub fn bench(a: &Args) -> Result<()> {
+    if a.in_guest {
+        return in_guest(a);
+    }
+    if a.vm_only {
+        build()?;
+        let vms = vm_bench(a)?;
+        print(&vm_sections(&vms));
+        let failed: Vec<&str> = vms
+            .iter()
+            .filter(|v| v.result.is_err())
+            .map(|v| v.series.name())
+            .collect();
+        ensure!(
+            failed.is_empty(),
+            "bench: no VM results from {}",
+            failed.join(", ")
+        );
+        return Ok(());
+    }
     // SAFETY: geteuid has no preconditions.
     ensure!(
         unsafe { libc::geteuid() } == 0,
@@ -129,6 +190,7 @@ pub fn bench(a: &Args) -> Result<()> {
         topo.cli, topo.node, topo.srv, cfg.rounds, cfg.secs
     );
     let hot = hot_path(&topo, &bins, &cfg)?;
+    let host_costs = costs(&topo, &bins, &cfg, &[])?;
     let storm = storm(&topo, &bins, &cfg)?;
     let startup = startup(&topo, &bins, &cfg)?;
     // Last in the topology: it fills the node's table (and empties it after).
@@ -136,11 +198,26 @@ pub fn bench(a: &Args) -> Result<()> {
     drop(topo);
     let pipeline = pipeline(&bins, &cfg)?;
     let load_after = loadavg();
+    let vms = if cfg.smoke || a.no_vm {
+        Vec::new()
+    } else {
+        vm_bench(a)?
+    };
     let elapsed = started.elapsed().as_secs_f64();
 
     let mut sections = sections(&hot, &storm, &startup);
+    sections.insert(
+        1,
+        cost_section(
+            "per-program cost (the kernel's own figures)".into(),
+            "on this machine's kernel",
+            &host_costs,
+        ),
+    );
     sections.push(top::top_section(&top));
     sections.push(pipeline_section(&pipeline));
+    sections.extend(vm_sections(&vms));
+    sections.insert(0, issue21_targets(&hot, &host_costs, &vms));
     sections.insert(0, targets(&hot, &storm, &startup, &pipeline));
     print(&sections);
     println!();

@@ -1,4 +1,5 @@
-//! The observers on the node during a run: none, ct-trace (`-o json` into /dev/shm) or tcpdump.
+//! The observers on the node during a run: none, ct-trace (`-o json` into /dev/shm; in its
+//! default attach mode, or in one asked for) or tcpdump.
 
 use std::{
     fs::File,
@@ -11,6 +12,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
+use conntrack_common::plan::Mode;
 use serde_json::Value;
 
 use super::{
@@ -22,7 +24,10 @@ use super::{
 #[derive(Clone, Copy, PartialEq)]
 pub(super) enum Observer {
     None,
+    /// ct-trace in its default attach mode (`auto`).
     CtTrace,
+    /// ct-trace with `--attach MODE`.
+    CtMode(Mode),
     Tcpdump,
 }
 
@@ -33,8 +38,19 @@ impl Observer {
         match self {
             Observer::None => "none",
             Observer::CtTrace => "ct-trace",
+            Observer::CtMode(Mode::Netfilter) => "ct-trace netfilter",
+            Observer::CtMode(Mode::Fexit) => "ct-trace fexit",
+            Observer::CtMode(Mode::Kprobe) => "ct-trace kprobe",
             Observer::Tcpdump => "tcpdump",
         }
+    }
+
+    /// The observer `name` gives (what the guest's JSON names it by).
+    pub(super) fn from_name(name: &str) -> Option<Observer> {
+        [Observer::None, Observer::CtTrace, Observer::Tcpdump]
+            .into_iter()
+            .chain(conntrack_common::plan::MODES.map(Observer::CtMode))
+            .find(|o| o.name() == name)
     }
 }
 
@@ -80,9 +96,10 @@ pub(super) fn start_ct_trace(
                 std::fs::read_to_string(&err).unwrap_or_default().trim()
             );
         }
+        // Minutes under TCG: a guest loads and verifies the programs in emulation.
         ensure!(
-            t0.elapsed() < Duration::from_secs(30),
-            "ct-trace not ready after 30 s"
+            t0.elapsed() < Duration::from_secs(180),
+            "ct-trace not ready after 180 s"
         );
         thread::sleep(Duration::from_millis(2));
     }
@@ -152,8 +169,8 @@ fn start_tcpdump(topo: &Topo, cfg: &Config) -> Result<Proc> {
             bail!("tcpdump exited ({st}): {}", text.trim());
         }
         ensure!(
-            t0.elapsed() < Duration::from_secs(10),
-            "tcpdump did not say `listening on` within 10 s: {}",
+            t0.elapsed() < Duration::from_secs(60),
+            "tcpdump did not say `listening on` within 60 s: {}",
             text.trim()
         );
         thread::sleep(Duration::from_millis(5));
@@ -180,6 +197,12 @@ pub(super) fn start_observer(
             bins,
             &format!("{}-hot", cfg.shm),
             &[],
+        )?)),
+        Observer::CtMode(m) => Running::CtTrace(Box::new(start_ct_trace(
+            topo,
+            bins,
+            &format!("{}-hot", cfg.shm),
+            &["--attach", m.name()],
         )?)),
         Observer::Tcpdump => Running::Tcpdump(start_tcpdump(topo, cfg)?),
     })

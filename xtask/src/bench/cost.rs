@@ -1,0 +1,328 @@
+//! Per-program cost: what each of ct-trace's BPF programs costs a run, as the kernel itself
+//! measures it (`run_cnt` / `run_time_ns` of BPF_OBJ_GET_INFO_BY_FD, which ct-trace prints in
+//! its exit summary's `programs`), on the hot-path workloads, in each attach mode the kernel
+//! offers.
+//!
+//! The kernel counts only while `kernel.bpf_stats_enabled` is 1: the bench switches it on for
+//! the duration of this part and puts the previous value back after, also on error or panic.
+//! Counting adds two clock reads to every run of every BPF program, so the hot-path ratios are
+//! measured with the switch as it was, not here.
+
+use anyhow::{Context as _, Result};
+use conntrack_common::plan::{Mode, MODES};
+use serde_json::{json, Value};
+
+use super::{
+    hotpath::{Servers, Workload, WORKLOADS},
+    numbers::group,
+    observer::start_ct_trace,
+    report::{spread, Section},
+    topology::Topo,
+    Bins, Config,
+};
+
+const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// `kernel.bpf_stats_enabled=1` until dropped, then the value it had.
+struct StatsOn {
+    previous: String,
+}
+
+impl StatsOn {
+    fn enable() -> Result<StatsOn> {
+        let previous = std::fs::read_to_string(STATS)
+            .with_context(|| format!("reading {STATS}"))?
+            .trim()
+            .to_string();
+        std::fs::write(STATS, "1").with_context(|| format!("writing 1 to {STATS}"))?;
+        Ok(StatsOn { previous })
+    }
+}
+
+impl Drop for StatsOn {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(STATS, &self.previous) {
+            eprintln!("bench: could not restore {STATS} to {}: {e}", self.previous);
+        }
+    }
+}
+
+/// One program's counters over one run.
+pub(super) struct ProgCost {
+    pub(super) program: String,
+    pub(super) attach: String,
+    pub(super) runs: u64,
+    pub(super) run_ns: u64,
+    pub(super) missed: Option<u64>,
+}
+
+impl ProgCost {
+    pub(super) fn ns_per_run(&self) -> Option<f64> {
+        (self.runs > 0).then(|| self.run_ns as f64 / self.runs as f64)
+    }
+}
+
+/// ct-trace in one mode during one workload.
+pub(super) struct ModeCost {
+    pub(super) mode: Mode,
+    pub(super) workload: Workload,
+    /// Summed over the rounds.
+    pub(super) programs: Vec<ProgCost>,
+    /// Each round's ns a packet.
+    pub(super) per_round: Vec<f64>,
+}
+
+impl ModeCost {
+    /// Adds another round's counters.
+    fn add(&mut self, round: ModeCost) {
+        self.per_round
+            .push(round.per_packet_ns().unwrap_or(f64::NAN));
+        for p in round.programs {
+            match self.programs.iter_mut().find(|q| q.program == p.program) {
+                Some(q) => {
+                    q.runs += p.runs;
+                    q.run_ns += p.run_ns;
+                    q.missed = q.missed.zip(p.missed).map(|(a, b)| a + b);
+                }
+                None => self.programs.push(p),
+            }
+        }
+    }
+
+    /// What the mode's verdict programs cost a packet: the sum of their ns a run (the kprobe
+    /// mode runs two, the kprobe and the kretprobe, for each packet); `None` when one did not run.
+    pub(super) fn per_packet_ns(&self) -> Option<f64> {
+        self.mode
+            .rows()
+            .map(|row| {
+                self.programs
+                    .iter()
+                    .find(|p| p.program == row.program)
+                    .and_then(ProgCost::ns_per_run)
+            })
+            .sum()
+    }
+
+    /// Which programs `per_packet_ns` sums.
+    pub(super) fn verdict_programs(&self) -> String {
+        self.mode
+            .rows()
+            .map(|r| r.program)
+            .collect::<Vec<_>>()
+            .join(" + ")
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Costs {
+    pub(super) runs: Vec<ModeCost>,
+    /// Modes ct-trace would not start in, with its one line saying why.
+    pub(super) not_offered: Vec<(Mode, String)>,
+}
+
+/// Each mode of `modes` (all of ct-trace's when empty) on each workload, in `cfg.rounds`
+/// rounds (round r takes the modes in an order rotated by r, as the hot path does its
+/// observers): ct-trace started with `--attach MODE`, one run of the workload, ct-trace stopped
+/// and its summary's `programs` read and added up over the rounds. A mode ct-trace refuses to
+/// start in is not offered by the kernel.
+pub(super) fn costs(topo: &Topo, bins: &Bins, cfg: &Config, modes: &[Mode]) -> Result<Costs> {
+    let mut modes: Vec<Mode> = if modes.is_empty() {
+        MODES.to_vec()
+    } else {
+        modes.to_vec()
+    };
+    let mut servers = Servers::start(topo, bins)?;
+    let _stats = StatsOn::enable()?;
+    let mut out = Costs::default();
+    let base = format!("{}-cost", cfg.shm);
+    // Which modes start at all, from a first start each.
+    modes.retain(|&mode| {
+        match start_ct_trace(topo, bins, &base, &["--attach", mode.name()]) {
+            Ok(ct) => ct.stop().is_ok(),
+            Err(e) => {
+                let why = format!("{e:#}");
+                // ct-trace's own line, without "exited before it was ready (exit status: 2)".
+                let last = why.lines().last().unwrap_or_default();
+                let line = last.split_once("): ").map_or(last, |(_, l)| l).to_string();
+                eprintln!("bench: cost: ct-trace --attach {}: {line}", mode.name());
+                out.not_offered.push((mode, line));
+                false
+            }
+        }
+    });
+    for r in 0..cfg.rounds as usize {
+        for i in 0..modes.len() {
+            let mode = modes[(r + i) % modes.len()];
+            for w in WORKLOADS {
+                let ct = start_ct_trace(topo, bins, &base, &["--attach", mode.name()])?;
+                servers
+                    .run(w, topo, bins, cfg.secs)
+                    .with_context(|| format!("{} with ct-trace {}", w.name(), mode.name()))?;
+                let (summary, _) = ct.stop()?;
+                let round = ModeCost {
+                    mode,
+                    workload: w,
+                    programs: programs(&summary)?,
+                    per_round: Vec::new(),
+                };
+                let ns = round.per_packet_ns().unwrap_or(f64::NAN);
+                eprintln!(
+                    "bench: cost round {}: {} {}: {ns:.0} ns a packet ({})",
+                    r + 1,
+                    mode.name(),
+                    w.name(),
+                    round.verdict_programs()
+                );
+                match out
+                    .runs
+                    .iter_mut()
+                    .find(|m| m.mode == mode && m.workload == w)
+                {
+                    Some(m) => m.add(round),
+                    None => {
+                        let mut m = round;
+                        m.per_round.push(ns);
+                        out.runs.push(m);
+                    }
+                }
+            }
+        }
+    }
+    // In the modes' order, as the tables read best.
+    out.runs
+        .sort_by_key(|m| (modes.iter().position(|&x| x == m.mode), m.workload as u8));
+    Ok(out)
+}
+
+/// The summary's `programs`, those the kernel counted runs of.
+fn programs(summary: &Value) -> Result<Vec<ProgCost>> {
+    let list = summary["programs"]
+        .as_array()
+        .with_context(|| format!("no programs in ct-trace's summary: {summary}"))?;
+    Ok(list
+        .iter()
+        .filter_map(|p| {
+            Some(ProgCost {
+                program: p["program"].as_str()?.to_string(),
+                attach: p["attach"].as_str().unwrap_or_default().to_string(),
+                runs: p["runs"].as_u64()?,
+                run_ns: p["run_ns"].as_u64()?,
+                missed: p["missed_runs"].as_u64(),
+            })
+        })
+        .collect())
+}
+
+impl Costs {
+    /// The guest's form (the host reads it back with `from_json`).
+    pub(super) fn to_json(&self) -> Value {
+        json!({
+            "runs": self.runs.iter().map(|m| json!({
+                "mode": m.mode.name(),
+                "workload": m.workload.name(),
+                "per_round": m.per_round,
+                "programs": m.programs.iter().map(|p| json!({
+                    "program": p.program,
+                    "attach": p.attach,
+                    "runs": p.runs,
+                    "run_ns": p.run_ns,
+                    "missed_runs": p.missed,
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "not_offered": self.not_offered.iter()
+                .map(|(m, why)| json!({"mode": m.name(), "why": why}))
+                .collect::<Vec<_>>(),
+        })
+    }
+
+    pub(super) fn from_json(v: &Value) -> Result<Costs> {
+        let mode = |v: &Value| {
+            let name = v.as_str().unwrap_or_default();
+            MODES
+                .into_iter()
+                .find(|m| m.name() == name)
+                .with_context(|| format!("no attach mode `{name}`"))
+        };
+        let mut out = Costs::default();
+        for r in v["runs"].as_array().context("no runs in the costs")? {
+            let name = r["workload"].as_str().unwrap_or_default();
+            out.runs.push(ModeCost {
+                mode: mode(&r["mode"])?,
+                workload: Workload::from_name(name)
+                    .with_context(|| format!("no workload `{name}`"))?,
+                programs: programs(r)?,
+                per_round: r["per_round"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_f64)
+                    .collect(),
+            });
+        }
+        for n in v["not_offered"].as_array().into_iter().flatten() {
+            let why = n["why"].as_str().unwrap_or_default().to_string();
+            out.not_offered.push((mode(&n["mode"])?, why));
+        }
+        Ok(out)
+    }
+
+    /// The per-packet cost of `mode` on `w`, when it was measured.
+    pub(super) fn per_packet(&self, mode: Mode, w: Workload) -> Option<f64> {
+        self.runs
+            .iter()
+            .find(|m| m.mode == mode && m.workload == w)
+            .and_then(ModeCost::per_packet_ns)
+    }
+}
+
+/// The table: one row per program that ran, per mode and workload; the notes give each
+/// mode's cost a packet (its verdict programs summed).
+pub(super) fn cost_section(title: String, where_: &str, costs: &Costs) -> Section {
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for m in &costs.runs {
+        for p in m.programs.iter().filter(|p| p.runs > 0) {
+            rows.push(vec![
+                m.mode.name().to_string(),
+                m.workload.name().to_string(),
+                p.program.clone(),
+                p.attach.clone(),
+                group(p.runs),
+                group(p.run_ns),
+                p.ns_per_run().map_or("-".into(), |v| format!("{v:.0}")),
+                p.missed.map_or("-".into(), group),
+            ]);
+        }
+        notes.push(format!(
+            "{}, {}: {} ns a packet ({}; the rounds' own: {})",
+            m.mode.name(),
+            m.workload.name(),
+            m.per_packet_ns().map_or("-".into(), |v| format!("{v:.0}")),
+            m.verdict_programs(),
+            spread(&m.per_round, |v| format!("{v:.0}"))
+        ));
+    }
+    for (m, why) in &costs.not_offered {
+        notes.push(format!(
+            "{} mode: not offered by this kernel (ct-trace --attach {}: {why})",
+            m.name(),
+            m.name()
+        ));
+    }
+    Section {
+        title,
+        about: format!("What each of ct-trace's BPF programs cost {where_}, as the kernel itself counts it (`kernel.bpf_stats_enabled=1` for this part only, restored after; runs and run_time_ns from BPF_OBJ_GET_INFO_BY_FD, which ct-trace prints in its exit summary's `programs`): in interleaved rounds, ct-trace started with `--attach MODE` in each mode the kernel offers for one run of each hot-path workload, then stopped; runs and ns summed over the rounds, and the rounds' own ns a packet as min-max. A packet through the node runs the mode's verdict programs once at each conntrack hook it passes; ns a packet = the sum of their ns a run. The kernel times the programs alone: the way in (a kprobe's breakpoint, a kretprobe's return trampoline, a BPF trampoline, the netfilter hook's indirect call) is not in these figures; the hot-path ratios include it."),
+        header: vec![
+            "mode",
+            "workload",
+            "program",
+            "attach",
+            "runs",
+            "total ns",
+            "ns/run",
+            "missed runs",
+        ],
+        rows,
+        notes,
+    }
+}
