@@ -102,3 +102,41 @@ pub(super) fn pipeline_section(p: &Pipeline) -> Section {
         notes,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_baseline_is_shown_beside_this_build_with_the_median_ratio_of_its_rounds() {
+        // A stand-in binary that prints the line ctt-pipeline prints.
+        let dir = std::env::temp_dir().join(format!("ctt-pipeline-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("fake");
+        std::fs::write(
+            &bin,
+            "#!/bin/sh\necho \"pipeline $1 events in 0.5 s (250000/s)\" >&2\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        assert_eq!(run(bin.to_str().unwrap(), 7).unwrap(), 250000.0);
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let p = Pipeline {
+            events: 1_000_000,
+            rates: vec![900_000.0, 600_000.0, 1_000_000.0],
+            baseline: Some(("base".into(), vec![300_000.0, 300_000.0, 250_000.0])),
+        };
+        let s = pipeline_section(&p);
+        assert_eq!(
+            s.rows[0],
+            ["this build", "3", "900,000", "600,000-1,000,000", "3.00"]
+        );
+        assert_eq!(
+            s.rows[1],
+            ["baseline", "3", "300,000", "250,000-300,000", "1.00"]
+        );
+        assert!(s.notes[0].contains("`base`"), "{:?}", s.notes);
+    }
+}
