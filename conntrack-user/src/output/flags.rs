@@ -27,7 +27,7 @@ const NAMES: [(u8, &str); 8] = [
 
 impl TcpFlags {
     /// The names, written into `buf`: at most 31 bytes ("FIN|SYN|RST|PSH|ACK|URG|ECE|CWR").
-    fn spell(self, buf: &mut [u8; 32]) -> &str {
+    pub(crate) fn spell(self, buf: &mut [u8; 32]) -> &str {
         if self.0 == 0 {
             return "none";
         }

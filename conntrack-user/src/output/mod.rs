@@ -10,6 +10,7 @@ pub mod correlated;
 pub mod counters;
 pub mod endpoint;
 pub mod flags;
+pub mod json;
 pub mod lost;
 pub mod metrics;
 pub mod packet;

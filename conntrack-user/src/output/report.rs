@@ -356,8 +356,10 @@ impl Report {
     }
 
     pub fn json(&self) -> String {
-        // Serialising plain structs of strings, numbers and maps with string keys cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+        let mut buf = Vec::with_capacity(512);
+        crate::output::json::write(&mut buf, self);
+        // Made of `&str`s and ASCII: UTF-8.
+        String::from_utf8(buf).unwrap_or_default()
     }
 
     pub fn text(&self) -> String {

@@ -11,7 +11,7 @@ pub struct Time(pub u64);
 impl Time {
     /// RFC 3339 in UTC with nanoseconds, `2026-11-22T03:21:07.123456789Z`: always 30 bytes (a
     /// u64 of nanoseconds ends in 2554), written in place once per printed event.
-    fn rfc3339(self) -> [u8; 30] {
+    pub(crate) fn rfc3339(self) -> [u8; 30] {
         let (secs, nanos) = (self.0 / 1_000_000_000, self.0 % 1_000_000_000);
         let (days, sod) = (secs / 86_400, secs % 86_400);
         // Days since 1970-01-01 to a civil date (Howard Hinnant's `civil_from_days`).

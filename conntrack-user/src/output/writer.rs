@@ -48,8 +48,7 @@ impl<W: io::Write> Writer<W> {
                 let _ = writeln!(self.buf, "{}", r.text());
             }
             Format::Json => {
-                // Serialising plain structs of strings, numbers and maps cannot fail.
-                let _ = serde_json::to_writer(&mut self.buf, r);
+                super::json::write(&mut self.buf, r);
                 self.buf.push(b'\n');
             }
         }

@@ -5,11 +5,11 @@
 //! from the old end while an entry is due; a full map makes room by giving its oldest entry
 //! back to the caller, who reports it with what is known: nothing is dropped unseen.
 //!
-//! Removal by key is O(1): it leaves a stale slot in the order queue that is skipped later (a
-//! slot is live while the map holds its key with the same sequence number, so a key removed
-//! and inserted again is not mistaken for its old self). Stale slots are dropped from the front
-//! at once and compacted away when they outnumber the live ones, so memory stays within a
-//! constant factor of the capacity.
+//! The entries are kept in arrival order in a queue of slots, found by key through a map of
+//! sequence numbers. Removal by key is O(1): it empties its slot, which is dropped once at the
+//! front (a key removed and inserted again gets a new slot, young). Empty slots are compacted
+//! away when they outnumber the live ones, so memory stays within a constant factor of the
+//! capacity.
 
 use std::{
     collections::{hash_map::Entry, HashMap, VecDeque},
@@ -71,11 +71,22 @@ impl Hasher for Mix {
 }
 
 pub struct Bounded<K, V> {
-    map: HashMap<K, (u64, V), KeyHash>,
-    /// Keys oldest first, with the sequence number they were inserted under.
-    order: VecDeque<(u64, K)>,
-    next: u64,
+    /// Where each key's entry is: its sequence number, `slots[seq - base]`. The values live in
+    /// `slots`, not here: the map stays small (a key and a number), so the kernel's storms of
+    /// insertions and removals rehash and probe a few bytes per entry instead of moving reports
+    /// of a few hundred bytes around.
+    map: HashMap<K, u64, KeyHash>,
+    /// The entries oldest first, at consecutive sequence numbers from `base`; a removed entry
+    /// leaves its slot empty until the slots before it go.
+    slots: VecDeque<Slot<K, V>>,
+    base: u64,
     cap: usize,
+}
+
+struct Slot<K, V> {
+    key: K,
+    /// `None` once removed.
+    value: Option<V>,
 }
 
 impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
@@ -83,8 +94,8 @@ impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
     pub fn new(cap: usize) -> Self {
         Self {
             map: HashMap::default(),
-            order: VecDeque::new(),
-            next: 0,
+            slots: VecDeque::new(),
+            base: 0,
             cap: cap.max(1),
         }
     }
@@ -101,27 +112,36 @@ impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
         self.map.contains_key(k)
     }
 
+    fn index(&self, k: &K) -> Option<usize> {
+        self.map.get(k).map(|seq| (seq - self.base) as usize)
+    }
+
     pub fn get(&self, k: &K) -> Option<&V> {
-        self.map.get(k).map(|(_, v)| v)
+        self.slots.get(self.index(k)?)?.value.as_ref()
     }
 
     pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
-        self.map.get_mut(k).map(|(_, v)| v)
+        let i = self.index(k)?;
+        self.slots.get_mut(i)?.value.as_mut()
     }
 
     /// Stores `v` under `k`. A new key goes to the young end, and when the map is full the
     /// oldest entry makes room and is returned; a key already present keeps its place and gets
     /// the new value (the old one is dropped), and nothing is evicted.
     pub fn insert(&mut self, k: K, v: V) -> Option<(K, V)> {
+        let seq = self.base + self.slots.len() as u64;
         match self.map.entry(k) {
-            Entry::Occupied(mut e) => {
-                e.get_mut().1 = v;
+            Entry::Occupied(e) => {
+                let i = (*e.get() - self.base) as usize;
+                self.slots[i].value = Some(v);
                 return None;
             }
             Entry::Vacant(e) => {
-                e.insert((self.next, v));
-                self.order.push_back((self.next, k));
-                self.next += 1;
+                e.insert(seq);
+                self.slots.push_back(Slot {
+                    key: k,
+                    value: Some(v),
+                });
             }
         }
         // The new entry is the youngest of at least two: never the one that goes.
@@ -133,16 +153,14 @@ impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
     }
 
     pub fn remove(&mut self, k: &K) -> Option<V> {
-        let (seq, v) = self.map.remove(k)?;
-        if self.order.front().is_some_and(|(s, _)| *s == seq) {
-            self.order.pop_front();
-            self.drop_stale_front();
-        } else if self.order.len() > 2 * self.map.len() + 16 {
-            let map = &self.map;
-            self.order
-                .retain(|(seq, k)| map.get(k).is_some_and(|(s, _)| s == seq));
+        let seq = self.map.remove(k)?;
+        let v = self.slots[(seq - self.base) as usize].value.take();
+        if seq == self.base {
+            self.drop_empty_front();
+        } else if self.slots.len() > 2 * self.map.len() + 16 {
+            self.compact();
         }
-        Some(v)
+        v
     }
 
     /// The oldest entry.
@@ -152,9 +170,7 @@ impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
     }
 
     pub fn pop_oldest(&mut self) -> Option<(K, V)> {
-        let popped = self.pop_front_if(|_| true);
-        self.drop_stale_front();
-        popped
+        self.pop_front_if(|_| true)
     }
 
     /// Removes and returns the oldest entries while `due` says so, oldest first; stops at the
@@ -167,44 +183,42 @@ impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
         out
     }
 
-    /// Pops the oldest live entry if `due` says so (one hash lookup), and the stale slots
-    /// before it.
-    fn pop_front_if(&mut self, mut due: impl FnMut(&V) -> bool) -> Option<(K, V)> {
-        while let Some(&(seq, k)) = self.order.front() {
-            match self.map.entry(k) {
-                Entry::Occupied(e) if e.get().0 == seq => {
-                    if !due(&e.get().1) {
-                        return None;
-                    }
-                    let (_, v) = e.remove();
-                    self.order.pop_front();
-                    return Some((k, v));
-                }
-                _ => {
-                    self.order.pop_front();
-                }
-            }
+    /// Pops the oldest entry if `due` says so (one hash removal), and the empty slots after it.
+    fn pop_front_if(&mut self, due: impl FnOnce(&V) -> bool) -> Option<(K, V)> {
+        let front = self.slots.front()?;
+        if !due(front.value.as_ref()?) {
+            return None;
         }
-        None
+        let Slot { key, value } = self.slots.pop_front()?;
+        self.base += 1;
+        self.map.remove(&key);
+        self.drop_empty_front();
+        Some((key, value?))
     }
 
     /// The entries, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.order
+        self.slots
             .iter()
-            .filter_map(|(seq, k)| match self.map.get_key_value(k) {
-                Some((k, (s, v))) if s == seq => Some((k, v)),
-                _ => None,
-            })
+            .filter_map(|s| s.value.as_ref().map(|v| (&s.key, v)))
     }
 
-    /// Drops stale slots from the front: the oldest entry is then found at once.
-    fn drop_stale_front(&mut self) {
-        while let Some((seq, k)) = self.order.front() {
-            if self.map.get(k).is_some_and(|(s, _)| s == seq) {
-                break;
+    /// Drops empty slots from the front: the oldest entry is then found at once.
+    fn drop_empty_front(&mut self) {
+        while self.slots.front().is_some_and(|s| s.value.is_none()) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// Drops the empty slots in the middle, once they outnumber the entries (so this is paid
+    /// for by as many removals as entries it moves), and numbers the entries again.
+    fn compact(&mut self) {
+        self.slots.retain(|s| s.value.is_some());
+        for (i, s) in self.slots.iter().enumerate() {
+            if let Some(seq) = self.map.get_mut(&s.key) {
+                *seq = self.base + i as u64;
             }
-            self.order.pop_front();
         }
     }
 }
@@ -277,7 +291,7 @@ mod tests {
             b.remove(&k);
         }
         assert_eq!(b.len(), 1);
-        assert!(b.order.len() <= 2 * b.len() + 17, "{}", b.order.len());
+        assert!(b.slots.len() <= 2 * b.len() + 17, "{}", b.slots.len());
         assert!(b.contains_key(&u32::MAX) && b.get_mut(&u32::MAX).is_some());
     }
 }

@@ -25,6 +25,8 @@ use crate::{
 /// (both happen inside one `nf_conntrack_in()` call).
 const REASON_MAX_AGE_NS: u64 = 100_000_000;
 
+/// Boxed in the queue: a verdict waits there for tens of thousands of others in a storm, and
+/// its eviction, expiry and report then move a pointer instead of a few hundred bytes.
 pub(super) struct Pending {
     report: InvalidReport,
     deadline: Instant,
@@ -61,7 +63,7 @@ pub(super) struct Done {
 }
 
 pub(super) struct Verdicts {
-    pending: Bounded<VerdictId, Pending>,
+    pending: Bounded<VerdictId, Box<Pending>>,
     /// What reported verdicts said, for resets that arrive later.
     recent: Bounded<VerdictId, Invalid>,
     /// By `sk_buff` address.
@@ -114,7 +116,7 @@ impl Verdicts {
     }
 
     /// The verdicts whose wait is over (all with `flush`), oldest first, for [`Self::expire`].
-    pub fn due(&mut self, now: Instant, flush: bool) -> Vec<(VerdictId, Pending)> {
+    pub fn due(&mut self, now: Instant, flush: bool) -> Vec<(VerdictId, Box<Pending>)> {
         self.pending
             .pop_oldest_while(|p| flush || p.deadline <= now)
     }
@@ -130,7 +132,13 @@ impl Verdicts {
     }
 
     /// A verdict whose wait is over goes out with what is known.
-    pub fn expire(&mut self, id: VerdictId, mut p: Pending, sh: &Shared, out: &mut Output) -> Done {
+    pub fn expire(
+        &mut self,
+        id: VerdictId,
+        mut p: Box<Pending>,
+        sh: &Shared,
+        out: &mut Output,
+    ) -> Done {
         if let Some(t) = p.lookup.take() {
             self.tokens.remove(&t);
             p.report.enrichment = Some(Enrichment::Skipped);
@@ -139,7 +147,13 @@ impl Verdicts {
         self.finish(id, p, sh, out)
     }
 
-    fn finish(&mut self, id: VerdictId, mut p: Pending, sh: &Shared, out: &mut Output) -> Done {
+    fn finish(
+        &mut self,
+        id: VerdictId,
+        mut p: Box<Pending>,
+        sh: &Shared,
+        out: &mut Output,
+    ) -> Done {
         // Named now, when the entry's lookup (if any) is in.
         p.report.service_name = sh.invalid_service_name(&p.report);
         let invalid = Invalid {
@@ -284,7 +298,7 @@ impl Verdicts {
         now: Instant,
         sh: &mut Shared,
         out: &mut Output,
-    ) -> Option<(VerdictId, Pending)> {
+    ) -> Option<(VerdictId, Box<Pending>)> {
         let p = &v.packet;
         let (src, dst) = addrs(p);
         let tcp = v.flags & flags::NOT_TCP == 0 && v.flags & flags::NO_HEADERS == 0;
@@ -348,13 +362,13 @@ impl Verdicts {
         if let Some(t) = lookup {
             self.tokens.insert(t, id);
         }
-        let fresh = Pending {
+        let fresh = Box::new(Pending {
             report,
             deadline: now + FATE_WAIT,
             fate_done: !sh.ctx.fate_known,
             lookup,
             resets: Vec::new(),
-        };
+        });
         self.pending.insert(id, fresh)
     }
 
