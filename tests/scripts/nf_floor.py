@@ -80,6 +80,9 @@ def main():
         links.append(bpf(BPF_LINK_CREATE, lc)[0])
     print("ready", flush=True)
     ready = os.environ.get("CTT_READY_FILE")
+    # Both end the wait, even where SIGINT came in ignored (a shell's background job: Python
+    # then keeps SIG_IGN, and `cargo xtask bench` run with `&` could never stop it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if ready:

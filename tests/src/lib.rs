@@ -14,6 +14,7 @@ use conntrack_common::kstat;
 
 mod ct_trace;
 pub mod lab;
+pub mod table;
 mod tools;
 pub use ct_trace::{mode, CtTrace, Output};
 pub use tools::{image_bin, need_tool};

@@ -15,23 +15,41 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{need_root, CtTrace, Netns};
+use integration_tests::{
+    need_root,
+    table::{self, insert, load_rules, Flow, KUBE_PROXY_RULES},
+    CtTrace, Netns,
+};
 
-/// kube-proxy's iptables rules naming the first Service (as tests/tests/top.rs).
-const RULES: &str = "*nat
-:KUBE-SERVICES - [0:0]
-:KUBE-SVC-OJWW7NSBVZTDHXNW - [0:0]
-:KUBE-SEP-2TGWM7QRKWQVRJTE - [0:0]
--A KUBE-SERVICES -m comment --comment \"shop/web:http cluster IP\" -m tcp -p tcp -d 10.96.0.10 --dport 80 -j KUBE-SVC-OJWW7NSBVZTDHXNW
--A KUBE-SVC-OJWW7NSBVZTDHXNW -m comment --comment \"shop/web:http -> 10.77.2.2:8080\" -j KUBE-SEP-2TGWM7QRKWQVRJTE
--A KUBE-SEP-2TGWM7QRKWQVRJTE -m comment --comment shop/web:http -m tcp -p tcp -j DNAT --to-destination 10.77.2.2:8080
-COMMIT
-";
-
-/// (entries, Service address, backend, the `service` label ct-trace gives it).
-const FLOWS: [(u32, &str, &str, &str); 2] = [
-    (30, "10.96.0.10", "10.77.2.2", "shop/web:http"),
-    (12, "10.96.0.11", "10.77.3.3", "10.96.0.11:80/tcp"),
+/// The table: 30 entries to the Service kube-proxy's rules name, 12 to another address; with
+/// the `service` label ct-trace gives each.
+const FLOWS: [(Flow, &str); 2] = [
+    (
+        Flow {
+            n: 30,
+            proto: "tcp",
+            client: "10.0.0.1",
+            port: 10_000,
+            service: "10.96.0.10:80",
+            backend: "10.77.2.2:8080",
+            state: "ESTABLISHED",
+            extra: "-u ASSURED",
+        },
+        "shop/web:http",
+    ),
+    (
+        Flow {
+            n: 12,
+            proto: "tcp",
+            client: "10.0.0.1",
+            port: 11_000,
+            service: "10.96.0.11:80",
+            backend: "10.77.3.3:8080",
+            state: "ESTABLISHED",
+            extra: "-u ASSURED",
+        },
+        "10.96.0.11:80/tcp",
+    ),
 ];
 
 /// The families of the kernel's statistics and the column each is read from.
@@ -49,38 +67,20 @@ const STATS: [(&str, &str); 9] = [
 
 fn filled() -> Netns {
     let ns = Netns::new("mtable");
-    let rules = std::env::temp_dir().join(format!("ctt-mtable-{}.rules", ns.name));
-    std::fs::write(&rules, RULES).unwrap();
-    ns.exec(&format!("iptables-restore --noflush < {}", rules.display()));
-    let _ = std::fs::remove_file(&rules);
+    load_rules(&ns, KUBE_PROXY_RULES);
     // The scrapes' own connections (loopback) are left untracked: the table holds the known
     // flows alone, whatever the number of scrapes (their packets count as `ignore`).
     ns.exec("iptables -t raw -A OUTPUT -o lo -j NOTRACK && iptables -t raw -A PREROUTING -i lo -j NOTRACK");
-    for (i, (n, service, backend, _)) in FLOWS.iter().enumerate() {
-        let first = 10_000 + 1000 * i as u32;
-        ns.exec(&format!(
-            "for p in $(seq {first} {}); do conntrack -I -p tcp -s 10.0.0.1 -d {service} --sport $p --dport 80 -r {backend} -q 10.0.0.1 --reply-port-src 8080 --reply-port-dst $p --state ESTABLISHED -u ASSURED -t 600 2>/dev/null || exit 1; done",
-            first + n - 1
-        ));
+    for (f, _) in FLOWS {
+        insert(&ns, f, 0);
     }
     ns
 }
 
 /// `conntrack -L` of the namespace by Service address (`addr:port/proto`).
 fn conntrack_l(ns: &Netns) -> BTreeMap<String, u64> {
-    let mut g = BTreeMap::new();
-    for line in ns.exec("conntrack -L 2>/dev/null").lines() {
-        let w: Vec<&str> = line.split_whitespace().collect();
-        let first = |k: &str| {
-            w.iter()
-                .find_map(|x| x.strip_prefix(k))
-                .unwrap()
-                .to_string()
-        };
-        *g.entry(format!("{}:{}/{}", first("dst="), first("dport="), w[0]))
-            .or_default() += 1;
-    }
-    g
+    let [by_service, ..] = table::conntrack_l(ns);
+    by_service
 }
 
 /// One scrape (classic text): sample (`name{labels}`) -> value.
@@ -134,7 +134,7 @@ fn the_table_by_service_and_the_kernels_statistics_of_the_watched_namespace() {
     };
     let want: BTreeMap<String, u64> = FLOWS
         .iter()
-        .map(|(_, s, _, label)| (label.to_string(), listed[&format!("{s}:80/tcp")]))
+        .map(|(f, label)| (label.to_string(), listed[&format!("{}/tcp", f.service)]))
         .chain([("other".to_string(), 0)])
         .collect();
     assert_eq!(by_service(&m, netns), want, "against conntrack -L");

@@ -4,23 +4,15 @@
 //! dead backend, 5 UDP; `top -o json --once` must give each group's exact count, the same as
 //! `conntrack -L` grouped the same way, and count entries created during its interval as new.
 
-use integration_tests::{bin, need_root, Background, Netns};
+use integration_tests::{
+    bin, need_root,
+    table::{load_rules, KUBE_PROXY_RULES},
+    Background, Netns,
+};
 use serde_json::Value;
 use top_flows::{conntrack_l, groups, insert, Flow, FLOWS};
 
 mod top_flows;
-
-/// kube-proxy's iptables rules naming the first Service (`syncProxyRules()`,
-/// pkg/proxy/iptables/proxier.go): the cluster IP's rule carries the name.
-const RULES: &str = "*nat
-:KUBE-SERVICES - [0:0]
-:KUBE-SVC-OJWW7NSBVZTDHXNW - [0:0]
-:KUBE-SEP-2TGWM7QRKWQVRJTE - [0:0]
--A KUBE-SERVICES -m comment --comment \"shop/web:http cluster IP\" -m tcp -p tcp -d 10.96.0.10 --dport 80 -j KUBE-SVC-OJWW7NSBVZTDHXNW
--A KUBE-SVC-OJWW7NSBVZTDHXNW -m comment --comment \"shop/web:http -> 10.77.2.2:8080\" -j KUBE-SEP-2TGWM7QRKWQVRJTE
--A KUBE-SEP-2TGWM7QRKWQVRJTE -m comment --comment shop/web:http -m tcp -p tcp -j DNAT --to-destination 10.77.2.2:8080
-COMMIT
-";
 
 fn top(ns: &Netns, args: &str) -> Value {
     let out = ns.exec(&format!("{} top -o json {args}", bin().display()));
@@ -33,10 +25,7 @@ fn top(ns: &Netns, args: &str) -> Value {
 /// `FLOWS`.
 fn filled() -> Netns {
     let ns = Netns::new("top");
-    let rules = std::env::temp_dir().join(format!("ctt-top-{}.rules", ns.name));
-    std::fs::write(&rules, RULES).unwrap();
-    ns.exec(&format!("iptables-restore --noflush < {}", rules.display()));
-    let _ = std::fs::remove_file(&rules);
+    load_rules(&ns, KUBE_PROXY_RULES);
     for f in FLOWS {
         insert(&ns, f, 0);
     }

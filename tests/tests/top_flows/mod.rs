@@ -1,27 +1,11 @@
-//! What `top`'s tests share: flows inserted into a namespace's table with `conntrack -I`, and
-//! `conntrack -L` grouped as `top` groups.
-
+//! What `top`'s tests share: the flows they fill a table with, and a snapshot's groups.
 // Each test file uses its own part.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 
-use integration_tests::Netns;
+pub use integration_tests::table::{conntrack_l, insert, Flow};
 use serde_json::Value;
-
-/// One kind of flow: `n` entries from `client` (ports from `port`) to `service`, answered by
-/// `backend`, in `state` (TCP), with `conntrack -I`'s `extra` flags.
-#[derive(Clone, Copy)]
-pub struct Flow {
-    pub n: u32,
-    pub proto: &'static str,
-    pub client: &'static str,
-    pub port: u32,
-    pub service: &'static str,
-    pub backend: &'static str,
-    pub state: &'static str,
-    pub extra: &'static str,
-}
 
 pub const FLOWS: [Flow; 4] = [
     Flow {
@@ -65,59 +49,6 @@ pub const FLOWS: [Flow; 4] = [
         extra: "",
     },
 ];
-
-/// Inserts `n` entries of one kind of flow, client ports from `port`.
-pub fn insert(ns: &Netns, f: Flow, from: u32) {
-    let Flow {
-        n,
-        proto,
-        client,
-        port,
-        service,
-        backend,
-        state,
-        extra,
-    } = f;
-    let (sip, sport) = service.split_once(':').unwrap();
-    let (bip, bport) = backend.split_once(':').unwrap();
-    let state = if state.is_empty() {
-        String::new()
-    } else {
-        format!("--state {state}")
-    };
-    ns.exec(&format!(
-        "for p in $(seq {} {}); do conntrack -I -p {proto} -s {client} -d {sip} --sport $p --dport {sport} -r {bip} -q {client} --reply-port-src {bport} --reply-port-dst $p {state} -t 600 {extra} 2>/dev/null || exit 1; done",
-        port + from,
-        port + from + n - 1
-    ));
-}
-
-/// `conntrack -L` grouped as `top` groups: (service, backend, client, state) -> entries.
-pub fn conntrack_l(ns: &Netns) -> [BTreeMap<String, u64>; 4] {
-    let mut g: [BTreeMap<String, u64>; 4] = Default::default();
-    for line in ns.exec("conntrack -L 2>/dev/null").lines() {
-        let w: Vec<&str> = line.split_whitespace().collect();
-        let field = |k: &str, nth: usize| {
-            w.iter()
-                .filter_map(|x| x.strip_prefix(k))
-                .nth(nth)
-                .unwrap_or_else(|| panic!("no {k} in {line}"))
-                .to_string()
-        };
-        let proto = w[0];
-        let state = if proto == "tcp" { w[3] } else { proto };
-        let keys = [
-            format!("{}:{}/{proto}", field("dst=", 0), field("dport=", 0)),
-            format!("{}:{}/{proto}", field("src=", 1), field("sport=", 1)),
-            field("src=", 0),
-            state.to_string(),
-        ];
-        for (i, k) in keys.into_iter().enumerate() {
-            *g[i].entry(k).or_default() += 1;
-        }
-    }
-    g
-}
 
 pub fn groups(v: &Value) -> BTreeMap<String, u64> {
     v.as_array()
