@@ -6,7 +6,7 @@ use conntrack_common::{Counter, Drop, Kind, DROP_ELSEWHERE, DROP_IN_NETFILTER, N
 
 use crate::{
     config,
-    maps::{allow, count, emit, PENDING_DROP},
+    maps::{allow, count, emit, pending_drop_young, PENDING_DROP, PENDING_TTL_NS},
     pressure,
     skb::header,
 };
@@ -42,9 +42,14 @@ fn drop_reason(ctx: &BtfTracePointContext) -> u32 {
 #[inline(always)]
 fn try_kfree_skb(ctx: &BtfTracePointContext) {
     let skb: u64 = ctx.arg(0);
-    // SAFETY: map value read; LRU entries are never freed while we hold the RCU read lock.
-    let seen = match unsafe { PENDING_DROP.get(skb) } {
-        Some(p) => *p,
+    let pending = if pending_drop_young() {
+        // SAFETY: map value read; LRU entries are never freed while we hold the RCU read lock.
+        unsafe { PENDING_DROP.get(skb) }.copied()
+    } else {
+        None
+    };
+    let seen = match pending {
+        Some(p) => p,
         None => {
             let reason = drop_reason(ctx);
             if reason != NO_REASON && reason == config::netfilter_drop() {
@@ -55,9 +60,7 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) {
     };
     let _ = PENDING_DROP.remove(skb);
     let hdr = header(Kind::Drop);
-    // An sk_buff address is reused once the packet is freed; a verdict older than a second is
-    // about another packet.
-    if hdr.ts_ns.wrapping_sub(seen.ts_ns) > 1_000_000_000 {
+    if hdr.ts_ns.wrapping_sub(seen.ts_ns) > PENDING_TTL_NS {
         return;
     }
     let reason = drop_reason(ctx);

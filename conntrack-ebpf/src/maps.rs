@@ -42,6 +42,40 @@ pub static PENDING_RST: LruHashMap<PacketKey, InvalidSeen> =
 pub static PENDING_DROP: LruHashMap<u64, PendingDrop> =
     LruHashMap::with_max_entries(PENDING_ENTRIES, 0);
 
+/// When the newest entry went into [`PENDING_DROP`] (boot-clock ns; 0: never). Written with
+/// each INVALID packet only. `skb:kfree_skb` fires for every packet the kernel frees with a
+/// reason - on a busy node mostly `QUEUE_PURGE` of closing sockets, one or more a connection -
+/// and a miss in the 16k-bucket hash cost it about 290 ns a run on the host's crr bench (the
+/// bucket is cold). A verdict older than [`PENDING_TTL_NS`] is ignored anyway, so while the
+/// newest is that old no lookup can match, and the program reads this one slot instead.
+#[map]
+pub static LAST_PENDING: Array<u64> = Array::with_max_entries(1, 0);
+
+/// An `sk_buff` address is reused once its packet is freed: a verdict older than this is about
+/// another packet.
+pub const PENDING_TTL_NS: u64 = 1_000_000_000;
+
+/// Whether [`PENDING_DROP`] may hold a verdict young enough to match a packet freed now.
+#[inline(always)]
+pub fn pending_drop_young() -> bool {
+    let last = LAST_PENDING.get(0).copied().unwrap_or(0);
+    // SAFETY: helper call with no arguments.
+    last != 0 && unsafe { bpf_ktime_get_boot_ns() }.wrapping_sub(last) <= PENDING_TTL_NS
+}
+
+/// Remembers an INVALID packet's verdict until its `sk_buff` is freed.
+#[inline(always)]
+pub fn remember_pending_drop(skb: u64, pending: &PendingDrop) {
+    if PENDING_DROP.insert(skb, *pending, 0).is_err() {
+        count(Counter::MapUpdateFailed);
+        return;
+    }
+    if let Some(p) = LAST_PENDING.get_ptr_mut(0) {
+        // SAFETY: one u64 slot; a plain store (a racing writer also stores a time just taken).
+        unsafe { *p = pending.ts_ns };
+    }
+}
+
 /// `nf_conntrack_max`, written by userspace at start-up and every second: the limit is a
 /// global sysctl (kallsyms has no data symbols to read it from), the count it applies to is
 /// each namespace's own. 0: unknown (table pressure is then not told from other drops).

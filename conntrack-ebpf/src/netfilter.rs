@@ -25,7 +25,7 @@ use conntrack_common::{
 use crate::{
     config,
     filter::admit,
-    maps::{count, emit, PENDING_DROP},
+    maps::{count, emit, remember_pending_drop},
     pressure::ct_count,
     skb::{header, netns_inum, read, read_packet},
     tcp::remember_invalid,
@@ -277,9 +277,7 @@ pub fn on_invalid(state: *const u8, skb: *const u8) {
         shown: u8::from(shown),
         _pad: [0; 7],
     };
-    if PENDING_DROP.insert(ev.skb, pending, 0).is_err() {
-        count(Counter::MapUpdateFailed);
-    }
+    remember_pending_drop(ev.skb, &pending);
     if shown {
         emit(Kind::Invalid, &ev);
     }
