@@ -2,7 +2,11 @@
 //! kernel held when it refused the packet (raw `struct nf_conn` pieces, laid out by the running
 //! kernel's BTF).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use conntrack_common::{ips, Reason};
 
@@ -15,69 +19,28 @@ use crate::{
 /// `IP_CT_TCP_FLAG_BE_LIBERAL` (include/uapi/linux/netfilter/nf_conntrack_tcp.h).
 const TCP_FLAG_BE_LIBERAL: u8 = 0x08;
 
-/// The NUL-terminated format string of a record.
-pub fn format_string(r: &Reason) -> String {
-    let end = r.fmt.iter().position(|&b| b == 0).unwrap_or(r.fmt.len());
-    String::from_utf8_lossy(&r.fmt[..end]).into_owned()
-}
+/// Most distinct formats kept: conntrack logs a handful; garbled records beyond this are
+/// rendered from a format of their own.
+const MAX_FORMATS: usize = 256;
 
-/// Prints a conntrack log format the way the kernel would: the first two integer conversions take
-/// the two register arguments the probe read, `%s` (the TCP state in conntrack's messages) takes
-/// `state`, anything else is `?`.
-pub fn render(fmt: &str, args: [u64; 2], state: Option<&str>) -> String {
-    let mut out = String::new();
-    let mut next = 0;
-    let mut chars = fmt.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
+/// The records' format strings, each made once and shared by every reason that logs it.
+#[derive(Default)]
+pub struct Formats(HashMap<Box<[u8]>, Arc<str>>);
+
+impl Formats {
+    /// The NUL-terminated format string of a record.
+    pub fn of(&mut self, r: &Reason) -> Arc<str> {
+        let end = r.fmt.iter().position(|&b| b == 0).unwrap_or(r.fmt.len());
+        let raw = &r.fmt[..end];
+        if let Some(f) = self.0.get(raw) {
+            return f.clone();
         }
-        // Flags, width, precision and length modifiers, then the conversion.
-        let mut conv = None;
-        while let Some(&n) = chars.peek() {
-            chars.next();
-            if n.is_ascii_digit() || "-+ #.lhzjt".contains(n) {
-                continue;
-            }
-            conv = Some(n);
-            break;
+        let f: Arc<str> = String::from_utf8_lossy(raw).into();
+        if self.0.len() < MAX_FORMATS {
+            self.0.insert(raw.into(), f.clone());
         }
-        let int = |next: &mut usize| {
-            let v = args.get(*next).copied();
-            *next += 1;
-            v
-        };
-        match conv {
-            Some('%') => out.push('%'),
-            Some('u') => match int(&mut next) {
-                Some(v) => out.push_str(&(v as u32).to_string()),
-                None => out.push('?'),
-            },
-            Some('d') | Some('i') => match int(&mut next) {
-                Some(v) => out.push_str(&(v as u32 as i32).to_string()),
-                None => out.push('?'),
-            },
-            Some('x') => match int(&mut next) {
-                Some(v) => out.push_str(&format!("{:x}", v as u32)),
-                None => out.push('?'),
-            },
-            Some('s') => {
-                next += 1;
-                out.push_str(state.unwrap_or("?"));
-            }
-            Some('p') => {
-                // %pI4 and friends: a pointer argument and its extension letters.
-                next += 1;
-                while chars.peek().is_some_and(|c| c.is_ascii_alphanumeric()) {
-                    chars.next();
-                }
-                out.push('?');
-            }
-            _ => out.push('?'),
-        }
+        f
     }
-    out
 }
 
 /// How far the packet was past the bound a window message names ("SEQ is over upper bound %u",
@@ -197,6 +160,7 @@ pub fn conntrack(r: &Reason, l: &CtLayout) -> Option<ConntrackReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::reason::render;
 
     /// 5.10 names no bound; the windows give the same figure 6.1 prints (the README's 6.12 run:
     /// seq 598143538, reply window td_maxend 3819433266, bound 3819433267).
@@ -244,6 +208,27 @@ mod tests {
         );
         assert_eq!(missed_by_window("invalid state", Some(&ct), 1, 1), None);
         assert_eq!(missed_by_window(seq_over, None, 1, 1), None);
+    }
+
+    /// A format is made once and shared; past the bound, garbled records still render.
+    #[test]
+    fn formats_are_shared_and_bounded() {
+        let rec = |words: &str| {
+            let mut r = Reason::default();
+            r.fmt[..words.len()].copy_from_slice(words.as_bytes());
+            r
+        };
+        let mut f = Formats::default();
+        let a = f.of(&rec("SEQ is over upper bound %u"));
+        let b = f.of(&rec("SEQ is over upper bound %u"));
+        assert!(Arc::ptr_eq(&a, &b));
+        for i in 0..MAX_FORMATS + 10 {
+            assert_eq!(
+                &*f.of(&rec(&format!("garbled {i}"))),
+                format!("garbled {i}")
+            );
+        }
+        assert_eq!(f.0.len(), MAX_FORMATS);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::{
     pipeline::bounded::{Bounded, KeyHash},
     pipeline::enrich::Request,
     pipeline::events::addrs,
+    pipeline::reason::Formats,
 };
 
 /// A verdict within this long after a reason for the same `sk_buff` is about the same packet
@@ -74,6 +75,7 @@ pub(super) struct Verdicts {
     pub reasons_unmatched: u64,
     /// Verdicts that went out without their lookup's answer.
     pub enrichment_skipped: u64,
+    formats: Formats,
 }
 
 impl Verdicts {
@@ -85,6 +87,7 @@ impl Verdicts {
             tokens: HashMap::default(),
             reasons_unmatched: 0,
             enrichment_skipped: 0,
+            formats: Formats::default(),
         }
     }
 
@@ -234,17 +237,17 @@ impl Verdicts {
         self.recent.get(id).cloned()
     }
 
-    fn reason_info(r: &Reason, sh: &Shared) -> ReasonInfo {
-        let fmt = crate::pipeline::reason::format_string(r);
+    fn reason_info(&mut self, r: &Reason, sh: &Shared) -> ReasonInfo {
+        let fmt = self.formats.of(r);
         let layout = sh.ctx.ct_layout.as_ref();
         let state = layout.and_then(|l| crate::pipeline::reason::tcp_state(r, l));
         let conntrack = layout.and_then(|l| crate::pipeline::reason::conntrack(r, l));
         let (seq, ack) = (r.packet.seq, r.packet.ack);
         ReasonInfo {
-            text: ReasonText::new(crate::pipeline::reason::render(&fmt, r.args, state)),
             missed_by: crate::pipeline::reason::missed_by(&fmt, r.args[0], seq, ack).or_else(
                 || crate::pipeline::reason::missed_by_window(&fmt, conntrack.as_ref(), seq, ack),
             ),
+            text: ReasonText::logged(fmt, r.args, state),
             conntrack: conntrack.map(Box::new),
             // A refusal with an entry: was it one conntrack was already tracking, or one this
             // very packet was about to create (e.g. "invalid new" for a stray FIN)?
@@ -260,7 +263,7 @@ impl Verdicts {
             self.reasons_unmatched += 1;
             return;
         }
-        let info = Self::reason_info(r, sh);
+        let info = self.reason_info(r, sh);
         let (src, dst) = addrs(p);
         let mut report = InvalidReport {
             time: sh.time(r.header.ts_ns),
@@ -304,7 +307,7 @@ impl Verdicts {
         let tcp = v.flags & flags::NOT_TCP == 0 && v.flags & flags::NO_HEADERS == 0;
         let info = match self.reasons.remove(&v.skb) {
             Some(r) if v.header.ts_ns.wrapping_sub(r.reason.header.ts_ns) <= REASON_MAX_AGE_NS => {
-                Some(Self::reason_info(&r.reason, sh))
+                Some(self.reason_info(&r.reason, sh))
             }
             _ => None,
         };
