@@ -157,6 +157,54 @@ fn top_rejects_bad_flags_with_one_line() {
     }
 }
 
+/// `top --attach MODE` refuses a mode the kernel lacks as `ct-trace --attach MODE` does: the
+/// same one line and exit code, no snapshot; and runs when the mode attaches. The tracer itself
+/// is the oracle of which modes this kernel has (here netfilter only: both branches run; each
+/// VM kernel has its own mix).
+#[test]
+fn top_refuses_a_named_attach_mode_the_kernel_lacks_as_the_tracer_does() {
+    if !need_root("top_refuses_a_named_attach_mode_the_kernel_lacks_as_the_tracer_does") {
+        return;
+    }
+    let ns = Netns::new("topmode");
+    let run = |args: &str| {
+        let cmd = format!("ip netns exec {} {} {args}", ns.name, bin().display());
+        let out = std::process::Command::new("sh")
+            .args(["-c", &cmd])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (mut refused, mut ran) = (0, 0);
+    for mode in ["netfilter", "fexit", "kprobe"] {
+        let (code, _, err) = run(&format!("--attach {mode} --duration 200ms"));
+        let (tcode, tout, terr) = run(&format!(
+            "top -o json --once --interval 200ms --attach {mode}"
+        ));
+        if code == Some(2) {
+            refused += 1;
+            let line = err.lines().last().unwrap_or_default();
+            assert!(line.contains(&format!("--attach {mode}")), "{mode}: {err}");
+            assert_eq!(tcode, Some(2), "{mode}: top: {tout}{terr}");
+            assert_eq!(terr.trim_end(), line, "{mode}: top said more than one line");
+            assert!(tout.is_empty(), "{mode}: top showed a snapshot: {tout}");
+        } else {
+            ran += 1;
+            assert_eq!(code, Some(0), "{mode}: {err}");
+            assert_eq!(tcode, Some(0), "{mode}: top: {terr}");
+            let v: Value =
+                serde_json::from_str(tout.trim()).unwrap_or_else(|e| panic!("{e}: {tout}"));
+            assert_eq!(v["resets"]["state"], "tracing", "{mode}: {v}");
+        }
+    }
+    eprintln!("attach modes this kernel lacks: {refused}, has: {ran}");
+    assert!(ran >= 1, "no attach mode worked at all");
+}
+
 /// A tmux server of the test's own (its own socket), killed on drop, also when the test fails.
 struct Tmux(String);
 

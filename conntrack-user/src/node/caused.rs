@@ -271,15 +271,38 @@ impl Tracer {
         me
     }
 
-    /// Waits until the tracer is attached, has failed, `max` has passed or `stopped()`.
-    pub fn wait_ready(&self, max: Duration, stopped: impl Fn() -> bool) {
+    /// Waits until the tracer is attached, has failed, `max` has passed or `stopped()`; returns
+    /// where it is.
+    pub fn wait_ready(&self, max: Duration, stopped: impl Fn() -> bool) -> State {
         let t0 = Instant::now();
         while t0.elapsed() < max && !stopped() {
-            if self.state() != State::Starting {
-                return;
+            let s = self.state();
+            if s != State::Starting {
+                return s;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.state()
+    }
+
+    /// Why the tracer failed (its last line on stderr) and its exit code, once it has ended;
+    /// `None` while it runs or if it failed before it started (no exit code to give).
+    pub fn failure(&mut self) -> Option<(String, i32)> {
+        let child = self.child.as_mut()?;
+        let t0 = Instant::now();
+        // Its stdout closed (`ended`) a moment before the process is reaped.
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if t0.elapsed() < Duration::from_secs(2) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => return None,
+            }
+        };
+        let c = lock(&self.counts);
+        let why = c.error.clone().unwrap_or_else(|| "the tracer ended".into());
+        Some((why, status.code().unwrap_or(1)))
     }
 
     fn state(&self) -> State {

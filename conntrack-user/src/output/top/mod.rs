@@ -15,7 +15,7 @@ use clap::ValueEnum as _;
 
 use self::stop::{catch_signals, stopped};
 use crate::{
-    cli::TopArgs,
+    cli::{AttachMode, TopArgs},
     node::{
         caused::{self, Tracer},
         doctor::{mem_total, writeups_max},
@@ -43,15 +43,26 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     // The tracer first, attached before the table's baseline is read: the first snapshot's
     // resets and its table cover the same interval. It lives as long as this function (its
     // drop stops the child), on the thread that started it (the child's PR_SET_PDEATHSIG).
-    let tracer = (!args.no_resets).then(|| {
+    let mut tracer = None;
+    if !args.no_resets {
         let mode = args
             .attach
             .to_possible_value()
             .expect("no skipped variants");
-        let t = Tracer::start(mode.get_name());
-        t.wait_ready(caused::ATTACH_WAIT, stopped);
-        t
-    });
+        let mut t = Tracer::start(mode.get_name());
+        // With `auto` a tracer that cannot attach is a line in the view (the table is still
+        // worth showing); a mode the user named and this kernel lacks is bad input, refused
+        // as `ct-trace --attach` refuses it: its one line and its exit code.
+        if t.wait_ready(caused::ATTACH_WAIT, stopped) == caused::State::Failed
+            && args.attach != AttachMode::Auto
+        {
+            if let Some((why, code)) = t.failure() {
+                eprintln!("{why}");
+                return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1).max(1)));
+            }
+        }
+        tracer = Some(t);
+    }
     let mut resets = tracer.as_ref().map(Tracer::reader);
     let mut sampler = Sampler::start(names, limit as usize, args.cap as usize, budget)
         .context("reading the conntrack table through ctnetlink (needs CAP_NET_ADMIN)")?;
