@@ -101,6 +101,8 @@ fn unknown_flags_and_bad_values_exit_2() {
         &["--port", "0"],
         &["--kind", "everything"],
         &["--resets", "some"],
+        &["--metrics-top-services", "1001"],
+        &["--metrics-top-services", "99999999999"],
     ] {
         let (code, out, err) = run(args);
         assert_eq!(code, 2, "{args:?}: {err}");

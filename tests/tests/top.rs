@@ -145,7 +145,15 @@ fn top_counts_every_group_exactly_as_conntrack_lists_them() {
 
 #[test]
 fn top_rejects_bad_flags_with_one_line() {
-    for args in ["--limit 0", "--interval x", "--once --count 2", "--cap 0"] {
+    for args in [
+        "--limit 0",
+        "--interval x",
+        "--once --count 2",
+        "--cap 0",
+        "--cpu-budget 0",
+        "--cpu-budget 101",
+        "--cpu-budget 99999999999",
+    ] {
         let out = std::process::Command::new(bin())
             .arg("top")
             .args(args.split(' '))
