@@ -8,7 +8,8 @@
 #   e.g. tests/scripts/nf-cost.sh 5 3 "bulk rr crr" "ct empty nfct"
 #
 # Observers: `ct` (ct-trace --attach netfilter, $CT_TRACE_BIN or target/release/ct-trace),
-# `ct=PATH` (another ct-trace binary, e.g. main's, for a before/after in one run), `empty`, `nfct`.
+# `ct=PATH` (another ct-trace binary, e.g. main's, for a before/after in one run), `empty`, `nfct`,
+# `none` (no observer) and `destroy` (`conntrack -E -e DESTROY` in the node's namespace).
 #
 # Prints one line per run: workload observer runs ns ns/run; then the median ns/run of each.
 # bpf_stats_enabled is put back to its previous value at exit.
@@ -68,6 +69,15 @@ workload() {
 	esac
 }
 
+cpu() { # pid -> "thread ticks" lines (user + system), sorted by thread name
+	for t in /proc/$1/task/*; do
+		local st
+		st=$(cat "$t/stat" 2>/dev/null) || continue
+		set -- ${st##*) }
+		echo "$(tr -c 'A-Za-z0-9\n-' _ <"$t/comm")/${t##*/} $((${12} + ${13}))"
+	done | sort
+}
+
 run() { # workload observer -> "runs ns"
 	local w=$1 o=$2 out
 	case $o in
@@ -80,7 +90,11 @@ run() { # workload observer -> "runs ns"
 		local pid=$!
 		for _ in $(seq 300); do [ -e "$tmp/ready" ] && break; sleep 0.1; done
 		[ -e "$tmp/ready" ] || { cat "$tmp/ct.err" >&2; exit 1; }
+		cpu "$pid" >"$tmp/cpu0"
 		out=$(workload "$w")
+		cpu "$pid" >"$tmp/cpu1"
+		# ct-trace's own CPU while the workload ran, by thread.
+		echo "# $w $o cpu: $(join "$tmp/cpu0" "$tmp/cpu1" | awk '{printf "%s %.2fs ", $1, ($3-$2)/'"$(getconf CLK_TCK)"'}')" >&2
 		kill -INT $pid && wait $pid
 		python3 - "$tmp/ct.json" <<'PY'
 import json, sys
@@ -89,6 +103,20 @@ for p in s["programs"]:
     if p["program"] == "ctt_nf_verdict":
         print(p["runs"], p["run_ns"])
 PY
+		;;
+	none)
+		out=$(workload "$w")
+		echo "0 0"
+		;;
+	destroy)
+		# A ctnetlink DESTROY listener alone (what ct-trace's lost-entry watcher subscribes
+		# to), without ct-trace: what the kernel's conntrack events cost the workload.
+		ip netns exec $N conntrack -E -e DESTROY >/dev/null 2>&1 &
+		local pid=$!
+		sleep 0.3
+		out=$(workload "$w")
+		kill $pid && wait $pid 2>/dev/null || true
+		echo "0 0"
 		;;
 	empty | nfct)
 		coproc F { ip netns exec $N python3 "$here/nf_floor.py" $o $nfct_off; }
@@ -102,6 +130,7 @@ PY
 		;;
 	esac
 	echo "# $w $o: $out" >&2
+	echo "$w $o $out" >>"$tmp/rates"
 }
 
 for w in $WORKLOADS; do
@@ -112,6 +141,17 @@ for w in $WORKLOADS; do
 		done
 	done
 done
+echo "median rate (workload's unit):"
+python3 - "$tmp/rates" <<'PY'
+import statistics, sys
+rows = {}
+for l in open(sys.argv[1]):
+    w, o, *out = l.split()
+    rate = next(float(x) for x in out if x.replace(".", "", 1).isdigit())
+    rows.setdefault((w, o), []).append(rate)
+for (w, o), v in rows.items():
+    print(f"{w:5} {o:8} {statistics.median(v):10.1f}  (min {min(v):.1f} max {max(v):.1f})")
+PY
 echo "median ns/run:"
 python3 - "$tmp/rows" <<'PY'
 import statistics, sys

@@ -21,6 +21,19 @@ use crate::{
 /// Batches waiting for the event loop; beyond this the thread drops a batch and counts it.
 const BACKLOG: usize = 1024;
 
+/// How often the kernel's counters are read when no event needs them (see
+/// [`Classifier::needs_counter`]): a read of /proc/net/stat/nf_conntrack costs tens of
+/// microseconds, and a read per batch, with closing flows' expiries arriving one at a time,
+/// took 8-14% of a CPU on a 6k connections/s workload (tests/scripts/nf-cost.sh's crr).
+const COUNTERS_EVERY_NS: u64 = 100_000_000;
+
+/// After a batch smaller than [`COALESCE_BELOW`] events the thread waits this long before its
+/// next receive, so that a steady trickle of expiries (one per closing flow) costs ~100
+/// wake-ups a second instead of one per event; a larger batch (a storm) is followed at once,
+/// and the socket's 8 MiB buffer holds ~8k events, far more than 10 ms of a trickle.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(10);
+const COALESCE_BELOW: usize = 1024;
+
 pub struct Watcher {
     rx: Receiver<Vec<Gone>>,
     stop: Arc<AtomicBool>,
@@ -59,6 +72,7 @@ impl Watcher {
                 let mut classifier = Classifier::default();
                 let mut batch = Vec::new();
                 let mut told = Vec::new();
+                let (mut entries, mut read_at) = (None, boot_now());
                 loop {
                     let stopping = s.load(Ordering::Relaxed);
                     let drained_at = match events.recv(&mut batch, boot_now) {
@@ -75,16 +89,25 @@ impl Watcher {
                             return;
                         }
                     };
+                    let got = batch.len();
                     // Read after the events: the kernel moves the counter after it sends an
                     // evicted entry's event.
-                    let stats = kstat::read().ok();
-                    let now_drop = stats
-                        .as_ref()
-                        .and_then(|m| m.get("early_drop").copied())
-                        .unwrap_or(early_drop);
-                    let entries = stats.as_ref().and_then(|m| m.get("entries").copied());
-                    let delta = now_drop.saturating_sub(early_drop);
-                    early_drop = now_drop;
+                    let now = boot_now();
+                    let mut delta = 0;
+                    if stopping
+                        || classifier.needs_counter(&batch)
+                        || now.saturating_sub(read_at) >= COUNTERS_EVERY_NS
+                    {
+                        read_at = now;
+                        let stats = kstat::read().ok();
+                        let now_drop = stats
+                            .as_ref()
+                            .and_then(|m| m.get("early_drop").copied())
+                            .unwrap_or(early_drop);
+                        entries = stats.as_ref().and_then(|m| m.get("entries").copied());
+                        delta = now_drop.saturating_sub(early_drop);
+                        early_drop = now_drop;
+                    }
                     classifier.step(std::mem::take(&mut batch), delta, boot_now(), &mut told);
                     if stopping {
                         classifier.flush(&mut told);
@@ -113,6 +136,9 @@ impl Watcher {
                     if stopping {
                         w.store(u64::MAX, Ordering::Release);
                         return;
+                    }
+                    if (1..COALESCE_BELOW).contains(&got) {
+                        std::thread::sleep(COALESCE);
                     }
                 }
             })?;

@@ -31,7 +31,8 @@ pub struct Gone {
     pub certain: bool,
     /// CLOCK_BOOTTIME of the batch it came in, nanoseconds.
     pub boot_ns: u64,
-    /// The namespace's entry count after the batch.
+    /// The namespace's entry count after the batch (for an eviction; otherwise as read at most
+    /// 100 ms before it).
     pub entries: Option<u64>,
 }
 
@@ -104,6 +105,18 @@ impl Classifier {
     /// Whether some destroyed entry waits to be told (for the counter to move for it).
     pub fn holds(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// Whether telling `batch` needs the `early_drop` counter read now: it holds an entry the
+    /// kernel destroyed unassured (an eviction candidate), or something already waits for the
+    /// counter or for an event. Assured expiries and deletions by a process are told without
+    /// it; the counter is cumulative, so a read skipped loses no move.
+    pub fn needs_counter(&self, batch: &[Destroyed]) -> bool {
+        self.holds()
+            || self.credit > 0
+            || batch
+                .iter()
+                .any(|d| d.portid == 0 && d.entry.status & IPS_ASSURED == 0)
     }
 
     /// Everything still waiting is told now (at exit).
@@ -290,6 +303,25 @@ mod tests {
         );
         run(&mut c, vec![], 0, EVICTION_WAIT_NS + 1);
         assert_eq!(c.unseen, 2);
+    }
+
+    #[test]
+    fn only_eviction_candidates_and_waiting_ones_need_the_counter() {
+        let mut c = Classifier::default();
+        // A churn of closed flows (assured expiries, deletions by a process): no read.
+        let quiet = [destroyed(1, IPS_ASSURED, 0), destroyed(2, 0, 4242)];
+        assert!(!c.needs_counter(&quiet));
+        assert!(!c.needs_counter(&[]));
+        let candidate = [destroyed(3, 0, 0)];
+        assert!(c.needs_counter(&candidate));
+        run(&mut c, candidate.to_vec(), 0, 0);
+        // It waits for the counter: every batch reads it until it is told.
+        assert!(c.needs_counter(&[]));
+        run(&mut c, vec![], 1, 10);
+        assert!(!c.needs_counter(&[]));
+        // A counter move with no event yet waits for its event.
+        run(&mut c, vec![], 1, 20);
+        assert!(c.needs_counter(&[]));
     }
 
     #[test]
