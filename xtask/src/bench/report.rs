@@ -351,7 +351,13 @@ pub(super) fn markdown(
     md += &format!(
         "- load average (1, 5, 15 min) before / after: {load_before} / {load_after}; the run took {elapsed:.0} s\n"
     );
-    md += "- the fexit and kprobe modes (`--attach fexit`, `--attach kprobe`) cannot run on this machine's kernel (no kprobes, no BPF trampolines): the \"VM\" sections measure them inside Debian kernels under qemu. When qemu runs under TCG (no usable KVM here), the guest's CPU is emulated: absolute rates there mean nothing; only the ratios to no observer within the same guest run, and the kernel's own nanoseconds a program run (emulated too, but the same for every mode), compare the modes. Correctness of every mode is the VM matrix's (`cargo xtask test`)\n";
+    // What the VM part ran on, read as `vm::run_jobs` chooses it (`--accel auto`), not assumed.
+    let accel = if crate::vm::kvm_usable() {
+        "KVM: the guest's CPU is the host's, virtualized; its rates are still a one-vCPU guest's, so the ratios to no observer within the same guest run compare the modes"
+    } else {
+        "TCG, no usable KVM on this machine: the guest's CPU is emulated, so absolute rates there mean nothing; only the ratios to no observer within the same guest run, and the kernel's own nanoseconds a program run (emulated too, but the same for every mode), compare the modes"
+    };
+    md += &format!("- the \"VM\" sections measure the attach modes inside Debian kernels under qemu, with {accel}. Correctness of every mode is the VM matrix's (`cargo xtask test`)\n");
     for s in sections {
         md += &format!("\n## {}\n\n{}\n\n", capitalize(&s.title), s.about);
         md += &md_table(&s.header, &s.rows);

@@ -98,6 +98,11 @@ impl Series {
     }
 }
 
+/// Whether `--accel auto` runs the guests with KVM on this machine (else TCG).
+pub fn kvm_usable() -> bool {
+    qemu::kvm_usable()
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Accel {
     /// KVM when /proc/cpuinfo has vmx/svm, /dev/kvm opens and it is no nested PVM; else TCG.
