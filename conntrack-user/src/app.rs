@@ -17,13 +17,14 @@ use log::{info, warn};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
+    cli::Format,
     cli::{Cli, Command, Resets},
+    event::Report,
     kernel::btf::KernelBtf,
     kernel::load,
     kernel::preflight::{self, PreflightError},
     node::doctor,
     node::kstat,
-    output::report::{Format, Report},
     output::table::CtMax,
     output::{
         counters::Counters,
@@ -145,7 +146,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     // the two, and equals both when no INVALID packet arrives during attach and detach.
     // Listening for destroyed entries before attaching: the kernel sends those events only for
     // entries created while someone listens (`nf_conntrack_events=2`).
-    let watcher = crate::pipeline::destroy::Watcher::start(crate::output::time::boot_now)
+    let watcher = crate::pipeline::destroy::Watcher::start(crate::event::time::boot_now)
         .map_err(|e| warn!("conntrack destroy events unavailable, lost entries are not named: {e}"))
         .ok();
     if watcher.is_some() && version < (5, 11) {
@@ -543,7 +544,7 @@ fn correlator_context(
         .ok();
     let mut ifnames = IfNames::new();
     Context {
-        boot_to_epoch_ns: crate::output::time::boot_to_epoch_ns(),
+        boot_to_epoch_ns: crate::event::time::boot_to_epoch_ns(),
         rst_reasons: kbtf.enum_names("sk_rst_reason"),
         drop_reasons,
         netfilter_drop,

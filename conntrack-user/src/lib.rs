@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod event;
 pub mod kernel;
 // `ct-trace lab`: only in builds with the `lab` feature (the default; the DaemonSet's image
 // has none).

@@ -6,7 +6,7 @@
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use conntrack_user::output::report::rfc3339;
+use conntrack_user::output::text::rfc3339;
 use integration_tests::{
     carries_packet, need_root, CtTrace, Topology, CLIENT, SERVER, WITH_PACKET,
 };

@@ -121,7 +121,7 @@ impl Segment {
 
     /// The flags as ct-trace prints them (`ACK`, `PSH|ACK`, `RST`, ...).
     pub fn flag_names(&self) -> String {
-        crate::output::flags::TcpFlags(self.flags).to_string()
+        crate::event::TcpFlags(self.flags).to_string()
     }
 }
 

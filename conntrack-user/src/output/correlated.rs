@@ -1,7 +1,7 @@
 //! What the exit summary and the counters' notices need of the correlator, as output sees it:
 //! `pipeline` implements it, so that output (below the pipeline) never imports the pipeline.
 
-use super::report::{StrayTally, Time};
+use crate::event::{StrayTally, Time};
 
 /// The correlator's state at the end of a run (and its clock).
 pub trait Correlated {

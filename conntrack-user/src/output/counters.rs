@@ -7,9 +7,9 @@ use aya::maps::{MapData, PerCpuArray};
 use conntrack_common::{counter::Role, Counter, COUNTERS};
 
 use crate::{
+    event::time::boot_now,
+    event::{CounterReport, Report},
     output::correlated::Correlated,
-    output::report::{CounterReport, Report},
-    output::time::boot_now,
 };
 
 /// The kernel's per-CPU counters of ct-trace, summed.

@@ -8,7 +8,16 @@
 
 use std::{io::Write as _, net::IpAddr};
 
-use super::report::{InvalidReport, ReasonText, Report};
+use crate::event::{InvalidReport, ReasonText, Report};
+
+impl Report {
+    pub fn json(&self) -> String {
+        let mut buf = Vec::with_capacity(512);
+        write(&mut buf, self);
+        // Made of `&str`s and ASCII: UTF-8.
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
 
 /// Appends `r`'s JSON object (no newline) to `buf`.
 pub fn write(buf: &mut Vec<u8>, r: &Report) {
@@ -178,7 +187,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::output::report::{
+    use crate::event::{
         ConntrackReport, Direction, Enrichment, Fate, NfHook, ReasonText, TcpFlags, Time,
         WindowReport,
     };

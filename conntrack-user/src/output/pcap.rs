@@ -50,9 +50,9 @@ use pcap_file::{
     DataLink, Endianness,
 };
 
-use crate::output::{
-    packet::Spec,
-    report::{Report, TcpFlags, Time},
+use crate::{
+    event::{Report, TcpFlags, Time},
+    output::packet::Spec,
 };
 
 /// The second comment of every packet.

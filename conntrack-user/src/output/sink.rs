@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, io};
 
 use crate::{
     cli::{Cli, Resets},
-    output::report::Report,
+    event::Report,
     output::writer::Writer,
 };
 

@@ -10,16 +10,11 @@ use std::{
 use conntrack_common::{counter::Role, Counter};
 
 use crate::{
-    cli::Cli,
+    cli::{Cli, Format},
+    event::time::boot_now,
+    event::{EvictedTally, InvalidTally, KindTally, Report, SummaryReport, TableTally},
     node::kstat,
-    output::report::{Format, InvalidTally, Report, SummaryReport},
-    output::time::boot_now,
-    output::{
-        correlated::Correlated,
-        counters::Counters,
-        sink::Tally,
-        table::{self, EvictedTally, KindTally, TableTally},
-    },
+    output::{correlated::Correlated, counters::Counters, sink::Tally, table},
 };
 
 /// The program whose skipped runs may each have been an INVALID verdict (kprobe mode; the
@@ -172,7 +167,7 @@ pub(crate) fn print_summary(
     s: &SummaryReport,
     corr: &dyn Correlated,
     verdicts: bool,
-    flows: &[crate::output::report::FlowReport],
+    flows: &[crate::event::FlowReport],
 ) {
     let kinds: Vec<String> = s.events.iter().map(|(k, n)| format!("{k} {n}")).collect();
     let lost: u64 = s.lost.values().sum();
@@ -314,7 +309,7 @@ pub(crate) fn print_summary(
 }
 
 /// The per-flow reset summary on stdout (`--summary`).
-pub(crate) fn print_flows(cli: &Cli, flows: &[crate::output::report::FlowReport]) {
+pub(crate) fn print_flows(cli: &Cli, flows: &[crate::event::FlowReport]) {
     let mut out = io::stdout().lock();
     if cli.output == Format::Text && !flows.is_empty() {
         let _ = writeln!(

@@ -1,55 +1,12 @@
-//! Table pressure over a run: ct-trace's in-kernel counts of `table_full` and `midstream`, the
-//! `evicted` events, and the kernel's own `drop` / `early_drop` / `insert_failed` deltas for the
-//! namespace, in the JSON summary and the exit lines. Also keeps the programs' copy of
-//! `nf_conntrack_max` current.
+//! Table pressure over a run: the kernel's own `drop` / `early_drop` / `insert_failed` deltas
+//! for the namespace and the exit line of the tallies (`event::TableTally`). Also keeps the
+//! programs' copy of `nf_conntrack_max` current.
 
 use std::collections::HashMap;
 
 use aya::maps::{Array, MapData};
-use serde::Serialize;
 
-/// One record kind's accounting: `counted` (in the kernel, when it happened) == `shown` +
-/// `suppressed` + `filtered` + `lost` + `unprinted`.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct KindTally {
-    pub counted: u64,
-    pub shown: u64,
-    pub suppressed: u64,
-    pub filtered: u64,
-    pub lost: u64,
-    pub unprinted: u64,
-}
-
-/// `evicted` events against the kernel's `early_drop`: `kernel` == `shown` + `unseen`. Unseen
-/// evictions are those of entries created before ct-trace listened (the kernel sends destroy
-/// events only for entries created while someone listens) or lost to a netlink overflow.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct EvictedTally {
-    pub kernel: Option<u64>,
-    pub shown: u64,
-    /// Of `shown`, those inferred from the counter rather than certain.
-    pub inferred: u64,
-    pub unseen: Option<u64>,
-    /// Times the kernel dropped destroy events for ct-trace (socket overflow).
-    pub overflows: u64,
-}
-
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct TableTally {
-    /// `nf_conntrack_max` at the end of the run.
-    pub max: Option<u32>,
-    /// The namespace's deltas of `/proc/net/stat/nf_conntrack` from before ct-trace attached to
-    /// after it detached: `table_full.counted` equals `drop` unless conntrack also dropped
-    /// packets for other reasons (a lost insertion clash, counted in `insert_failed` too).
-    pub kernel_drop: Option<u64>,
-    pub kernel_early_drop: Option<u64>,
-    pub kernel_insert_failed: Option<u64>,
-    pub table_full: KindTally,
-    pub midstream: KindTally,
-    pub evicted: EvictedTally,
-    /// Netfilter drops of packets without an entry while the table had room (not pressure).
-    pub nf_drop_untracked: u64,
-}
+use crate::event::TableTally;
 
 /// The delta of one kernel counter between two readings.
 pub fn delta(

@@ -4,8 +4,8 @@
 use std::io::{self, Write as _};
 
 #[cfg(test)]
-use super::report::{CounterReport, Time};
-use super::report::{Format, Report};
+use crate::event::{CounterReport, Time};
+use crate::{cli::Format, event::Report};
 
 /// Writes reports to stdout, buffered: the caller flushes once per batch of events, not once
 /// per line. A report counts as printed only once all its bytes were written: when stdout

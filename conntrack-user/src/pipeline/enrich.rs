@@ -18,8 +18,8 @@ use std::{
 };
 
 use crate::{
+    event::ConntrackReport,
     node::netlink::{self, tcp_state_name, Conntrack, Tuple},
-    output::report::ConntrackReport,
 };
 
 /// Lookups waiting for the enrichment thread. At ~20 µs a lookup this is a few ms of work: more

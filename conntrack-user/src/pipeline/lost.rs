@@ -1,5 +1,5 @@
 //! Lost conntrack entries: how an entry went (evicted by `early_drop`, expired, deleted; the
-//! reports of the table-pressure kinds are in `output::lost`), and the bounded memory of recently
+//! reports of the table-pressure kinds are in `event::lost`), and the bounded memory of recently
 //! lost entries that names the Service and the backend of a flow picked up
 //! mid-stream - and of the reset that follows. Pure code, unit-tested; the netlink thread that
 //! feeds it is in `destroy`.
@@ -12,10 +12,10 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::node::netlink::{Destroyed, Tuple, IPS_ASSURED};
-pub use crate::output::lost::{
+pub use crate::event::{
     how_name, EvictedReport, FlowEntry, How, LostReport, MidstreamReport, TableFullReport,
 };
+use crate::node::netlink::{Destroyed, Tuple, IPS_ASSURED};
 
 /// Lost entries remembered for `midstream` and `entry_lost` attributions: at most this many ...
 pub const LOST_ENTRIES: usize = 4096;

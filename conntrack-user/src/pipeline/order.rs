@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::output::report::{Report, Time};
+use crate::event::{Report, Time};
 
 /// How long before a reservation a program may have read its record's time: a program runs
 /// for microseconds, but an interrupt can stretch that on a busy CPU.
@@ -71,7 +71,7 @@ impl Reorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::report::CounterReport;
+    use crate::event::CounterReport;
 
     fn at(ns: u64) -> Report {
         Report::Lost(CounterReport {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use aya::maps::{MapData, RingBuf};
 
 use crate::{
-    output::report::{Report, Time},
+    event::{Report, Time},
     output::table::{self, CtMax},
     pipeline::attribution::{Batch, Correlator, Output, FATE_WAIT},
     pipeline::destroy::Watcher,
@@ -103,7 +103,7 @@ impl<'a> Pipe<'a> {
     /// Decodes and correlates up to `max` records; returns how many there were.
     pub(crate) fn drain(&mut self, ring: &mut RingBuf<MapData>, max: usize, now: Instant) -> usize {
         let mut n = 0;
-        let started = crate::output::time::boot_now();
+        let started = crate::event::time::boot_now();
         while n < max {
             let Some(item) = ring.next() else {
                 self.ring_read_to = self.ring_read_to.max(started);

@@ -11,9 +11,9 @@ use std::{
 use conntrack_common::{ips, Reason};
 
 use crate::{
+    event::{ConntrackReport, WindowReport},
     kernel::btf::CtLayout,
     node::netlink::tcp_state_name,
-    output::report::{ConntrackReport, WindowReport},
 };
 
 /// `IP_CT_TCP_FLAG_BE_LIBERAL` (include/uapi/linux/netfilter/nf_conntrack_tcp.h).
@@ -69,8 +69,8 @@ pub fn missed_by_window(
 ) -> Option<u32> {
     let c = ct?;
     let (sender, receiver) = match c.direction {
-        crate::output::report::Direction::Original => (c.original_window?, c.reply_window?),
-        crate::output::report::Direction::Reply => (c.reply_window?, c.original_window?),
+        crate::event::Direction::Original => (c.original_window?, c.reply_window?),
+        crate::event::Direction::Reply => (c.reply_window?, c.original_window?),
     };
     if text.starts_with("SEQ is over the upper bound") {
         Some(seq.wrapping_sub(sender.td_maxend.wrapping_add(1)))
@@ -138,9 +138,9 @@ pub fn conntrack(r: &Reason, l: &CtLayout) -> Option<ConntrackReport> {
     Some(ConntrackReport {
         source: "kernel",
         direction: if psrc == orig_src && p.sport == orig_sport {
-            crate::output::report::Direction::Original
+            crate::event::Direction::Original
         } else {
-            crate::output::report::Direction::Reply
+            crate::event::Direction::Reply
         },
         orig_src,
         orig_sport,
@@ -160,13 +160,13 @@ pub fn conntrack(r: &Reason, l: &CtLayout) -> Option<ConntrackReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::reason::render;
+    use crate::event::reason::render;
 
     /// 5.10 names no bound; the windows give the same figure 6.1 prints (the README's 6.12 run:
     /// seq 598143538, reply window td_maxend 3819433266, bound 3819433267).
     #[test]
     fn the_windows_tell_by_how_much_a_packet_missed_when_the_message_names_no_bound() {
-        use crate::output::report::{Direction, WindowReport};
+        use crate::event::{Direction, WindowReport};
         let w = |td_end, td_maxend| WindowReport {
             td_end,
             td_maxend,
@@ -311,7 +311,7 @@ mod tests {
         r.packet.saddr[..4].copy_from_slice(&[10, 0, 0, 2]);
         r.packet.sport = 8080;
         let c = conntrack(&r, &l).unwrap();
-        assert_eq!(c.direction, crate::output::report::Direction::Reply);
+        assert_eq!(c.direction, crate::event::Direction::Reply);
         assert_eq!(c.orig_dst.to_string(), "10.96.0.10");
         assert_eq!(
             (c.orig_sport, c.orig_dport, c.reply_sport),

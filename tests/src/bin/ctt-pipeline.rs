@@ -9,7 +9,7 @@ use std::{io, time::Instant};
 
 use conntrack_common::{Kind, Verdict, WIRE_VERSION};
 use conntrack_user::{
-    output::report::Format,
+    cli::Format,
     output::writer::Writer,
     pipeline::attribution::{Context, Correlator, Output},
     pipeline::events,

@@ -34,8 +34,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::output::tags::ResetCause;
-use crate::{output::counters::Counters, output::report::Report};
+use crate::event::ResetCause;
+use crate::{event::Report, output::counters::Counters};
 
 /// Distinct `service` label values of `ct_trace_attributed_resets_total`; beyond: `other`.
 pub const MAX_SERVICES: usize = 256;

@@ -5,8 +5,8 @@ use std::net::Ipv4Addr;
 use pcap_file::pcapng::{Block, PcapNgReader};
 
 use super::*;
+use crate::event::{CounterReport, Fate, InvalidReport, NfHook, ReasonText, ResetReport};
 use crate::output::packet::checksum;
-use crate::output::report::{CounterReport, Fate, InvalidReport, NfHook, ReasonText, ResetReport};
 
 fn invalid(src: &str, dst: &str) -> Report {
     Report::Invalid(InvalidReport {

@@ -15,14 +15,14 @@ use clap::ValueEnum as _;
 
 use self::stop::{catch_signals, stopped};
 use crate::{
-    cli::{AttachMode, TopArgs},
+    cli::{AttachMode, Format, TopArgs},
     node::{
         caused::{self, Tracer},
         doctor::{mem_total, writeups_max},
         services::{Rulesets, MAX_ENTRIES},
         top::{Group, Sampler, Snapshot},
     },
-    output::report::{rfc3339, Format},
+    output::text::rfc3339,
 };
 
 pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {

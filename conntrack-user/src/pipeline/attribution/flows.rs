@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::output::report::{AttributionReport, Endpoint, FlowReport, ReasonText, Time};
+use crate::event::{AttributionReport, Endpoint, FlowReport, ReasonText, Time};
 
 /// Flows in the reset summary; attributions of further flows are summed in one
 /// `(other flows)` row.

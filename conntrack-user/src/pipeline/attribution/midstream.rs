@@ -9,9 +9,9 @@ use conntrack_common::{Pressure, Reset, IPPROTO_TCP, IPPROTO_UDP};
 
 use super::shared::{Output, Shared, VerdictId, FATE_WAIT, MAX_PENDING, RECENT};
 use crate::{
+    event::NfHook,
+    event::{Report, ResetReport, TcpFlags, Time},
     node::netlink::Tuple,
-    output::report::{Report, ResetReport, TcpFlags, Time},
-    output::tags::NfHook,
     pipeline::bounded::Bounded,
     pipeline::events::addrs,
     pipeline::lost::{

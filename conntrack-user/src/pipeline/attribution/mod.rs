@@ -28,10 +28,10 @@ pub use self::{
     resets::reset_for,
     shared::{Batch, Context, Output, FATE_WAIT, MAX_PENDING, MAX_WAITING, RECENT},
 };
-pub use crate::output::report::StrayTally;
+pub use crate::event::StrayTally;
 use crate::{
+    event::{ConntrackReport, FlowReport, Report, Time},
     node::services::ServiceLookup,
-    output::report::{ConntrackReport, FlowReport, Report, Time},
     pipeline::enrich::Answer,
     pipeline::events::Event,
     pipeline::lost::{Gone, LostReport},

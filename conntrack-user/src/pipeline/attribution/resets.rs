@@ -11,12 +11,12 @@ use super::{
     shared::{Output, Shared, FATE_WAIT, MAX_WAITING},
 };
 use crate::{
-    node::netlink::Tuple,
-    output::report::{
+    event::{
         AttributionReport, ConntrackReport, Endpoint, Fate, ReasonText, Report, ResetReport,
         StrayTally, TcpFlags, Time, Trigger,
     },
-    output::tags::{Enrichment, NfHook, ResetCause},
+    event::{Enrichment, NfHook, ResetCause},
+    node::netlink::Tuple,
     pipeline::bounded::Bounded,
     pipeline::enrich::Request,
     pipeline::events::addrs,

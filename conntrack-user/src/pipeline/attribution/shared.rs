@@ -10,9 +10,9 @@ use std::{
 };
 
 use crate::{
+    event::{InvalidReport, ReasonText, Report, Time},
     kernel::btf::CtLayout,
     node::services::ServiceLookup,
-    output::report::{InvalidReport, ReasonText, Report, Time},
     pipeline::enrich::Request,
     pipeline::lost::FlowEntry,
 };

@@ -11,11 +11,11 @@ use super::{
     shared::{Output, Shared, VerdictId, FATE_WAIT, MAX_PENDING, MAX_WAITING, RECENT},
 };
 use crate::{
-    node::netlink::Tuple,
-    output::report::{
+    event::{
         ConntrackReport, Fate, InvalidReport, ReasonText, Report, ResetReport, TcpFlags, Time,
     },
-    output::tags::{Enrichment, NfHook},
+    event::{Enrichment, NfHook},
+    node::netlink::Tuple,
     pipeline::bounded::{Bounded, KeyHash},
     pipeline::enrich::Request,
     pipeline::events::addrs,

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::output::report::{Direction, Enrichment, Fate, ResetCause};
+use crate::event::{Direction, Enrichment, Fate, ResetCause};
 use crate::pipeline::lost::How;
 use conntrack_common::{
     flags, Cause, Drop, Header, InvalidSeen, Packet, Reason, Verdict, IPPROTO_TCP, WIRE_VERSION,

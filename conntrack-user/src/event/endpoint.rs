@@ -1,17 +1,10 @@
-//! How addresses and names are written in text lines and JSON: [`Endpoint`] keeps an end of a
-//! flow typed (address, port) until it is printed as `addr:port`.
+//! One end of a flow: [`Endpoint`] keeps it typed (address, port) until it is printed as
+//! `addr:port`, its `Display` beside it.
 
 use std::{
-    fmt::{self, Write as _},
+    fmt,
     net::{IpAddr, SocketAddr},
 };
-
-/// ` service_name=ns/name:port` at the end of a text line, when known.
-pub fn service_name_text(s: &mut String, name: &Option<std::sync::Arc<str>>) {
-    if let Some(n) = name {
-        let _ = write!(s, " service_name={n}");
-    }
-}
 
 /// `addr:port`, with IPv6 addresses in brackets (`[fd00::1]:80`).
 pub fn endpoint(a: IpAddr, p: u16) -> String {

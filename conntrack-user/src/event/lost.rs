@@ -1,24 +1,16 @@
 //! The reports of lost entries and table pressure (`table_full`, `evicted`, `midstream`, and
-//! the `lost` part of an attribution), and their text lines. The pipeline fills them
-//! (`pipeline::lost`); rendering them is here, beside the other reports.
+//! the `lost` part of an attribution). The pipeline fills them (`pipeline::lost`); their text
+//! lines are `output::text`'s.
 
 use std::{
-    fmt::Write as _,
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 
 use serde::Serialize;
 
-use crate::{
-    node::netlink::{tcp_state_name, Entry, IPS_ASSURED},
-    output::{
-        endpoint::{endpoint, endpoint_of, service_name_text},
-        flags::TcpFlags,
-        tags::NfHook,
-        time::Time,
-    },
-};
+use super::{NfHook, TcpFlags, Time};
+use crate::node::netlink::{tcp_state_name, Entry, IPS_ASSURED};
 
 /// How an entry went.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -180,69 +172,4 @@ pub fn how_name(h: How) -> &'static str {
         How::Deleted => "deleted",
         How::Unknown => "unknown",
     }
-}
-
-fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
-    v.as_ref().map_or("-".into(), |v| v.to_string())
-}
-
-pub fn text_table_full(s: &mut String, r: &TableFullReport) {
-    let _ = write!(
-        s,
-        "{} {:<12} netns={:<10} {:>22} > {:<22} {:<8} entries={}/{}",
-        r.time,
-        "table_full",
-        r.netns,
-        endpoint_of(Some(r.src), r.sport),
-        endpoint_of(Some(r.dst), r.dport),
-        opt(&r.flags),
-        opt(&r.entries),
-        opt(&r.max),
-    );
-    service_name_text(s, &r.service_name);
-}
-
-pub fn text_evicted(s: &mut String, r: &EvictedReport) {
-    let e = &r.entry;
-    let _ = write!(
-        s,
-        "{} {:<12} netns={:<10} {:>22} > {:<22} backend={} state={}{} entries={}/{}{}",
-        r.time,
-        "evicted",
-        r.netns,
-        e.orig_src,
-        e.orig_dst,
-        e.reply_src,
-        e.tcp_state.unwrap_or("-"),
-        if e.assured { ",ASSURED" } else { "" },
-        opt(&r.entries),
-        opt(&r.max),
-        if r.certain { "" } else { " (inferred)" },
-    );
-    service_name_text(s, &r.service_name);
-}
-
-pub fn text_midstream(s: &mut String, r: &MidstreamReport) {
-    let _ = write!(
-        s,
-        "{} {:<12} netns={:<10} {:>22} > {:<22} {:<8} seq={:<10} ack={:<10} len={} hook={} lost={}",
-        r.time,
-        "midstream",
-        r.netns,
-        endpoint(r.src, r.sport),
-        endpoint(r.dst, r.dport),
-        r.flags,
-        r.seq,
-        r.ack,
-        r.len,
-        r.hook,
-        how_name(r.lost.how),
-    );
-    if let Some(e) = &r.lost.entry {
-        let _ = write!(s, " was={}>{}>{}", e.orig_src, e.orig_dst, e.reply_src);
-    }
-    if let Some(t) = &r.lost.time {
-        let _ = write!(s, " at={t}");
-    }
-    service_name_text(s, &r.service_name);
 }

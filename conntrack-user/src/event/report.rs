@@ -1,0 +1,70 @@
+//! [`Report`]: one per event, every kind ct-trace prints on stdout. Field names are the public
+//! interface (documented in README.md); add, never rename. Rendering them (text, JSON, pcapng)
+//! is `output`'s.
+
+use serde::Serialize;
+
+use super::{
+    AttributionReport, CounterReport, EvictedReport, FlowReport, InvalidReport, MidstreamReport,
+    ResetCause, ResetReport, SummaryReport, TableFullReport, Time,
+};
+
+/// Everything ct-trace prints on stdout: one serde-tagged type, `kind` first.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Report {
+    RstSent(ResetReport),
+    RstReceived(ResetReport),
+    Invalid(InvalidReport),
+    /// Conntrack logged the packet as out of window but only ignored it (6.1+
+    /// `NFCT_TCP_IGNORE`): it kept its entry and its NAT, so it is not INVALID.
+    Ignored(InvalidReport),
+    // The two largest kinds are boxed: every report moves through the pipeline's queues at the
+    // size of its largest kind.
+    Attribution(Box<AttributionReport>),
+    TableFull(TableFullReport),
+    Evicted(EvictedReport),
+    Midstream(MidstreamReport),
+    Lost(CounterReport),
+    Suppressed(CounterReport),
+    Flow(FlowReport),
+    Summary(Box<SummaryReport>),
+}
+
+impl Report {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RstSent(_) => "rst_sent",
+            Self::RstReceived(_) => "rst_received",
+            Self::Invalid(_) => "invalid",
+            Self::Ignored(_) => "ignored",
+            Self::Attribution(_) => "attribution",
+            Self::TableFull(_) => "table_full",
+            Self::Evicted(_) => "evicted",
+            Self::Midstream(_) => "midstream",
+            Self::Lost(_) => "lost",
+            Self::Suppressed(_) => "suppressed",
+            Self::Flow(_) => "flow",
+            Self::Summary(_) => "summary",
+        }
+    }
+
+    /// A reset of a packet of no flow conntrack was tracking (see [`ResetReport::cause`]).
+    pub fn is_stray(&self) -> bool {
+        matches!(self, Self::RstSent(r) if r.cause == Some(ResetCause::Stray))
+    }
+
+    /// When it happened; `None` for the flow rows and the summary, which are made at exit.
+    pub fn time(&self) -> Option<Time> {
+        Some(match self {
+            Self::RstSent(r) | Self::RstReceived(r) => r.time,
+            Self::Invalid(r) | Self::Ignored(r) => r.time,
+            Self::Attribution(r) => r.time,
+            Self::TableFull(r) => r.time,
+            Self::Evicted(r) => r.time,
+            Self::Midstream(r) => r.time,
+            Self::Lost(r) | Self::Suppressed(r) => r.time,
+            Self::Flow(_) | Self::Summary(_) => return None,
+        })
+    }
+}
