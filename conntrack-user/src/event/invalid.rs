@@ -3,9 +3,12 @@
 
 use std::{net::IpAddr, sync::Arc};
 
-use serde::Serialize;
+use serde::{ser::SerializeStruct, Serialize, Serializer};
 
-use super::{Enrichment, NfHook, ReasonText, TcpFlags, Time};
+use super::{
+    packet::{some_field, InvalidShows},
+    Enrichment, Packet, ReasonText,
+};
 
 /// One direction's TCP window as conntrack tracks it (`struct ip_ct_tcp_state`,
 /// include/net/netfilter/nf_conntrack_tcp.h): the sequence numbers it will accept.
@@ -52,33 +55,27 @@ pub struct ConntrackReport {
     pub reply_window: Option<WindowReport>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+/// A refused (or only logged) packet. JSON: the packet's `time`, `netns`, `hook`, then
+/// `in_iface`, `out_iface`, then the packet's `proto`, addresses, ports, flags, `seq`, `ack` and
+/// `len` ([`InvalidShows`]), then the fields below in their order. `output::json` writes the
+/// same bytes by hand.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InvalidReport {
-    pub time: Time,
-    pub netns: u32,
-    pub hook: NfHook,
+    /// The packet conntrack refused, as it arrived (only its addresses and protocol when it was
+    /// not TCP).
+    pub packet: Packet,
     pub in_iface: Option<Arc<str>>,
     pub out_iface: Option<Arc<str>>,
-    pub proto: u8,
-    pub src: IpAddr,
-    pub sport: Option<u16>,
-    pub dst: IpAddr,
-    pub dport: Option<u16>,
-    pub flags: Option<TcpFlags>,
-    pub seq: Option<u32>,
-    pub ack: Option<u32>,
-    pub len: Option<u16>,
     /// Conntrack's own words for the refusal, as its log line would print them (e.g. "SEQ is
     /// over upper bound 1234 (over the window of the receiver)"), or `unknown (why)`.
     pub reason: ReasonText,
     /// By how many sequence numbers the packet missed the bound the reason names (SEQ or ACK
-    /// over the upper bound).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// over the upper bound); omitted when none.
     pub missed_by: Option<u32>,
     pub fate: Fate,
     /// Why the kernel freed the packet when it did not survive (`NETFILTER_DROP` with
-    /// `dropped`; e.g. `NO_SOCKET` with `passed`: it reached a host that had no socket for it).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// `dropped`; e.g. `NO_SOCKET` with `passed`: it reached a host that had no socket for it);
+    /// omitted when none.
     pub drop_reason: Option<Arc<str>>,
     /// Boxed: most verdicts have none, and each report moves through the pipeline's queues.
     pub conntrack: Option<Box<ConntrackReport>>,
@@ -89,13 +86,30 @@ pub struct InvalidReport {
     /// (`enrichment: skipped`, not TCP, no ctnetlink).
     pub tracked: Option<bool>,
     /// `skipped` when the ctnetlink lookup of the entry could not be made in time (the lookup
-    /// queue was full, or the answer came too late): `conntrack` is then null.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// queue was full, or the answer came too late): `conntrack` is then null. Omitted otherwise.
     pub enrichment: Option<Enrichment>,
     /// The Service this flow belongs to, `namespace/name:portname` as kube-proxy's rules name it
     /// (omitted when no rule names it; see README "Service names").
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub service_name: Option<Arc<str>>,
+}
+
+impl Serialize for InvalidReport {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_struct("InvalidReport", Packet::shown::<InvalidShows>() + 10)?;
+        self.packet.serialize_head::<InvalidShows, _>(&mut m)?;
+        m.serialize_field("in_iface", &self.in_iface)?;
+        m.serialize_field("out_iface", &self.out_iface)?;
+        self.packet.serialize_tuple::<InvalidShows, _>(&mut m)?;
+        m.serialize_field("reason", &self.reason)?;
+        some_field(&mut m, "missed_by", &self.missed_by)?;
+        m.serialize_field("fate", &self.fate)?;
+        some_field(&mut m, "drop_reason", &self.drop_reason)?;
+        m.serialize_field("conntrack", &self.conntrack)?;
+        m.serialize_field("tracked", &self.tracked)?;
+        some_field(&mut m, "enrichment", &self.enrichment)?;
+        some_field(&mut m, "service_name", &self.service_name)?;
+        m.end()
+    }
 }
 
 /// What happened to an INVALID packet after conntrack refused it.

@@ -2,14 +2,14 @@
 //! the `lost` part of an attribution). The pipeline fills them (`pipeline::lost`); their text
 //! lines are `output::text`'s.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
+use std::{net::SocketAddr, sync::Arc};
+
+use serde::{ser::SerializeStruct, Serialize, Serializer};
+
+use super::{
+    packet::{some_field, MidstreamShows, TableFullShows},
+    Packet, Time,
 };
-
-use serde::Serialize;
-
-use super::{NfHook, TcpFlags, Time};
 use crate::node::netlink::{tcp_state_name, Entry, IPS_ASSURED};
 
 /// How an entry went.
@@ -98,26 +98,33 @@ impl LostReport {
 }
 
 /// `table_full`: conntrack had no room for this packet's new entry, and netfilter dropped it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+/// JSON: the packet's `time`, `netns`, then `entries`, `entries_source`, `max`, then the
+/// packet's `proto`, addresses, ports and flags ([`TableFullShows`]), then `service_name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableFullReport {
-    pub time: Time,
-    pub netns: u32,
+    /// The refused packet: its flow's original tuple (the client and the Service it asked for).
+    pub packet: Packet,
     /// Entries in the namespace's table: read by the program at the drop (`entries_source:
     /// "kernel"`), or by ct-trace as it took the event (`"ct-trace"`, Linux 5.19+).
     pub entries: Option<u32>,
     pub entries_source: &'static str,
     pub max: Option<u32>,
-    pub proto: u8,
-    /// The refused flow (its original tuple: the client and the Service it asked for).
-    pub src: IpAddr,
-    pub sport: Option<u16>,
-    pub dst: IpAddr,
-    pub dport: Option<u16>,
-    pub flags: Option<TcpFlags>,
     /// The Service the refused flow asked for, `namespace/name:portname` as kube-proxy's rules name it
     /// (omitted when no rule names it; see README "Service names").
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub service_name: Option<Arc<str>>,
+}
+
+impl Serialize for TableFullReport {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_struct("TableFullReport", Packet::shown::<TableFullShows>() + 4)?;
+        self.packet.serialize_head::<TableFullShows, _>(&mut m)?;
+        m.serialize_field("entries", &self.entries)?;
+        m.serialize_field("entries_source", self.entries_source)?;
+        m.serialize_field("max", &self.max)?;
+        self.packet.serialize_tuple::<TableFullShows, _>(&mut m)?;
+        some_field(&mut m, "service_name", &self.service_name)?;
+        m.end()
+    }
 }
 
 /// `evicted`: an entry removed by `early_drop` to make room.
@@ -140,29 +147,36 @@ pub struct EvictedReport {
 }
 
 /// `midstream`: a TCP packet other than a SYN created a new entry: its flow's entry was lost, and
-/// with it the Service's NAT. The new entry's original tuple is the packet's.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+/// with it the Service's NAT. The new entry's original tuple is the packet's. JSON: the packet's
+/// `time`, `netns`, `hook`, then `entries`, `entries_source`, `max`, then the packet's
+/// addresses, ports, flags, `seq`, `ack` and `len` ([`MidstreamShows`]), then `lost` and
+/// `service_name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MidstreamReport {
-    pub time: Time,
-    pub netns: u32,
-    pub hook: NfHook,
+    /// The packet: TCP, with its ports, flags, sequence numbers and length always known.
+    pub packet: Packet,
     pub entries: Option<u32>,
     pub entries_source: &'static str,
     pub max: Option<u32>,
-    pub src: IpAddr,
-    pub sport: u16,
-    pub dst: IpAddr,
-    pub dport: u16,
-    pub flags: TcpFlags,
-    pub seq: u32,
-    pub ack: u32,
-    pub len: u16,
     /// The entry the flow had before, and how it went.
     pub lost: LostReport,
     /// The Service this flow belongs to, `namespace/name:portname` as kube-proxy's rules name it
     /// (omitted when no rule names it; see README "Service names").
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub service_name: Option<Arc<str>>,
+}
+
+impl Serialize for MidstreamReport {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_struct("MidstreamReport", Packet::shown::<MidstreamShows>() + 5)?;
+        self.packet.serialize_head::<MidstreamShows, _>(&mut m)?;
+        m.serialize_field("entries", &self.entries)?;
+        m.serialize_field("entries_source", self.entries_source)?;
+        m.serialize_field("max", &self.max)?;
+        self.packet.serialize_tuple::<MidstreamShows, _>(&mut m)?;
+        m.serialize_field("lost", &self.lost)?;
+        some_field(&mut m, "service_name", &self.service_name)?;
+        m.end()
+    }
 }
 
 pub fn how_name(h: How) -> &'static str {

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{
     AttributionReport, CounterReport, EvictedReport, FlowReport, InvalidReport, MidstreamReport,
-    ResetCause, ResetReport, SummaryReport, TableFullReport, Time,
+    Packet, ResetCause, ResetReport, SummaryReport, TableFullReport, Time,
 };
 
 /// Everything ct-trace prints on stdout: one serde-tagged type, `kind` first.
@@ -57,14 +57,26 @@ impl Report {
     /// When it happened; `None` for the flow rows and the summary, which are made at exit.
     pub fn time(&self) -> Option<Time> {
         Some(match self {
-            Self::RstSent(r) | Self::RstReceived(r) => r.time,
-            Self::Invalid(r) | Self::Ignored(r) => r.time,
+            Self::RstSent(r) | Self::RstReceived(r) => r.packet.time,
+            Self::Invalid(r) | Self::Ignored(r) => r.packet.time,
             Self::Attribution(r) => r.time,
-            Self::TableFull(r) => r.time,
+            Self::TableFull(r) => r.packet.time,
             Self::Evicted(r) => r.time,
-            Self::Midstream(r) => r.time,
+            Self::Midstream(r) => r.packet.time,
             Self::Lost(r) | Self::Suppressed(r) => r.time,
             Self::Flow(_) | Self::Summary(_) => return None,
         })
+    }
+
+    /// The packet the report is about; `None` for the kinds without one (`attribution`,
+    /// `evicted`, counters, flows, the summary).
+    pub fn packet(&self) -> Option<&Packet> {
+        match self {
+            Self::RstSent(r) | Self::RstReceived(r) => Some(&r.packet),
+            Self::Invalid(r) | Self::Ignored(r) => Some(&r.packet),
+            Self::TableFull(r) => Some(&r.packet),
+            Self::Midstream(r) => Some(&r.packet),
+            _ => None,
+        }
     }
 }

@@ -1,11 +1,14 @@
 //! `rst_sent` / `rst_received`: a TCP reset the kernel sent or received, and the packet that
 //! made it send one.
 
-use std::{net::IpAddr, sync::Arc};
+use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{ser::SerializeStruct, Serialize, Serializer};
 
-use super::{Enrichment, ResetCause, TcpFlags, Time};
+use super::{
+    packet::{some_field, ResetShows},
+    Enrichment, Packet, ResetCause, TcpFlags,
+};
 
 /// The packet that made the kernel send a reset, as it arrived.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -16,25 +19,18 @@ pub struct Trigger {
     pub len: u16,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+/// A reset. JSON: the packet's `time`, `netns`, addresses, ports, flags, `seq` and `ack`
+/// ([`ResetShows`]), then the fields below in their order.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResetReport {
-    pub time: Time,
-    pub netns: u32,
-    /// The reset's direction: from the host that sent it to its peer.
-    pub src: Option<IpAddr>,
-    pub sport: Option<u16>,
-    pub dst: Option<IpAddr>,
-    pub dport: Option<u16>,
-    pub flags: Option<TcpFlags>,
-    pub seq: Option<u32>,
-    pub ack: Option<u32>,
+    /// The reset itself, in its direction: from the host that sent it to its peer (TCP, no
+    /// payload, no hook).
+    pub packet: Packet,
     /// `enum sk_rst_reason` name (6.10+), or why it is not known.
     pub reason: Option<Arc<str>>,
     pub iface: Option<Arc<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub trigger: Option<Trigger>,
     /// Whether a socket owned the triggering packet (false: "no socket", the ct-trace case).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub socket: Option<bool>,
     /// True when the triggering packet had been marked INVALID by conntrack on its way.
     pub caused_by_invalid: bool,
@@ -43,10 +39,24 @@ pub struct ResetReport {
     /// its flow's entry went), each with an `attribution`; or `stray` when nothing shows that
     /// the packet belonged to a flow conntrack was tracking (a port scan, a segment of a
     /// long-gone flow): harmless, not attributed, shown only with `--resets all`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<ResetCause>,
     /// `skipped` on a `stray` whose entry lookup could not be made in time: nothing showed the
     /// flow was tracked, so nothing is blamed.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub enrichment: Option<Enrichment>,
+}
+
+impl Serialize for ResetReport {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_struct("ResetReport", Packet::shown::<ResetShows>() + 7)?;
+        self.packet.serialize_head::<ResetShows, _>(&mut m)?;
+        self.packet.serialize_tuple::<ResetShows, _>(&mut m)?;
+        m.serialize_field("reason", &self.reason)?;
+        m.serialize_field("iface", &self.iface)?;
+        some_field(&mut m, "trigger", &self.trigger)?;
+        some_field(&mut m, "socket", &self.socket)?;
+        m.serialize_field("caused_by_invalid", &self.caused_by_invalid)?;
+        some_field(&mut m, "cause", &self.cause)?;
+        some_field(&mut m, "enrichment", &self.enrichment)?;
+        m.end()
+    }
 }

@@ -1,6 +1,6 @@
 //! JSON lines of the reports a storm is made of (`invalid`, `ignored`), written by hand; every
-//! other kind goes through serde. The derived `Serialize` of [`InvalidReport`] stays the
-//! definition of the bytes: the tests below compare this writer with serde_json on reports of
+//! other kind goes through serde. The `Serialize` of [`InvalidReport`] stays the definition of
+//! the bytes: the tests below compare this writer with serde_json on reports of
 //! every shape. Why by hand: through serde a line costs a visitor call per field, an escape
 //! scan of every string byte by byte (the time, the flags, the hook, the fate are never
 //! escaped) and a formatter for each address; writing them here made `ctt-pipeline` (the
@@ -8,7 +8,7 @@
 
 use std::{io::Write as _, net::IpAddr};
 
-use crate::event::{InvalidReport, ReasonText, Report};
+use crate::event::{InvalidReport, InvalidShows, Packet, ReasonText, Report, Shows};
 
 impl Report {
     pub fn json(&self) -> String {
@@ -31,46 +31,18 @@ pub fn write(buf: &mut Vec<u8>, r: &Report) {
     }
 }
 
-/// An `invalid` or `ignored` report, fields in the struct's order, as the derive writes them
-/// (`None` is `null` unless the field has `skip_serializing_if`).
+/// An `invalid` or `ignored` report, fields in the order its `Serialize` writes them (`None` is
+/// `null` except for the fields it omits when unset).
 fn invalid(buf: &mut Vec<u8>, kind: &str, r: &InvalidReport) {
     buf.extend_from_slice(b"{\"kind\":\"");
     buf.extend_from_slice(kind.as_bytes());
-    buf.extend_from_slice(b"\",\"time\":\"");
-    buf.extend_from_slice(&r.time.rfc3339());
-    buf.extend_from_slice(b"\",\"netns\":");
-    num(buf, r.netns);
-    buf.extend_from_slice(b",\"hook\":\"");
-    buf.extend_from_slice(r.hook.name().as_bytes());
-    buf.extend_from_slice(b"\",\"in_iface\":");
+    buf.push(b'"');
+    packet_head::<InvalidShows>(buf, &r.packet);
+    buf.extend_from_slice(b",\"in_iface\":");
     opt_str(buf, r.in_iface.as_deref());
     buf.extend_from_slice(b",\"out_iface\":");
     opt_str(buf, r.out_iface.as_deref());
-    buf.extend_from_slice(b",\"proto\":");
-    num(buf, r.proto);
-    buf.extend_from_slice(b",\"src\":");
-    ip(buf, r.src);
-    buf.extend_from_slice(b",\"sport\":");
-    opt_num(buf, r.sport);
-    buf.extend_from_slice(b",\"dst\":");
-    ip(buf, r.dst);
-    buf.extend_from_slice(b",\"dport\":");
-    opt_num(buf, r.dport);
-    buf.extend_from_slice(b",\"flags\":");
-    match r.flags {
-        Some(f) => {
-            buf.push(b'"');
-            buf.extend_from_slice(f.spell(&mut [0; 32]).as_bytes());
-            buf.push(b'"');
-        }
-        None => buf.extend_from_slice(b"null"),
-    }
-    buf.extend_from_slice(b",\"seq\":");
-    opt_num(buf, r.seq);
-    buf.extend_from_slice(b",\"ack\":");
-    opt_num(buf, r.ack);
-    buf.extend_from_slice(b",\"len\":");
-    opt_num(buf, r.len);
+    packet_tuple::<InvalidShows>(buf, &r.packet);
     buf.extend_from_slice(b",\"reason\":");
     reason(buf, &r.reason);
     if let Some(m) = r.missed_by {
@@ -108,6 +80,54 @@ fn invalid(buf: &mut Vec<u8>, kind: &str, r: &InvalidReport) {
         string(buf, s);
     }
     buf.push(b'}');
+}
+
+/// [`Packet::serialize_head`]'s fields, each after a comma.
+fn packet_head<K: Shows>(buf: &mut Vec<u8>, p: &Packet) {
+    buf.extend_from_slice(b",\"time\":\"");
+    buf.extend_from_slice(&p.time.rfc3339());
+    buf.extend_from_slice(b"\",\"netns\":");
+    num(buf, p.netns);
+    if K::HOOK {
+        buf.extend_from_slice(b",\"hook\":\"");
+        buf.extend_from_slice(p.hook.name().as_bytes());
+        buf.push(b'"');
+    }
+}
+
+/// [`Packet::serialize_tuple`]'s fields, each after a comma.
+fn packet_tuple<K: Shows>(buf: &mut Vec<u8>, p: &Packet) {
+    if K::PROTO {
+        buf.extend_from_slice(b",\"proto\":");
+        num(buf, p.proto);
+    }
+    buf.extend_from_slice(b",\"src\":");
+    opt_ip(buf, p.src);
+    buf.extend_from_slice(b",\"sport\":");
+    opt_num(buf, p.sport);
+    buf.extend_from_slice(b",\"dst\":");
+    opt_ip(buf, p.dst);
+    buf.extend_from_slice(b",\"dport\":");
+    opt_num(buf, p.dport);
+    buf.extend_from_slice(b",\"flags\":");
+    match p.flags {
+        Some(f) => {
+            buf.push(b'"');
+            buf.extend_from_slice(f.spell(&mut [0; 32]).as_bytes());
+            buf.push(b'"');
+        }
+        None => buf.extend_from_slice(b"null"),
+    }
+    if K::SEQ_ACK {
+        buf.extend_from_slice(b",\"seq\":");
+        opt_num(buf, p.seq);
+        buf.extend_from_slice(b",\"ack\":");
+        opt_num(buf, p.ack);
+    }
+    if K::LEN {
+        buf.extend_from_slice(b",\"len\":");
+        opt_num(buf, p.len);
+    }
 }
 
 fn num(buf: &mut Vec<u8>, n: impl itoa::Integer) {
@@ -160,6 +180,13 @@ fn reason(buf: &mut Vec<u8>, r: &ReasonText) {
         let _ = serde_json::to_writer(&mut *buf, r);
     } else {
         buf.push(b'"');
+    }
+}
+
+fn opt_ip(buf: &mut Vec<u8>, a: Option<IpAddr>) {
+    match a {
+        Some(a) => ip(buf, a),
+        None => buf.extend_from_slice(b"null"),
     }
 }
 
@@ -254,21 +281,27 @@ mod tests {
             reply_window: g.some(window),
         };
         let fates = [Fate::Dropped, Fate::Passed, Fate::Unknown, Fate::Accepted];
+        let time = Time(g.next());
+        let netns = g.next() as u32;
+        let hook = NfHook::of(g.next() as u8 % 6);
+        let (in_iface, out_iface) = (g.some(|g| g.text()), g.some(|g| g.text()));
         InvalidReport {
-            time: Time(g.next()),
-            netns: g.next() as u32,
-            hook: NfHook::of(g.next() as u8 % 6),
-            in_iface: g.some(|g| g.text()),
-            out_iface: g.some(|g| g.text()),
-            proto: g.next() as u8,
-            src: g.ip(),
-            sport: g.some(|g| g.next() as u16),
-            dst: g.ip(),
-            dport: g.some(|g| g.next() as u16),
-            flags: g.some(|g| TcpFlags(g.next() as u8)),
-            seq: g.some(|g| g.next() as u32),
-            ack: g.some(|g| g.next() as u32),
-            len: g.some(|g| g.next() as u16),
+            packet: Packet {
+                time,
+                netns,
+                hook,
+                proto: g.next() as u8,
+                src: Some(g.ip()),
+                sport: g.some(|g| g.next() as u16),
+                dst: Some(g.ip()),
+                dport: g.some(|g| g.next() as u16),
+                flags: g.some(|g| TcpFlags(g.next() as u8)),
+                seq: g.some(|g| g.next() as u32),
+                ack: g.some(|g| g.next() as u32),
+                len: g.some(|g| g.next() as u16),
+            },
+            in_iface,
+            out_iface,
             // Half a start-up message, half a record's format and values (rendered when written).
             reason: if g.next().is_multiple_of(2) {
                 ReasonText::new(g.text())

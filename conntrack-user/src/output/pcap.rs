@@ -51,15 +51,13 @@ use pcap_file::{
 };
 
 use crate::{
-    event::{Report, TcpFlags, Time},
+    event::{Packet, Report},
     output::packet::Spec,
 };
 
 /// The second comment of every packet.
 pub const RECONSTRUCTED: &str = "reconstructed by ct-trace from the event above (headers only: \
      no IP or TCP options, no payload; TTL 64, IP ID 0 and TCP window 0 are placeholders)";
-
-const IPPROTO_TCP: u8 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
@@ -79,24 +77,14 @@ pub enum PcapError {
     },
 }
 
-/// A packet as a report describes it.
+/// A report's packet and where it was seen, as the file shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fields {
-    /// The report's `time`.
-    pub time: Time,
+pub struct Fields<'a> {
     /// Where it was seen, without the namespace (`netfilter ipv4/prerouting`).
     pub point: String,
-    pub netns: u32,
-    pub proto: u8,
     pub src: IpAddr,
     pub dst: IpAddr,
-    pub sport: Option<u16>,
-    pub dport: Option<u16>,
-    pub flags: Option<TcpFlags>,
-    pub seq: Option<u32>,
-    pub ack: Option<u32>,
-    /// Transport payload bytes.
-    pub len: Option<u16>,
+    pub packet: &'a Packet,
 }
 
 /// `ipv4` or `ipv6`: the IP header [`build`] writes for these addresses.
@@ -108,92 +96,44 @@ fn family(src: IpAddr, dst: IpAddr) -> &'static str {
     }
 }
 
-/// The packet a report carries; `None` for the kinds without one (`attribution`, `evicted`,
-/// counters, flows, the summary) and for records whose headers could not be read.
-pub fn fields(r: &Report) -> Option<Fields> {
-    let f = match r {
-        Report::Invalid(v) | Report::Ignored(v) => Fields {
-            time: v.time,
-            point: format!("netfilter {}/{}", family(v.src, v.dst), v.hook),
-            netns: v.netns,
-            proto: v.proto,
-            src: v.src,
-            dst: v.dst,
-            sport: v.sport,
-            dport: v.dport,
-            flags: v.flags,
-            seq: v.seq,
-            ack: v.ack,
-            len: v.len,
-        },
-        Report::RstSent(s) | Report::RstReceived(s) => {
-            let tp = if matches!(r, Report::RstSent(_)) {
-                "tcp:tcp_send_reset"
-            } else {
-                "tcp:tcp_receive_reset"
-            };
-            let (src, dst) = (s.src?, s.dst?);
-            Fields {
-                time: s.time,
-                point: format!("{tp} {}", family(src, dst)),
-                netns: s.netns,
-                proto: IPPROTO_TCP,
-                src,
-                dst,
-                sport: s.sport,
-                dport: s.dport,
-                flags: s.flags,
-                seq: s.seq,
-                ack: s.ack,
-                len: Some(0),
-            }
-        }
-        Report::Midstream(m) => Fields {
-            time: m.time,
-            point: format!("netfilter {}/{}", family(m.src, m.dst), m.hook),
-            netns: m.netns,
-            proto: IPPROTO_TCP,
-            src: m.src,
-            dst: m.dst,
-            sport: Some(m.sport),
-            dport: Some(m.dport),
-            flags: Some(m.flags),
-            seq: Some(m.seq),
-            ack: Some(m.ack),
-            len: Some(m.len),
-        },
-        // Seen where netfilter freed it (its hook is not known).
-        Report::TableFull(t) => Fields {
-            time: t.time,
-            point: format!("skb:kfree_skb {}", family(t.src, t.dst)),
-            netns: t.netns,
-            proto: t.proto,
-            src: t.src,
-            dst: t.dst,
-            sport: t.sport,
-            dport: t.dport,
-            flags: t.flags,
-            seq: None,
-            ack: None,
-            len: None,
-        },
-        _ => return None,
-    };
+/// The packet a report carries ([`Report::packet`]); `None` for the kinds without one
+/// (`attribution`, `evicted`, counters, flows, the summary) and for records whose headers could
+/// not be read.
+pub fn fields(r: &Report) -> Option<Fields<'_>> {
+    let p = r.packet()?;
+    let (src, dst) = (p.src?, p.dst?);
     // A record without headers decodes to 0.0.0.0 > 0.0.0.0.
-    (!(f.src.is_unspecified() && f.dst.is_unspecified())).then_some(f)
+    if src.is_unspecified() && dst.is_unspecified() {
+        return None;
+    }
+    let family = family(src, dst);
+    let point = match r {
+        Report::RstSent(_) => format!("tcp:tcp_send_reset {family}"),
+        Report::RstReceived(_) => format!("tcp:tcp_receive_reset {family}"),
+        // Seen where netfilter freed it (its hook is not known).
+        Report::TableFull(_) => format!("skb:kfree_skb {family}"),
+        _ => format!("netfilter {family}/{}", p.hook),
+    };
+    Some(Fields {
+        point,
+        src,
+        dst,
+        packet: p,
+    })
 }
 
 /// The packet's headers as bytes (built by [`crate::output::packet`]), and its length on the
 /// wire (headers + payload).
 pub fn build(f: &Fields) -> (Vec<u8>, u32) {
+    let p = f.packet;
     let pkt = Spec {
         src: f.src,
         dst: f.dst,
-        proto: f.proto,
-        ports: f.sport.zip(f.dport),
-        seq: f.seq.unwrap_or(0),
-        ack: f.ack.unwrap_or(0),
-        flags: f.flags.map_or(0, |f| f.0),
+        proto: p.proto,
+        ports: p.sport.zip(p.dport),
+        seq: p.seq.unwrap_or(0),
+        ack: p.ack.unwrap_or(0),
+        flags: p.flags.map_or(0, |f| f.0),
         window: 0,
         ip_id: 0,
         dont_fragment: false,
@@ -209,7 +149,7 @@ pub fn build(f: &Fields) -> (Vec<u8>, u32) {
     let payload = if pkt.len() == ip_header {
         0
     } else {
-        f.len.unwrap_or(0)
+        p.len.unwrap_or(0)
     };
     let wire = pkt.len() as u32 + u32::from(payload);
     (pkt, wire)
@@ -272,11 +212,11 @@ impl<W: Write> PcapWriter<W> {
             "ipv4" => DataLink::IPV4,
             _ => DataLink::IPV6,
         };
-        let interface_id = self.interface(&f.point, f.netns, linktype)?;
+        let interface_id = self.interface(&f.point, f.packet.netns, linktype)?;
         let (data, original_len) = build(&f);
         let epb = EnhancedPacketBlock {
             interface_id,
-            timestamp: Duration::from_nanos(f.time.0),
+            timestamp: Duration::from_nanos(f.packet.time.0),
             original_len,
             data: Cow::Owned(data),
             options: vec![

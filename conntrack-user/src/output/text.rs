@@ -4,31 +4,17 @@
 use std::fmt::Write as _;
 
 use crate::event::{
-    endpoint, endpoint_of, how_name, EvictedReport, MidstreamReport, Report, ResetCause,
+    endpoint_of, how_name, EvictedReport, MidstreamReport, Packet, Report, ResetCause,
     TableFullReport, Time,
 };
 
 impl Report {
     pub fn text(&self) -> String {
-        fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
-            v.as_ref().map_or("-".into(), |v| v.to_string())
-        }
         let mut s = String::new();
         match self {
             Self::RstSent(r) | Self::RstReceived(r) => {
-                let _ = write!(
-                    s,
-                    "{} {:<12} netns={:<10} {:>22} > {:<22} {:<8} seq={:<10} ack={:<10} reason={}",
-                    r.time,
-                    self.kind(),
-                    r.netns,
-                    endpoint_of(r.src, r.sport),
-                    endpoint_of(r.dst, r.dport),
-                    opt(&r.flags),
-                    opt(&r.seq),
-                    opt(&r.ack),
-                    opt(&r.reason),
-                );
+                packet_text(&mut s, self.kind(), &r.packet);
+                let _ = write!(s, " reason={}", opt(&r.reason));
                 match r.cause {
                     Some(ResetCause::EntryLost) => s.push_str(" caused_by=entry_lost"),
                     Some(ResetCause::Stray) => s.push_str(" caused_by=stray"),
@@ -37,19 +23,13 @@ impl Report {
                 }
             }
             Self::Invalid(r) | Self::Ignored(r) => {
+                let p = &r.packet;
+                packet_text(&mut s, self.kind(), p);
                 let _ = write!(
                     s,
-                    "{} {:<12} netns={:<10} {:>22} > {:<22} {:<8} seq={:<10} ack={:<10} len={} hook={} fate={} reason={}",
-                    r.time,
-                    self.kind(),
-                    r.netns,
-                    endpoint_of(Some(r.src), r.sport),
-                    endpoint_of(Some(r.dst), r.dport),
-                    opt(&r.flags),
-                    opt(&r.seq),
-                    opt(&r.ack),
-                    opt(&r.len),
-                    r.hook,
+                    " len={} hook={} fate={} reason={}",
+                    opt(&p.len),
+                    p.hook,
                     r.fate.name(),
                     r.reason,
                 );
@@ -153,19 +133,29 @@ fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
     v.as_ref().map_or("-".into(), |v| v.to_string())
 }
 
-pub fn text_table_full(s: &mut String, r: &TableFullReport) {
+/// `time kind netns=... src > dst flags`: how every line about a packet starts.
+fn packet_start(s: &mut String, kind: &str, p: &Packet) {
     let _ = write!(
         s,
-        "{} {:<12} netns={:<10} {:>22} > {:<22} {:<8} entries={}/{}",
-        r.time,
-        "table_full",
-        r.netns,
-        endpoint_of(Some(r.src), r.sport),
-        endpoint_of(Some(r.dst), r.dport),
-        opt(&r.flags),
-        opt(&r.entries),
-        opt(&r.max),
+        "{} {:<12} netns={:<10} {:>22} > {:<22} {:<8}",
+        p.time,
+        kind,
+        p.netns,
+        endpoint_of(p.src, p.sport),
+        endpoint_of(p.dst, p.dport),
+        opt(&p.flags),
     );
+}
+
+/// [`packet_start`] and the sequence numbers, for the kinds whose line shows them.
+fn packet_text(s: &mut String, kind: &str, p: &Packet) {
+    packet_start(s, kind, p);
+    let _ = write!(s, " seq={:<10} ack={:<10}", opt(&p.seq), opt(&p.ack));
+}
+
+pub fn text_table_full(s: &mut String, r: &TableFullReport) {
+    packet_start(s, "table_full", &r.packet);
+    let _ = write!(s, " entries={}/{}", opt(&r.entries), opt(&r.max));
     service_name_text(s, &r.service_name);
 }
 
@@ -190,19 +180,13 @@ pub fn text_evicted(s: &mut String, r: &EvictedReport) {
 }
 
 pub fn text_midstream(s: &mut String, r: &MidstreamReport) {
+    let p = &r.packet;
+    packet_text(s, "midstream", p);
     let _ = write!(
         s,
-        "{} {:<12} netns={:<10} {:>22} > {:<22} {:<8} seq={:<10} ack={:<10} len={} hook={} lost={}",
-        r.time,
-        "midstream",
-        r.netns,
-        endpoint(r.src, r.sport),
-        endpoint(r.dst, r.dport),
-        r.flags,
-        r.seq,
-        r.ack,
-        r.len,
-        r.hook,
+        " len={} hook={} lost={}",
+        opt(&p.len),
+        p.hook,
         how_name(r.lost.how),
     );
     if let Some(e) = &r.lost.entry {
@@ -217,7 +201,7 @@ pub fn text_midstream(s: &mut String, r: &MidstreamReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{ResetReport, TcpFlags};
+    use crate::event::{NfHook, ResetReport, TcpFlags};
 
     #[test]
     fn times_are_rfc3339_with_nanoseconds() {
@@ -227,15 +211,20 @@ mod tests {
     #[test]
     fn json_has_the_documented_fields() {
         let r = Report::RstSent(ResetReport {
-            time: Time(0),
-            netns: 4026531840,
-            src: Some("10.0.0.1".parse().unwrap()),
-            sport: Some(80),
-            dst: Some("fd00::2".parse().unwrap()),
-            dport: Some(4000),
-            flags: Some(TcpFlags(0x14)),
-            seq: Some(0),
-            ack: Some(1),
+            packet: Packet {
+                time: Time(0),
+                netns: 4026531840,
+                hook: NfHook::Unknown,
+                proto: 6,
+                src: Some("10.0.0.1".parse().unwrap()),
+                sport: Some(80),
+                dst: Some("fd00::2".parse().unwrap()),
+                dport: Some(4000),
+                flags: Some(TcpFlags(0x14)),
+                seq: Some(0),
+                ack: Some(1),
+                len: Some(0),
+            },
             reason: Some("NO_SOCKET".into()),
             iface: None,
             trigger: None,

@@ -242,7 +242,12 @@ impl Metrics {
                     Some(false) => "untracked",
                     None => "unknown",
                 };
-                let key = (v.hook.name(), v.fate.name(), v.reason.class().name(), flow);
+                let key = (
+                    v.packet.hook.name(),
+                    v.fate.name(),
+                    v.reason.class().name(),
+                    flow,
+                );
                 let invalid = &self.invalid;
                 self.invalid_series
                     .entry(key)

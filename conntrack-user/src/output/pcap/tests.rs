@@ -5,25 +5,27 @@ use std::net::Ipv4Addr;
 use pcap_file::pcapng::{Block, PcapNgReader};
 
 use super::*;
-use crate::event::{CounterReport, Fate, InvalidReport, NfHook, ReasonText, ResetReport};
+use crate::event::{CounterReport, Fate, InvalidReport, NfHook, ReasonText, ResetReport, TcpFlags};
 use crate::output::packet::checksum;
 
 fn invalid(src: &str, dst: &str) -> Report {
     Report::Invalid(InvalidReport {
-        time: "2026-11-22T03:21:07.123456789Z".into(),
-        netns: 4026532246,
-        hook: NfHook::of(0),
+        packet: Packet {
+            time: "2026-11-22T03:21:07.123456789Z".into(),
+            netns: 4026532246,
+            hook: NfHook::of(0),
+            proto: 6,
+            src: Some(src.parse().unwrap()),
+            sport: Some(8080),
+            dst: Some(dst.parse().unwrap()),
+            dport: Some(40000),
+            flags: Some(TcpFlags(0x18)),
+            seq: Some(0xdead_beef),
+            ack: Some(7),
+            len: Some(100),
+        },
         in_iface: Some("eth0".into()),
         out_iface: None,
-        proto: 6,
-        src: src.parse().unwrap(),
-        sport: Some(8080),
-        dst: dst.parse().unwrap(),
-        dport: Some(40000),
-        flags: Some(TcpFlags(0x18)),
-        seq: Some(0xdead_beef),
-        ack: Some(7),
-        len: Some(100),
         reason: ReasonText::fixed("SEQ is over upper bound"),
         missed_by: Some(1),
         fate: Fate::Passed,
@@ -37,15 +39,20 @@ fn invalid(src: &str, dst: &str) -> Report {
 
 fn reset(sent: bool, known: bool) -> Report {
     let r = ResetReport {
-        time: "2026-11-22T03:21:07.223456789Z".into(),
-        netns: 4026532247,
-        src: known.then(|| "10.0.0.1".parse().unwrap()),
-        sport: Some(40000),
-        dst: known.then(|| "10.0.0.2".parse().unwrap()),
-        dport: Some(8080),
-        flags: Some(TcpFlags::RST),
-        seq: sent.then_some(0x1234_5678),
-        ack: None,
+        packet: Packet {
+            time: "2026-11-22T03:21:07.223456789Z".into(),
+            netns: 4026532247,
+            hook: NfHook::Unknown,
+            proto: 6,
+            src: known.then(|| "10.0.0.1".parse().unwrap()),
+            sport: Some(40000),
+            dst: known.then(|| "10.0.0.2".parse().unwrap()),
+            dport: Some(8080),
+            flags: Some(TcpFlags::RST),
+            seq: sent.then_some(0x1234_5678),
+            ack: None,
+            len: Some(0),
+        },
         reason: None,
         iface: None,
         trigger: None,
@@ -62,18 +69,24 @@ fn reset(sent: bool, known: bool) -> Report {
 }
 
 fn table_full_udp() -> Report {
-    Report::TableFull(crate::pipeline::lost::TableFullReport {
-        time: "2026-11-22T03:21:08.000000001Z".into(),
-        netns: 4026532246,
+    Report::TableFull(crate::event::TableFullReport {
+        packet: Packet {
+            time: "2026-11-22T03:21:08.000000001Z".into(),
+            netns: 4026532246,
+            hook: NfHook::Unknown,
+            proto: 17,
+            src: Some("10.0.0.1".parse().unwrap()),
+            sport: Some(5353),
+            dst: Some("10.0.0.9".parse().unwrap()),
+            dport: Some(53),
+            flags: None,
+            seq: None,
+            ack: None,
+            len: None,
+        },
         entries: Some(40),
         entries_source: "kernel",
         max: Some(40),
-        proto: 17,
-        src: "10.0.0.1".parse().unwrap(),
-        sport: Some(5353),
-        dst: "10.0.0.9".parse().unwrap(),
-        dport: Some(53),
-        flags: None,
         service_name: None,
     })
 }
@@ -165,7 +178,7 @@ fn written_file_reads_back_with_interfaces_comments_lengths_and_checksums() {
         let f = fields(r).unwrap();
         assert_eq!(
             p.timestamp.as_nanos() as u64,
-            f.time.0,
+            f.packet.time.0,
             "the packet's time is the event's"
         );
     }

@@ -10,7 +10,7 @@ use conntrack_common::{Pressure, Reset, IPPROTO_TCP, IPPROTO_UDP};
 use super::shared::{Output, Shared, VerdictId, FATE_WAIT, MAX_PENDING, RECENT};
 use crate::{
     event::NfHook,
-    event::{Report, ResetReport, TcpFlags, Time},
+    event::{Packet, Report, ResetReport, TcpFlags, Time},
     node::netlink::Tuple,
     pipeline::bounded::Bounded,
     pipeline::events::addrs,
@@ -91,17 +91,23 @@ pub(super) fn table_full(p: &Pressure, sh: &Shared, out: &mut Output) {
     // The refused packet opens the flow: its destination is the Service address.
     let service_name = sh.packet_service_name(src, sport, dst, dport, k.proto);
     out.reports.push(Report::TableFull(TableFullReport {
-        time: sh.time(p.header.ts_ns),
-        netns: k.netns,
+        packet: Packet {
+            time: sh.time(p.header.ts_ns),
+            netns: k.netns,
+            hook: NfHook::Unknown,
+            proto: k.proto,
+            src: Some(src),
+            sport,
+            dst: Some(dst),
+            dport,
+            flags: tcp.then_some(TcpFlags(k.tcp_flags)),
+            seq: None,
+            ack: None,
+            len: None,
+        },
         entries: entries(p, sh),
         entries_source: entries_source(p),
         max: sh.batch.ct_max,
-        proto: k.proto,
-        src,
-        sport,
-        dst,
-        dport,
-        flags: tcp.then_some(TcpFlags(k.tcp_flags)),
         service_name,
     }));
 }
@@ -134,20 +140,23 @@ impl Midstream {
             proto: IPPROTO_TCP,
         };
         let report = MidstreamReport {
-            time: sh.time(p.header.ts_ns),
-            netns: k.netns,
-            hook: NfHook::of(p.hook),
+            packet: Packet {
+                time: sh.time(p.header.ts_ns),
+                netns: k.netns,
+                hook: NfHook::of(p.hook),
+                proto: IPPROTO_TCP,
+                src: Some(src),
+                sport: Some(k.sport),
+                dst: Some(dst),
+                dport: Some(k.dport),
+                flags: Some(TcpFlags(k.tcp_flags)),
+                seq: Some(k.seq),
+                ack: Some(k.ack),
+                len: Some(k.payload_len),
+            },
             entries: entries(p, sh),
             entries_source: entries_source(p),
             max: sh.batch.ct_max,
-            src,
-            sport: k.sport,
-            dst,
-            dport: k.dport,
-            flags: TcpFlags(k.tcp_flags),
-            seq: k.seq,
-            ack: k.ack,
-            len: k.payload_len,
             lost: LostReport::unknown(),
             service_name: None,
         };
@@ -224,7 +233,7 @@ impl Midstream {
 
     /// The time of the oldest waiting record.
     pub fn held_since(&self) -> Option<Time> {
-        self.mids.oldest().map(|(_, m)| m.report.time)
+        self.mids.oldest().map(|(_, m)| m.report.packet.time)
     }
 
     /// Reports a complete record; returns the resets it caused meanwhile, for their
@@ -237,14 +246,11 @@ impl Midstream {
     ) -> Vec<(Reset, ResetReport)> {
         // The lost entry names the Service; without it, the packet (a backend's reply or a
         // client's segment) does.
-        let r = &m.report;
         m.report.service_name = match &lost.entry {
             Some(e) => sh.entry_service_name(e),
             None => None,
         }
-        .or_else(|| {
-            sh.packet_service_name(r.src, Some(r.sport), r.dst, Some(r.dport), IPPROTO_TCP)
-        });
+        .or_else(|| sh.service_name_of(&m.report.packet));
         m.report.lost = lost.clone();
         out.reports.push(Report::Midstream(m.report));
         self.recent.insert(id, lost);

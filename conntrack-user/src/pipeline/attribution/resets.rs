@@ -15,7 +15,7 @@ use crate::{
         AttributionReport, ConntrackReport, Endpoint, Fate, ReasonText, Report, ResetReport,
         StrayTally, TcpFlags, Time, Trigger,
     },
-    event::{Enrichment, NfHook, ResetCause},
+    event::{Enrichment, NfHook, Packet, ResetCause},
     node::netlink::Tuple,
     pipeline::bounded::Bounded,
     pipeline::enrich::Request,
@@ -146,15 +146,20 @@ pub(super) fn reset_report(kind: Kind, r: &Reset, sh: &mut Shared) -> ResetRepor
             (Some(TcpFlags::RST), None, None)
         };
         ResetReport {
-            time: sh.time(r.header.ts_ns),
-            netns: p.netns,
-            src: known.then_some(b),
-            sport: known.then_some(p.dport),
-            dst: known.then_some(a),
-            dport: known.then_some(p.sport),
-            flags: rflags,
-            seq,
-            ack,
+            packet: Packet {
+                time: sh.time(r.header.ts_ns),
+                netns: p.netns,
+                hook: NfHook::Unknown,
+                proto: IPPROTO_TCP,
+                src: known.then_some(b),
+                sport: known.then_some(p.dport),
+                dst: known.then_some(a),
+                dport: known.then_some(p.sport),
+                flags: rflags,
+                seq,
+                ack,
+                len: Some(0),
+            },
             reason,
             iface: if p.netns == sh.ctx.own_netns {
                 (sh.ctx.ifname)(p.ifindex)
@@ -178,15 +183,20 @@ pub(super) fn reset_report(kind: Kind, r: &Reset, sh: &mut Shared) -> ResetRepor
         }
     } else {
         ResetReport {
-            time: sh.time(r.header.ts_ns),
-            netns: p.netns,
-            src: known.then_some(a),
-            sport: known.then_some(p.sport),
-            dst: known.then_some(b),
-            dport: known.then_some(p.dport),
-            flags: Some(TcpFlags::RST),
-            seq: None,
-            ack: None,
+            packet: Packet {
+                time: sh.time(r.header.ts_ns),
+                netns: p.netns,
+                hook: NfHook::Unknown,
+                proto: IPPROTO_TCP,
+                src: known.then_some(a),
+                sport: known.then_some(p.sport),
+                dst: known.then_some(b),
+                dport: known.then_some(p.dport),
+                flags: Some(TcpFlags::RST),
+                seq: None,
+                ack: None,
+                len: Some(0),
+            },
             reason,
             iface: None,
             trigger: None,
@@ -317,7 +327,7 @@ impl Resets {
 
     /// The time of the oldest held reset.
     pub fn held_since(&self) -> Option<Time> {
-        self.held.oldest().map(|(_, h)| h.report.time)
+        self.held.oldest().map(|(_, h)| h.report.packet.time)
     }
 
     /// A held reset with its lookup's answer: attributed to the entry found; a stray when none
@@ -438,13 +448,13 @@ fn attribution_report(
         Endpoint::from(backend),
     );
     AttributionReport {
-        time: reset.time,
+        time: reset.packet.time,
         client,
         service,
         backend,
-        reset_src: Endpoint::new(reset.src, reset.sport),
-        reset_dst: Endpoint::new(reset.dst, reset.dport),
-        reset_netns: reset.netns,
+        reset_src: Endpoint::new(reset.packet.src, reset.packet.sport),
+        reset_dst: Endpoint::new(reset.packet.dst, reset.packet.dport),
+        reset_netns: reset.packet.netns,
         reset_reason: reset.reason.clone(),
         invalid_netns: r.cause.netns,
         invalid_hook: NfHook::of(r.cause.hook),

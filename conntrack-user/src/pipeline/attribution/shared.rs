@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    event::{InvalidReport, ReasonText, Report, Time},
+    event::{InvalidReport, Packet, ReasonText, Report, Time},
     kernel::btf::CtLayout,
     node::services::ServiceLookup,
     pipeline::enrich::Request,
@@ -169,6 +169,11 @@ impl Shared {
         )
     }
 
+    /// The name of the Service a report's packet belongs to, by its addresses alone.
+    pub fn service_name_of(&self, p: &Packet) -> Option<Arc<str>> {
+        self.packet_service_name(p.src?, p.sport, p.dst?, p.dport, p.proto)
+    }
+
     /// The name of the Service of a conntrack entry (original destination, reply source), or
     /// of the packet itself without one.
     pub fn invalid_service_name(&self, r: &InvalidReport) -> Option<Arc<str>> {
@@ -176,9 +181,9 @@ impl Shared {
             Some(c) => self.service_name(
                 Some(SocketAddr::new(c.orig_dst, c.orig_dport)),
                 Some(SocketAddr::new(c.reply_src, c.reply_sport)),
-                r.proto,
+                r.packet.proto,
             ),
-            None => self.packet_service_name(r.src, r.sport, r.dst, r.dport, r.proto),
+            None => self.service_name_of(&r.packet),
         }
     }
 

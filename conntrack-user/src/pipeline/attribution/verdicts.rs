@@ -14,7 +14,7 @@ use crate::{
     event::{
         ConntrackReport, Fate, InvalidReport, ReasonText, Report, ResetReport, TcpFlags, Time,
     },
-    event::{Enrichment, NfHook},
+    event::{Enrichment, NfHook, Packet},
     node::netlink::Tuple,
     pipeline::bounded::{Bounded, KeyHash},
     pipeline::enrich::Request,
@@ -127,7 +127,7 @@ impl Verdicts {
     /// The times of the oldest verdict waiting and the oldest reason waiting.
     pub fn held_since(&self, sh: &Shared) -> [Option<Time>; 2] {
         [
-            self.pending.oldest().map(|(_, p)| p.report.time),
+            self.pending.oldest().map(|(_, p)| p.report.packet.time),
             self.reasons
                 .oldest()
                 .map(|(_, r)| sh.time(r.reason.header.ts_ns)),
@@ -266,20 +266,22 @@ impl Verdicts {
         let info = self.reason_info(r, sh);
         let (src, dst) = addrs(p);
         let mut report = InvalidReport {
-            time: sh.time(r.header.ts_ns),
-            netns: p.netns,
-            hook: NfHook::of(r.hook),
+            packet: Packet {
+                time: sh.time(r.header.ts_ns),
+                netns: p.netns,
+                hook: NfHook::of(r.hook),
+                proto: p.proto,
+                src: Some(src),
+                sport: Some(p.sport),
+                dst: Some(dst),
+                dport: Some(p.dport),
+                flags: Some(TcpFlags(p.tcp_flags)),
+                seq: Some(p.seq),
+                ack: Some(p.ack),
+                len: Some(p.payload_len),
+            },
             in_iface: None,
             out_iface: None,
-            proto: p.proto,
-            src,
-            sport: Some(p.sport),
-            dst,
-            dport: Some(p.dport),
-            flags: Some(TcpFlags(p.tcp_flags)),
-            seq: Some(p.seq),
-            ack: Some(p.ack),
-            len: Some(p.payload_len),
             reason: info.text,
             missed_by: info.missed_by,
             fate: Fate::Accepted,
@@ -334,20 +336,22 @@ impl Verdicts {
             None
         };
         let report = InvalidReport {
-            time: sh.time(v.header.ts_ns),
-            netns: p.netns,
-            hook: NfHook::of(v.hook),
+            packet: Packet {
+                time: sh.time(v.header.ts_ns),
+                netns: p.netns,
+                hook: NfHook::of(v.hook),
+                proto: p.proto,
+                src: Some(src),
+                sport: tcp.then_some(p.sport),
+                dst: Some(dst),
+                dport: tcp.then_some(p.dport),
+                flags: tcp.then_some(TcpFlags(p.tcp_flags)),
+                seq: tcp.then_some(p.seq),
+                ack: tcp.then_some(p.ack),
+                len: tcp.then_some(p.payload_len),
+            },
             in_iface: (sh.ctx.ifname)(p.ifindex),
             out_iface: (sh.ctx.ifname)(v.out_ifindex),
-            proto: p.proto,
-            src,
-            sport: tcp.then_some(p.sport),
-            dst,
-            dport: tcp.then_some(p.dport),
-            flags: tcp.then_some(TcpFlags(p.tcp_flags)),
-            seq: tcp.then_some(p.seq),
-            ack: tcp.then_some(p.ack),
-            len: tcp.then_some(p.payload_len),
             reason,
             missed_by,
             fate: if sh.ctx.fate_known {

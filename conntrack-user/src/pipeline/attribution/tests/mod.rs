@@ -306,8 +306,12 @@ fn a_reset_caused_by_an_invalid_packet_is_attributed_once() {
     let Report::RstSent(rs) = &out.reports[1] else {
         unreachable!()
     };
-    assert_eq!(rs.src, Some("10.0.1.2".parse().unwrap()));
-    assert_eq!(rs.seq, Some(5000), "RST seq is the offending packet's ack");
+    assert_eq!(rs.packet.src, Some("10.0.1.2".parse().unwrap()));
+    assert_eq!(
+        rs.packet.seq,
+        Some(5000),
+        "RST seq is the offending packet's ack"
+    );
     assert_eq!(rs.reason.as_deref(), Some("NO_SOCKET"));
     assert_eq!(c.summary()[0].resets, 1);
     // Nothing more comes out later.
