@@ -19,12 +19,12 @@ pub enum Report {
     /// Conntrack logged the packet as out of window but only ignored it (6.1+
     /// `NFCT_TCP_IGNORE`): it kept its entry and its NAT, so it is not INVALID.
     Ignored(InvalidReport),
-    // The two largest kinds are boxed: every report moves through the pipeline's queues at the
-    // size of its largest kind.
+    // The largest kinds are boxed: every report moves through the pipeline's queues at the
+    // size of its largest kind (with `midstream` inline, 304 bytes instead of 240 on x86-64).
     Attribution(Box<AttributionReport>),
     TableFull(TableFullReport),
     Evicted(EvictedReport),
-    Midstream(MidstreamReport),
+    Midstream(Box<MidstreamReport>),
     Lost(CounterReport),
     Suppressed(CounterReport),
     Flow(FlowReport),

@@ -354,7 +354,7 @@ fn packet_kinds_write_the_bytes_their_derives_wrote() {
             (Report::Invalid(i), Old::Invalid(oi)),
             (Report::Ignored(i2), Old::Ignored(oi2)),
             (Report::TableFull(t), Old::TableFull(ot)),
-            (Report::Midstream(m), Old::Midstream(om)),
+            (Report::Midstream(Box::new(m)), Old::Midstream(om)),
         ];
         for (new, old) in pairs {
             let old = serde_json::to_string(&old).unwrap();

@@ -252,7 +252,7 @@ impl Midstream {
         }
         .or_else(|| sh.service_name_of(&m.report.packet));
         m.report.lost = lost.clone();
-        out.reports.push(Report::Midstream(m.report));
+        out.reports.push(Report::Midstream(Box::new(m.report)));
         self.recent.insert(id, lost);
         m.resets
     }
