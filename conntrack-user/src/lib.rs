@@ -1,8 +1,10 @@
 //! ct-trace: observe conntrack INVALID verdicts, lost entries and the TCP resets they cause.
 //!
 //! Folders by concept: `kernel/` (what the kernel offers, the attach plan, loading),
-//! `pipeline/` (decode, correlate, enrich: records to reports), `output/` (report types, text,
-//! JSON, the summary's tallies), `node/` (ctnetlink, the kernel's counters, the doctor, `top`),
+//! `pipeline/` (decode, correlate, enrich: records to reports), `event/` (the reports
+//! themselves, typed: each kind, the packet they share, tallies, times, flags, reasons),
+//! `output/` (rendering them only: text, JSON, pcapng, metrics, the summary, `top`'s screen;
+//! `event/` never imports it), `node/` (ctnetlink, the kernel's counters, the doctor, `top`),
 //! and below them all `private/` (the private directories and files every file ct-trace creates
 //! goes in, used by every layer that writes one).
 //! `app` only wires them together; `cli` is the command line.
