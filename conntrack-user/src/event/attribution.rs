@@ -5,7 +5,14 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{Endpoint, Enrichment, Fate, LostReport, NfHook, ReasonText, ResetCause, Time};
+use super::{
+    endpoint::Endpoint,
+    invalid::Fate,
+    lost::LostReport,
+    reason::ReasonText,
+    tags::{Enrichment, NfHook, ResetCause},
+    time::Time,
+};
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct AttributionReport {

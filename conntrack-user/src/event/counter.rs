@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::Time;
+use super::time::Time;
 
 /// A kernel counter that moved since the last report: records lost to a full ring buffer or to
 /// a failure, or suppressed by the event budget. Nothing is lost or suppressed silently.

@@ -6,8 +6,9 @@ use std::{net::IpAddr, sync::Arc};
 use serde::{ser::SerializeStruct, Serialize, Serializer};
 
 use super::{
-    packet::{some_field, InvalidShows},
-    Enrichment, Packet, ReasonText,
+    packet::{some_field, InvalidShows, Packet},
+    reason::ReasonText,
+    tags::Enrichment,
 };
 
 /// One direction's TCP window as conntrack tracks it (`struct ip_ct_tcp_state`,

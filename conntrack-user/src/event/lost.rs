@@ -7,8 +7,8 @@ use std::{net::SocketAddr, sync::Arc};
 use serde::{ser::SerializeStruct, Serialize, Serializer};
 
 use super::{
-    packet::{some_field, MidstreamShows, TableFullShows},
-    Packet, Time,
+    packet::{some_field, MidstreamShows, Packet, TableFullShows},
+    time::Time,
 };
 use crate::node::netlink::{tcp_state_name, Entry, IPS_ASSURED};
 

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use serde::{ser::SerializeStruct, Serialize};
 
-use super::{NfHook, TcpFlags, Time};
+use super::{flags::TcpFlags, tags::NfHook, time::Time};
 
 /// A packet's header fields as the program read them, and where and when it was seen.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,8 +5,15 @@
 use serde::Serialize;
 
 use super::{
-    AttributionReport, CounterReport, EvictedReport, FlowReport, InvalidReport, MidstreamReport,
-    Packet, ResetCause, ResetReport, SummaryReport, TableFullReport, Time,
+    attribution::AttributionReport,
+    counter::{CounterReport, FlowReport},
+    invalid::InvalidReport,
+    lost::{EvictedReport, MidstreamReport, TableFullReport},
+    packet::Packet,
+    reset::ResetReport,
+    summary::SummaryReport,
+    tags::ResetCause,
+    time::Time,
 };
 
 /// Everything ct-trace prints on stdout: one serde-tagged type, `kind` first.

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use serde::{ser::SerializeStruct, Serialize, Serializer};
 
 use super::{
-    packet::{some_field, ResetShows},
-    Enrichment, Packet, ResetCause, TcpFlags,
+    flags::TcpFlags,
+    packet::{some_field, Packet, ResetShows},
+    tags::{Enrichment, ResetCause},
 };
 
 /// The packet that made the kernel send a reset, as it arrived.

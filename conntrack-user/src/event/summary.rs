@@ -2,7 +2,10 @@
 
 use serde::Serialize;
 
-use super::{InvalidTally, StrayTally, TableTally, Time};
+use super::{
+    tally::{InvalidTally, StrayTally, TableTally},
+    time::Time,
+};
 
 /// The last line of `-o json` at exit.
 #[derive(Clone, Debug, Serialize, PartialEq)]
