@@ -1,17 +1,19 @@
-//! The real `ct-trace` binary under test: started with `--ready-file` inside a namespace,
-//! its stdout and stderr read as it writes them (stderr also readable while it runs), stopped
-//! with SIGINT, killed on drop; and what it printed, with the checks every test makes of its
-//! summary.
+//! The real `ct-trace` binary under test: started with `--ready-file` (in `/run/ct-trace/tests`)
+//! inside a namespace by the lab's runner (`conntrack_user::lab::runner`: its stdout and stderr
+//! read as it writes them, stderr also readable while it runs, stopped with SIGINT, killed on
+//! drop); and what it printed, with the checks every test makes of its summary.
 
 use std::{
-    io::Read,
     net::SocketAddr,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{atomic::Ordering, Arc, Mutex},
+    process::Command,
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
+use conntrack_user::{
+    lab::runner::{Finished, ReadyAt, RunError, Runner},
+    private::PrivateDir,
+};
 use serde_json::Value;
 
 use crate::{bin, in_vm, Netns, SEQ};
@@ -28,32 +30,17 @@ pub fn mode() -> String {
     m
 }
 
-/// A running `ct-trace -o json`, stopped (SIGINT) and killed on drop.
+/// A running `ct-trace -o json`, stopped (SIGINT) and killed on drop: the runner the lab
+/// uses too (`conntrack_user::lab::runner`), which reads its stdout and stderr as ct-trace
+/// writes them (a flood of events must never fill a pipe and block it).
 pub struct CtTrace {
-    child: Option<Child>,
-    ready: PathBuf,
-    /// stdout and stderr, read as ct-trace writes them (a flood of events must never fill a
-    /// pipe and block it).
-    readers: Option<(Reader, Reader)>,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    /// What ct-trace wrote on stderr so far.
-    stderr: Arc<Mutex<Vec<u8>>>,
+    run: Runner,
 }
 
-type Reader = std::thread::JoinHandle<()>;
-
-/// Reads `r` to its end into `into`, as it comes.
-fn reader(mut r: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> Reader {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 64 * 1024];
-        while let Ok(n @ 1..) = r.read(&mut buf) {
-            into.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    })
-}
-
-fn text(b: &Mutex<Vec<u8>>) -> String {
-    String::from_utf8_lossy(&b.lock().unwrap()).into_owned()
+/// The tests' private directory for ready files, `/run/ct-trace/tests` (root's, 0700, made
+/// without following links): nothing another user plants can say ct-trace is ready.
+fn ready_dir() -> PrivateDir {
+    PrivateDir::in_run("tests").unwrap_or_else(|e| panic!("{}", e.one_line()))
 }
 
 /// What a finished ct-trace printed.
@@ -159,12 +146,14 @@ impl CtTrace {
     }
 
     fn spawn(ns: Option<&Netns>, extra: &[&str], hide_procfs: bool) -> Self {
-        let ready = std::env::temp_dir().join(format!(
-            "ct-trace-ready-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_file(&ready);
+        let ready = ReadyAt::new(
+            ready_dir(),
+            format!(
+                "ct-trace-ready-{}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            ),
+        );
         let mut cmd = match ns {
             Some(ns) if hide_procfs => {
                 let mut c = Command::new("ip");
@@ -184,31 +173,17 @@ impl CtTrace {
         // A bound in case a test never stops it; tests stop it with SIGINT. Under TCG a flood
         // test runs for minutes.
         cmd.args(["-o", "json", "--duration", "600", "--ready-file"])
-            .arg(&ready)
+            .arg(ready.path())
             .args(["--attach", &mode()])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn ct-trace");
-        let (stdout, stderr) = (Arc::default(), Arc::default());
-        let readers = Some((
-            reader(child.stdout.take().expect("piped"), Arc::clone(&stdout)),
-            reader(child.stderr.take().expect("piped"), Arc::clone(&stderr)),
-        ));
-        let mut me = Self {
-            child: Some(child),
-            ready,
-            readers,
-            stdout,
-            stderr,
-        };
-        let t0 = Instant::now();
-        while !me.ready.exists() {
-            if let Some(st) = me.child.as_mut().unwrap().try_wait().unwrap() {
-                let out = me.finish_with(st);
+            .args(extra);
+        let mut run = Runner::spawn(&mut cmd, ready).unwrap_or_else(|e| panic!("ct-trace: {e:#?}"));
+        // Under TCG, with bulk traffic on the one vCPU, attaching takes longer.
+        let limit = Duration::from_secs(if in_vm() { 120 } else { 30 });
+        match run.wait_ready(limit, || false) {
+            Ok(()) => Self { run },
+            Err(RunError::ExitedEarly { status, stderr }) => {
                 // A rejected program's verifier log, where ct-trace said it wrote it.
-                let log = out
-                    .stderr
+                let log = stderr
                     .split("verifier log in ")
                     .nth(1)
                     .and_then(|r| r.split(':').next())
@@ -218,34 +193,23 @@ impl CtTrace {
                         lines[lines.len().saturating_sub(30)..].join("\n")
                     })
                     .unwrap_or_default();
-                panic!(
-                    "ct-trace exited before it was ready ({:?}): {}{log}",
-                    out.status, out.stderr
-                );
+                panic!("ct-trace exited before it was ready ({status:?}): {stderr}{log}");
             }
-            // Under TCG, with bulk traffic on the one vCPU, attaching takes longer.
-            let limit = Duration::from_secs(if in_vm() { 120 } else { 30 });
-            assert!(t0.elapsed() < limit, "ct-trace not ready after {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
+            Err(e) => panic!("ct-trace {e}"),
         }
-        me
     }
 
-    fn finish_with(&mut self, _st: std::process::ExitStatus) -> Output {
-        let mut child = self.child.take().unwrap();
-        let status = child.wait().unwrap();
-        let (o, e) = self.readers.take().expect("readers");
-        o.join().expect("stdout reader");
-        e.join().expect("stderr reader");
-        let (out, err) = (text(&self.stdout), text(&self.stderr));
-        let events = out
+    /// What it printed, once it has ended.
+    fn output(f: Finished) -> Output {
+        let events = f
+            .stdout
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
             .collect();
         Output {
             events,
-            stderr: err,
-            status,
+            stderr: f.stderr,
+            status: f.status,
         }
     }
 
@@ -255,7 +219,7 @@ impl CtTrace {
     pub fn metrics_addr(&mut self) -> SocketAddr {
         let t0 = Instant::now();
         loop {
-            let err = text(&self.stderr);
+            let err = self.run.stderr_text();
             let announced = err
                 .lines()
                 .find_map(|l| l.split("metrics at http://").nth(1))
@@ -274,7 +238,7 @@ impl CtTrace {
 
     /// ct-trace's process id (`ip netns exec` execs it, so this is ct-trace itself).
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.run.pid().expect("running")
     }
 
     /// ct-trace's peak resident memory so far (`VmHWM`, KiB). Panics with what ct-trace printed
@@ -290,8 +254,11 @@ impl CtTrace {
             return kib;
         }
         // A process that exited has no memory to report: say why it exited.
-        let st = self.child.as_mut().unwrap().wait().unwrap();
-        let out = self.finish_with(st);
+        let out = Self::output(
+            self.run
+                .wait_exit(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("ct-trace {e}")),
+        );
         panic!(
             "ct-trace is no longer running ({:?}): {}",
             out.status, out.stderr
@@ -300,14 +267,9 @@ impl CtTrace {
 
     /// Waits (at most `max`) for ct-trace to end by itself, and returns what it printed.
     pub fn wait_exit(mut self, max: Duration) -> Output {
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                let _ = std::fs::remove_file(&self.ready);
-                return self.finish_with(st);
-            }
-            assert!(t0.elapsed() < max, "ct-trace still running after {max:?}");
-            std::thread::sleep(Duration::from_millis(20));
+        match self.run.wait_exit(max) {
+            Ok(f) => Self::output(f),
+            Err(e) => panic!("ct-trace {e} (waited {max:?})"),
         }
     }
 
@@ -316,7 +278,7 @@ impl CtTrace {
     pub fn wait_stderr(&self, max: Duration, cond: impl Fn(&str) -> bool) -> Duration {
         let t0 = Instant::now();
         loop {
-            let err = text(&self.stderr);
+            let err = self.run.stderr_text();
             if cond(&err) {
                 return t0.elapsed();
             }
@@ -336,22 +298,11 @@ impl CtTrace {
     /// backlog for a softirq (deferred to ksoftirqd on a busy machine). Those are waited for.
     pub fn stop(mut self) -> Output {
         wait_for_backlogs();
-        let pid = self.child.as_ref().unwrap().id();
-        wait_for_quiet_conntrack(pid);
-        // `ip netns exec` execs ct-trace, so the pid is ct-trace's.
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGINT) };
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                let _ = std::fs::remove_file(&self.ready);
-                return self.finish_with(st);
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "ct-trace did not stop on SIGINT"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        wait_for_quiet_conntrack(self.pid());
+        // `ip netns exec` execs ct-trace, so the SIGINT is ct-trace's.
+        match self.run.stop(Duration::from_secs(10)) {
+            Ok(f) => Self::output(f),
+            Err(e) => panic!("ct-trace {e}"),
         }
     }
 }
@@ -414,15 +365,5 @@ fn wait_for_quiet_conntrack(pid: u32) {
     }
     if last.is_some() {
         eprintln!("stopping ct-trace while INVALID packets still arrive after {max:?}");
-    }
-}
-
-impl Drop for CtTrace {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_file(&self.ready);
     }
 }
