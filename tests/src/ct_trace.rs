@@ -16,7 +16,7 @@ use conntrack_user::{
 };
 use serde_json::Value;
 
-use crate::{bin, in_vm, Netns, SEQ};
+use crate::{bin, in_vm, poll, Netns, SEQ};
 
 /// The attach mode under test: `CT_TRACE_MODE` (`netfilter`, `fexit` or `kprobe`, set per run by the VM
 /// matrix of `cargo xtask test`), else `auto`. Printed once, so every log says which mode ran.
@@ -217,23 +217,23 @@ impl CtTrace {
     /// (`metrics at http://ADDR:PORT/metrics`: the port the kernel gave for port 0). Waits
     /// (bounded) for the line.
     pub fn metrics_addr(&mut self) -> SocketAddr {
-        let t0 = Instant::now();
-        loop {
-            let err = self.run.stderr_text();
-            let announced = err
+        let mut announced = None;
+        poll::until(Duration::from_secs(10), poll::EVERY, || {
+            announced = self
+                .run
+                .stderr_text()
                 .lines()
                 .find_map(|l| l.split("metrics at http://").nth(1))
                 .and_then(|r| r.strip_suffix("/metrics"))
                 .map(|a| a.parse().unwrap_or_else(|e| panic!("`{a}`: {e}")));
-            if let Some(a) = announced {
-                return a;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "ct-trace did not say where it serves metrics: {err}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            announced.is_some()
+        });
+        announced.unwrap_or_else(|| {
+            panic!(
+                "ct-trace did not say where it serves metrics: {}",
+                self.run.stderr_text()
+            )
+        })
     }
 
     /// ct-trace's process id (`ip netns exec` execs it, so this is ct-trace itself).
@@ -277,16 +277,28 @@ impl CtTrace {
     /// returns how long that took; panics with its stderr when it never does.
     pub fn wait_stderr(&self, max: Duration, cond: impl Fn(&str) -> bool) -> Duration {
         let t0 = Instant::now();
-        loop {
-            let err = self.run.stderr_text();
-            if cond(&err) {
-                return t0.elapsed();
-            }
-            assert!(
-                t0.elapsed() < max,
-                "not on ct-trace's stderr after {max:?}: {err}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let seen = poll::until(max, poll::EVERY, || cond(&self.run.stderr_text()));
+        let took = t0.elapsed();
+        assert!(
+            seen,
+            "not on ct-trace's stderr after {max:?}: {}",
+            self.run.stderr_text()
+        );
+        took
+    }
+
+    /// Waits (bounded) until what the test sent has gone through: no packet left in a CPU's
+    /// backlog, the INVALID count no longer moving, and ct-trace's output no longer growing.
+    /// For a test that reads ct-trace while it runs or ends it by another signal than `stop`'s.
+    pub fn settle(&self) {
+        wait_for_backlogs();
+        wait_for_quiet_conntrack(self.pid());
+        let max = Duration::from_secs(if in_vm() { 10 } else { 2 });
+        let (_, quiet) = poll::settled(max, Duration::from_millis(100), || {
+            self.run.stdout_text().len()
+        });
+        if !quiet {
+            eprintln!("ct-trace's output still grows after {max:?}");
         }
     }
 
@@ -314,27 +326,26 @@ impl CtTrace {
 /// columns is not waited for.
 fn wait_for_backlogs() {
     let max = Duration::from_secs(if in_vm() { 10 } else { 2 });
-    let t0 = Instant::now();
-    loop {
+    let queued = || -> Option<u64> {
         let stat = std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default();
-        let queued: Option<u64> = stat
-            .lines()
+        stat.lines()
             .map(|l| {
                 l.split_whitespace()
                     .nth(11)
                     .and_then(|v| u64::from_str_radix(v, 16).ok())
             })
-            .sum();
-        match queued {
-            Some(0) | None => return,
-            Some(n) if t0.elapsed() >= max => {
-                eprintln!(
-                    "stopping ct-trace with {n} packets still in the CPUs' backlogs after {max:?}"
-                );
-                return;
-            }
-            Some(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
+            .sum()
+    };
+    let mut last = None;
+    let empty = poll::until(max, Duration::from_millis(5), || {
+        last = queued();
+        matches!(last, Some(0) | None)
+    });
+    if !empty {
+        eprintln!(
+            "stopping ct-trace with {} packets still in the CPUs' backlogs after {max:?}",
+            last.unwrap_or_default()
+        );
     }
 }
 
@@ -353,17 +364,11 @@ fn wait_for_quiet_conntrack(pid: u32) {
             .copied()
     };
     let max = Duration::from_secs(if in_vm() { 10 } else { 2 });
-    let t0 = Instant::now();
-    let mut last = invalid();
-    while last.is_some() && t0.elapsed() < max {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = invalid();
-        if now == last {
-            return;
-        }
-        last = now;
+    if invalid().is_none() {
+        return;
     }
-    if last.is_some() {
+    let (last, quiet) = poll::settled(max, Duration::from_millis(100), invalid);
+    if !quiet && last.is_some() {
         eprintln!("stopping ct-trace while INVALID packets still arrive after {max:?}");
     }
 }

@@ -11,8 +11,8 @@ use std::{
 
 use integration_tests::{
     bin, carries_packet, kernel_at_least,
-    lab::{assert_no_lab_namespace, host_state, lab, lab_namespaces, n, run},
-    need_root,
+    lab::{assert_no_lab_namespace, host_state, lab, lab_namespaces, n, run, tracer_started},
+    need_root, poll,
 };
 use serde_json::Value;
 
@@ -326,8 +326,13 @@ fn start_lab() -> std::process::Child {
         assert!(t0.elapsed() < Duration::from_secs(10), "no lab namespaces");
         std::thread::sleep(Duration::from_millis(10));
     }
-    // Into its run: ct-trace starting in the node.
-    std::thread::sleep(Duration::from_millis(500));
+    // Into its run: ct-trace (its child) started in the node.
+    assert!(
+        poll::until(Duration::from_secs(30), poll::EVERY, || tracer_started(
+            child.id()
+        )),
+        "the lab never started ct-trace"
+    );
     child
 }
 
