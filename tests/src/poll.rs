@@ -89,15 +89,21 @@ pub fn listening(ns: &Netns, port: u16) {
     assert!(ok, "nothing listens on TCP port {port} in {}", ns.name);
 }
 
-/// Waits (at most [`patience`]) until `ns` has an established TCP connection to remote `port`;
-/// panics when it has none.
-pub fn connected(ns: &Netns, port: u16) {
+/// Waits (at most [`patience`]) until `ns` has `n` established TCP connections to remote
+/// `port`; panics when it has fewer.
+pub fn connected(ns: &Netns, port: u16, n: usize) {
     let ok = until(patience(), EVERY, || {
         tcp_sockets(ns)
             .iter()
-            .any(|&(_, r, st)| r == port && st == ESTABLISHED)
+            .filter(|&&(_, r, st)| r == port && st == ESTABLISHED)
+            .count()
+            >= n
     });
-    assert!(ok, "no TCP connection to port {port} from {}", ns.name);
+    assert!(
+        ok,
+        "not {n} TCP connections to port {port} from {}",
+        ns.name
+    );
 }
 
 /// Waits (at most [`patience`]) until the conntrack counters `names` of `ns` stop moving

@@ -104,7 +104,8 @@ fn ten_in_a_row_beside_bulk_traffic_and_ipv6_chatter_are_ten_attributions() {
     let chatter = t.ipv6_chatter();
     let ct = CtTrace::start(Some(&t.node), &[]);
     let (server, client) = t.bulk(30);
-    poll::connected(&t.client, 5201);
+    // iperf3's control connection and its two streams.
+    poll::connected(&t.client, 5201, 3);
     let segs = out_of_window_replies(&t, 10);
     drop((client, server, chatter));
     let out = ct.stop();

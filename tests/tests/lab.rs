@@ -6,7 +6,7 @@
 
 use std::{
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use integration_tests::{
@@ -321,11 +321,12 @@ fn start_lab() -> std::process::Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn lab");
-    let t0 = Instant::now();
-    while lab_namespaces(child.id()).len() < 3 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "no lab namespaces");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(
+        poll::until(Duration::from_secs(10), Duration::from_millis(10), || {
+            lab_namespaces(child.id()).len() >= 3
+        }),
+        "no lab namespaces"
+    );
     // Into its run: ct-trace (its child) started in the node.
     assert!(
         poll::until(Duration::from_secs(30), poll::EVERY, || tracer_started(

@@ -133,7 +133,8 @@ fn prometheus_sees_the_kernels_invalid_count_and_the_attributed_resets_by_servic
     let kernel_before = t.node.kernel_invalid();
 
     let (server, client) = t.bulk(30);
-    poll::connected(&t.client, 5201);
+    // iperf3's control connection and its two streams.
+    poll::connected(&t.client, 5201, 3);
     t.segments("seq_over", 10, false);
     drop((client, server));
     let kernel_delta = t.node.kernel_invalid() - kernel_before;
