@@ -1,20 +1,22 @@
-//! The real `ct-trace` binary under test: started with `--ready-file` inside a namespace,
-//! its stdout and stderr read as it writes them (stderr also readable while it runs), stopped
-//! with SIGINT, killed on drop; and what it printed, with the checks every test makes of its
-//! summary.
+//! The real `ct-trace` binary under test: started with `--ready-file` (in `/run/ct-trace/tests`)
+//! inside a namespace by the lab's runner (`conntrack_user::lab::runner`: its stdout and stderr
+//! read as it writes them, stderr also readable while it runs, stopped with SIGINT, killed on
+//! drop); and what it printed, with the checks every test makes of its summary.
 
 use std::{
-    io::Read,
     net::SocketAddr,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{atomic::Ordering, Arc, Mutex},
+    process::Command,
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
+use conntrack_user::{
+    lab::runner::{Finished, ReadyAt, RunError, Runner},
+    private::PrivateDir,
+};
 use serde_json::Value;
 
-use crate::{bin, in_vm, Netns, SEQ};
+use crate::{bin, in_vm, poll, Netns, SEQ};
 
 /// The attach mode under test: `CT_TRACE_MODE` (`netfilter`, `fexit` or `kprobe`, set per run by the VM
 /// matrix of `cargo xtask test`), else `auto`. Printed once, so every log says which mode ran.
@@ -28,32 +30,17 @@ pub fn mode() -> String {
     m
 }
 
-/// A running `ct-trace -o json`, stopped (SIGINT) and killed on drop.
+/// A running `ct-trace -o json`, stopped (SIGINT) and killed on drop: the runner the lab
+/// uses too (`conntrack_user::lab::runner`), which reads its stdout and stderr as ct-trace
+/// writes them (a flood of events must never fill a pipe and block it).
 pub struct CtTrace {
-    child: Option<Child>,
-    ready: PathBuf,
-    /// stdout and stderr, read as ct-trace writes them (a flood of events must never fill a
-    /// pipe and block it).
-    readers: Option<(Reader, Reader)>,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    /// What ct-trace wrote on stderr so far.
-    stderr: Arc<Mutex<Vec<u8>>>,
+    run: Runner,
 }
 
-type Reader = std::thread::JoinHandle<()>;
-
-/// Reads `r` to its end into `into`, as it comes.
-fn reader(mut r: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> Reader {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 64 * 1024];
-        while let Ok(n @ 1..) = r.read(&mut buf) {
-            into.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    })
-}
-
-fn text(b: &Mutex<Vec<u8>>) -> String {
-    String::from_utf8_lossy(&b.lock().unwrap()).into_owned()
+/// The tests' private directory for ready files, `/run/ct-trace/tests` (root's, 0700, made
+/// without following links): nothing another user plants can say ct-trace is ready.
+fn ready_dir() -> PrivateDir {
+    PrivateDir::in_run("tests").unwrap_or_else(|e| panic!("{}", e.one_line()))
 }
 
 /// What a finished ct-trace printed.
@@ -159,12 +146,14 @@ impl CtTrace {
     }
 
     fn spawn(ns: Option<&Netns>, extra: &[&str], hide_procfs: bool) -> Self {
-        let ready = std::env::temp_dir().join(format!(
-            "ct-trace-ready-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_file(&ready);
+        let ready = ReadyAt::new(
+            ready_dir(),
+            format!(
+                "ct-trace-ready-{}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            ),
+        );
         let mut cmd = match ns {
             Some(ns) if hide_procfs => {
                 let mut c = Command::new("ip");
@@ -184,31 +173,17 @@ impl CtTrace {
         // A bound in case a test never stops it; tests stop it with SIGINT. Under TCG a flood
         // test runs for minutes.
         cmd.args(["-o", "json", "--duration", "600", "--ready-file"])
-            .arg(&ready)
+            .arg(ready.path())
             .args(["--attach", &mode()])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn ct-trace");
-        let (stdout, stderr) = (Arc::default(), Arc::default());
-        let readers = Some((
-            reader(child.stdout.take().expect("piped"), Arc::clone(&stdout)),
-            reader(child.stderr.take().expect("piped"), Arc::clone(&stderr)),
-        ));
-        let mut me = Self {
-            child: Some(child),
-            ready,
-            readers,
-            stdout,
-            stderr,
-        };
-        let t0 = Instant::now();
-        while !me.ready.exists() {
-            if let Some(st) = me.child.as_mut().unwrap().try_wait().unwrap() {
-                let out = me.finish_with(st);
+            .args(extra);
+        let mut run = Runner::spawn(&mut cmd, ready).unwrap_or_else(|e| panic!("ct-trace: {e:#?}"));
+        // Under TCG, with bulk traffic on the one vCPU, attaching takes longer.
+        let limit = Duration::from_secs(if in_vm() { 120 } else { 30 });
+        match run.wait_ready(limit, || false) {
+            Ok(()) => Self { run },
+            Err(RunError::ExitedEarly { status, stderr }) => {
                 // A rejected program's verifier log, where ct-trace said it wrote it.
-                let log = out
-                    .stderr
+                let log = stderr
                     .split("verifier log in ")
                     .nth(1)
                     .and_then(|r| r.split(':').next())
@@ -218,34 +193,23 @@ impl CtTrace {
                         lines[lines.len().saturating_sub(30)..].join("\n")
                     })
                     .unwrap_or_default();
-                panic!(
-                    "ct-trace exited before it was ready ({:?}): {}{log}",
-                    out.status, out.stderr
-                );
+                panic!("ct-trace exited before it was ready ({status:?}): {stderr}{log}");
             }
-            // Under TCG, with bulk traffic on the one vCPU, attaching takes longer.
-            let limit = Duration::from_secs(if in_vm() { 120 } else { 30 });
-            assert!(t0.elapsed() < limit, "ct-trace not ready after {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
+            Err(e) => panic!("ct-trace {e}"),
         }
-        me
     }
 
-    fn finish_with(&mut self, _st: std::process::ExitStatus) -> Output {
-        let mut child = self.child.take().unwrap();
-        let status = child.wait().unwrap();
-        let (o, e) = self.readers.take().expect("readers");
-        o.join().expect("stdout reader");
-        e.join().expect("stderr reader");
-        let (out, err) = (text(&self.stdout), text(&self.stderr));
-        let events = out
+    /// What it printed, once it has ended.
+    fn output(f: Finished) -> Output {
+        let events = f
+            .stdout
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
             .collect();
         Output {
             events,
-            stderr: err,
-            status,
+            stderr: f.stderr,
+            status: f.status,
         }
     }
 
@@ -253,28 +217,28 @@ impl CtTrace {
     /// (`metrics at http://ADDR:PORT/metrics`: the port the kernel gave for port 0). Waits
     /// (bounded) for the line.
     pub fn metrics_addr(&mut self) -> SocketAddr {
-        let t0 = Instant::now();
-        loop {
-            let err = text(&self.stderr);
-            let announced = err
+        let mut announced = None;
+        poll::until(Duration::from_secs(10), poll::EVERY, || {
+            announced = self
+                .run
+                .stderr_text()
                 .lines()
                 .find_map(|l| l.split("metrics at http://").nth(1))
                 .and_then(|r| r.strip_suffix("/metrics"))
                 .map(|a| a.parse().unwrap_or_else(|e| panic!("`{a}`: {e}")));
-            if let Some(a) = announced {
-                return a;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "ct-trace did not say where it serves metrics: {err}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            announced.is_some()
+        });
+        announced.unwrap_or_else(|| {
+            panic!(
+                "ct-trace did not say where it serves metrics: {}",
+                self.run.stderr_text()
+            )
+        })
     }
 
     /// ct-trace's process id (`ip netns exec` execs it, so this is ct-trace itself).
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.run.pid().expect("running")
     }
 
     /// ct-trace's peak resident memory so far (`VmHWM`, KiB). Panics with what ct-trace printed
@@ -290,8 +254,11 @@ impl CtTrace {
             return kib;
         }
         // A process that exited has no memory to report: say why it exited.
-        let st = self.child.as_mut().unwrap().wait().unwrap();
-        let out = self.finish_with(st);
+        let out = Self::output(
+            self.run
+                .wait_exit(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("ct-trace {e}")),
+        );
         panic!(
             "ct-trace is no longer running ({:?}): {}",
             out.status, out.stderr
@@ -300,14 +267,9 @@ impl CtTrace {
 
     /// Waits (at most `max`) for ct-trace to end by itself, and returns what it printed.
     pub fn wait_exit(mut self, max: Duration) -> Output {
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                let _ = std::fs::remove_file(&self.ready);
-                return self.finish_with(st);
-            }
-            assert!(t0.elapsed() < max, "ct-trace still running after {max:?}");
-            std::thread::sleep(Duration::from_millis(20));
+        match self.run.wait_exit(max) {
+            Ok(f) => Self::output(f),
+            Err(e) => panic!("ct-trace {e} (waited {max:?})"),
         }
     }
 
@@ -315,16 +277,28 @@ impl CtTrace {
     /// returns how long that took; panics with its stderr when it never does.
     pub fn wait_stderr(&self, max: Duration, cond: impl Fn(&str) -> bool) -> Duration {
         let t0 = Instant::now();
-        loop {
-            let err = text(&self.stderr);
-            if cond(&err) {
-                return t0.elapsed();
-            }
-            assert!(
-                t0.elapsed() < max,
-                "not on ct-trace's stderr after {max:?}: {err}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let seen = poll::until(max, poll::EVERY, || cond(&self.run.stderr_text()));
+        let took = t0.elapsed();
+        assert!(
+            seen,
+            "not on ct-trace's stderr after {max:?}: {}",
+            self.run.stderr_text()
+        );
+        took
+    }
+
+    /// Waits (bounded) until what the test sent has gone through: no packet left in a CPU's
+    /// backlog, the INVALID count no longer moving, and ct-trace's output no longer growing.
+    /// For a test that reads ct-trace while it runs or ends it by another signal than `stop`'s.
+    pub fn settle(&self) {
+        wait_for_backlogs();
+        wait_for_quiet_conntrack(self.pid());
+        let max = Duration::from_secs(if in_vm() { 10 } else { 2 });
+        let (_, quiet) = poll::settled(max, Duration::from_millis(100), || {
+            self.run.stdout_text().len()
+        });
+        if !quiet {
+            eprintln!("ct-trace's output still grows after {max:?}");
         }
     }
 
@@ -336,22 +310,11 @@ impl CtTrace {
     /// backlog for a softirq (deferred to ksoftirqd on a busy machine). Those are waited for.
     pub fn stop(mut self) -> Output {
         wait_for_backlogs();
-        let pid = self.child.as_ref().unwrap().id();
-        wait_for_quiet_conntrack(pid);
-        // `ip netns exec` execs ct-trace, so the pid is ct-trace's.
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGINT) };
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                let _ = std::fs::remove_file(&self.ready);
-                return self.finish_with(st);
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "ct-trace did not stop on SIGINT"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        wait_for_quiet_conntrack(self.pid());
+        // `ip netns exec` execs ct-trace, so the SIGINT is ct-trace's.
+        match self.run.stop(Duration::from_secs(10)) {
+            Ok(f) => Self::output(f),
+            Err(e) => panic!("ct-trace {e}"),
         }
     }
 }
@@ -363,27 +326,26 @@ impl CtTrace {
 /// columns is not waited for.
 fn wait_for_backlogs() {
     let max = Duration::from_secs(if in_vm() { 10 } else { 2 });
-    let t0 = Instant::now();
-    loop {
+    let queued = || -> Option<u64> {
         let stat = std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default();
-        let queued: Option<u64> = stat
-            .lines()
+        stat.lines()
             .map(|l| {
                 l.split_whitespace()
                     .nth(11)
                     .and_then(|v| u64::from_str_radix(v, 16).ok())
             })
-            .sum();
-        match queued {
-            Some(0) | None => return,
-            Some(n) if t0.elapsed() >= max => {
-                eprintln!(
-                    "stopping ct-trace with {n} packets still in the CPUs' backlogs after {max:?}"
-                );
-                return;
-            }
-            Some(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
+            .sum()
+    };
+    let mut last = None;
+    let empty = poll::until(max, Duration::from_millis(5), || {
+        last = queued();
+        matches!(last, Some(0) | None)
+    });
+    if !empty {
+        eprintln!(
+            "stopping ct-trace with {} packets still in the CPUs' backlogs after {max:?}",
+            last.unwrap_or_default()
+        );
     }
 }
 
@@ -402,27 +364,11 @@ fn wait_for_quiet_conntrack(pid: u32) {
             .copied()
     };
     let max = Duration::from_secs(if in_vm() { 10 } else { 2 });
-    let t0 = Instant::now();
-    let mut last = invalid();
-    while last.is_some() && t0.elapsed() < max {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = invalid();
-        if now == last {
-            return;
-        }
-        last = now;
+    if invalid().is_none() {
+        return;
     }
-    if last.is_some() {
+    let (last, quiet) = poll::settled(max, Duration::from_millis(100), invalid);
+    if !quiet && last.is_some() {
         eprintln!("stopping ct-trace while INVALID packets still arrive after {max:?}");
-    }
-}
-
-impl Drop for CtTrace {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_file(&self.ready);
     }
 }

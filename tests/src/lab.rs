@@ -61,6 +61,24 @@ pub fn n(v: &Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"))
 }
 
+/// Whether the lab `pid` has started its ct-trace: a child of it named `ct-trace` (`ip netns
+/// exec` execs it), from `/proc/*/stat`.
+pub fn tracer_started(pid: u32) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .any(|stat| {
+            // `PID (COMM) STATE PPID ...`: the name in parentheses may hold spaces.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                return false;
+            };
+            let ppid = stat[close + 1..].split_whitespace().nth(1);
+            &stat[open + 1..close] == "ct-trace" && ppid == Some(&pid.to_string())
+        })
+}
+
 /// The namespaces of the lab with this pid.
 pub fn lab_namespaces(pid: u32) -> Vec<String> {
     let prefix = format!("ctt-lab-{pid}-");

@@ -7,13 +7,14 @@ use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use conntrack_common::kstat;
 
 mod ct_trace;
 pub mod lab;
+pub mod poll;
 pub mod table;
 mod tools;
 pub use ct_trace::{mode, CtTrace, Output};
@@ -313,7 +314,7 @@ impl Topology {
     /// Bulk TCP through the Service's DNAT (iperf3, two streams, for at most `secs`).
     pub fn bulk(&self, secs: u32) -> (Background, Background) {
         let server = Background::start(&self.server, "iperf3 -s -1 -p 5201");
-        std::thread::sleep(Duration::from_millis(300));
+        poll::listening(&self.server, 5201);
         let client = Background::start(
             &self.client,
             &format!("iperf3 -c {SERVICE} -p 5201 -t {secs} -P 2"),
@@ -342,7 +343,7 @@ impl Topology {
                 held.display()
             ),
         );
-        std::thread::sleep(Duration::from_millis(300));
+        poll::listening(&t.server, 8080);
         let ready = std::env::temp_dir().join(format!(
             "ct-trace-held-{}-{}",
             std::process::id(),
@@ -360,14 +361,10 @@ impl Topology {
             ),
         );
         // The client writes its ports once every connection is up.
-        let t0 = std::time::Instant::now();
-        while !ready.exists() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "connections not up after 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            poll::until(Duration::from_secs(60), poll::EVERY, || ready.exists()),
+            "connections not up after 60 s"
+        );
         let _ = std::fs::remove_file(&ready);
         lose(t);
         let ports: Vec<u16> = client
@@ -376,7 +373,8 @@ impl Topology {
             .map(|p| p.parse().expect("port"))
             .collect();
         server.wait(Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(300));
+        // The last closes (and the entries they end) through the node before ct-trace stops.
+        poll::counters_settled(&t.node, &["entries", "invalid"]);
         assert_eq!(ports.len(), flows);
         (ports, ct.stop())
     }
@@ -448,11 +446,10 @@ impl Background {
 
     /// Waits for it to end by itself (at most `max`), and returns its stdout.
     pub fn wait(mut self, max: Duration) -> String {
-        let t0 = Instant::now();
-        while self.child.try_wait().expect("wait").is_none() {
-            assert!(t0.elapsed() < max, "background command still running");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let ended = poll::until(max, poll::EVERY, || {
+            self.child.try_wait().expect("wait").is_some()
+        });
+        assert!(ended, "background command still running");
         let mut out = String::new();
         if let Some(mut o) = self.child.stdout.take() {
             let _ = o.read_to_string(&mut out);

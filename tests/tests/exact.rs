@@ -8,7 +8,8 @@
 use std::{collections::HashSet, time::Duration};
 
 use integration_tests::{
-    bin, in_vm, need_root, python, CtTrace, GlobalSysctl, Output, Topology, CLIENT, SERVER, SERVICE,
+    bin, in_vm, need_root, poll, python, CtTrace, GlobalSysctl, Output, Topology, CLIENT, SERVER,
+    SERVICE,
 };
 use serde_json::Value;
 
@@ -103,7 +104,8 @@ fn ten_in_a_row_beside_bulk_traffic_and_ipv6_chatter_are_ten_attributions() {
     let chatter = t.ipv6_chatter();
     let ct = CtTrace::start(Some(&t.node), &[]);
     let (server, client) = t.bulk(30);
-    std::thread::sleep(Duration::from_millis(500));
+    // iperf3's control connection and its two streams.
+    poll::connected(&t.client, 5201, 3);
     let segs = out_of_window_replies(&t, 10);
     drop((client, server, chatter));
     let out = ct.stop();
@@ -124,7 +126,9 @@ fn a_flood_is_counted_exactly_and_reconciles_within_bounded_memory() {
     // Under TCG a flood goes ~25 times slower: a smaller one proves the same.
     let count = if in_vm() { 20_000 } else { 100_000 };
     let sent = t.flood(count, None);
-    std::thread::sleep(Duration::from_millis(500));
+    // Its peak memory once it has read the flood: the flood through conntrack, and its
+    // output no longer growing.
+    ct.settle();
     let peak = ct.peak_rss_kib();
     let out = ct.stop();
     let kernel = t.node.kernel_invalid() - before;
@@ -178,7 +182,13 @@ fn an_out_of_window_reply_during_a_flood_is_attributed() {
     } else {
         t.flood_in_background(1_000_000, Some(100_000))
     };
-    std::thread::sleep(Duration::from_millis(500));
+    // The replies are crafted once the flood arrives (conntrack counts it).
+    let before = t.node.kernel_invalid();
+    assert!(
+        poll::until(poll::patience(), poll::EVERY, || t.node.kernel_invalid()
+            > before),
+        "the flood never reached the node"
+    );
     let segs = out_of_window_replies(&t, 3);
     drop(flood);
     let peak = ct.peak_rss_kib();

@@ -6,13 +6,13 @@
 
 use std::{
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use integration_tests::{
     bin, carries_packet, kernel_at_least,
-    lab::{assert_no_lab_namespace, host_state, lab, lab_namespaces, n, run},
-    need_root,
+    lab::{assert_no_lab_namespace, host_state, lab, lab_namespaces, n, run, tracer_started},
+    need_root, poll,
 };
 use serde_json::Value;
 
@@ -321,13 +321,19 @@ fn start_lab() -> std::process::Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn lab");
-    let t0 = Instant::now();
-    while lab_namespaces(child.id()).len() < 3 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "no lab namespaces");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // Into its run: ct-trace starting in the node.
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        poll::until(Duration::from_secs(10), Duration::from_millis(10), || {
+            lab_namespaces(child.id()).len() >= 3
+        }),
+        "no lab namespaces"
+    );
+    // Into its run: ct-trace (its child) started in the node.
+    assert!(
+        poll::until(Duration::from_secs(30), poll::EVERY, || tracer_started(
+            child.id()
+        )),
+        "the lab never started ct-trace"
+    );
     child
 }
 

@@ -9,7 +9,7 @@
 use std::{collections::HashSet, time::Duration};
 
 use integration_tests::{
-    in_vm, need_root, python, Background, CtTrace, Output, Topology, CLIENT, SERVER, SERVICE,
+    in_vm, need_root, poll, python, Background, CtTrace, Output, Topology, CLIENT, SERVER, SERVICE,
 };
 
 const FLOWS: usize = 10;
@@ -127,7 +127,7 @@ fn a_clean_run_of_short_connections_has_no_table_pressure_events() {
             python()
         ),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    poll::listening(&t.server, 8080);
     t.client.exec(&format!(
         "{} -c \"import socket\nfor _ in range(50):\n  s=socket.create_connection(('{SERVICE}',80),timeout=5)\n  assert s.recv(2)==b'ok'\n  s.close()\"",
         python()

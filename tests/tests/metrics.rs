@@ -13,7 +13,7 @@ use std::{
 };
 
 use integration_tests::{
-    in_vm, kernel_at_least, need_root, python, scripts, Background, CtTrace, Netns, Topology,
+    in_vm, kernel_at_least, need_root, poll, python, scripts, Background, CtTrace, Netns, Topology,
     SERVICE,
 };
 use serde_json::Value;
@@ -133,7 +133,8 @@ fn prometheus_sees_the_kernels_invalid_count_and_the_attributed_resets_by_servic
     let kernel_before = t.node.kernel_invalid();
 
     let (server, client) = t.bulk(30);
-    std::thread::sleep(Duration::from_millis(500));
+    // iperf3's control connection and its two streams.
+    poll::connected(&t.client, 5201, 3);
     t.segments("seq_over", 10, false);
     drop((client, server));
     let kernel_delta = t.node.kernel_invalid() - kernel_before;
@@ -146,8 +147,10 @@ fn prometheus_sees_the_kernels_invalid_count_and_the_attributed_resets_by_servic
         |v| v - before >= kernel_delta as f64,
         limit,
     );
-    // One more scrape: nothing more may come.
-    std::thread::sleep(Duration::from_secs(2));
+    // One more scrape (its time after the one that saw the traffic): nothing more may come.
+    let scraped = "timestamp(up{job=\"ct-trace\"})";
+    let seen = query(&t.node, scraped).unwrap_or_default();
+    wait_for(&t.node, scraped, |ts| ts > seen, limit);
     let settled = query(&t.node, invalid);
     assert_eq!(
         settled.map(|v| v - before),
@@ -258,7 +261,7 @@ fn a_metrics_port_that_is_taken_is_one_line_and_nothing_is_attached() {
             python()
         ),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    poll::listening(&ns, 19469);
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &ns.name])
         .arg(integration_tests::bin())

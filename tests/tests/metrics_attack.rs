@@ -205,6 +205,7 @@ fn scrapes_are_answered_while_idle_and_slow_clients_hold_connections() {
             answer.body.len(),
             t0.elapsed()
         );
+        // Pacing, not a wait: the scrapes spread over the slow client's life.
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -217,6 +218,7 @@ fn scrapes_are_answered_while_idle_and_slow_clients_hold_connections() {
     );
 
     // Every idle connection was closed: made room for newer ones, or at the idle bound.
+    // A fixed time on purpose: the idle bound itself is under test, so it must have passed.
     let wait = (IDLE_TIME + SLACK).saturating_sub(held_at.elapsed());
     std::thread::sleep(wait);
     let open = held.iter().filter(|s| !closed_by_peer(s)).count();

@@ -197,7 +197,8 @@ fn with_summary_and_sigterm_the_file_still_gets_every_packet() {
         &["--summary", "--pcap", path.to_str().unwrap()],
     );
     out_of_window_replies(&t);
-    std::thread::sleep(Duration::from_millis(300));
+    // What `stop` waits for before its SIGINT: the segments through conntrack and ct-trace.
+    ct.settle();
     // SAFETY: signalling our own child (`ip netns exec` execs ct-trace).
     unsafe { libc::kill(ct.pid() as i32, libc::SIGTERM) };
     let out = ct.wait_exit(Duration::from_secs(10));

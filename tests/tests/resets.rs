@@ -2,8 +2,8 @@
 //! namespace and reason, whichever namespace ct-trace itself runs in.
 
 use integration_tests::{
-    kernel_at_least, need_root, python, Background, CtTrace, Topology, CLIENT, CLIENT6, SERVER,
-    SERVER6,
+    kernel_at_least, need_root, poll, python, Background, CtTrace, Topology, CLIENT, CLIENT6,
+    SERVER, SERVER6,
 };
 use serde_json::Value;
 
@@ -116,7 +116,7 @@ fn an_aborted_established_connection_is_an_rst_received_by_the_peer() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    poll::listening(&t.server, 7000);
     let cport = t.client.exec(&format!(
         "{} -c \"import socket,struct\ns=socket.create_connection(('{SERVER}',7000),3)\nprint(s.getsockname()[1])\ns.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,struct.pack('ii',1,0))\ns.close()\"",
         python()
@@ -164,7 +164,7 @@ fn resets_a_closing_socket_sends_carry_its_real_ports() {
             python()
         ),
     );
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    poll::listening(&t.server, 7001);
     // First: SO_LINGER 0 (an abortive close). Second: closed with the byte unread.
     let ports = t.client.exec(&format!(
         "{} -c \"import socket,struct,time\na=socket.create_connection(('{SERVER}',7001),3); print(a.getsockname()[1]); time.sleep(0.1); a.recv(1)\na.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,struct.pack('ii',1,0)); a.close()\nb=socket.create_connection(('{SERVER}',7001),3); print(b.getsockname()[1]); time.sleep(0.3); b.close()\"",

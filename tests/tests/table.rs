@@ -6,10 +6,9 @@
 //!
 //! Alone in its test binary: the limit applies to every namespace's table while it is set.
 
-use std::time::Duration;
-
 use integration_tests::{
-    kernel_at_least, need_root, python, scripts, CtTrace, GlobalSysctl, Topology, CLIENT, SERVICE,
+    kernel_at_least, need_root, poll, python, scripts, CtTrace, GlobalSysctl, Topology, CLIENT,
+    SERVICE,
 };
 
 const MAX: u64 = 40;
@@ -35,9 +34,9 @@ fn a_full_table_gives_table_full_and_evicted_events_equal_to_the_kernel() {
         python(),
         scripts().join("held.py").display()
     ));
-    std::thread::sleep(Duration::from_millis(500));
-    let drops = t.node.kernel_counter("drop") - drop0;
-    let early = t.node.kernel_counter("early_drop") - early0;
+    // The SYNs still in flight through the node: until its drop counters stop moving.
+    let settled = poll::counters_settled(&t.node, &["drop", "early_drop"]);
+    let (drops, early) = (settled[0] - drop0, settled[1] - early0);
     let out = ct.stop();
     assert!(
         drops > 0 && early > 0,

@@ -113,6 +113,9 @@ fn top_counts_every_group_exactly_as_conntrack_lists_them() {
         &ns,
         &format!("{} top -o json --once --interval 4", bin().display()),
     );
+    // A fixed time on purpose: top takes its first dump as it starts and prints 4 s later,
+    // and nothing it shows before then says the dump is done; 1.5 s is well after the dump and
+    // well before the end of the interval.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     insert(&ns, Flow { n: 7, ..FLOWS[1] }, 100);
     let out = bg.wait(std::time::Duration::from_secs(30));

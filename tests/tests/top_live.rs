@@ -220,6 +220,8 @@ fn every_snapshot_equals_conntrack_l_while_the_table_changes() {
     let s = snaps.last().unwrap();
     exact(&ns, s, "after more changes");
     let checks = s["checks"].clone();
+    // A fixed time on purpose: what is checked is that nothing happens in a quiet second (no
+    // dump), which no condition can signal.
     let quiet = top.change(|| std::thread::sleep(Duration::from_secs(1)));
     let s = quiet.last().unwrap();
     exact(&ns, s, "quiet");
