@@ -115,9 +115,14 @@ for _ in range({sockets}):
         let snap: serde_json::Value =
             serde_json::from_str(f.stdout.trim()).context("ct-trace top's JSON")?;
         let n = snap["entries"].as_u64().unwrap_or(0);
+        // The table moves while top reads it: the hot path's TIME_WAIT entries (thousands, 120
+        // s timeout) expire under it. Top's count must lie between the kernel's before and
+        // after it, give or take what one dump can miss.
+        let now = entries(&topo.node)?;
+        let (lo, hi) = (filled.min(now), filled.max(now));
         ensure!(
-            n + 1000 >= filled && n <= filled + 1000,
-            "top saw {n} entries, the kernel counts {filled}"
+            n + 1000 >= lo && n <= hi + 1000,
+            "top saw {n} entries, the kernel counts {filled} before it and {now} after"
         );
     }
 
