@@ -10,6 +10,7 @@
 
 use std::{
     io::{self, Read},
+    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
@@ -110,6 +111,16 @@ impl Runner {
     /// Starts `cmd` (which names `ready.path()` among its arguments) with stdin closed and
     /// stdout and stderr read by the runner.
     pub fn spawn(cmd: &mut Command, ready: ReadyAt) -> Result<Self, RunError> {
+        // The child is stopped with SIGINT, so it must not inherit SIGINT ignored: a process
+        // started in the background by a non-interactive shell (`cmd &`, nohup, a CI job) has
+        // it ignored, and a shell child cannot even trap a signal ignored on entry (POSIX).
+        // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
