@@ -12,7 +12,6 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
-use conntrack_common::COUNTERS;
 use log::{info, warn};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
@@ -22,12 +21,11 @@ use crate::{
     event::Report,
     kernel::btf::KernelBtf,
     kernel::load,
+    kernel::maps::{Counters, CtMax},
     kernel::preflight::{self, PreflightError},
     node::doctor,
     node::kstat,
-    output::table::CtMax,
     output::{
-        counters::Counters,
         metrics,
         sink::{Sink, Tally},
         summary::{print_flows, print_summary, summarize, table_tally, KernelInvalid},
@@ -35,6 +33,7 @@ use crate::{
     },
     pipeline::attribution::{Context, Correlator},
     pipeline::enrich::{Enricher, IfNames},
+    pipeline::notices::Notices,
 };
 
 /// Records handled per batch before the reports are written: bounds the memory a burst takes.
@@ -196,7 +195,8 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     );
     let kernel_attached = kstat::invalid().ok();
 
-    let (ring, mut counters, mut ct_max) = open_maps(&mut ebpf)?;
+    let (ring, counters, mut ct_max) = open_maps(&mut ebpf)?;
+    let mut notices = Notices::new();
 
     let enricher = Enricher::start()
         .map_err(|e| warn!("ctnetlink unavailable, no conntrack entries in events: {e}"))
@@ -297,7 +297,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
             cli,
             ring,
             &mut pipe,
-            &mut counters,
+            (&counters, &mut notices),
             &mut sink,
             scrapes,
             &mut signals,
@@ -326,7 +326,7 @@ fn trace(cli: &Cli) -> anyhow::Result<ExitCode> {
     pipe.next_tick();
     pipe.drain(&mut ring, usize::MAX, Instant::now());
     pipe.settle(Instant::now(), true);
-    counters.notices(pipe.corr, &mut pipe.out.reports);
+    notices.push(&counters, pipe.corr, &mut pipe.out.reports);
     let decode_errors = pipe.decode_errors;
     sink.put(pipe.ordered_all()).context("writing events")?;
     sink.tally.decode_errors = decode_errors;
@@ -368,7 +368,7 @@ async fn run<W: io::Write>(
     cli: &Cli,
     ring: RingBuf<MapData>,
     pipe: &mut crate::pipeline::pipe::Pipe<'_>,
-    counters: &mut Counters,
+    (counters, notices): (&Counters, &mut Notices),
     sink: &mut Sink<'_, W>,
     mut scrapes: Option<tokio::sync::mpsc::Receiver<metrics::http::Scrape>>,
     [sigint, sigterm, sighup]: &mut [tokio::signal::unix::Signal; 3],
@@ -427,7 +427,7 @@ async fn run<W: io::Write>(
                 }
                 if now.duration_since(last_notice) >= NOTICE_EVERY {
                     last_notice = now;
-                    counters.notices(pipe.corr, &mut pipe.out.reports);
+                    notices.push(counters, pipe.corr, &mut pipe.out.reports);
                     pipe.refresh_max();
                     if let Some(path) = &named {
                         if !kstat::netns_still_named(path, own) {
@@ -570,13 +570,11 @@ fn open_maps(ebpf: &mut aya::Ebpf) -> anyhow::Result<(RingBuf<MapData>, Counters
             .context("the eBPF object has no COUNTERS_MAP map")?,
     )
     .context("opening COUNTERS_MAP")?;
-    let counters = Counters {
-        map: counters_map,
-        noticed: [0; COUNTERS as usize],
-        rst_reasons: ebpf
-            .take_map("RST_REASONS")
+    let counters = Counters::new(
+        counters_map,
+        ebpf.take_map("RST_REASONS")
             .and_then(|m| PerCpuArray::try_from(m).ok()),
-    };
+    );
     let ct_max = CtMax::new(
         ebpf.take_map("CT_MAX")
             .and_then(|m| Array::try_from(m).ok()),

@@ -1,12 +1,10 @@
 //! What ct-trace prints, rendered from the typed events of `event`: text lines (`text`), JSON
-//! lines (`json`), the output stage that counts and prints them (`sink`), ct-trace's kernel
-//! counters and their notices (`counters`), the exit summary (`summary`, with the kernel's table
-//! counters in `table`), the Prometheus families (`metrics`), `--pcap`'s packets (`pcap`, built
+//! lines (`json`), the output stage that counts and prints them (`sink`), the exit summary
+//! (`summary`, with the kernel's table counters in `table`), the Prometheus families (`metrics`), `--pcap`'s packets (`pcap`, built
 //! by `packet`, as the lab's are), stdout itself (`writer`), `top`'s screen (`top`), and what
 //! they need of the correlator (`correlated`, which the pipeline implements).
 
 pub mod correlated;
-pub mod counters;
 pub mod json;
 pub mod metrics;
 pub mod packet;

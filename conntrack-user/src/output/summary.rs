@@ -13,8 +13,9 @@ use crate::{
     cli::{Cli, Format},
     event::time::boot_now,
     event::{EvictedTally, InvalidTally, KindTally, Report, SummaryReport, TableTally},
+    kernel::maps::Counters,
     node::kstat,
-    output::{correlated::Correlated, counters::Counters, sink::Tally, table},
+    output::{correlated::Correlated, sink::Tally, table},
 };
 
 /// The program whose skipped runs may each have been an INVALID verdict (kprobe mode; the

@@ -1,10 +1,7 @@
 //! Table pressure over a run: the kernel's own `drop` / `early_drop` / `insert_failed` deltas
-//! for the namespace and the exit line of the tallies (`event::TableTally`). Also keeps the
-//! programs' copy of `nf_conntrack_max` current.
+//! for the namespace and the exit line of the tallies (`event::TableTally`).
 
 use std::collections::HashMap;
-
-use aya::maps::{Array, MapData};
 
 use crate::event::TableTally;
 
@@ -17,52 +14,6 @@ pub fn delta(
     let a = before?.get(name)?;
     let b = after?.get(name)?;
     Some(b.saturating_sub(*a))
-}
-
-pub fn read_max() -> Option<u32> {
-    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// The namespace's entry count (`nf_conntrack_count`), for events whose program could not
-/// read it (Linux 5.19+ keeps it where BPF cannot find it).
-pub fn read_count() -> Option<u32> {
-    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// The programs' copy of `nf_conntrack_max` (map `CT_MAX`).
-pub struct CtMax {
-    map: Option<Array<MapData, u32>>,
-    pub last: Option<u32>,
-}
-
-impl CtMax {
-    pub fn new(map: Option<Array<MapData, u32>>) -> Self {
-        let mut m = Self { map, last: None };
-        m.refresh();
-        m
-    }
-
-    /// Reads the sysctl and writes it into the map when it changed.
-    pub fn refresh(&mut self) -> Option<u32> {
-        let now = read_max();
-        if now != self.last {
-            if let (Some(map), Some(v)) = (self.map.as_mut(), now) {
-                if let Err(e) = map.set(0, v, 0) {
-                    log::warn!("cannot tell the programs nf_conntrack_max: {e}");
-                }
-            }
-            self.last = now;
-        }
-        now
-    }
 }
 
 /// The exit line about table pressure (only when something happened).

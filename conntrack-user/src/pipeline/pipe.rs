@@ -10,7 +10,7 @@ use aya::maps::{MapData, RingBuf};
 
 use crate::{
     event::{Report, Time},
-    output::table::{self, CtMax},
+    kernel::maps::{self, CtMax},
     pipeline::attribution::{Batch, Correlator, Output, FATE_WAIT},
     pipeline::destroy::Watcher,
     pipeline::enrich::Enricher,
@@ -88,7 +88,7 @@ impl<'a> Pipe<'a> {
     /// Reads the table's count and limit (two small /proc reads; the limit is also handed to
     /// the programs when it changed) and hands them to the correlator.
     pub(crate) fn read_table(&mut self) {
-        self.batch.entries = table::read_count();
+        self.batch.entries = maps::read_count();
         self.batch.ct_max = self.ct_max.refresh();
         self.table_read = true;
         self.corr.batch(self.batch);

@@ -35,7 +35,7 @@ use prometheus_client::{
 };
 
 use crate::event::ResetCause;
-use crate::{event::Report, output::counters::Counters};
+use crate::{event::Report, kernel::maps::Counters};
 
 /// Distinct `service` label values of `ct_trace_attributed_resets_total`; beyond: `other`.
 pub const MAX_SERVICES: usize = 256;
