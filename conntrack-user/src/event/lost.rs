@@ -7,7 +7,8 @@ use std::{net::SocketAddr, sync::Arc};
 use serde::{ser::SerializeStruct, Serialize, Serializer};
 
 use super::{
-    packet::{some_field, MidstreamShows, Packet, TableFullShows},
+    packet::{some_field, MidstreamShows, Packet, Segment, TableFullShows},
+    tags::NfHook,
     time::Time,
 };
 use crate::node::netlink::{tcp_state_name, Entry, IPS_ASSURED};
@@ -153,8 +154,9 @@ pub struct EvictedReport {
 /// `service_name`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MidstreamReport {
-    /// The packet: TCP, with its ports, flags, sequence numbers and length always known.
-    pub packet: Packet,
+    /// The packet: TCP, with its ports, flags, sequence numbers and length always known (private:
+    /// it is only made from a [`Segment`], by [`MidstreamReport::new`]).
+    packet: Packet,
     pub entries: Option<u32>,
     pub entries_source: &'static str,
     pub max: Option<u32>,
@@ -163,6 +165,29 @@ pub struct MidstreamReport {
     /// The Service this flow belongs to, `namespace/name:portname` as kube-proxy's rules name it
     /// (omitted when no rule names it; see README "Service names").
     pub service_name: Option<Arc<str>>,
+}
+
+impl MidstreamReport {
+    /// The record of `segment`, seen at `hook`, before the entry its flow lost is known
+    /// (`lost` unknown, no Service name yet).
+    pub fn new(
+        (time, netns, hook): (Time, u32, NfHook),
+        segment: Segment,
+        (entries, entries_source, max): (Option<u32>, &'static str, Option<u32>),
+    ) -> Self {
+        Self {
+            packet: Packet::tcp(time, netns, hook, segment),
+            entries,
+            entries_source,
+            max,
+            lost: LostReport::unknown(),
+            service_name: None,
+        }
+    }
+
+    pub fn packet(&self) -> &Packet {
+        &self.packet
+    }
 }
 
 impl Serialize for MidstreamReport {

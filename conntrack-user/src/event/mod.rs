@@ -30,7 +30,9 @@ pub use invalid::{ConntrackReport, Direction, Fate, InvalidReport, WindowReport}
 pub use lost::{
     how_name, EvictedReport, FlowEntry, How, LostReport, MidstreamReport, TableFullReport,
 };
-pub use packet::{InvalidShows, MidstreamShows, Packet, ResetShows, Shows, TableFullShows};
+pub use packet::{
+    InvalidShows, MidstreamShows, Packet, ResetShows, Segment, Shows, TableFullShows,
+};
 pub use reason::ReasonText;
 pub use report::Report;
 pub use reset::{ResetReport, Trigger};

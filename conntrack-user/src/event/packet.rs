@@ -9,6 +9,8 @@ use std::net::IpAddr;
 
 use serde::{ser::SerializeStruct, Serialize};
 
+use conntrack_common::IPPROTO_TCP;
+
 use super::{flags::TcpFlags, tags::NfHook, time::Time};
 
 /// A packet's header fields as the program read them, and where and when it was seen.
@@ -30,6 +32,41 @@ pub struct Packet {
     pub ack: Option<u32>,
     /// Transport payload bytes.
     pub len: Option<u16>,
+}
+
+/// A TCP segment's header fields, every one known: what a kind that is always TCP
+/// (`midstream`) is built from, so that its [`Packet`] cannot miss one.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment {
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    pub flags: TcpFlags,
+    pub seq: u32,
+    pub ack: u32,
+    /// Payload bytes.
+    pub len: u16,
+}
+
+impl Packet {
+    /// The packet of a TCP segment seen at `hook`.
+    pub fn tcp(time: Time, netns: u32, hook: NfHook, s: Segment) -> Self {
+        Self {
+            time,
+            netns,
+            hook,
+            proto: IPPROTO_TCP,
+            src: Some(s.src),
+            sport: Some(s.sport),
+            dst: Some(s.dst),
+            dport: Some(s.dport),
+            flags: Some(s.flags),
+            seq: Some(s.seq),
+            ack: Some(s.ack),
+            len: Some(s.len),
+        }
+    }
 }
 
 /// Which of [`Packet`]'s optional fields a kind's JSON shows (`time`, `netns`, the addresses,

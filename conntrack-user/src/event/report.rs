@@ -69,7 +69,7 @@ impl Report {
             Self::Attribution(r) => r.time,
             Self::TableFull(r) => r.packet.time,
             Self::Evicted(r) => r.time,
-            Self::Midstream(r) => r.packet.time,
+            Self::Midstream(r) => r.packet().time,
             Self::Lost(r) | Self::Suppressed(r) => r.time,
             Self::Flow(_) | Self::Summary(_) => return None,
         })
@@ -82,7 +82,7 @@ impl Report {
             Self::RstSent(r) | Self::RstReceived(r) => Some(&r.packet),
             Self::Invalid(r) | Self::Ignored(r) => Some(&r.packet),
             Self::TableFull(r) => Some(&r.packet),
-            Self::Midstream(r) => Some(&r.packet),
+            Self::Midstream(r) => Some(r.packet()),
             _ => None,
         }
     }

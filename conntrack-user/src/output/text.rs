@@ -180,7 +180,7 @@ pub fn text_evicted(s: &mut String, r: &EvictedReport) {
 }
 
 pub fn text_midstream(s: &mut String, r: &MidstreamReport) {
-    let p = &r.packet;
+    let p = r.packet();
     packet_text(s, "midstream", p);
     let _ = write!(
         s,

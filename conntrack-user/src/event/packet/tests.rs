@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::event::{
     ConntrackReport, Direction, Enrichment, Fate, FlowEntry, How, InvalidReport, LostReport,
-    MidstreamReport, NfHook, Packet, ReasonText, Report, ResetCause, ResetReport, TableFullReport,
-    TcpFlags, Time, Trigger,
+    MidstreamReport, NfHook, Packet, ReasonText, Report, ResetCause, ResetReport, Segment,
+    TableFullReport, TcpFlags, Time, Trigger,
 };
 
 #[derive(Serialize)]
@@ -303,22 +303,30 @@ fn table_full(g: &mut Rng) -> (TableFullReport, OldTableFull) {
 }
 
 fn midstream(g: &mut Rng) -> (MidstreamReport, OldMidstream) {
-    let mut packet = g.packet();
+    let packet = g.packet();
     // Always TCP with its ports, flags, sequence numbers and length.
-    packet.sport = Some(g.next() as u16);
-    packet.dport = Some(g.next() as u16);
-    packet.flags = Some(TcpFlags(g.next() as u8));
-    (packet.seq, packet.ack) = (Some(g.next() as u32), Some(g.next() as u32));
-    packet.len = Some(g.next() as u16);
-    let new = MidstreamReport {
-        packet,
-        entries: g.some(|g| g.next() as u32),
-        entries_source: "kernel",
-        max: g.some(|g| g.next() as u32),
-        lost: g.lost(),
-        service_name: g.some(|g| g.text()),
+    let segment = Segment {
+        src: packet.src.unwrap(),
+        sport: g.next() as u16,
+        dst: packet.dst.unwrap(),
+        dport: g.next() as u16,
+        flags: TcpFlags(g.next() as u8),
+        seq: g.next() as u32,
+        ack: g.next() as u32,
+        len: g.next() as u16,
     };
-    let p = &new.packet;
+    let mut new = MidstreamReport::new(
+        (packet.time, packet.netns, packet.hook),
+        segment,
+        (
+            g.some(|g| g.next() as u32),
+            "kernel",
+            g.some(|g| g.next() as u32),
+        ),
+    );
+    new.lost = g.lost();
+    new.service_name = g.some(|g| g.text());
+    let p = new.packet();
     let old = OldMidstream {
         time: p.time,
         netns: p.netns,

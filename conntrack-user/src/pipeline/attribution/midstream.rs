@@ -10,7 +10,7 @@ use conntrack_common::{Pressure, Reset, IPPROTO_TCP, IPPROTO_UDP};
 use super::shared::{Output, Shared, VerdictId, FATE_WAIT, MAX_PENDING, RECENT};
 use crate::{
     event::NfHook,
-    event::{Packet, Report, ResetReport, TcpFlags, Time},
+    event::{Packet, Report, ResetReport, Segment, TcpFlags, Time},
     node::netlink::Tuple,
     pipeline::bounded::Bounded,
     pipeline::events::addrs,
@@ -139,27 +139,20 @@ impl Midstream {
             dport: k.dport,
             proto: IPPROTO_TCP,
         };
-        let report = MidstreamReport {
-            packet: Packet {
-                time: sh.time(p.header.ts_ns),
-                netns: k.netns,
-                hook: NfHook::of(p.hook),
-                proto: IPPROTO_TCP,
-                src: Some(src),
-                sport: Some(k.sport),
-                dst: Some(dst),
-                dport: Some(k.dport),
-                flags: Some(TcpFlags(k.tcp_flags)),
-                seq: Some(k.seq),
-                ack: Some(k.ack),
-                len: Some(k.payload_len),
+        let report = MidstreamReport::new(
+            (sh.time(p.header.ts_ns), k.netns, NfHook::of(p.hook)),
+            Segment {
+                src,
+                sport: k.sport,
+                dst,
+                dport: k.dport,
+                flags: TcpFlags(k.tcp_flags),
+                seq: k.seq,
+                ack: k.ack,
+                len: k.payload_len,
             },
-            entries: entries(p, sh),
-            entries_source: entries_source(p),
-            max: sh.batch.ct_max,
-            lost: LostReport::unknown(),
-            service_name: None,
-        };
+            (entries(p, sh), entries_source(p), sh.batch.ct_max),
+        );
         let id = (p.skb, p.header.ts_ns);
         let wait = if sh.batch.watermark.is_some() {
             MIDSTREAM_WAIT
@@ -233,7 +226,7 @@ impl Midstream {
 
     /// The time of the oldest waiting record.
     pub fn held_since(&self) -> Option<Time> {
-        self.mids.oldest().map(|(_, m)| m.report.packet.time)
+        self.mids.oldest().map(|(_, m)| m.report.packet().time)
     }
 
     /// Reports a complete record; returns the resets it caused meanwhile, for their
@@ -250,7 +243,7 @@ impl Midstream {
             Some(e) => sh.entry_service_name(e),
             None => None,
         }
-        .or_else(|| sh.service_name_of(&m.report.packet));
+        .or_else(|| sh.service_name_of(m.report.packet()));
         m.report.lost = lost.clone();
         out.reports.push(Report::Midstream(Box::new(m.report)));
         self.recent.insert(id, lost);
