@@ -15,14 +15,10 @@ pub struct InvalidTally {
     /// The kernel's delta from after ct-trace attached to before it detached: `counted` lies
     /// between the two (they differ only by packets that arrived while attaching or detaching).
     pub kernel_while_attached: Option<u64>,
-    pub counted: u64,
-    pub shown: u64,
-    pub suppressed: u64,
-    /// Not shown because of `--host`/`--port` (in the kernel) or `--kind`.
-    pub filtered: u64,
-    pub lost: u64,
-    /// Reports not printed because `-c` was reached or stdout was closed.
-    pub unprinted: u64,
+    /// `counted` and where each went, the fields every kind's accounting has (in the JSON at
+    /// this place, as fields of this object).
+    #[serde(flatten)]
+    pub kind: KindTally,
     /// Runs of the verdict kretprobe the kernel skipped (BPF recursion protection: another BPF
     /// program was running on the CPU, e.g. one a softirq interrupted): each may have been an
     /// INVALID verdict ct-trace never saw, so `kernel` may exceed `counted` by up to this many.
@@ -51,8 +47,10 @@ pub struct KindTally {
     pub counted: u64,
     pub shown: u64,
     pub suppressed: u64,
+    /// Not shown because of `--host`/`--port` (in the kernel) or `--kind`.
     pub filtered: u64,
     pub lost: u64,
+    /// Reports not printed because `-c` was reached or stdout was closed.
     pub unprinted: u64,
 }
 

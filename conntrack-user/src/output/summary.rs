@@ -39,7 +39,6 @@ pub(crate) fn summarize(
 ) -> SummaryReport {
     let c = counters.all();
     let get = |n: &str| c.get(n).copied().unwrap_or(0);
-    let shown = |k: &str| tally.shown.get(k).copied().unwrap_or(0);
     let unprinted = |k: &str| tally.unprinted.get(k).copied().unwrap_or(0);
     let kind_filtered = |k: &str| tally.filtered.get(k).copied().unwrap_or(0);
     let invalid = InvalidTally {
@@ -51,12 +50,17 @@ pub(crate) fn summarize(
             .as_ref()
             .and_then(|k| k.inner)
             .map(|(a, b)| b.saturating_sub(a)),
-        counted: get("invalid_prerouting") + get("invalid_output"),
-        shown: shown("invalid") - unprinted("invalid") - kind_filtered("invalid"),
-        suppressed: get("suppressed_invalid"),
-        filtered: get("filtered_invalid") + kind_filtered("invalid"),
-        lost: get("lost_invalid"),
-        unprinted: unprinted("invalid"),
+        kind: kind_tally(
+            tally,
+            "invalid",
+            Sent {
+                counted: counters.read(Counter::InvalidPrerouting)
+                    + counters.read(Counter::InvalidOutput),
+                suppressed: counters.read(Counter::SuppressedInvalid),
+                filtered: counters.read(Counter::FilteredInvalid),
+                lost: counters.read(Counter::LostInvalid),
+            },
+        ),
         missed_runs: missed_runs
             .and_then(|m| m.get(VERDICT_RETURN_PROBE).copied())
             .unwrap_or(0),
@@ -103,6 +107,30 @@ pub(crate) fn summarize(
     }
 }
 
+/// A kind's records as the kernel's counters saw them: counted, and not sent (suppressed by the
+/// budget, filtered in the kernel, lost to a full ring buffer).
+struct Sent {
+    counted: u64,
+    suppressed: u64,
+    filtered: u64,
+    lost: u64,
+}
+
+/// Kind `k`'s accounting: the kernel's side from `sent`, the output's (shown, filtered by
+/// `--kind`, unprinted) from `tally`.
+fn kind_tally(tally: &Tally, k: &str, sent: Sent) -> KindTally {
+    let unprinted = tally.unprinted.get(k).copied().unwrap_or(0);
+    let kind_filtered = tally.filtered.get(k).copied().unwrap_or(0);
+    KindTally {
+        counted: sent.counted,
+        shown: tally.shown.get(k).copied().unwrap_or(0) - unprinted - kind_filtered,
+        suppressed: sent.suppressed,
+        filtered: sent.filtered + kind_filtered,
+        lost: sent.lost,
+        unprinted,
+    }
+}
+
 pub(crate) type Stats<'a> = Option<&'a std::collections::HashMap<String, u64>>;
 
 pub(crate) fn table_tally(
@@ -113,20 +141,16 @@ pub(crate) fn table_tally(
     overflows: u64,
 ) -> TableTally {
     let get = |c: Counter| counters.read(c);
-    let kind =
-        |k: &str, counted: Counter, suppressed: Counter, lost: Counter, filtered: Counter| {
-            let unprinted = tally.unprinted.get(k).copied().unwrap_or(0);
-            let kind_filtered = tally.filtered.get(k).copied().unwrap_or(0);
-            KindTally {
-                counted: get(counted),
-                shown: tally.shown.get(k).copied().unwrap_or(0) - unprinted - kind_filtered,
-                suppressed: get(suppressed),
-                filtered: get(filtered) + kind_filtered,
-                lost: get(lost),
-                unprinted,
-            }
-        };
     use Counter::*;
+    let kind = |k: &str, counted, suppressed, lost, filtered| {
+        let sent = Sent {
+            counted: get(counted),
+            suppressed: get(suppressed),
+            filtered: get(filtered),
+            lost: get(lost),
+        };
+        kind_tally(tally, k, sent)
+    };
     let table_full = kind(
         "table_full",
         TableFull,
@@ -231,35 +255,35 @@ pub(crate) fn print_summary(
         match i.kernel {
             Some(kernel) => {
                 let inner = i.kernel_while_attached.unwrap_or(kernel);
-                let verdict = if kernel == i.counted {
+                let verdict = if kernel == i.kind.counted {
                     "equal".to_string()
-                } else if kernel > i.counted && kernel - i.counted <= i.missed_runs {
+                } else if kernel > i.kind.counted && kernel - i.kind.counted <= i.missed_runs {
                     format!(
                         "DIFFERENT by {}: the kernel skipped {} runs of ct-trace's verdict kretprobe (a BPF program was already running on that CPU), which may each have been one",
-                        kernel - i.counted,
+                        kernel - i.kind.counted,
                         i.missed_runs
                     )
-                } else if (inner..=kernel).contains(&i.counted) {
+                } else if (inner..=kernel).contains(&i.kind.counted) {
                     format!(
                         "equal within the packets that arrived while ct-trace attached or detached (kernel {inner} while attached)"
                     )
-                } else if !i.missed_runs_known && kernel > i.counted {
+                } else if !i.missed_runs_known && kernel > i.kind.counted {
                     format!(
                         "DIFFERENT by {}: this kernel does not count the runs of BPF programs it skips (Linux 5.12+), so a skipped run of ct-trace's verdict kretprobe cannot be told from a lost verdict",
-                        kernel - i.counted
+                        kernel - i.kind.counted
                     )
                 } else {
-                    format!("DIFFERENT by {}", kernel as i64 - i.counted as i64)
+                    format!("DIFFERENT by {}", kernel as i64 - i.kind.counted as i64)
                 };
                 eprintln!(
                     "ct-trace: INVALID verdicts in netns {}: ct-trace {}, kernel {kernel}: {verdict}; shown {}, suppressed {}, filtered {}, lost {}{}",
                     s.netns,
-                    i.counted,
-                    i.shown,
-                    i.suppressed,
-                    i.filtered,
-                    i.lost,
-                    if i.unprinted > 0 { format!(", not printed {}", i.unprinted) } else { String::new() }
+                    i.kind.counted,
+                    i.kind.shown,
+                    i.kind.suppressed,
+                    i.kind.filtered,
+                    i.kind.lost,
+                    if i.kind.unprinted > 0 { format!(", not printed {}", i.kind.unprinted) } else { String::new() }
                 );
             }
             None => eprintln!(
