@@ -127,13 +127,7 @@ fn main() {
         let n = ((count - sent) as usize).min(BATCH);
         for i in 0..n {
             sport = if sport == u16::MAX { 1024 } else { sport + 1 };
-            bufs[i] = segment(
-                src,
-                dst,
-                sport,
-                (sent as u32).wrapping_add(i as u32),
-                flags,
-            );
+            bufs[i] = segment(src, dst, sport, (sent as u32).wrapping_add(i as u32), flags);
             iov[i].iov_base = bufs[i].as_mut_ptr().cast();
             msgs[i].msg_hdr.msg_iov = &mut iov[i];
             msgs[i].msg_hdr.msg_iovlen = 1;
