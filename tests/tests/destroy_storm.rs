@@ -1,17 +1,19 @@
-//! A storm of destroy events: three bursts of 12,000 half-open flows (raw SYNs from the client
-//! through the Service's DNAT to a backend that drops them) into a table of 512 entries, each
-//! burst over in well under a second, so conntrack's `early_drop` evicts 10,000+ entries a
-//! burst and ctnetlink sends a destroy event for each while ct-trace's destroy watcher sleeps,
-//! parses and reads the kernel's counters. Between bursts the burst's leftovers are deleted with
-//! `conntrack -D` (deletions by a process, never evictions), so each burst evicts only its own
-//! flows, told apart by their source ports.
+//! A storm of destroy events: three bursts of 12,000 half-open flows (raw SYNs from the client,
+//! two senders at once, through the Service's DNAT to a backend that drops them) into a table
+//! of 512 entries, each burst over in well under a second, so conntrack's `early_drop` evicts
+//! 10,000+ entries a burst and ctnetlink sends a destroy event for each while ct-trace's
+//! destroy watcher sleeps, parses and reads the kernel's counters; then a fourth burst of
+//! 28,000 while ct-trace is stopped (SIGSTOP: a node too busy to run it), which overflows its
+//! socket. Between bursts the burst's leftovers are deleted with `conntrack -D` (deletions by a
+//! process, never evictions), so each burst evicts only its own flows, told apart by their
+//! source ports.
 //!
-//! What a user sees must equal the kernel: one `evicted` event per `early_drop` of each burst,
-//! each naming a flow of that burst, none twice; the summary's `table.evicted` with `kernel` ==
-//! `shown`, `unseen` 0 and `overflows` 0. Should the kernel overflow the watcher's socket, the
-//! overflow must be counted and the `unseen` ones be exactly the events the kernel says it
-//! dropped for the socket (`Drops` in /proc/net/netlink). Beside
-//! unrelated bulk traffic through the same node (its entry must not be lost) and IPv6 chatter.
+//! What a user sees must equal the kernel: per burst, one `evicted` event naming a flow of that
+//! burst (none twice) per `early_drop`, short by exactly the events the kernel dropped for
+//! ct-trace's socket (`Drops` in /proc/net/netlink: none unless it overflowed); in the
+//! summary's `table.evicted`, `kernel` == `shown` + `unseen`, `unseen` == those drops, and the
+//! overflow counted in `overflows`. Beside unrelated bulk traffic through the same node (its
+//! entry must not be lost) and IPv6 chatter.
 //!
 //! Alone in its test binary: `nf_conntrack_max` and `nf_conntrack_buckets` are global (restored
 //! on drop, also when the test fails). Traffic stays in the test's namespaces; every wait is
@@ -35,13 +37,15 @@ fn syns() -> u16 {
     if in_vm() {
         3_000
     } else {
-        14_000
+        12_000
     }
 }
 
 /// Flows of the burst sent while ct-trace is stopped: more than its destroy socket holds (the
-/// 8 MiB it asks for, doubled by the kernel, at 1,280 bytes an event on 6.18: 13,107 events).
-const OVERFLOW_SYNS: u16 = 20_000;
+/// 8 MiB it asks for, doubled by the kernel, at 1,280 bytes an event on 6.18: 13,107 events;
+/// still more than it would hold at 768 bytes an event). The four bursts' source ports end
+/// below 65,535.
+const OVERFLOW_SYNS: u16 = 28_000;
 
 /// The source port of an `orig_src` of `CLIENT:PORT`.
 fn client_port(e: &serde_json::Value) -> u16 {
