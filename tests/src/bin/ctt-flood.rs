@@ -3,9 +3,14 @@
 //! `cargo xtask bench`. Run it inside a test namespace: it only sends to the address given.
 //!
 //! Each segment is SYN|FIN (conntrack's `tcp_error()`: "invalid tcp flag combination"), from a
-//! new source port each time, so every one is its own flow and none creates an entry.
+//! new source port each time, so every one is its own flow and none creates an entry. With
+//! `--syn` each is a plain SYN instead: a new entry each (half-open, not ASSURED: what
+//! `early_drop` evicts from a full table), for the destroy-event storm of
+//! tests/tests/destroy_storm.rs. `--first-port P` starts the source ports at P (default 1025),
+//! so that each burst's flows can be told apart.
 //!
-//! Usage: ctt-flood SRC DST COUNT [RATE_PER_S]   (IPv4; prints `sent N in S s` on stdout)
+//! Usage: ctt-flood [--syn] [--first-port P] SRC DST COUNT [RATE_PER_S]
+//! (IPv4; prints `sent N in S s` on stdout)
 
 use std::{
     net::Ipv4Addr,
@@ -25,8 +30,11 @@ fn checksum(data: &[u8], mut sum: u32) -> u16 {
     !(sum as u16)
 }
 
-/// An IPv4 + TCP SYN|FIN segment with correct checksums.
-fn segment(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, seq: u32) -> [u8; LEN] {
+const SYN: u8 = 0x02;
+const FIN_SYN: u8 = 0x03;
+
+/// An IPv4 + TCP segment with `flags` (SYN|FIN, or SYN) and correct checksums.
+fn segment(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, seq: u32, flags: u8) -> [u8; LEN] {
     let mut p = [0u8; LEN];
     p[0] = 0x45;
     p[2..4].copy_from_slice(&(LEN as u16).to_be_bytes());
@@ -41,7 +49,7 @@ fn segment(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, seq: u32) -> [u8; LEN] {
     t[2..4].copy_from_slice(&80u16.to_be_bytes());
     t[4..8].copy_from_slice(&seq.to_be_bytes());
     t[12] = 5 << 4;
-    t[13] = 0x03; // FIN|SYN
+    t[13] = flags;
     t[14..16].copy_from_slice(&1024u16.to_be_bytes());
     let mut pseudo = 0u32;
     for w in [&src.octets()[..], &dst.octets()[..]] {
@@ -55,10 +63,25 @@ fn segment(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, seq: u32) -> [u8; LEN] {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.len() < 4 {
-        eprintln!("usage: ctt-flood SRC DST COUNT [RATE_PER_S]");
-        std::process::exit(2);
+    let usage = || -> ! {
+        eprintln!("usage: ctt-flood [--syn] [--first-port P] SRC DST COUNT [RATE_PER_S]");
+        std::process::exit(2)
+    };
+    let mut args: Vec<String> = std::env::args().collect();
+    let mut flags = FIN_SYN;
+    let mut first_port = 1025u16;
+    while let Some(opt) = args.get(1).filter(|a| a.starts_with("--")).cloned() {
+        args.remove(1);
+        match opt.as_str() {
+            "--syn" => flags = SYN,
+            "--first-port" if args.len() > 1 => {
+                first_port = args.remove(1).parse().unwrap_or_else(|_| usage());
+            }
+            _ => usage(),
+        }
+    }
+    if args.len() < 4 || first_port < 1024 {
+        usage();
     }
     let parse_ip = |s: &str| -> Ipv4Addr {
         s.parse().unwrap_or_else(|_| {
@@ -98,12 +121,13 @@ fn main() {
     let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
     let start = Instant::now();
     let mut sent = 0u64;
-    let mut sport = 1024u16;
+    // The port before the first one (ports wrap from 65535 to 1024).
+    let mut sport = first_port - 1;
     while sent < count {
         let n = ((count - sent) as usize).min(BATCH);
         for i in 0..n {
             sport = if sport == u16::MAX { 1024 } else { sport + 1 };
-            bufs[i] = segment(src, dst, sport, (sent as u32).wrapping_add(i as u32));
+            bufs[i] = segment(src, dst, sport, (sent as u32).wrapping_add(i as u32), flags);
             iov[i].iov_base = bufs[i].as_mut_ptr().cast();
             msgs[i].msg_hdr.msg_iov = &mut iov[i];
             msgs[i].msg_hdr.msg_iovlen = 1;

@@ -87,7 +87,8 @@ pub struct Received {
     /// The socket overflowed (ENOBUFS): the kernel dropped events for this listener.
     pub overflowed: bool,
     /// The clock's reading before the receive that found the queue empty: every event sent
-    /// before it has been taken. None when the receive ended otherwise.
+    /// before it has been taken (but those an overflow dropped, which never come). None when
+    /// the receive ended otherwise.
     pub drained_at: Option<u64>,
 }
 
@@ -97,11 +98,16 @@ const DESTROY_RCVBUF: i32 = 8 << 20;
 
 impl DestroyEvents {
     pub fn open() -> io::Result<Self> {
+        Self::with_rcvbuf(DESTROY_RCVBUF)
+    }
+
+    /// [`DestroyEvents::open`] with another receive buffer (a test overflows a small one).
+    pub(super) fn with_rcvbuf(rcvbuf: i32) -> io::Result<Self> {
         // A receive waits at most 100 ms, so the thread notices a stop.
         let sock = Socket::subscribe(
             Duration::from_millis(100),
             &[NFNLGRP_CONNTRACK_DESTROY],
-            DESTROY_RCVBUF,
+            rcvbuf,
         )?;
         Ok(Self {
             sock,
@@ -109,36 +115,45 @@ impl DestroyEvents {
         })
     }
 
-    /// Waits up to 100 ms for events, then takes every one already queued.
+    /// Waits up to 100 ms for events, then takes every one already queued (also after an
+    /// overflow, which it reports).
     pub fn recv(
         &mut self,
         out: &mut Vec<Destroyed>,
         clock: impl Fn() -> u64,
     ) -> io::Result<Received> {
         let mut flags = 0;
+        let mut overflowed = false;
         loop {
             // Read before the receive: if it finds the queue empty, every event the kernel
             // sent before this instant has been taken (the kernel queues them in order).
             let before = clock();
             match self.sock.recv(&mut self.buf, flags) {
                 Ok(b) => out.extend(frames(b).filter_map(parse_destroyed)),
-                Err(e) => {
-                    return match e.raw_os_error() {
-                        Some(libc::EAGAIN) => Ok(Received {
-                            overflowed: false,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EAGAIN) => {
+                        return Ok(Received {
+                            overflowed,
                             drained_at: Some(before),
-                        }),
-                        Some(libc::EINTR) => Ok(Received {
-                            overflowed: false,
-                            drained_at: None,
-                        }),
-                        Some(libc::ENOBUFS) => Ok(Received {
-                            overflowed: true,
-                            drained_at: None,
-                        }),
-                        _ => Err(e),
+                        })
                     }
-                }
+                    Some(libc::EINTR) => {
+                        return Ok(Received {
+                            overflowed,
+                            drained_at: None,
+                        })
+                    }
+                    // The overflow is reported by the first receive after it, ahead of the
+                    // events still queued (`sock_error()` comes first in
+                    // `__skb_try_recv_datagram()`, net/core/datagram.c), and until the queue is
+                    // empty the kernel drops every new event for this socket
+                    // (`netlink_overrun()` sets NETLINK_S_CONGESTED; only `netlink_rcv_wake()`,
+                    // on a receive that leaves the queue empty, clears it). Returning here left
+                    // the queue full while the thread classified, read the counters and slept:
+                    // every event of that time was lost too. So the queue is drained now.
+                    Some(libc::ENOBUFS) => overflowed = true,
+                    _ => return Err(e),
+                },
             }
             flags = libc::MSG_DONTWAIT;
         }

@@ -336,6 +336,71 @@ fn a_live_entry_is_looked_up_and_its_deletion_seen() {
     .unwrap();
 }
 
+/// Against the running kernel, in a namespace of its own: more destroy events than a small
+/// receive buffer holds. The receive that reports the overflow also takes every event that
+/// was queued (it used to return at the overflow with none of them, leaving the queue full,
+/// and a full queue has the kernel drop every further event), so the next one finds it empty.
+#[test]
+fn an_overflow_is_reported_by_a_receive_that_drains_the_queue() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("CT_TRACE_BIN").is_none(),
+            "an_overflow_is_reported_by_a_receive_that_drains_the_queue needs root"
+        );
+        println!("SKIPPED: an_overflow_is_reported_by_a_receive_that_drains_the_queue: needs root");
+        return;
+    }
+    const ENTRIES: u16 = 200;
+    std::thread::spawn(|| {
+        // SAFETY: plain unshare(2); only this thread changes namespace.
+        assert_eq!(
+            unsafe { libc::unshare(libc::CLONE_NEWNET) },
+            0,
+            "{}",
+            io::Error::last_os_error()
+        );
+        // The kernel doubles it: 32 KiB, a few dozen events.
+        let mut events = DestroyEvents::with_rcvbuf(16 << 10).unwrap();
+        let ct = Conntrack::open().unwrap();
+        let ask = |m: ConntrackMessage, flags: u16| {
+            let m =
+                NetfilterMessage::new(NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0), m);
+            let s = ct.sock.request(m, NLM_F_ACK | flags).unwrap();
+            ct.sock.answer(s, |_| {}).unwrap();
+        };
+        for p in 0..ENTRIES {
+            let orig = tuple("192.0.2.1", 40000 + p, "192.0.2.2", 80, 6);
+            let reply = tuple("192.0.2.2", 80, "192.0.2.1", 40000 + p, 6);
+            ask(
+                ConntrackMessage::New(vec![
+                    ConntrackAttribute::CtaTupleOrig(to_ct_tuple(&orig)),
+                    ConntrackAttribute::CtaTupleReply(to_ct_tuple(&reply)),
+                    ConntrackAttribute::CtaStatus(Status::Confirmed | Status::SeenReply),
+                    ConntrackAttribute::CtaTimeout(100),
+                ]),
+                netlink_packet_core::NLM_F_CREATE,
+            );
+        }
+        // A flush: ENTRIES destroy events at once.
+        ask(ConntrackMessage::Delete(vec![]), 0);
+        let mut gone = Vec::new();
+        let r = events.recv(&mut gone, || 0).unwrap();
+        assert!(r.overflowed, "{} events", gone.len());
+        assert!(
+            !gone.is_empty() && gone.len() < usize::from(ENTRIES),
+            "{} events",
+            gone.len()
+        );
+        assert_eq!(r.drained_at, Some(0));
+        let mut more = Vec::new();
+        let r = events.recv(&mut more, || 0).unwrap();
+        assert!(!r.overflowed && more.is_empty(), "{r:?}: {more:?}");
+    })
+    .join()
+    .unwrap();
+}
+
 #[test]
 fn parse_event_tells_new_update_and_destroy_apart() {
     let Some(Some(Event::Destroy(id, e))) = parse_event(&KERNEL_DESTROY) else {
