@@ -2,10 +2,10 @@
 //! and each mitigation proved or disproved against it.
 //!
 //! A run builds three namespaces of its own (`topology`), starts this very binary in the node
-//! namespace to trace (`tracer`, through `runner`, the one ct-trace runner the integration tests
-//! share), runs a TCP workload through the Service (`workload`), does
-//! the scenario's fault (`scenario`, with packets forged by `craft`), checks what the
-//! applications saw, stops ct-trace and compares the two (`report`). The namespaces are
+//! namespace to trace (`tracer`, through `conntrack_common::harness::runner`, the one ct-trace
+//! runner the integration tests, top and the bench share), runs a TCP workload through the
+//! Service (`workload`), does the scenario's fault (`scenario`, with packets forged by
+//! `craft`), checks what the applications saw, stops ct-trace and compares the two (`report`). The namespaces are
 //! deleted at the end, on error, and on SIGINT/SIGTERM; those of a lab killed outright are
 //! removed by the next run or `ct-trace lab cleanup`.
 //!
@@ -15,7 +15,6 @@
 
 mod craft;
 mod report;
-pub mod runner;
 mod scenario;
 mod sysctl;
 mod topology;
