@@ -28,9 +28,9 @@ use std::{
     time::Duration,
 };
 
+use conntrack_common::harness::netns::CommandError;
 use serde_json::Value;
 
-pub use self::topology::{wire, Wiring};
 use self::{
     report::Verdict,
     topology::{Lab, SERVICE},
@@ -74,6 +74,15 @@ pub enum LabError {
 impl From<FileError> for LabError {
     fn from(e: FileError) -> Self {
         Self::Files(e.one_line())
+    }
+}
+
+impl From<CommandError> for LabError {
+    fn from(e: CommandError) -> Self {
+        Self::Command {
+            cmd: e.cmd,
+            detail: e.detail,
+        }
     }
 }
 
