@@ -171,16 +171,21 @@ fn text(b: &Mutex<Vec<u8>>) -> String {
     String::from_utf8_lossy(&b.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
 }
 
-fn stdio(o: &mut Out) -> Stdio {
-    match std::mem::replace(o, Out::Keep) {
-        Out::To(s) => {
-            *o = Out::To(Stdio::null());
-            s
-        }
-        other => {
-            *o = other;
-            Stdio::piped()
-        }
+/// The child's end of a stream, and how the runner reads its own end (nothing to read for
+/// [`Out::To`]).
+fn split(o: Out) -> (Stdio, Option<Out>) {
+    match o {
+        Out::To(s) => (s, None),
+        o => (Stdio::piped(), Some(o)),
+    }
+}
+
+/// The thread that reads `pipe` as `how` says (`into` when it is kept).
+fn reader(pipe: impl Read + Send + 'static, how: Out, into: &Shared) -> Option<JoinHandle<()>> {
+    match how {
+        Out::Keep => Some(keep(pipe, Arc::clone(into))),
+        Out::Lines(to) => Some(stream(pipe, to)),
+        Out::To(_) => None,
     }
 }
 
@@ -196,8 +201,8 @@ impl Runner {
     pub fn start(
         cmd: &mut Command,
         ready: Option<Box<dyn Ready>>,
-        mut stdout: Out,
-        mut stderr: Out,
+        stdout: Out,
+        stderr: Out,
     ) -> Result<Self, RunError> {
         // The child is stopped with SIGINT, so it must not inherit SIGINT ignored: a process
         // started in the background by a non-interactive shell (`cmd &`, nohup, a CI job) has
@@ -209,36 +214,33 @@ impl Runner {
                 Ok(())
             });
         }
+        let (out_io, out_how) = split(stdout);
+        let (err_io, err_how) = split(stderr);
         let mut child = cmd
             .stdin(Stdio::null())
-            .stdout(stdio(&mut stdout))
-            .stderr(stdio(&mut stderr))
+            .stdout(out_io)
+            .stderr(err_io)
             .spawn()
             .map_err(|source| RunError::Spawn {
                 program: cmd.get_program().to_string_lossy().into_owned(),
                 source,
             })?;
         let (out, err) = (Shared::default(), Shared::default());
-        let mut readers = Vec::new();
-        let mut read = |pipe: Option<Box<dyn Read + Send>>, how: Out, into: &Shared| {
-            if let Some(pipe) = pipe {
-                match how {
-                    Out::Keep => readers.push(keep(pipe, Arc::clone(into))),
-                    Out::Lines(to) => readers.push(stream(pipe, to)),
-                    Out::To(_) => {}
-                }
-            }
-        };
-        let o = child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>);
-        read(o, stdout, &out);
-        let e = child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>);
-        read(e, stderr, &err);
+        let readers = [
+            child
+                .stdout
+                .take()
+                .zip(out_how)
+                .and_then(|(p, how)| reader(p, how, &out)),
+            child
+                .stderr
+                .take()
+                .zip(err_how)
+                .and_then(|(p, how)| reader(p, how, &err)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         Ok(Self {
             child: Some(child),
             ready,
