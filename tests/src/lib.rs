@@ -172,11 +172,13 @@ impl Netns {
     /// One of the kernel's conntrack counters of this namespace (`/proc/net/stat/nf_conntrack`,
     /// summed over CPUs): `invalid`, `drop`, `early_drop`, `insert_failed`, ...
     pub fn kernel_counter(&self, name: &str) -> u64 {
-        let text = self.exec(&format!("cat {}", kstat::PATH));
-        let sums = kstat::parse(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"));
+        let sums = netns::kernel_counters(&self.name).unwrap_or_else(|e| match &e {
+            netns::CountersError::Parse { source, .. } => panic!("{e}: {source}"),
+            e => panic!("{e}"),
+        });
         *sums
             .get(name)
-            .unwrap_or_else(|| panic!("no `{name}` column in {}:\n{text}", kstat::PATH))
+            .unwrap_or_else(|| panic!("no `{name}` column in {}: {sums:?}", kstat::PATH))
     }
 }
 

@@ -4,13 +4,17 @@
 //! Every address exists only inside the namespaces; the host's are never touched. Who names
 //! the namespaces, and who deletes them, stays with each user (the lab removes those of labs
 //! that were killed, the tests name theirs after the test, the bench after its run).
+//! [`kernel_counters`] reads a namespace's conntrack counters for the tests and the bench.
 
 use std::{
+    collections::HashMap,
     format,
     net::{IpAddr, SocketAddr},
     process::{Command, Stdio},
     string::{String, ToString as _},
 };
+
+use crate::kstat;
 
 /// A command that failed: which, and what it said.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,29 @@ pub fn exec_in(ns: &str, args: &[&str]) -> Result<String, CommandError> {
 pub fn add(ns: &str) -> Result<(), CommandError> {
     ip(&["netns", "add", ns])?;
     ip(&["-n", ns, "link", "set", "lo", "up"]).map(drop)
+}
+
+/// Why a namespace's conntrack counters could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CountersError {
+    #[error(transparent)]
+    Read(#[from] CommandError),
+    #[error("reading {} in {ns}", kstat::PATH)]
+    Parse {
+        ns: String,
+        #[source]
+        source: kstat::ParseError,
+    },
+}
+
+/// The kernel's conntrack counters of `ns` (`/proc/net/stat/nf_conntrack` read inside it,
+/// summed over CPUs by [`kstat::parse`]): what the tests and the bench compare ct-trace with.
+pub fn kernel_counters(ns: &str) -> Result<HashMap<String, u64>, CountersError> {
+    let text = exec_in(ns, &["cat", kstat::PATH])?;
+    kstat::parse(&text).map_err(|source| CountersError::Parse {
+        ns: ns.to_string(),
+        source,
+    })
 }
 
 /// kube-proxy's iptables mode in one rule: TCP to `service:port` is DNATed in the node's

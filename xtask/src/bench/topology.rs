@@ -74,8 +74,7 @@ impl Topo {
     /// The node's conntrack `invalid` counter (all CPUs).
     pub(super) fn kernel_invalid(&self) -> Result<u64> {
         use conntrack_common::kstat;
-        let text = sh_in(&self.node, &format!("cat {}", kstat::PATH))?;
-        kstat::parse(&text)?
+        netns::kernel_counters(&self.node)?
             .get("invalid")
             .copied()
             .with_context(|| format!("no invalid column in {}", kstat::PATH))
