@@ -7,7 +7,8 @@
 //! `TryFrom`, never by transmuting, so a record from a mismatched build is an error, not garbage.
 //!
 //! With the `std` feature (userspace only) it also parses the kernel's conntrack counters
-//! ([`kstat`]), for ct-trace, its tests and its bench alike.
+//! ([`kstat`]), for ct-trace, its tests and its bench alike; with `harness`, the one runner of
+//! a child ([`harness::runner`]) they share.
 #![no_std]
 
 // Unit tests always have std: `kstat` is tested also where the feature is off.
@@ -15,6 +16,8 @@
 extern crate std;
 
 pub mod counter;
+#[cfg(any(feature = "harness", test))]
+pub mod harness;
 pub mod kind;
 #[cfg(any(feature = "std", test))]
 pub mod kstat;

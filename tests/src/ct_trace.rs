@@ -1,7 +1,8 @@
 //! The real `ct-trace` binary under test: started with `--ready-file` (in `/run/ct-trace/tests`)
-//! inside a namespace by the lab's runner (`conntrack_user::lab::runner`: its stdout and stderr
-//! read as it writes them, stderr also readable while it runs, stopped with SIGINT, killed on
-//! drop); and what it printed, with the checks every test makes of its summary.
+//! inside a namespace by the shared runner (`conntrack_common::harness::runner`, the lab's,
+//! top's and the bench's too: its stdout and stderr read as it writes them, stderr also
+//! readable while it runs, stopped with SIGINT, killed on drop); and what it printed, with the
+//! checks every test makes of its summary.
 
 use std::{
     net::SocketAddr,
@@ -10,10 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use conntrack_user::{
-    lab::runner::{Finished, ReadyAt, RunError, Runner},
-    private::PrivateDir,
-};
+use conntrack_common::harness::runner::{Finished, Ready as _, RunError, Runner};
+use conntrack_user::private::{PrivateDir, ReadyAt};
 use serde_json::Value;
 
 use crate::{bin, in_vm, poll, Netns, SEQ};
@@ -31,7 +30,7 @@ pub fn mode() -> String {
 }
 
 /// A running `ct-trace -o json`, stopped (SIGINT) and killed on drop: the runner the lab
-/// uses too (`conntrack_user::lab::runner`), which reads its stdout and stderr as ct-trace
+/// uses too (`conntrack_common::harness::runner`), which reads its stdout and stderr as ct-trace
 /// writes them (a flood of events must never fill a pipe and block it).
 pub struct CtTrace {
     run: Runner,

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use conntrack_common::kstat;
+use conntrack_common::{harness::netns, kstat};
 
 mod ct_trace;
 pub mod lab;
@@ -172,11 +172,13 @@ impl Netns {
     /// One of the kernel's conntrack counters of this namespace (`/proc/net/stat/nf_conntrack`,
     /// summed over CPUs): `invalid`, `drop`, `early_drop`, `insert_failed`, ...
     pub fn kernel_counter(&self, name: &str) -> u64 {
-        let text = self.exec(&format!("cat {}", kstat::PATH));
-        let sums = kstat::parse(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"));
+        let sums = netns::kernel_counters(&self.name).unwrap_or_else(|e| match &e {
+            netns::CountersError::Parse { source, .. } => panic!("{e}: {source}"),
+            e => panic!("{e}"),
+        });
         *sums
             .get(name)
-            .unwrap_or_else(|| panic!("no `{name}` column in {}:\n{text}", kstat::PATH))
+            .unwrap_or_else(|| panic!("no `{name}` column in {}: {sums:?}", kstat::PATH))
     }
 }
 
@@ -254,25 +256,34 @@ impl Topology {
             node: Netns::new("node"),
             server: Netns::new("srv"),
         };
-        // The lab's wiring (one implementation), on 10.77 / fd77 beside the lab's 10.78.
-        conntrack_user::lab::wire(&conntrack_user::lab::Wiring {
+        // kube-proxy's iptables mode in one rule per family: the service address is DNATed to
+        // the backend; nothing drops INVALID (the vulnerable default before kube-proxy 1.15).
+        // A second port of the Service for bulk traffic (iperf3).
+        let dnat = |service: &str, port: u16, to: &str| netns::Dnat {
+            service: service.parse().expect("an address"),
+            port,
+            to: to.parse().expect("an address and port"),
+        };
+        let mut rules = vec![
+            dnat(SERVICE, 80, "10.77.2.2:8080"),
+            dnat(SERVICE, 5201, "10.77.2.2:5201"),
+        ];
+        if v6_nat {
+            rules.push(dnat("fd96::10", 80, "[fd77:2::2]:8080"));
+        }
+        // The wiring of the lab and the bench (one implementation), on 10.77 / fd77 beside the
+        // lab's 10.78. Floods go to 10.77.9.0/24: routed to nowhere by the node, so nothing
+        // answers them.
+        netns::wire(&netns::Wiring {
             client: &t.client.name,
             node: &t.node.name,
             server: &t.server.name,
             v4: "10.77",
             v6: Some("fd77"),
+            dnat: &rules,
+            node_routes: &["blackhole 10.77.9.0/24"],
         })
         .unwrap_or_else(|e| panic!("wiring the test topology: {e}"));
-        // kube-proxy's iptables mode in one rule per family: the service address is DNATed to
-        // the backend; nothing drops INVALID (the vulnerable default before kube-proxy 1.15).
-        t.node.exec("iptables -t nat -A PREROUTING -d 10.96.0.10 -p tcp --dport 80 -j DNAT --to-destination 10.77.2.2:8080");
-        // A second port of the Service for bulk traffic (iperf3).
-        t.node.exec("iptables -t nat -A PREROUTING -d 10.96.0.10 -p tcp --dport 5201 -j DNAT --to-destination 10.77.2.2:5201");
-        if v6_nat {
-            t.node.exec("ip6tables -t nat -A PREROUTING -d fd96::10 -p tcp --dport 80 -j DNAT --to-destination [fd77:2::2]:8080");
-        }
-        // Where floods go: routed to nowhere by the node, so nothing answers them.
-        t.node.exec("ip route add blackhole 10.77.9.0/24");
         t
     }
 

@@ -2,10 +2,10 @@
 //! and each mitigation proved or disproved against it.
 //!
 //! A run builds three namespaces of its own (`topology`), starts this very binary in the node
-//! namespace to trace (`tracer`, through `runner`, the one ct-trace runner the integration tests
-//! share), runs a TCP workload through the Service (`workload`), does
-//! the scenario's fault (`scenario`, with packets forged by `craft`), checks what the
-//! applications saw, stops ct-trace and compares the two (`report`). The namespaces are
+//! namespace to trace (`tracer`, through `conntrack_common::harness::runner`, the one ct-trace
+//! runner the integration tests, top and the bench share), runs a TCP workload through the
+//! Service (`workload`), does the scenario's fault (`scenario`, with packets forged by
+//! `craft`), checks what the applications saw, stops ct-trace and compares the two (`report`). The namespaces are
 //! deleted at the end, on error, and on SIGINT/SIGTERM; those of a lab killed outright are
 //! removed by the next run or `ct-trace lab cleanup`.
 //!
@@ -15,7 +15,6 @@
 
 mod craft;
 mod report;
-pub mod runner;
 mod scenario;
 mod sysctl;
 mod topology;
@@ -29,9 +28,9 @@ use std::{
     time::Duration,
 };
 
+use conntrack_common::harness::netns::CommandError;
 use serde_json::Value;
 
-pub use self::topology::{wire, Wiring};
 use self::{
     report::Verdict,
     topology::{Lab, SERVICE},
@@ -75,6 +74,15 @@ pub enum LabError {
 impl From<FileError> for LabError {
     fn from(e: FileError) -> Self {
         Self::Files(e.one_line())
+    }
+}
+
+impl From<CommandError> for LabError {
+    fn from(e: CommandError) -> Self {
+        Self::Command {
+            cmd: e.cmd,
+            detail: e.detail,
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use conntrack_common::harness::netns::exec_in;
 use serde::Serialize;
 
 use crate::{
@@ -17,7 +18,7 @@ use crate::{
 use super::{
     craft::{self, RawSocket, Segment, ACK, PSH, RST},
     sysctl::TableLimit,
-    topology::{exec_in, in_netns, Lab, CLIENT_IP, SERVER_IP, SERVER_PORT, SERVICE},
+    topology::{in_netns, Lab, CLIENT_IP, SERVER_IP, SERVER_PORT, SERVICE},
     workload::{short_request, ConnResult, LongConn},
     LabError,
 };
@@ -62,7 +63,8 @@ pub fn apply_fix(lab: &Lab, fix: Fix) -> Result<(), LabError> {
                 "DROP",
             ],
         )
-        .map(drop),
+        .map(drop)
+        .map_err(Into::into),
     }
 }
 

@@ -3,7 +3,9 @@
 //! server's 10.78.2.2:8080). Every address exists only inside them; the host's namespaces,
 //! rules and sysctls are never touched. `Lab` deletes its namespaces on drop (also on error or
 //! a caught signal); namespaces left by a lab that was killed (SIGKILL) carry the dead PID in
-//! their name and are removed by the next lab run or `ct-trace lab cleanup`.
+//! their name and are removed by the next lab run or `ct-trace lab cleanup`. The veths,
+//! addresses and routes are the one wiring the tests and the bench use too
+//! (`conntrack_common::harness::netns`).
 
 use std::{
     fs::File,
@@ -13,6 +15,8 @@ use std::{
     path::Path,
     process::{Command, Stdio},
 };
+
+use conntrack_common::harness::netns::{self, Wiring};
 
 use super::LabError;
 
@@ -37,100 +41,8 @@ pub struct Lab {
     created: Vec<String>,
 }
 
-/// Runs a command, its output captured; an error carries the command and what it printed.
-pub fn run(cmd: &mut Command) -> Result<String, LabError> {
-    let shown = format!("{cmd:?}").replace('"', "");
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| LabError::Command {
-            cmd: shown.clone(),
-            detail: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(LabError::Command {
-            cmd: shown,
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn ip(args: &[&str]) -> Result<String, LabError> {
-    run(Command::new("ip").args(args))
-}
-
-/// `ip netns exec NS ARGS...`
-pub fn exec_in(ns: &str, args: &[&str]) -> Result<String, LabError> {
-    run(Command::new("ip").args(["netns", "exec", ns]).args(args))
-}
-
-/// The links of a client -- node -- server topology in three existing namespaces: the node's
-/// `eth1` to the client's `eth0` on `V4.1.0/24` (node `.1`, client `.2`), its `eth2` to the
-/// server's `eth0` on `V4.2.0/24`, default routes through the node, forwarding on in the node;
-/// with `v6`, also `V6:1::/64` and `V6:2::/64` the same way (without duplicate address
-/// detection, which would hold the addresses back for seconds). The one implementation: the
-/// lab, `tests/scripts/demo.sh` (the lab) and the integration tests build on it, each with the
-/// rules it needs in the node.
-pub struct Wiring<'a> {
-    pub client: &'a str,
-    pub node: &'a str,
-    pub server: &'a str,
-    /// The first two octets, e.g. `10.78`.
-    pub v4: &'a str,
-    /// The first group, e.g. `fd77`.
-    pub v6: Option<&'a str>,
-}
-
-pub fn wire(w: &Wiring) -> Result<(), LabError> {
-    let (c, n, s) = (w.client, w.node, w.server);
-    ip(&[
-        "-n", n, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", c,
-    ])?;
-    ip(&[
-        "-n", n, "link", "add", "eth2", "type", "veth", "peer", "name", "eth0", "netns", s,
-    ])?;
-    for (ns, dev, net, host) in [
-        (n, "eth1", 1, 1),
-        (n, "eth2", 2, 1),
-        (c, "eth0", 1, 2),
-        (s, "eth0", 2, 2),
-    ] {
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{}.{net}.{host}/24", w.v4),
-            "dev",
-            dev,
-        ])?;
-        if let Some(v6) = w.v6 {
-            let a = format!("{v6}:{net}::{host}/64");
-            ip(&["-n", ns, "addr", "add", &a, "dev", dev, "nodad"])?;
-        }
-        ip(&["-n", ns, "link", "set", dev, "up"])?;
-    }
-    for (ns, net) in [(c, 1), (s, 2)] {
-        ip(&[
-            "-n",
-            ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("{}.{net}.1", w.v4),
-        ])?;
-        if let Some(v6) = w.v6 {
-            let via = format!("{v6}:{net}::1");
-            ip(&["-n", ns, "-6", "route", "add", "default", "via", &via])?;
-        }
-    }
-    exec_in(n, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-    if w.v6.is_some() {
-        exec_in(n, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
-    }
-    Ok(())
+    Ok(netns::ip(args)?)
 }
 
 impl Lab {
@@ -150,16 +62,19 @@ impl Lab {
             }
         }
         for ns in [lab.client.clone(), lab.node.clone(), lab.server.clone()] {
-            ip(&["netns", "add", &ns])?;
+            netns::add(&ns)?;
             lab.created.push(ns.clone());
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
-        wire(&Wiring {
+        // The one wiring of the lab, the tests and the bench; the Service's rules are
+        // kube-proxy's own chains (`kube_proxy_rules`), not one DNAT rule.
+        netns::wire(&Wiring {
             client: &lab.client,
             node: &lab.node,
             server: &lab.server,
             v4: "10.78",
             v6: None,
+            dnat: &[],
+            node_routes: &[],
         })?;
         lab.kube_proxy_rules()?;
         Ok(lab)

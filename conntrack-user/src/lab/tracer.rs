@@ -4,19 +4,24 @@
 //! only once ct-trace has attached, stops it with SIGINT, and reads its JSON events. Its ready
 //! file is in the lab's root-only directory (`/run/ct-trace/lab/ctt-lab-PID-node.ready`): no
 //! other user can say it is ready before it is, or make it write elsewhere. Starting, reading
-//! and stopping it is [`super::runner`]'s, the same runner the integration tests use.
+//! and stopping it is the shared runner's (`conntrack_common::harness::runner`), the one the
+//! integration tests, top's tracer and the bench use.
 
 use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
 
 use serde_json::Value;
 
+use conntrack_common::harness::runner::{Ready as _, RunError, Runner};
+
 use super::{
     interrupted,
-    runner::{ReadyAt, RunError, Runner},
     topology::{owner_pid, LAB_PREFIX},
     LabError,
 };
-use crate::{kernel::load::AttachMode, private::PrivateDir};
+use crate::{
+    kernel::load::AttachMode,
+    private::{PrivateDir, ReadyAt},
+};
 
 /// A bound in case the lab never stops it (the lab itself was killed: the child also gets
 /// SIGTERM as its parent-death signal).

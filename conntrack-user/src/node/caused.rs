@@ -5,22 +5,24 @@
 //! A child rather than programs of top's own: the tracer is the one path that attributes a
 //! reset (attach plan, correlator, kernel counters), and top must show exactly what `sudo
 //! ct-trace` would print, not a second implementation of it. The child dies with top
-//! (`PR_SET_PDEATHSIG`, and SIGTERM when the tracer is dropped: its programs detach).
+//! (`PR_SET_PDEATHSIG`, and SIGTERM when the tracer is dropped: its programs detach). It runs
+//! through the shared runner (`conntrack_common::harness::runner`) in its streaming mode: its
+//! JSON lines are counted as they come, for hours, and never kept.
 
 use std::{
     collections::HashMap,
-    io::{BufRead as _, BufReader, Read},
     net::SocketAddr,
     os::unix::process::CommandExt as _,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
+use conntrack_common::harness::runner::{Lines, Out, Ready as _, RunError, Runner};
 use serde::Serialize;
 
-use crate::private::PrivateDir;
+use crate::private::ReadyAt;
 
 /// How long the tracer may take to attach before top goes on without it.
 pub const ATTACH_WAIT: Duration = Duration::from_secs(30);
@@ -180,10 +182,8 @@ impl Counts {
 
 /// The tracer: owns the child (stopped on drop).
 pub struct Tracer {
-    child: Option<Child>,
+    run: Option<Runner>,
     counts: Arc<Mutex<Counts>>,
-    dir: Option<PrivateDir>,
-    ready: PathBuf,
 }
 
 /// What a snapshot reads the counts through (sent to the thread that takes the snapshots).
@@ -197,6 +197,19 @@ fn lock(c: &Mutex<Counts>) -> MutexGuard<'_, Counts> {
     c.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The tracer's stdout, counted line by line as it streams; its end means the tracer ended.
+struct Stdout(Arc<Mutex<Counts>>);
+
+impl Lines for Stdout {
+    fn line(&mut self, line: &str) {
+        lock(&self.0).line(line);
+    }
+
+    fn end(&mut self) {
+        lock(&self.0).ended = true;
+    }
+}
+
 impl Tracer {
     /// Starts `ct-trace -o json --kind attribution,lost` (this executable) in this namespace;
     /// `attach` is passed on as `--attach`. A failure to start is the tracer's state, not
@@ -204,10 +217,8 @@ impl Tracer {
     pub fn start(attach: &str) -> Self {
         let counts = Arc::new(Mutex::new(Counts::default()));
         let mut me = Self {
-            child: None,
+            run: None,
             counts: counts.clone(),
-            dir: None,
-            ready: PathBuf::new(),
         };
         let fail = |me: Self, why: String| {
             let mut c = lock(&me.counts);
@@ -216,12 +227,12 @@ impl Tracer {
             drop(c);
             me
         };
-        let dir = match PrivateDir::fresh(&std::env::temp_dir(), "ct-trace-top-") {
-            Ok(d) => d,
+        // In a directory of its own, removed with it when the tracer is dropped.
+        let ready = match ReadyAt::fresh(&std::env::temp_dir(), "ct-trace-top-", "ready") {
+            Ok(r) => r,
             Err(e) => return fail(me, format!("no place for its ready file: {e}")),
         };
-        me.ready = dir.join("ready");
-        lock(&me.counts).ready_file = me.ready.clone();
+        lock(&me.counts).ready_file = ready.path();
         let exe = match std::env::current_exe() {
             Ok(e) => e,
             Err(e) => return fail(me, format!("cannot find ct-trace's executable: {e}")),
@@ -236,10 +247,7 @@ impl Tracer {
             attach,
         ])
         .arg("--ready-file")
-        .arg(&me.ready)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .arg(ready.path());
         // SAFETY: prctl is async-signal-safe. The child gets SIGTERM (a clean detach) when the
         // thread that started it ends: top's main thread, which lives as long as top.
         unsafe {
@@ -250,24 +258,28 @@ impl Tracer {
                 Ok(())
             });
         }
-        me.dir = Some(dir);
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => return fail(me, format!("cannot start ct-trace: {e}")),
-        };
-        let out = child.stdout.take().expect("piped");
-        let err = child.stderr.take().expect("piped");
-        me.child = Some(child);
-        let c = counts.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                lock(&c).line(&line);
-            }
-            lock(&c).ended = true;
-        });
+        // It streams for as long as top runs: each line is counted as it comes, nothing kept;
+        // of stderr only the last line (why it failed, when it does).
         let c = counts;
-        std::thread::spawn(move || keep_last_line(err, &c));
+        let last_line = move |line: &str| {
+            let line = line.trim();
+            if !line.is_empty() {
+                lock(&c).error = Some(line.to_string());
+            }
+        };
+        let stdout = Out::Lines(Box::new(Stdout(me.counts.clone())));
+        match Runner::start(
+            &mut cmd,
+            Some(Box::new(ready)),
+            stdout,
+            Out::Lines(Box::new(last_line)),
+        ) {
+            Ok(run) => me.run = Some(run),
+            Err(RunError::Spawn { source, .. }) => {
+                return fail(me, format!("cannot start ct-trace: {source}"))
+            }
+            Err(e) => return fail(me, format!("cannot start ct-trace: {e}")),
+        }
         me
     }
 
@@ -288,18 +300,13 @@ impl Tracer {
     /// Why the tracer failed (its last line on stderr) and its exit code, once it has ended;
     /// `None` while it runs or if it failed before it started (no exit code to give).
     pub fn failure(&mut self) -> Option<(String, i32)> {
-        let child = self.child.as_mut()?;
-        let t0 = Instant::now();
         // Its stdout closed (`ended`) a moment before the process is reaped.
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(s)) => break s,
-                Ok(None) if t0.elapsed() < Duration::from_secs(2) => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                _ => return None,
-            }
-        };
+        let status = self
+            .run
+            .as_mut()?
+            .wait_exit(Duration::from_secs(2))
+            .ok()?
+            .status;
         let c = lock(&self.counts);
         let why = c.error.clone().unwrap_or_else(|| "the tracer ended".into());
         Some((why, status.code().unwrap_or(1)))
@@ -315,17 +322,6 @@ impl Tracer {
             counts: self.counts.clone(),
             prev: 0,
             prev_at: Instant::now(),
-        }
-    }
-}
-
-/// Keeps the last line the tracer wrote on stderr: why it failed, when it does.
-fn keep_last_line(err: impl Read, c: &Mutex<Counts>) {
-    for line in BufReader::new(err).lines() {
-        let Ok(line) = line else { break };
-        let line = line.trim();
-        if !line.is_empty() {
-            lock(c).error = Some(line.to_string());
         }
     }
 }
@@ -362,25 +358,11 @@ impl Reader {
 
 impl Drop for Tracer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SIGTERM: the tracer detaches its programs and removes its ready file.
-            // SAFETY: a signal to a child we have not reaped (its pid is still ours).
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(5) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if let Ok(None) = child.try_wait() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        if let Some(d) = self.dir.take() {
-            let _ = std::fs::remove_file(&self.ready);
-            let _ = std::fs::remove_dir(d.path());
+        if let Some(mut run) = self.run.take() {
+            // SIGTERM: the tracer detaches its programs and removes its ready file; one that
+            // has not ended 5 s later is killed. Dropping the runner removes the ready file's
+            // directory.
+            let _ = run.stop_with(libc::SIGTERM, Duration::from_secs(5));
         }
     }
 }

@@ -6,7 +6,8 @@
 //! every open to be a real directory (not a link) of its own user that nobody else can enter,
 //! whose files it creates exclusively (never an existing file, never through a link), mode 0600.
 //! The files the user names keep their ordinary meaning, with the same care: [`ReadyFile`]
-//! (`--ready-file`) and [`create_own`] (`--pcap`).
+//! (`--ready-file`) and [`create_own`] (`--pcap`); and the ready files of the children it runs
+//! ([`ReadyAt`]).
 //!
 //! Where: `/run/ct-trace/` (root's, 0700) holds `lab/` (the lab's ready files and saved
 //! sysctls) and `verifier/` (verifier logs); see [`PrivateDir::in_run`].
@@ -357,6 +358,61 @@ impl PrivateDir {
     pub fn remove(&self, name: &str) -> Result<(), FileError> {
         let (c, path) = self.name(name)?;
         unlink_at(&self.dir, &c).map_err(io_err("removing", &path))
+    }
+}
+
+/// Where a child ct-trace is told to write its ready file: `name` in a private directory, for
+/// the shared runner (`conntrack_common::harness::runner`) of the lab, the tests and top's
+/// tracer. No other user can say the child is ready before it is, or make it write elsewhere.
+pub struct ReadyAt {
+    dir: PrivateDir,
+    name: String,
+    /// The directory was made for this one file ([`Self::fresh`]): removed with it.
+    own_dir: bool,
+}
+
+impl ReadyAt {
+    /// `name` in `dir`; one left there by an earlier child with the same name is removed.
+    pub fn new(dir: PrivateDir, name: String) -> Self {
+        let _ = dir.remove(&name);
+        Self {
+            dir,
+            name,
+            own_dir: false,
+        }
+    }
+
+    /// `name` in a new directory of its own in `parent` ([`PrivateDir::fresh`]), removed
+    /// with the file.
+    pub fn fresh(parent: &Path, prefix: &str, name: &str) -> Result<Self, FileError> {
+        Ok(Self {
+            dir: PrivateDir::fresh(parent, prefix)?,
+            name: name.to_string(),
+            own_dir: true,
+        })
+    }
+}
+
+impl conntrack_common::harness::runner::Ready for ReadyAt {
+    fn path(&self) -> PathBuf {
+        self.dir.join(&self.name)
+    }
+
+    fn exists(&self) -> bool {
+        self.dir.holds(&self.name)
+    }
+
+    fn remove(&self) {
+        let _ = self.dir.remove(&self.name);
+    }
+}
+
+impl Drop for ReadyAt {
+    fn drop(&mut self) {
+        let _ = self.dir.remove(&self.name);
+        if self.own_dir {
+            let _ = std::fs::remove_dir(self.dir.path());
+        }
     }
 }
 

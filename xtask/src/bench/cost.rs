@@ -8,13 +8,9 @@
 //! Counting adds two clock reads to every run of every BPF program, so the hot-path ratios are
 //! measured with the switch as it was, not here.
 
-use std::{
-    path::Path,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use conntrack_common::plan::{Mode, MODES};
 use serde_json::{json, Value};
 
@@ -24,7 +20,7 @@ use super::{
     hotpath::{Servers, Workload, WORKLOADS},
     numbers::group,
     observer::start_ct_trace,
-    process::Proc,
+    process::{Out, Proc, ReadyPath},
     report::{median, spread, Section},
     topology::Topo,
     Bins, Config,
@@ -238,28 +234,27 @@ fn floor_run(
     base: &str,
 ) -> Result<f64> {
     let ready = format!("{base}-floor.ready");
-    let _ = std::fs::remove_file(&ready);
     let script = root().join("tests/scripts/nf_floor.py");
     let script = script.to_string_lossy();
     let env = format!("CTT_READY_FILE={ready}");
     let argv = ["env", env.as_str(), "python3", &script, "empty"];
-    let mut p = Proc::start(&topo.node, &argv, Stdio::piped(), Stdio::piped())?;
-    let t0 = Instant::now();
-    while !Path::new(&ready).exists() {
-        if p.exited().is_some() || t0.elapsed() > Duration::from_secs(30) {
-            let f = p.finish(Duration::from_secs(1))?;
-            bail!(
-                "the empty netfilter program did not attach: {}",
-                f.stderr.trim()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut p = Proc::start_ready(
+        &topo.node,
+        &argv,
+        Some(ReadyPath::new(&ready)),
+        Out::Keep,
+        Out::Keep,
+    )?;
+    p.wait_ready(
+        "the empty netfilter program",
+        Duration::from_secs(30),
+        Duration::from_millis(10),
+    )
+    .context("the empty netfilter program did not attach")?;
     let run = servers
         .run(w, topo, bins, cfg.secs)
         .with_context(|| format!("{} with an empty netfilter program", w.name()));
     let f = p.interrupt(Duration::from_secs(10))?;
-    let _ = std::fs::remove_file(&ready);
     run?;
     // `RUNS NS`, the last line.
     let last = f.stdout.lines().last().unwrap_or_default().to_string();

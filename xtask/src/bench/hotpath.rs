@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::{
     numbers::group,
     observer::{start_observer, Observer, OBSERVERS},
-    process::{run_in, wait_listening, Proc},
+    process::{run_in, wait_listening, Out, Proc},
     topology::Topo,
     Bins, Config, IPERF_PORT, LOAD_PORT, SERVICE,
 };
@@ -105,14 +105,14 @@ impl Servers {
         let iperf = Proc::start(
             &topo.srv,
             &["iperf3", "-s", "-p", IPERF_PORT],
-            Stdio::null(),
-            Stdio::null(),
+            Out::To(Stdio::null()),
+            Out::To(Stdio::null()),
         )?;
         let load = Proc::start(
             &topo.srv,
             &[bins.load.as_str(), "server", LOAD_PORT],
-            Stdio::null(),
-            Stdio::null(),
+            Out::To(Stdio::null()),
+            Out::To(Stdio::null()),
         )?;
         // Minutes-long TCG start-ups aside, a server listens within milliseconds.
         wait_listening(&topo.srv, IPERF_PORT, Duration::from_secs(60))?;

@@ -16,7 +16,7 @@ use conntrack_common::plan::Mode;
 use serde_json::Value;
 
 use super::{
-    process::{cpu_seconds, Proc},
+    process::{cpu_seconds, Out, Proc, Ready as _, ReadyPath},
     topology::Topo,
     Bins, Config,
 };
@@ -54,11 +54,11 @@ impl Observer {
     }
 }
 
-/// ct-trace running in the node namespace, `-o json` into a /dev/shm file.
+/// ct-trace running in the node namespace, `-o json` into a /dev/shm file (read while it runs
+/// by the storm); its stderr kept by the runner.
 pub(super) struct CtRun {
     pub(super) proc: Proc,
     pub(super) out: PathBuf,
-    err: PathBuf,
     pub(super) cpu_at_ready: f64,
 }
 
@@ -69,9 +69,8 @@ pub(super) fn start_ct_trace(
     extra: &[&str],
 ) -> Result<CtRun> {
     let out = PathBuf::from(format!("{base}.json"));
-    let err = PathBuf::from(format!("{base}.err"));
-    let ready = PathBuf::from(format!("{base}.ready"));
-    let _ = std::fs::remove_file(&ready);
+    let ready = ReadyPath::new(format!("{base}.ready"));
+    let ready_path = ready.path();
     let mut argv = vec![
         bins.ct_trace.as_str(),
         "-o",
@@ -79,36 +78,26 @@ pub(super) fn start_ct_trace(
         "-d",
         "900",
         "--ready-file",
-        ready.to_str().unwrap(),
+        ready_path.to_str().unwrap(),
     ];
     argv.extend_from_slice(extra);
-    let mut proc = Proc::start(
+    let mut proc = Proc::start_ready(
         &topo.node,
         &argv,
-        File::create(&out)?.into(),
-        File::create(&err)?.into(),
+        Some(ready),
+        Out::To(File::create(&out)?.into()),
+        Out::Keep,
     )?;
-    let t0 = Instant::now();
-    while !ready.exists() {
-        if let Some(st) = proc.exited() {
-            bail!(
-                "ct-trace exited before it was ready ({st}): {}",
-                std::fs::read_to_string(&err).unwrap_or_default().trim()
-            );
-        }
-        // Minutes under TCG: a guest loads and verifies the programs in emulation.
-        ensure!(
-            t0.elapsed() < Duration::from_secs(180),
-            "ct-trace not ready after 180 s"
-        );
-        thread::sleep(Duration::from_millis(2));
-    }
-    let _ = std::fs::remove_file(&ready);
+    // Minutes under TCG: a guest loads and verifies the programs in emulation.
+    proc.wait_ready(
+        "ct-trace",
+        Duration::from_secs(180),
+        Duration::from_millis(2),
+    )?;
     let cpu_at_ready = cpu_seconds(proc.pid())?;
     Ok(CtRun {
         proc,
         out,
-        err,
         cpu_at_ready,
     })
 }
@@ -117,7 +106,7 @@ impl CtRun {
     /// Ctrl-C; checks it exits 0 and ends its output with the summary, which it returns.
     pub(super) fn stop(mut self) -> Result<(Value, String)> {
         let f = self.proc.interrupt(Duration::from_secs(30))?;
-        let stderr = std::fs::read_to_string(&self.err).unwrap_or_default();
+        let stderr = f.stderr;
         ensure!(
             f.status.success(),
             "ct-trace exited with {}: {}",
@@ -151,22 +140,21 @@ fn last_line(path: &Path) -> Result<String> {
 }
 
 /// tcpdump on every interface of the node, to /dev/null; returns once it says it listens.
-fn start_tcpdump(topo: &Topo, cfg: &Config) -> Result<Proc> {
-    let err = PathBuf::from(format!("{}-tcpdump.err", cfg.shm));
+fn start_tcpdump(topo: &Topo) -> Result<Proc> {
     let mut p = Proc::start(
         &topo.node,
         &["tcpdump", "-i", "any", "-w", "/dev/null"],
-        Stdio::null(),
-        File::create(&err)?.into(),
+        Out::To(Stdio::null()),
+        Out::Keep,
     )?;
     let t0 = Instant::now();
     loop {
-        let text = std::fs::read_to_string(&err).unwrap_or_default();
+        let text = p.stderr_text();
         if text.contains("listening on") {
             return Ok(p);
         }
-        if let Some(st) = p.exited() {
-            bail!("tcpdump exited ({st}): {}", text.trim());
+        if let Some(f) = p.exited()? {
+            bail!("tcpdump exited ({}): {}", f.status, f.stderr.trim());
         }
         ensure!(
             t0.elapsed() < Duration::from_secs(60),
@@ -204,7 +192,7 @@ pub(super) fn start_observer(
             &format!("{}-hot", cfg.shm),
             &["--attach", m.name()],
         )?)),
-        Observer::Tcpdump => Running::Tcpdump(start_tcpdump(topo, cfg)?),
+        Observer::Tcpdump => Running::Tcpdump(start_tcpdump(topo)?),
     })
 }
 

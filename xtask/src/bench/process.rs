@@ -1,50 +1,45 @@
-//! Processes in the bench's namespaces (killed when dropped), the run's files under /dev/shm,
-//! and what /proc says of a process and of the machine.
+//! Processes in the bench's namespaces (through the shared runner, killed when dropped), the
+//! run's files under /dev/shm, and what /proc says of a process and of the machine.
 
 use std::{
-    io::{self, Read},
+    io,
     os::unix::process::CommandExt as _,
-    process::{Child, Command, ExitStatus, Stdio},
-    thread::{self, JoinHandle},
+    process::Command,
+    thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
+pub(super) use conntrack_common::harness::runner::{Finished, Out, Ready, ReadyPath};
+use conntrack_common::harness::runner::{RunError, Runner};
 
 use crate::host::output;
 
-fn reader(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
-    thread::spawn(move || {
-        let mut s = String::new();
-        let _ = r.read_to_string(&mut s);
-        s
-    })
-}
-
 /// A process in a namespace (`ip netns exec` execs it: the pid is the program's own), killed
-/// when dropped and, through PR_SET_PDEATHSIG, when xtask dies.
+/// when dropped and, through PR_SET_PDEATHSIG, when xtask dies. Started, read and stopped by
+/// the runner the lab, the tests and `ct-trace top` share (`conntrack_common::harness`).
 pub(super) struct Proc {
-    child: Child,
+    run: Runner,
     what: String,
-    out: Option<JoinHandle<String>>,
-    err: Option<JoinHandle<String>>,
-}
-
-pub(super) struct Finished {
-    pub(super) status: ExitStatus,
-    pub(super) stdout: String,
-    pub(super) stderr: String,
 }
 
 impl Proc {
     /// Only from the main thread: the death signal follows the thread that forked.
-    pub(super) fn start(ns: &str, argv: &[&str], stdout: Stdio, stderr: Stdio) -> Result<Proc> {
+    pub(super) fn start(ns: &str, argv: &[&str], stdout: Out, stderr: Out) -> Result<Proc> {
+        Self::start_ready(ns, argv, None, stdout, stderr)
+    }
+
+    /// [`Self::start`] for a program told (in `argv`) to write `ready` once it is ready
+    /// ([`Self::wait_ready`]).
+    pub(super) fn start_ready(
+        ns: &str,
+        argv: &[&str],
+        ready: Option<ReadyPath>,
+        stdout: Out,
+        stderr: Out,
+    ) -> Result<Proc> {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns])
-            .args(argv)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
+        cmd.args(["netns", "exec", ns]).args(argv);
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
@@ -55,69 +50,80 @@ impl Proc {
             });
         }
         let what = argv.join(" ");
-        let mut child = cmd
-            .spawn()
+        let ready = ready.map(|r| Box::new(r) as _);
+        let mut run = Runner::start(&mut cmd, ready, stdout, stderr)
             .with_context(|| format!("starting `{what}` in {ns}"))?;
-        let out = child.stdout.take().map(reader);
-        let err = child.stderr.take().map(reader);
-        Ok(Proc {
-            child,
-            what,
-            out,
-            err,
-        })
+        run.set_poll(Duration::from_millis(5));
+        Ok(Proc { run, what })
     }
 
+    /// Waits (at most `within`, looking every `every`) for its ready file; `name` is what the
+    /// errors call it. One that ends first, or is not ready in time, is an error with its
+    /// stderr.
+    pub(super) fn wait_ready(
+        &mut self,
+        name: &str,
+        within: Duration,
+        every: Duration,
+    ) -> Result<()> {
+        self.run.set_poll(every);
+        let r = self.run.wait_ready(within, || false);
+        self.run.set_poll(Duration::from_millis(5));
+        match r {
+            Ok(()) => Ok(()),
+            Err(RunError::ExitedEarly { status, stderr }) => bail!(
+                "{name} exited before it was ready ({status}): {}",
+                stderr.trim()
+            ),
+            Err(RunError::NotReady { within, stderr }) => bail!(
+                "{name} not ready after {} s: {}",
+                within.as_secs(),
+                stderr.trim()
+            ),
+            Err(e) => Err(e).with_context(|| format!("waiting for {name}")),
+        }
+    }
+
+    /// Its pid, while it has not been waited for.
     pub(super) fn pid(&self) -> u32 {
-        self.child.id()
+        self.run.pid().unwrap_or_default()
     }
 
-    pub(super) fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
+    /// What it wrote on stderr so far ([`Out::Keep`] only).
+    pub(super) fn stderr_text(&self) -> String {
+        self.run.stderr_text()
+    }
+
+    /// Once it has ended: how, and what it printed.
+    pub(super) fn exited(&mut self) -> Result<Option<Finished>> {
+        self.run.try_finish().context("waiting for it")
     }
 
     /// Waits at most `max` for it to end; kills it after that (an error).
     pub(super) fn finish(&mut self, max: Duration) -> Result<Finished> {
-        let t0 = Instant::now();
-        let status = loop {
-            if let Some(st) = self.child.try_wait()? {
-                break st;
+        match self.run.wait_exit(max) {
+            Err(RunError::StillRunning(_)) => {
+                self.run.kill();
+                bail!("`{}` still running after {max:?}: killed", self.what)
             }
-            if t0.elapsed() > max {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                bail!("`{}` still running after {max:?}: killed", self.what);
-            }
-            thread::sleep(Duration::from_millis(5));
-        };
-        let join = |h: Option<JoinHandle<String>>| h.map(|h| h.join().unwrap_or_default());
-        Ok(Finished {
-            status,
-            stdout: join(self.out.take()).unwrap_or_default(),
-            stderr: join(self.err.take()).unwrap_or_default(),
-        })
+            r => r.with_context(|| format!("waiting for `{}`", self.what)),
+        }
     }
 
-    /// SIGINT (Ctrl-C), then waits at most `max`.
+    /// SIGINT (Ctrl-C), then waits at most `max`; kills it after that (an error).
     pub(super) fn interrupt(&mut self, max: Duration) -> Result<Finished> {
-        // SAFETY: signalling our own child, which has not been reaped.
-        unsafe { libc::kill(self.pid() as i32, libc::SIGINT) };
-        self.finish(max)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.exited().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        match self.run.stop(max) {
+            Err(RunError::NoStop { .. }) => {
+                bail!("`{}` still running after {max:?}: killed", self.what)
+            }
+            r => r.with_context(|| format!("waiting for `{}`", self.what)),
         }
     }
 }
 
 /// Runs a program in a namespace to its end (at most `max`) and returns its stdout.
 pub(super) fn run_in(ns: &str, argv: &[&str], max: Duration) -> Result<String> {
-    let mut p = Proc::start(ns, argv, Stdio::piped(), Stdio::piped())?;
+    let mut p = Proc::start(ns, argv, Out::Keep, Out::Keep)?;
     let f = p.finish(max)?;
     ensure!(
         f.status.success(),

@@ -1,16 +1,15 @@
 //! Start-up: exec to ready, peak and idle memory.
 
 use std::{
-    path::PathBuf,
     process::Stdio,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 
 use super::{
-    process::{vm_kib, Proc},
+    process::{vm_kib, Out, Proc, ReadyPath},
     topology::Topo,
     Bins, Config,
 };
@@ -27,11 +26,10 @@ pub(super) fn startup(topo: &Topo, bins: &Bins, cfg: &Config) -> Result<Startup>
         peak_kib: Vec::new(),
         idle_kib: Vec::new(),
     };
-    let ready = PathBuf::from(format!("{}-start.ready", cfg.shm));
+    let ready = format!("{}-start.ready", cfg.shm);
     for _ in 0..cfg.startups {
-        let _ = std::fs::remove_file(&ready);
         let t0 = Instant::now();
-        let mut p = Proc::start(
+        let mut p = Proc::start_ready(
             &topo.node,
             &[
                 bins.ct_trace.as_str(),
@@ -39,26 +37,17 @@ pub(super) fn startup(topo: &Topo, bins: &Bins, cfg: &Config) -> Result<Startup>
                 "-d",
                 "60",
                 "--ready-file",
-                ready.to_str().unwrap(),
+                &ready,
             ],
-            Stdio::null(),
-            Stdio::piped(),
+            Some(ReadyPath::new(&ready)),
+            Out::To(Stdio::null()),
+            Out::Keep,
         )?;
-        while !ready.exists() {
-            if p.exited().is_some() {
-                let f = p.finish(Duration::from_secs(1))?;
-                bail!(
-                    "ct-trace exited before it was ready ({}): {}",
-                    f.status,
-                    f.stderr.trim()
-                );
-            }
-            ensure!(
-                t0.elapsed() < Duration::from_secs(30),
-                "ct-trace not ready after 30 s"
-            );
-            thread::sleep(Duration::from_millis(1));
-        }
+        p.wait_ready(
+            "ct-trace",
+            Duration::from_secs(30),
+            Duration::from_millis(1),
+        )?;
         s.ready_ms.push(t0.elapsed().as_secs_f64() * 1e3);
         s.peak_kib.push(vm_kib(p.pid(), "VmHWM:")? as f64);
         thread::sleep(Duration::from_secs(2));
@@ -75,6 +64,5 @@ pub(super) fn startup(topo: &Topo, bins: &Bins, cfg: &Config) -> Result<Startup>
             s.ready_ms.last().unwrap()
         );
     }
-    let _ = std::fs::remove_file(&ready);
     Ok(s)
 }

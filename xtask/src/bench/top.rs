@@ -4,7 +4,6 @@
 //! events keep) and a steady run (`--interval 1`): its CPU per second and its memory.
 
 use std::{
-    process::Stdio,
     thread,
     time::{Duration, Instant},
 };
@@ -13,7 +12,7 @@ use anyhow::{ensure, Context as _, Result};
 
 use super::{
     numbers::group,
-    process::{cpu_seconds, sh_in, vm_kib, Proc},
+    process::{cpu_seconds, sh_in, vm_kib, Out, Proc},
     report::{median, spread, Section},
     topology::Topo,
     Bins, Config, SERVER,
@@ -106,8 +105,8 @@ for _ in range({sockets}):
                 // rest of the bench measures (and whose CPU is not in top's pid).
                 "--no-resets",
             ],
-            Stdio::piped(),
-            Stdio::piped(),
+            Out::Keep,
+            Out::Keep,
         )?;
         let f = p.finish(Duration::from_secs(120))?;
         ensure!(f.status.success(), "ct-trace top: {}", f.stderr.trim());
@@ -141,8 +140,8 @@ for _ in range({sockets}):
             "1",
             "--no-resets",
         ],
-        Stdio::piped(),
-        Stdio::piped(),
+        Out::Keep,
+        Out::Keep,
     )?;
     thread::sleep(steady);
     let cpu = cpu_seconds(p.pid())?;

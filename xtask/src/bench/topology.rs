@@ -1,8 +1,14 @@
-//! The bench's three namespaces: client -- node -- server.
+//! The bench's three namespaces: client -- node -- server, wired as the lab's and the tests'
+//! (`conntrack_common::harness::netns`).
 
-use std::{path::Path, process::Command};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    process::Command,
+};
 
 use anyhow::{Context as _, Result};
+use conntrack_common::harness::netns::{self, Dnat, Wiring};
 
 use super::{process::sh_in, IPERF_PORT, LOAD_PORT, SERVER, SERVICE};
 use crate::host::output;
@@ -27,58 +33,48 @@ impl Topo {
             made: Vec::new(),
         };
         for ns in [t.cli.clone(), t.node.clone(), t.srv.clone()] {
-            output(Command::new("ip").args(["netns", "add", &ns]))?;
+            netns::add(&ns)?;
             t.made.push(ns.clone());
-            sh_in(&ns, "ip link set lo up")?;
         }
-        let (c, n, s) = (&t.cli, &t.node, &t.srv);
-        let host = |cmd: String| output(Command::new("sh").args(["-c", &cmd]));
-        host(format!(
-            "ip -n {n} link add eth1 type veth peer name eth0 netns {c}"
-        ))?;
-        host(format!(
-            "ip -n {n} link add eth2 type veth peer name eth0 netns {s}"
-        ))?;
-        for (ns, dev, addr) in [
-            (n, "eth1", "10.77.1.1/24"),
-            (n, "eth2", "10.77.2.1/24"),
-            (c, "eth0", "10.77.1.2/24"),
-            (s, "eth0", "10.77.2.2/24"),
-        ] {
-            host(format!(
-                "ip -n {ns} addr add {addr} dev {dev} && ip -n {ns} link set {dev} up"
-            ))?;
-        }
-        sh_in(c, "ip route add default via 10.77.1.1")?;
-        sh_in(s, "ip route add default via 10.77.2.1")?;
-        // crr opens tens of thousands of connections: the client may reuse its ports in
-        // TIME_WAIT (after a second), from a wide range.
-        sh_in(
-            c,
-            "sysctl -qw net.ipv4.tcp_tw_reuse=1 && echo 1024 65535 > /proc/sys/net/ipv4/ip_local_port_range",
-        )?;
-        sh_in(n, "sysctl -qw net.ipv4.ip_forward=1")?;
-        for (port, to) in [
+        let service: IpAddr = SERVICE.parse()?;
+        let to = |port: &str| -> Result<SocketAddr> { Ok(format!("{SERVER}:{port}").parse()?) };
+        let dnat = [
             ("80", "8080"),
             (IPERF_PORT, IPERF_PORT),
             (LOAD_PORT, LOAD_PORT),
-        ] {
-            sh_in(
-                n,
-                &format!(
-                    "iptables -t nat -A PREROUTING -d {SERVICE} -p tcp --dport {port} -j DNAT --to-destination {SERVER}:{to}"
-                ),
-            )?;
-        }
-        sh_in(n, "ip route add blackhole 10.77.9.0/24")?;
+        ]
+        .into_iter()
+        .map(|(port, dst)| {
+            Ok(Dnat {
+                service,
+                port: port.parse()?,
+                to: to(dst)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        // The lab's and the tests' wiring (one implementation), on 10.77 as the tests'.
+        netns::wire(&Wiring {
+            client: &t.cli,
+            node: &t.node,
+            server: &t.srv,
+            v4: "10.77",
+            v6: None,
+            dnat: &dnat,
+            node_routes: &["blackhole 10.77.9.0/24"],
+        })?;
+        // crr opens tens of thousands of connections: the client may reuse its ports in
+        // TIME_WAIT (after a second), from a wide range.
+        sh_in(
+            &t.cli,
+            "sysctl -qw net.ipv4.tcp_tw_reuse=1 && echo 1024 65535 > /proc/sys/net/ipv4/ip_local_port_range",
+        )?;
         Ok(t)
     }
 
     /// The node's conntrack `invalid` counter (all CPUs).
     pub(super) fn kernel_invalid(&self) -> Result<u64> {
         use conntrack_common::kstat;
-        let text = sh_in(&self.node, &format!("cat {}", kstat::PATH))?;
-        kstat::parse(&text)?
+        netns::kernel_counters(&self.node)?
             .get("invalid")
             .copied()
             .with_context(|| format!("no invalid column in {}", kstat::PATH))
