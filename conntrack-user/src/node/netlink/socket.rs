@@ -96,6 +96,23 @@ impl Socket {
     }
 }
 
+/// `SO_ATTACH_FILTER` (include/uapi/asm-generic/socket.h; the same on x86 and arm); libc
+/// 0.2.191 defines it only for Android and L4Re.
+const SO_ATTACH_FILTER: i32 = 26;
+
+impl Socket {
+    /// Attaches a classic BPF socket filter: the kernel runs it on every message before it
+    /// queues it for this socket (`sk_filter()` in `do_one_broadcast()`, net/netlink/af_netlink.c)
+    /// and drops those it returns 0 for.
+    pub(super) fn attach_filter(&self, prog: &[libc::sock_filter]) -> io::Result<()> {
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr().cast_mut(),
+        };
+        setsockopt(&self.0, libc::SOL_SOCKET, SO_ATTACH_FILTER, &fprog)
+    }
+}
+
 /// A whole request made by hand (header included).
 impl Socket {
     pub(super) fn send(&self, msg: &[u8]) -> io::Result<()> {

@@ -242,36 +242,13 @@ fn hook_attributes_give_priority_and_function() {
 /// event naming our port, and the empty namespace has no conntrack hook.
 #[test]
 fn a_live_entry_is_looked_up_and_its_deletion_seen() {
-    // Needs root (unshare CLONE_NEWNET, ctnetlink). Under `cargo xtask test` (CT_TRACE_BIN
-    // set) a missing privilege fails; under a plain `cargo test` it is a counted skip.
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var_os("CT_TRACE_BIN").is_none(),
-            "a_live_entry_is_looked_up_and_its_deletion_seen needs root"
-        );
-        println!("SKIPPED: a_live_entry_is_looked_up_and_its_deletion_seen: needs root");
-        return;
-    }
-    std::thread::spawn(|| {
-        // SAFETY: plain unshare(2); only this thread changes namespace.
-        assert_eq!(
-            unsafe { libc::unshare(libc::CLONE_NEWNET) },
-            0,
-            "{}",
-            io::Error::last_os_error()
-        );
+    in_own_netns("a_live_entry_is_looked_up_and_its_deletion_seen", || {
         let orig = tuple("192.0.2.1", 40000, "192.0.2.2", 80, 6);
         let reply = tuple("192.0.2.2", 80, "192.0.2.1", 40000, 6);
         let mut events = DestroyEvents::open().unwrap();
         let ct = Conntrack::open().unwrap();
         assert_eq!(ct.lookup(&orig).unwrap(), None);
-        let ask = |m: ConntrackMessage, flags: u16| {
-            let m =
-                NetfilterMessage::new(NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0), m);
-            let s = ct.sock.request(m, NLM_F_ACK | flags).unwrap();
-            ct.sock.answer(s, |_| {}).unwrap();
-        };
+        let ask = |m, flags| ask(&ct, m, flags);
         ask(
             ConntrackMessage::New(vec![
                 ConntrackAttribute::CtaTupleOrig(to_ct_tuple(&orig)),
@@ -331,9 +308,7 @@ fn a_live_entry_is_looked_up_and_its_deletion_seen() {
         assert_eq!(ct.lookup(&orig).unwrap(), None);
         // NFPROTO_IPV4, NF_INET_PRE_ROUTING: no rule, so no conntrack hook (or no nfnetlink_hook).
         assert_ne!(conntrack_hooked(2, 0), Some(true));
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 /// Against the running kernel, in a namespace of its own: more destroy events than a small
@@ -342,63 +317,43 @@ fn a_live_entry_is_looked_up_and_its_deletion_seen() {
 /// and a full queue has the kernel drop every further event), so the next one finds it empty.
 #[test]
 fn an_overflow_is_reported_by_a_receive_that_drains_the_queue() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var_os("CT_TRACE_BIN").is_none(),
-            "an_overflow_is_reported_by_a_receive_that_drains_the_queue needs root"
-        );
-        println!("SKIPPED: an_overflow_is_reported_by_a_receive_that_drains_the_queue: needs root");
-        return;
-    }
     const ENTRIES: u16 = 200;
-    std::thread::spawn(|| {
-        // SAFETY: plain unshare(2); only this thread changes namespace.
-        assert_eq!(
-            unsafe { libc::unshare(libc::CLONE_NEWNET) },
-            0,
-            "{}",
-            io::Error::last_os_error()
-        );
-        // The kernel doubles it: 32 KiB, a few dozen events.
-        let mut events = DestroyEvents::with_rcvbuf(16 << 10).unwrap();
-        let ct = Conntrack::open().unwrap();
-        let ask = |m: ConntrackMessage, flags: u16| {
-            let m =
-                NetfilterMessage::new(NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0), m);
-            let s = ct.sock.request(m, NLM_F_ACK | flags).unwrap();
-            ct.sock.answer(s, |_| {}).unwrap();
-        };
-        for p in 0..ENTRIES {
-            let orig = tuple("192.0.2.1", 40000 + p, "192.0.2.2", 80, 6);
-            let reply = tuple("192.0.2.2", 80, "192.0.2.1", 40000 + p, 6);
-            ask(
-                ConntrackMessage::New(vec![
-                    ConntrackAttribute::CtaTupleOrig(to_ct_tuple(&orig)),
-                    ConntrackAttribute::CtaTupleReply(to_ct_tuple(&reply)),
-                    ConntrackAttribute::CtaStatus(Status::Confirmed | Status::SeenReply),
-                    ConntrackAttribute::CtaTimeout(100),
-                ]),
-                netlink_packet_core::NLM_F_CREATE,
+    in_own_netns(
+        "an_overflow_is_reported_by_a_receive_that_drains_the_queue",
+        || {
+            // The kernel doubles it: 32 KiB, a few dozen events.
+            let mut events = DestroyEvents::with_rcvbuf(16 << 10).unwrap();
+            let ct = Conntrack::open().unwrap();
+            let ask = |m, flags| ask(&ct, m, flags);
+            for p in 0..ENTRIES {
+                let orig = tuple("192.0.2.1", 40000 + p, "192.0.2.2", 80, 6);
+                let reply = tuple("192.0.2.2", 80, "192.0.2.1", 40000 + p, 6);
+                ask(
+                    ConntrackMessage::New(vec![
+                        ConntrackAttribute::CtaTupleOrig(to_ct_tuple(&orig)),
+                        ConntrackAttribute::CtaTupleReply(to_ct_tuple(&reply)),
+                        ConntrackAttribute::CtaStatus(Status::Confirmed | Status::SeenReply),
+                        ConntrackAttribute::CtaTimeout(100),
+                    ]),
+                    netlink_packet_core::NLM_F_CREATE,
+                );
+            }
+            // A flush: ENTRIES destroy events at once.
+            ask(ConntrackMessage::Delete(vec![]), 0);
+            let mut gone = Vec::new();
+            let r = events.recv(&mut gone, || 0).unwrap();
+            assert!(r.overflowed, "{} events", gone.len());
+            assert!(
+                !gone.is_empty() && gone.len() < usize::from(ENTRIES),
+                "{} events",
+                gone.len()
             );
-        }
-        // A flush: ENTRIES destroy events at once.
-        ask(ConntrackMessage::Delete(vec![]), 0);
-        let mut gone = Vec::new();
-        let r = events.recv(&mut gone, || 0).unwrap();
-        assert!(r.overflowed, "{} events", gone.len());
-        assert!(
-            !gone.is_empty() && gone.len() < usize::from(ENTRIES),
-            "{} events",
-            gone.len()
-        );
-        assert_eq!(r.drained_at, Some(0));
-        let mut more = Vec::new();
-        let r = events.recv(&mut more, || 0).unwrap();
-        assert!(!r.overflowed && more.is_empty(), "{r:?}: {more:?}");
-    })
-    .join()
-    .unwrap();
+            assert_eq!(r.drained_at, Some(0));
+            let mut more = Vec::new();
+            let r = events.recv(&mut more, || 0).unwrap();
+            assert!(!r.overflowed && more.is_empty(), "{r:?}: {more:?}");
+        },
+    );
 }
 
 #[test]
@@ -423,4 +378,127 @@ fn parse_event_tells_new_update_and_destroy_apart() {
     let mut other = KERNEL_DESTROY;
     other[4] = 3;
     assert_eq!(parse_event(&other), None);
+}
+
+/// Runs `f` as root in a thread of its own, in a new network namespace. Under `cargo xtask
+/// test` (CT_TRACE_BIN set) a missing privilege fails; under a plain `cargo test` it is a
+/// counted skip.
+fn in_own_netns(name: &str, f: impl FnOnce() + Send + 'static) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("CT_TRACE_BIN").is_none(),
+            "{name} needs root"
+        );
+        println!("SKIPPED: {name}: needs root");
+        return;
+    }
+    std::thread::spawn(|| {
+        // SAFETY: plain unshare(2); only this thread changes namespace.
+        assert_eq!(
+            unsafe { libc::unshare(libc::CLONE_NEWNET) },
+            0,
+            "{}",
+            io::Error::last_os_error()
+        );
+        f()
+    })
+    .join()
+    .unwrap();
+}
+
+/// One ctnetlink request, acknowledged.
+fn ask(ct: &Conntrack, m: ConntrackMessage, flags: u16) {
+    let m = NetfilterMessage::new(NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0), m);
+    let s = ct.sock.request(m, NLM_F_ACK | flags).unwrap();
+    ct.sock.answer(s, |_| {}).unwrap();
+}
+
+/// Against the running kernel, in a namespace of its own: the destroy subscription's socket
+/// filter lets through what ct-trace tells from (a process's deletion, an unassured entry, a
+/// TCP flow that expired while open) and drops, in the kernel, the ordinary end of a flow
+/// (an assured entry the kernel destroyed in TIME_WAIT or CLOSE, or not TCP).
+#[test]
+fn the_destroy_filter_drops_only_flows_that_ended_normally() {
+    in_own_netns(
+        "the_destroy_filter_drops_only_flows_that_ended_normally",
+        || {
+            // enum tcp_conntrack
+            const SYN_SENT: u8 = 1;
+            const ESTABLISHED: u8 = 3;
+            const TIME_WAIT: u8 = 7;
+            const CLOSE: u8 = 8;
+            let assured = Status::Confirmed | Status::Assured | Status::SeenReply;
+            // sport, proto, status, TCP state, kept.
+            let entries = [
+                (41001, 6, assured, Some(TIME_WAIT), false),
+                (41002, 6, assured, Some(CLOSE), false),
+                (41003, 6, assured, Some(ESTABLISHED), true),
+                (41004, 17, assured, None, false),
+                (41005, 6, Status::Confirmed, Some(SYN_SENT), true),
+            ];
+            let mut events = DestroyEvents::open().unwrap();
+            let ct = Conntrack::open().unwrap();
+            let pair = |sport: u16, proto: u8| {
+                (
+                    tuple("192.0.2.1", sport, "192.0.2.2", 80, proto),
+                    tuple("192.0.2.2", 80, "192.0.2.1", sport, proto),
+                )
+            };
+            let create = |sport: u16, proto: u8, status: Status, state: Option<u8>, secs: u32| {
+                let (orig, reply) = pair(sport, proto);
+                let mut attrs = vec![
+                    ConntrackAttribute::CtaTupleOrig(to_ct_tuple(&orig)),
+                    ConntrackAttribute::CtaTupleReply(to_ct_tuple(&reply)),
+                    ConntrackAttribute::CtaStatus(status),
+                    ConntrackAttribute::CtaTimeout(secs),
+                ];
+                if let Some(s) = state {
+                    attrs.push(ConntrackAttribute::CtaProtoInfo(vec![ProtoInfo::TCP(
+                        vec![ProtoInfoTCP::State(s)],
+                    )]));
+                }
+                ask(
+                    &ct,
+                    ConntrackMessage::New(attrs),
+                    netlink_packet_core::NLM_F_CREATE,
+                );
+            };
+            for (sport, proto, status, state, _) in entries {
+                create(sport, proto, status, state, 1);
+            }
+            // A closed flow a process deletes: kept (it names the process).
+            create(41006, 6, assured, Some(TIME_WAIT), 100);
+            ask(
+                &ct,
+                ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(to_ct_tuple(
+                    &pair(41006, 6).0,
+                ))]),
+                0,
+            );
+            // Past their timeout, a lookup has the kernel destroy each (nf_ct_gc_expired() in
+            // __nf_conntrack_find_get()): nlmsg_pid 0, as the garbage collector's.
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            for (sport, proto, ..) in entries {
+                assert_eq!(ct.lookup(&pair(sport, proto).0).unwrap(), None);
+            }
+            let mut gone = Vec::new();
+            for _ in 0..10 {
+                events.recv(&mut gone, || 0).unwrap();
+            }
+            let mut seen: Vec<(u16, bool)> = gone
+                .iter()
+                .map(|d| (d.entry.orig.sport, d.portid != 0))
+                .collect();
+            seen.sort();
+            let mut want: Vec<(u16, bool)> = entries
+                .iter()
+                .filter(|e| e.4)
+                .map(|e| (e.0, false))
+                .chain([(41006, true)])
+                .collect();
+            want.sort();
+            assert_eq!(seen, want, "{gone:?}");
+        },
+    );
 }
