@@ -189,12 +189,15 @@ impl LostEntries {
         }
     }
 
-    /// The lost entry a packet with this tuple belonged to (either direction), if remembered.
-    pub fn find(&self, t: &Tuple) -> Option<&Gone> {
+    /// The lost entry a packet with this tuple, seen at `at_ns` (CLOCK_BOOTTIME), belonged to
+    /// (either direction), if remembered and gone at most [`LOST_MAX_AGE_NS`] before. The age
+    /// is checked here, not only by [`LostEntries::expire`]: that runs when entries go, and the
+    /// destroy filter keeps normal closes away, so on a quiet node nothing else would age them.
+    pub fn find(&self, t: &Tuple, at_ns: u64) -> Option<&Gone> {
         let id = self.by_tuple.get(t)?;
         let first = self.entries.front()?.0;
         let g = &self.entries.get(id.checked_sub(first)? as usize)?.1;
-        Some(g)
+        (at_ns.saturating_sub(g.boot_ns) <= LOST_MAX_AGE_NS).then_some(g)
     }
 
     pub fn len(&self) -> usize {
@@ -346,11 +349,15 @@ mod tests {
         let mut l = LostEntries::default();
         l.remember(gone(1000, 5));
         let e = entry(1000, 0, 3);
-        assert!(l.find(&e.reply).is_some());
-        assert!(l.find(&e.orig).is_some());
-        assert!(l.find(&entry(1001, 0, 3).reply).is_none());
+        assert!(l.find(&e.reply, 5).is_some());
+        assert!(l.find(&e.orig, 6).is_some());
+        assert!(l.find(&entry(1001, 0, 3).reply, 6).is_none());
+        // Too old for a packet seen now, even before anything expired it ...
+        assert!(l.find(&e.reply, 5 + LOST_MAX_AGE_NS).is_some());
+        assert!(l.find(&e.reply, 5 + LOST_MAX_AGE_NS + 1).is_none());
+        // ... and forgotten once something does.
         l.expire(5 + LOST_MAX_AGE_NS + 1);
-        assert!(l.find(&e.reply).is_none());
+        assert!(l.find(&e.reply, 5).is_none());
         assert!(l.is_empty());
     }
 
@@ -362,9 +369,9 @@ mod tests {
         }
         assert_eq!(l.len(), LOST_ENTRIES);
         assert_eq!(l.forgotten, 10);
-        assert!(l.find(&entry(0, 0, 3).reply).is_none());
+        assert!(l.find(&entry(0, 0, 3).reply, 1).is_none());
         assert!(l
-            .find(&entry(LOST_ENTRIES as u16 + 9, 0, 3).reply)
+            .find(&entry(LOST_ENTRIES as u16 + 9, 0, 3).reply, 1)
             .is_some());
     }
 

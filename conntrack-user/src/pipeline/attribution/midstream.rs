@@ -170,7 +170,7 @@ impl Midstream {
             .mids
             .insert(id, pending)
             .map(|(old, m)| (old, m, LostReport::unknown()));
-        let found = match self.lost.find(&tuple) {
+        let found = match self.lost.find(&tuple, p.header.ts_ns) {
             Some(g) => {
                 let l = lost_report(g, sh);
                 self.mids.remove(&id).map(|m| (id, m, l))
@@ -205,7 +205,7 @@ impl Midstream {
         let found: Vec<(VerdictId, LostReport)> = self
             .mids
             .iter()
-            .filter_map(|(id, m)| Some((*id, lost_report(self.lost.find(&m.tuple)?, sh))))
+            .filter_map(|(id, m)| Some((*id, lost_report(self.lost.find(&m.tuple, m.ts_ns)?, sh))))
             .collect();
         found
             .into_iter()
@@ -275,7 +275,7 @@ impl Midstream {
                     dport: r.packet.dport,
                     proto: IPPROTO_TCP,
                 };
-                match self.lost.find(&t) {
+                match self.lost.find(&t, r.header.ts_ns) {
                     Some(g) => lost_report(g, sh),
                     None => LostReport::unknown(),
                 }
