@@ -127,6 +127,9 @@ pub(super) struct Costs {
     pub(super) floor: Vec<(Workload, Vec<f64>)>,
     /// Modes ct-trace would not start in, with its one line saying why.
     pub(super) not_offered: Vec<(Mode, String)>,
+    /// Where the netfilter mode ran: ns a run of the empty netfilter program in a
+    /// BPF_PROG_TEST_RUN loop with the statistics on and off, one pair a sample (`stats_cost`).
+    pub(super) test_run: Vec<(f64, f64)>,
 }
 
 /// Each mode of `modes` (all of ct-trace's when empty) on each workload, in `cfg.rounds`
@@ -163,6 +166,9 @@ pub(super) fn costs(topo: &Topo, bins: &Bins, cfg: &Config, modes: &[Mode]) -> R
     let mut entries: Vec<Option<Mode>> = modes.iter().copied().map(Some).collect();
     if modes.contains(&Mode::Netfilter) {
         entries.push(None);
+    }
+    if modes.contains(&Mode::Netfilter) {
+        out.test_run = stats_cost(cfg.rounds)?;
     }
     for r in 0..cfg.rounds as usize {
         for i in 0..entries.len() {
@@ -266,7 +272,59 @@ fn floor_run(
     Ok(ns / runs)
 }
 
+/// Samples of what the statistics themselves cost a run, and an upper bound on what an empty
+/// program costs without them: the empty netfilter program run 1,000,000 times by
+/// BPF_PROG_TEST_RUN (6.4+, commit 2b99ef22e0d2), which times the whole loop, not each run, so
+/// its ns a run carry no clock reads of their own; once with `kernel.bpf_stats_enabled=1`
+/// (each run then timed by `__bpf_prog_run()`) and once with 0, alternating. The loop's own
+/// per-run bookkeeping is in both, so the "off" figure bounds an empty run from above.
+fn stats_cost(samples: u32) -> Result<Vec<(f64, f64)>> {
+    let script = root().join("tests/scripts/nf_floor.py");
+    let one = || -> Result<f64> {
+        let out = std::process::Command::new("python3")
+            .arg(&script)
+            .args(["testrun", "empty"])
+            .output()
+            .context("running nf_floor.py testrun")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success(),
+            "nf_floor.py testrun: {}{}",
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        // `N ns a run (BPF_PROG_TEST_RUN loop)`
+        text.split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("nf_floor.py testrun printed `{}`", text.trim()))
+    };
+    let mut pairs = Vec::new();
+    for _ in 0..samples {
+        let on = one()?;
+        std::fs::write(STATS, "0").with_context(|| format!("writing 0 to {STATS}"))?;
+        let off = one();
+        // Back on for the rest of this part whatever the "off" run did.
+        std::fs::write(STATS, "1").with_context(|| format!("writing 1 to {STATS}"))?;
+        let off = off?;
+        eprintln!("bench: cost: empty program, test-run loop: {on:.0} ns a run with the statistics, {off:.0} without");
+        pairs.push((on, off));
+    }
+    Ok(pairs)
+}
+
 impl Costs {
+    /// What the statistics cost a run (median of the samples' on - off), and an empty run's
+    /// cost without them, at most (median of the "off" samples).
+    pub(super) fn stats_and_empty(&self) -> Option<(f64, f64)> {
+        if self.test_run.is_empty() {
+            return None;
+        }
+        let diff: Vec<f64> = self.test_run.iter().map(|(on, off)| on - off).collect();
+        let off: Vec<f64> = self.test_run.iter().map(|&(_, off)| off).collect();
+        Some((median(&diff), median(&off)))
+    }
+
     /// Each workload's floor (ns a run of an empty netfilter program), median of the rounds.
     pub(super) fn floor_of(&self, w: Workload) -> Option<f64> {
         self.floor
@@ -317,6 +375,7 @@ impl Costs {
             "not_offered": self.not_offered.iter()
                 .map(|(m, why)| json!({"mode": m.name(), "why": why}))
                 .collect::<Vec<_>>(),
+            "test_run": self.test_run.iter().map(|(on, off)| json!([on, off])).collect::<Vec<_>>(),
         })
     }
 
@@ -349,6 +408,11 @@ impl Costs {
             let w = Workload::from_name(name).with_context(|| format!("no workload `{name}`"))?;
             let v = f["per_round"].as_array().into_iter().flatten();
             out.floor.push((w, v.filter_map(Value::as_f64).collect()));
+        }
+        for p in v["test_run"].as_array().into_iter().flatten() {
+            if let (Some(on), Some(off)) = (p[0].as_f64(), p[1].as_f64()) {
+                out.test_run.push((on, off));
+            }
         }
         for n in v["not_offered"].as_array().into_iter().flatten() {
             let why = n["why"].as_str().unwrap_or_default().to_string();
@@ -408,6 +472,23 @@ pub(super) fn cost_section(title: String, where_: &str, costs: &Costs) -> Sectio
              what the statistics themselves cost (two clock reads a run, commit 492ecee892c2), \
              and an empty program's figure is that alone: the difference is the program's own work",
             each.join("; ")
+        ));
+    }
+    if let Some((stats, empty)) = costs.stats_and_empty() {
+        let on: Vec<f64> = costs.test_run.iter().map(|&(on, _)| on).collect();
+        let off: Vec<f64> = costs.test_run.iter().map(|&(_, off)| off).collect();
+        let of = |x: f64| format!("{x:.0}");
+        notes.push(format!(
+            "the statistics' own cost: the same empty program run 1,000,000 times by \
+             BPF_PROG_TEST_RUN (which times the loop, not each run) takes {} ns a run ({}) with \
+             kernel.bpf_stats_enabled=1 and {} ns ({}) with 0, {} samples alternating: {stats:.0} \
+             ns a run are the statistics', and an empty program costs at most {empty:.0} ns a \
+             run without them (the loop's own bookkeeping included)",
+            of(median(&on)),
+            spread(&on, of),
+            of(median(&off)),
+            spread(&off, of),
+            costs.test_run.len()
         ));
     }
     for (m, why) in &costs.not_offered {

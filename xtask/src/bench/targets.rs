@@ -186,30 +186,51 @@ pub(super) fn issue21_targets(hot: &Hot, host_costs: &Costs, vms: &[VmBench]) ->
             value,
             st,
         );
-        // The issue's "<= 50 ns a run", beside the floor measured in the same rounds: what an
-        // empty program costs here, the statistics' clock reads included.
+        // The issue's "<= 50 ns a run". The kernel's figure includes what its statistics cost
+        // a run (two clock reads, 492ecee892c2), which on some machines is more than 50 ns by
+        // itself: an empty program at the same hooks in the same rounds gives the program's
+        // own work (figure - empty), and the empty program's test-run loop without the
+        // statistics bounds what an empty run costs; their sum bounds the program's cost a
+        // run without the statistics. Without those measurements, the figure as counted.
         let mut st = Status::Met;
         let mut cells = Vec::new();
+        let without = host_costs.stats_and_empty();
         for w in WORKLOADS {
             let ns = host_costs.per_packet(Mode::Netfilter, w);
             let floor = host_costs.floor_of(w);
-            cells.push(match (ns, floor) {
-                (Some(ns), Some(f)) => format!(
-                    "{} {ns:.0} ns (an empty program {f:.0} ns: {:+.0})",
-                    w.name(),
-                    ns - f
+            let (cell, judged) = match (ns, floor, without) {
+                (Some(ns), Some(f), Some((stats, empty))) => {
+                    let bound = (ns - f).max(0.0) + empty;
+                    (
+                        format!(
+                            "{} {ns:.0} ns counted, an empty program {f:.0} ({:+.0}): at most \
+                             {bound:.0} ns without the statistics' {stats:.0}",
+                            w.name(),
+                            ns - f
+                        ),
+                        Some(bound),
+                    )
+                }
+                (Some(ns), Some(f), None) => (
+                    format!(
+                        "{} {ns:.0} ns (an empty program {f:.0} ns: {:+.0})",
+                        w.name(),
+                        ns - f
+                    ),
+                    Some(ns),
                 ),
-                (Some(ns), None) => format!("{} {ns:.0} ns", w.name()),
-                _ => format!("{} -", w.name()),
-            });
-            match ns {
+                (Some(ns), None, _) => (format!("{} {ns:.0} ns", w.name()), Some(ns)),
+                _ => (format!("{} -", w.name()), None),
+            };
+            cells.push(cell);
+            match judged {
                 Some(ns) if ns > 50.0 => st = Status::NotMet,
                 None if st == Status::Met => st = Status::Unmeasured,
                 _ => {}
             }
         }
         row(
-            "host: ctt_nf_verdict <= 50 ns a run (the kernel's figure)".into(),
+            "host: ctt_nf_verdict <= 50 ns a run (the kernel's figure, less its statistics)".into(),
             cells.join("; "),
             st,
         );
@@ -387,6 +408,7 @@ mod tests {
         let host_costs = Costs {
             runs: cost(Mode::Netfilter, &[("ctt_nf_verdict", 50)]),
             not_offered: Vec::new(),
+            test_run: Vec::new(),
             floor: Vec::new(),
         };
         let mut runs = cost(Mode::Fexit, &[("ctt_ct_fexit", 40)]);
@@ -407,6 +429,7 @@ mod tests {
             costs: Costs {
                 runs,
                 not_offered: Vec::new(),
+                test_run: Vec::new(),
                 floor: Vec::new(),
             },
             elapsed: 1.0,
@@ -434,6 +457,35 @@ mod tests {
     }
 
     #[test]
+    fn the_verdict_program_is_judged_without_the_statistics_own_cost() {
+        let host = hot(&[
+            (Observer::None, [100.0, 100.0, 100.0]),
+            (Observer::CtTrace, [100.0, 100.0, 100.0]),
+        ]);
+        let judged = |floor: f64| {
+            let host_costs = Costs {
+                runs: cost(Mode::Netfilter, &[("ctt_nf_verdict", 79)]),
+                not_offered: Vec::new(),
+                // The statistics cost 70 ns a run; an empty run at most 26 without them.
+                test_run: vec![(96.0, 26.0), (95.0, 25.0), (97.0, 27.0)],
+                floor: WORKLOADS.iter().map(|&w| (w, vec![floor])).collect(),
+            };
+            let s = issue21_targets(&host, &host_costs, &[]);
+            (s.rows[1][1].clone(), s.rows[1][2].clone())
+        };
+        // 79 counted, 70 of it an empty program's: 9 + 26 = 35 ns at most.
+        let (cell, st) = judged(70.0);
+        assert_eq!(st, "met", "{cell}");
+        assert!(
+            cell.contains("at most 35 ns without the statistics' 70"),
+            "{cell}"
+        );
+        // 79 counted, an empty program 20: 59 + 26 = 85 ns, over 50.
+        let (cell, st) = judged(20.0);
+        assert_eq!(st, "NOT met", "{cell}");
+    }
+
+    #[test]
     fn host_below_the_target_beyond_noise_is_not_met_no_vm_is_not_measured() {
         let host = hot(&[
             (Observer::None, [100.0, 100.0, 100.0]),
@@ -447,6 +499,7 @@ mod tests {
         let host_costs = Costs {
             runs: cost(Mode::Netfilter, &[("ctt_nf_verdict", 50)]),
             not_offered: Vec::new(),
+            test_run: Vec::new(),
             floor: Vec::new(),
         };
         let st = statuses(&issue21_targets(&host, &host_costs, &[]));
@@ -456,6 +509,7 @@ mod tests {
         let c = Costs {
             runs,
             not_offered: Vec::new(),
+            test_run: Vec::new(),
             floor: Vec::new(),
         };
         assert_eq!(c.per_packet(Mode::Kprobe, Workload::Rr), Some(100.0));
