@@ -54,9 +54,10 @@ pub extern "C" fn ctt_nf_verdict(ctx: *const NfCtx) -> i32 {
     };
     // The hot path: a packet of a known flow costs this load and two compares, nothing else.
     // Measured by tests/scripts/nf-cost.sh with kernel.bpf_stats_enabled=1, a run costs within
-    // 1-3 ns of an empty netfilter program's at the same hooks; that floor is 60-100 ns a run on
-    // a kvm-clock guest, almost all of it the statistics' own two sched_clock() reads around
-    // the program (`__bpf_prog_run()`, commit 492ecee892c2 "bpf: enable program stats").
+    // 1-3 ns of an empty netfilter program's at the same hooks (the bench: 3-13 ns); that floor
+    // is 70-100 ns a run on the bench's VM host, almost all of it the statistics' own two
+    // sched_clock() reads around the program (`__bpf_prog_run()`, commit 492ecee892c2 "bpf:
+    // enable program stats"): `cargo xtask bench` measures them alone at 67 ns a run there.
     if nfct == 0 {
         // SAFETY: as above.
         let state = unsafe { (*ctx).state };
