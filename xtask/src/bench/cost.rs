@@ -14,7 +14,7 @@ use anyhow::{ensure, Context as _, Result};
 use conntrack_common::plan::{Mode, MODES};
 use serde_json::{json, Value};
 
-use crate::host::root;
+use crate::host::{output, root};
 
 use super::{
     hotpath::{Servers, Workload, WORKLOADS},
@@ -281,18 +281,11 @@ fn floor_run(
 fn stats_cost(samples: u32) -> Result<Vec<(f64, f64)>> {
     let script = root().join("tests/scripts/nf_floor.py");
     let one = || -> Result<f64> {
-        let out = std::process::Command::new("python3")
-            .arg(&script)
-            .args(["testrun", "empty"])
-            .output()
-            .context("running nf_floor.py testrun")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        ensure!(
-            out.status.success(),
-            "nf_floor.py testrun: {}{}",
-            text.trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        let text = output(
+            std::process::Command::new("python3")
+                .arg(&script)
+                .args(["testrun", "empty"]),
+        )?;
         // `N ns a run (BPF_PROG_TEST_RUN loop)`
         text.split_whitespace()
             .next()
