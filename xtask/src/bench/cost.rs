@@ -166,8 +166,6 @@ pub(super) fn costs(topo: &Topo, bins: &Bins, cfg: &Config, modes: &[Mode]) -> R
     let mut entries: Vec<Option<Mode>> = modes.iter().copied().map(Some).collect();
     if modes.contains(&Mode::Netfilter) {
         entries.push(None);
-    }
-    if modes.contains(&Mode::Netfilter) {
         out.test_run = stats_cost(cfg.rounds)?;
     }
     for r in 0..cfg.rounds as usize {
